@@ -1,0 +1,75 @@
+//! The TOML config files of `hotdeploy-coordinator` and `hotdeploy-agent` (DESIGN §6).
+//!
+//! Parsing is strict: unknown keys are refused (a typo must not silently fall back to a
+//! default), durations are human strings (`"500ms"`), and [`CoordinatorConfig::load`] /
+//! [`AgentConfig::load`] check the whole file before returning, so that a bad value fails at
+//! start with an error naming the key.
+
+mod agent;
+mod budget;
+mod coordinator;
+mod tls;
+
+pub use agent::{
+    AgentConfig, ArtifactConfig, HooksConfig, RotationConfig, ServiceConfig, ServiceControl,
+    VerifyConfig,
+};
+pub use budget::{BudgetError, MaxUnavailable};
+pub use coordinator::{
+    ClusterState, CoordinatorConfig, FleetLockConfig, GroupSeed, LivenessConfig, RaftConfig,
+};
+pub use tls::TlsConfig;
+
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A config file that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// Reads and parses a TOML file into `T`.
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Builds a [`ConfigError::Invalid`] for `key`.
+pub(crate) fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Checks that `value` is a `host:port` address.
+pub(crate) fn check_addr(path: &Path, key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(path, key, format!("{value:?} is not host:port")))
+    }
+}

@@ -1,0 +1,141 @@
+//! Channel security from a `[tls]` table, and the roles that certificates carry.
+//!
+//! A hotdeploy certificate names its holder's role in a SAN URI:
+//! `hotdeploy://coordinator/<id>`, `hotdeploy://agent/<host>` or `hotdeploy://operator/<name>`.
+//! Services read the role of the caller's leaf certificate with [`caller_role`] and refuse calls
+//! outside it. With `insecure = true` there is no certificate, and [`caller_role`] answers
+//! [`Role::Insecure`], which services treat as allowed (the operator chose plaintext and was
+//! warned at start).
+
+use crate::config::TlsConfig;
+use std::path::Path;
+use thiserror::Error;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// Who is calling, as its certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Coordinator(u64),
+    Agent(String),
+    Operator(String),
+    /// Plaintext channel: no identity.
+    Insecure,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Coordinator(id) => write!(f, "coordinator/{id}"),
+            Role::Agent(h) => write!(f, "agent/{h}"),
+            Role::Operator(n) => write!(f, "operator/{n}"),
+            Role::Insecure => write!(f, "insecure"),
+        }
+    }
+}
+
+/// TLS material that cannot be loaded.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("[tls] needs ca, cert and key, or insecure = true")]
+    Incomplete,
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Server-side TLS, or `None` for plaintext.
+pub fn server_tls(cfg: &TlsConfig) -> Result<Option<ServerTlsConfig>, TlsError> {
+    if cfg.insecure {
+        return Ok(None);
+    }
+    let (Some(ca), Some(cert), Some(key)) = (&cfg.ca, &cfg.cert, &cfg.key) else {
+        return Err(TlsError::Incomplete);
+    };
+    let identity = Identity::from_pem(read("cert", cert)?, read("key", key)?);
+    Ok(Some(
+        ServerTlsConfig::new()
+            .identity(identity)
+            .client_ca_root(Certificate::from_pem(read("ca", ca)?)),
+    ))
+}
+
+/// Client-side TLS, or `None` for plaintext.
+pub fn client_tls(cfg: &TlsConfig) -> Result<Option<ClientTlsConfig>, TlsError> {
+    if cfg.insecure {
+        return Ok(None);
+    }
+    let (Some(ca), Some(cert), Some(key)) = (&cfg.ca, &cfg.cert, &cfg.key) else {
+        return Err(TlsError::Incomplete);
+    };
+    Ok(Some(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca", ca)?))
+            .identity(Identity::from_pem(read("cert", cert)?, read("key", key)?)),
+    ))
+}
+
+/// The role in a DER certificate's SAN URIs.
+pub fn role_from_der(der: &[u8]) -> Option<Role> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(uri) => parse_role_uri(uri),
+        _ => None,
+    })
+}
+
+/// Parses `hotdeploy://<role>/<name>`.
+pub fn parse_role_uri(uri: &str) -> Option<Role> {
+    let rest = uri.strip_prefix("hotdeploy://")?;
+    let (kind, name) = rest.split_once('/')?;
+    match kind {
+        "coordinator" => name.parse().ok().map(Role::Coordinator),
+        "agent" if crate::names::check_host(name).is_ok() => Some(Role::Agent(name.to_owned())),
+        "operator" if !name.is_empty() => Some(Role::Operator(name.to_owned())),
+        _ => None,
+    }
+}
+
+/// The caller's role: from its leaf certificate under TLS, [`Role::Insecure`] on plaintext, and
+/// `None` when a TLS caller's certificate names no role.
+pub fn caller_role<T>(req: &tonic::Request<T>) -> Option<Role> {
+    match req.peer_certs() {
+        None => Some(Role::Insecure),
+        Some(certs) => certs.first().and_then(|c| role_from_der(c.as_ref())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_uris() {
+        assert_eq!(
+            parse_role_uri("hotdeploy://coordinator/3"),
+            Some(Role::Coordinator(3))
+        );
+        assert_eq!(
+            parse_role_uri("hotdeploy://agent/web-1"),
+            Some(Role::Agent("web-1".into()))
+        );
+        assert_eq!(
+            parse_role_uri("hotdeploy://operator/ops"),
+            Some(Role::Operator("ops".into()))
+        );
+        assert_eq!(parse_role_uri("hotdeploy://agent/Web_1"), None);
+        assert_eq!(parse_role_uri("https://agent/web-1"), None);
+        assert_eq!(parse_role_uri("hotdeploy://coordinator/x"), None);
+    }
+}
