@@ -1,1 +1,1 @@
-//! placeholder
+//! The hotdeploy agent (being written).
