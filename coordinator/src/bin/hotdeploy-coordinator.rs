@@ -1,1 +1,131 @@
-fn main() {}
+//! `hotdeploy-coordinator --config FILE`: one node of the coordinator cluster.
+//!
+//! Start-up order: parse and check the config (a bad one exits 2 with the key named), open
+//! storage and start raft, seed groups when this node leads a brand-new cluster, serve gRPC,
+//! then tell systemd READY=1 and keep its watchdog fed.
+
+use anyhow::Context;
+use clap::Parser;
+use hotdeploy_common::config::CoordinatorConfig;
+use hotdeploy_common::time::now_ms;
+use hotdeploy_coordinator::liveness::Liveness;
+use hotdeploy_coordinator::raft::RaftNode;
+use hotdeploy_coordinator::service::{self, CoordinatorService};
+use hotdeploy_coordinator::state::{Command, GroupSeed, Proposal};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "hotdeploy-coordinator", version, about = "A node of the hotdeploy coordinator cluster")]
+struct Args {
+    /// The node's TOML config file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+fn main() {
+    let args = Args::parse();
+    hotdeploy_common::telemetry::init();
+    let cfg = match CoordinatorConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cfg)) {
+        tracing::error!("{e:#}");
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
+    let span = tracing::info_span!("node", id = cfg.id);
+    let _enter = span.enter();
+    if cfg.tls.insecure {
+        tracing::warn!("[tls] insecure = true: gRPC is plaintext and unauthenticated; anyone who can reach {} controls the fleet", cfg.listen);
+    }
+    let addr: SocketAddr = tokio::net::lookup_host(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot resolve listen address {}", cfg.listen))?
+        .next()
+        .with_context(|| format!("listen address {} resolves to nothing", cfg.listen))?;
+    let server_tls = hotdeploy_common::tls::server_tls(&cfg.tls)?;
+    let client_tls = hotdeploy_common::tls::client_tls(&cfg.tls)?;
+    let (node, peer) = RaftNode::start(&cfg, client_tls).await?;
+    let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
+    tokio::spawn(liveness.clone().run());
+    tokio::spawn(seed_groups(node.clone(), cfg.clone()));
+    let svc = CoordinatorService::new(node.clone(), liveness);
+    tokio::spawn(notify_systemd());
+    tracing::info!(listen = %cfg.listen, "serving");
+    service::serve(addr, server_tls, svc, peer, shutdown_signal()).await?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// When this node leads a cluster that has no groups yet, proposes the config's `[groups]`.
+/// The state machine ignores the seed once any group exists, so the config's values apply only
+/// to a newly bootstrapped cluster.
+async fn seed_groups(node: RaftNode, cfg: CoordinatorConfig) {
+    if cfg.groups.is_empty() {
+        return;
+    }
+    let seeds: Vec<GroupSeed> = cfg
+        .groups
+        .iter()
+        .map(|(name, g)| GroupSeed { name: name.clone(), max_unavailable: g.max_unavailable, allow_zero_available: g.allow_zero_available })
+        .collect();
+    let mut status = node.subscribe_status();
+    loop {
+        let leader = status.borrow_and_update().is_leader();
+        if leader {
+            if node.state().group_views().is_empty() {
+                let p = Proposal::new(None, now_ms(), "config", Command::SeedGroups { groups: seeds.clone() });
+                match node.propose(p, Duration::from_secs(5)).await {
+                    Ok(_) => tracing::info!(groups = seeds.len(), "seeded groups from the config"),
+                    Err(e) => tracing::warn!("seeding groups: {e}"),
+                }
+            } else {
+                return;
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// READY=1 once serving, and the watchdog if systemd asked for one.
+async fn notify_systemd() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let mut tick = tokio::time::interval(Duration::from_micros(usec / 2));
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

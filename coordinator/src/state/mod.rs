@@ -1,1 +1,40 @@
-//! The replicated state machine (being written).
+//! The replicated state machine of the coordinator (DESIGN §2 `state/`, §3 the lock).
+//!
+//! Raft agrees on a log of [`Proposal`]s; this module turns that log into state. It is a pure,
+//! deterministic function of the log: no I/O, no clock, no randomness, ordered maps only, so that
+//! every replica that applies the same entries holds the same hosts, groups and slots and gives
+//! the same answers. The raft driver calls [`StateMachine::apply`] for each committed entry and
+//! saves [`StateMachine::snapshot`]s; the gRPC service reads through the accessors.
+//!
+//! Files, one job each:
+//! - `command`: [`Proposal`], [`Command`], [`Answer`]: the log's entries and their answers;
+//! - `host`, `group`: what is known about hosts and groups;
+//! - `lock`: [`Slot`]s and the grant rule, the heart of the system;
+//! - `session`: dedup of retried client writes by `(client_id, seq)`;
+//! - `audit`: the bounded trail of operator actions;
+//! - `error`: [`StateError`], with gRPC codes and retryability;
+//! - `machine`: [`StateMachine`], which applies commands and holds it all together.
+//!
+//! Left out for now: rollouts, desired releases and FleetLock lock-only hosts.
+
+mod audit;
+mod command;
+mod error;
+mod group;
+mod host;
+mod lock;
+mod machine;
+mod session;
+
+#[cfg(test)]
+mod proptest;
+#[cfg(test)]
+mod tests;
+
+pub use audit::AuditEvent;
+pub use command::{Answer, Command, Proposal, Response, WriteId, FORMAT_VERSION};
+pub use error::StateError;
+pub use group::{GroupSeed, GroupView};
+pub use host::{Health, Host, Reachability, Report, Rotation};
+pub use lock::Slot;
+pub use machine::{StateMachine, MAINTENANCE};

@@ -1,0 +1,282 @@
+//! The agent, assembled: what `hotdeploy-agent` runs and what the end-to-end test starts.
+//!
+//! Start-up order matters:
+//! 1. the release store (crash debris removed) and the journal;
+//! 2. the service: the journaled child is *adopted* if it still runs, so that restarting (or
+//!    upgrading) the agent never restarts the application;
+//! 3. the rotation front ends, starting out of rotation if the journal says the host was drained;
+//! 4. the engine, which claims the slots the journal holds, and recovery of an interrupted
+//!    deploy, in the background;
+//! 5. the coordinator link (if configured) and the gRPC server.
+//!
+//! [`Daemon::shutdown`] stops serving but leaves the supervised service running.
+
+use super::service::AgentService;
+use crate::artifact::ArtifactPolicy;
+use crate::deploy::{self, Engine, EngineParts, RealHost, SlotLock, Timing, View};
+use crate::hooks::Hooks;
+use crate::journal::Journal;
+use crate::link::{Link, LinkConfig};
+use crate::rotation::RotationControl;
+use crate::service::{ChildRecord, ServiceController};
+use crate::store::ReleaseStore;
+use crate::verify::Verifier;
+use hotdeploy_common::config::AgentConfig;
+use hotdeploy_common::proto::agent_server::AgentServer;
+use hotdeploy_common::proto::{Health, HostReport, Rotation};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// The agent could not start.
+#[derive(Debug, Error)]
+#[error("{what}: {message}")]
+pub struct StartError {
+    pub what: &'static str,
+    pub message: String,
+}
+
+fn fail(what: &'static str) -> impl FnOnce(String) -> StartError {
+    move |message| StartError { what, message }
+}
+
+/// A running agent.
+pub struct Daemon {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    pub engine: Engine,
+    pub service: Arc<ServiceController>,
+    pub rotation: Arc<RotationControl>,
+    pub link: Option<Link>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts everything; returns once the gRPC server listens.
+    pub async fn start(cfg: AgentConfig) -> Result<Daemon, StartError> {
+        if cfg.tls.insecure {
+            tracing::warn!(
+                "[tls] insecure = true: the agent API and the coordinator link are PLAINTEXT and \
+                 unauthenticated; anyone who reaches {} can deploy to this host",
+                cfg.listen
+            );
+        }
+        let svc = &cfg.service;
+        for dir in [&cfg.data_dir, &svc.root] {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                fail("cannot create a directory")(format!("{}: {e}", dir.display()))
+            })?;
+        }
+        let store = ReleaseStore::open(&svc.root, svc.keep_releases)
+            .map_err(|e| fail("release store")(e.to_string()))?;
+        store
+            .clean_debris()
+            .map_err(|e| fail("release store debris")(e.to_string()))?;
+        let journal = Journal::open(&cfg.data_dir, &cfg.host_id)
+            .map_err(|e| fail("deploy journal")(e.to_string()))?;
+        let policy = ArtifactPolicy::from_config(&cfg.artifact)
+            .map_err(|e| fail("[artifact]")(e.to_string()))?;
+
+        // The service: adopt the journaled child rather than start a second copy.
+        let child: Option<ChildRecord> = journal.child().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "journaled child unreadable; not adopting");
+            None
+        });
+        let j = journal.clone();
+        let on_child: Arc<dyn Fn(Option<ChildRecord>) + Send + Sync> =
+            Arc::new(move |c: Option<ChildRecord>| {
+                if let Err(e) = j.set_child(c.as_ref()) {
+                    tracing::error!(error = %e, "cannot journal the supervised child");
+                }
+            });
+        let service = ServiceController::new(svc, &svc.root, on_child);
+        let current = store.current().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "current is unreadable");
+            None
+        });
+        if let Err(e) = service.adopt_or_start(child, current.as_deref()).await {
+            tracing::error!(error = %e, "cannot start the service");
+        }
+
+        // Rotation, fed by the health this agent computes.
+        let (health_tx, health_rx) = watch::channel(Health::Unprovisioned);
+        let drained =
+            deploy::starts_drained(&journal).map_err(|e| fail("deploy journal")(e.to_string()))?;
+        let initial = if drained {
+            Rotation::OutOfRotation
+        } else {
+            Rotation::InRotation
+        };
+        let rotation = RotationControl::new(
+            &cfg.rotation,
+            cfg.haproxy_server(),
+            initial,
+            health_rx.clone(),
+        );
+        rotation
+            .serve()
+            .await
+            .map_err(|e| fail("rotation front ends")(e.to_string()))?;
+
+        // The link and the engine.
+        let (report_tx, report_rx) = watch::channel(HostReport::default());
+        let link = if cfg.coordinators.is_empty() {
+            None
+        } else {
+            let lc = LinkConfig {
+                host_id: cfg.host_id.clone(),
+                groups: cfg.groups.clone(),
+                address: cfg.listen.clone(),
+                coordinators: cfg.coordinators.clone(),
+                tls: cfg.tls.clone(),
+            };
+            Some(
+                Link::new(lc, journal.clone(), report_rx)
+                    .map_err(|e| fail("coordinator link")(e.to_string()))?,
+            )
+        };
+        let host = RealHost {
+            store: store.clone(),
+            policy,
+            rotation: rotation.clone(),
+            service: service.clone(),
+            verifier: Verifier::new(&cfg.verify),
+            hooks: Hooks::new(&cfg.hooks),
+            service_name: svc.name.clone(),
+        };
+        let engine = Engine::new(EngineParts {
+            host_id: cfg.host_id.clone(),
+            ops: Arc::new(host),
+            lock: link.clone().map(|l| Arc::new(l) as Arc<dyn SlotLock>),
+            journal,
+            timing: Timing::default(),
+        })
+        .map_err(|e| fail("deploy engine")(e.to_string()))?;
+
+        let mut tasks = vec![tokio::spawn(report_task(
+            engine.subscribe(),
+            service.subscribe_alive(),
+            rotation.subscribe(),
+            health_tx,
+            report_tx,
+        ))];
+        if let Some(t) = engine
+            .start_recovery()
+            .map_err(|e| fail("recovery")(e.to_string()))?
+        {
+            tasks.push(t);
+        }
+        if let Some(l) = &link {
+            tasks.push(l.start());
+        }
+
+        // gRPC.
+        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|e| fail("cannot listen")(format!("{}: {e}", cfg.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| fail("cannot listen")(e.to_string()))?;
+        let api = AgentService {
+            host_id: cfg.host_id.clone(),
+            groups: cfg.groups.clone(),
+            engine: engine.clone(),
+            store,
+            rotation: rotation.clone(),
+            service: service.clone(),
+            link: link.clone(),
+            health: health_rx,
+        };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) =
+            hotdeploy_common::tls::server_tls(&cfg.tls).map_err(|e| fail("[tls]")(e.to_string()))?
+        {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| fail("[tls]")(e.to_string()))?;
+        }
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(
+            builder
+                .add_service(AgentServer::new(api))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                }),
+        );
+        tracing::info!(%addr, host = %cfg.host_id, "agent serving");
+        Ok(Daemon {
+            addr,
+            engine,
+            service,
+            rotation,
+            link,
+            shutdown: Some(stop_tx),
+            server,
+            tasks,
+        })
+    }
+
+    /// Stops serving, gracefully. The supervised service keeps running: an agent restart or
+    /// upgrade must not take it down.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+            Err(_) => {
+                tracing::warn!("gRPC server did not stop within 10 s");
+                self.server.abort();
+            }
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        tracing::info!("agent stopped; the service is left running");
+    }
+}
+
+/// Keeps the health (for the rotation front ends) and the host report (for the coordinators)
+/// up to date with the engine, the service and the rotation state.
+async fn report_task(
+    mut view: watch::Receiver<View>,
+    mut alive: watch::Receiver<bool>,
+    mut rotation: watch::Receiver<Rotation>,
+    health_tx: watch::Sender<Health>,
+    report_tx: watch::Sender<HostReport>,
+) {
+    loop {
+        let v = view.borrow_and_update().clone();
+        let is_alive = *alive.borrow_and_update();
+        let rot = *rotation.borrow_and_update();
+        let health = deploy::health(v.current.is_some(), is_alive, v.verify_failed);
+        health_tx.send_if_modified(|h| {
+            let changed = *h != health;
+            *h = health;
+            changed
+        });
+        let report = HostReport {
+            health: health as i32,
+            rotation: rot as i32,
+            release: v.current.clone().unwrap_or_default(),
+            phase: v.phase.clone(),
+        };
+        report_tx.send_if_modified(|r| {
+            let changed = *r != report;
+            *r = report;
+            changed
+        });
+        tokio::select! {
+            r = view.changed() => if r.is_err() { return },
+            r = alive.changed() => if r.is_err() { return },
+            r = rotation.changed() => if r.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! End to end, in process: a real standalone agent on 127.0.0.1 supervising a tiny Python HTTP
+//! service in `exec` mode, driven through its gRPC API.
+
+use super::Daemon;
+use crate::service::ServiceController;
+use hotdeploy_common::config::AgentConfig;
+use hotdeploy_common::proto::agent_client::AgentClient;
+use hotdeploy_common::proto::{
+    AgentStatusRequest, DeployRequest, ListReleasesRequest, Outcome, Release,
+};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const APP: &str = r#"
+import os, sys, signal
+from http.server import BaseHTTPRequestHandler, HTTPServer
+HERE = os.path.dirname(os.path.abspath(__file__))
+VERSION = open(os.path.join(HERE, "VERSION")).read().strip()
+FAIL = os.path.exists(os.path.join(HERE, "FAIL_HEALTH"))
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        code, body = ((500, b"failing") if FAIL else (200, b"ok")) if self.path == "/health" else (200, VERSION.encode())
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+HTTPServer.allow_reuse_address = True
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// Kills the supervised service whatever happens to the test.
+struct KillService(Arc<ServiceController>);
+
+impl Drop for KillService {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.child() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(c.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A .tar.gz release with the app; returns (path, sha256).
+fn release(dir: &Path, version: &str, fail_health: bool) -> (PathBuf, String) {
+    let path = dir.join(format!("app-{version}.tar.gz"));
+    let file = std::fs::File::create(&path).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut files: Vec<(&str, &[u8])> =
+        vec![("app.py", APP.as_bytes()), ("VERSION", version.as_bytes())];
+    if fail_health {
+        files.push(("FAIL_HEALTH", b"1"));
+    }
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+    let sha = hex(&sha2::Sha256::digest(std::fs::read(&path).unwrap()));
+    (path, sha)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn app_version(port: u16) -> Option<String> {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.status().is_success().then_some(())?;
+    r.text().await.ok()
+}
+
+async fn deploy(
+    client: &mut AgentClient<tonic::transport::Channel>,
+    dir: &Path,
+    version: &str,
+    fail_health: bool,
+) -> (Outcome, String, Vec<String>) {
+    let (path, sha) = release(dir, version, fail_health);
+    let mut stream = client
+        .deploy(DeployRequest {
+            release: Some(Release {
+                id: version.into(),
+                artifact_url: format!("file://{}", path.display()),
+                sha256: sha,
+                signature: String::new(),
+            }),
+            rollout_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut phases = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        if m.done {
+            return (Outcome::try_from(m.outcome).unwrap(), m.error, phases);
+        }
+        phases.push(m.phase);
+    }
+    panic!("stream ended without an outcome; phases {phases:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_agent_deploys_and_rolls_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = AgentConfig::parse(&format!(
+        r#"
+host_id = "web-1"
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+[tls]
+insecure = true
+[service]
+name = "app"
+root = "{root}"
+control = "exec"
+exec = ["python3", "{{current}}/app.py", "{port}"]
+stop_timeout = "5s"
+keep_releases = 3
+[rotation]
+drain_grace = "100ms"
+undrain_grace = "100ms"
+[verify]
+http = "http://127.0.0.1:{port}/health"
+success_threshold = 2
+interval = "100ms"
+timeout = "10s"
+settle = "300ms"
+"#,
+        data = tmp.path().join("data").display(),
+        root = tmp.path().join("srv").display(),
+    ))
+    .unwrap();
+    let daemon = Daemon::start(cfg).await.unwrap();
+    let _kill = KillService(daemon.service.clone());
+    let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    let status = |c: &mut AgentClient<_>| {
+        let mut c = c.clone();
+        async move { c.status(AgentStatusRequest {}).await.unwrap().into_inner() }
+    };
+    assert_eq!(
+        status(&mut client).await.health,
+        1,
+        "unprovisioned at first"
+    );
+
+    let (o, e, phases) = deploy(&mut client, tmp.path(), "v1", false).await;
+    assert_eq!(o, Outcome::Succeeded, "v1: {e}");
+    assert!(
+        !phases.contains(&"draining".to_owned()),
+        "a first deploy does not drain"
+    );
+    assert_eq!(app_version(port).await.as_deref(), Some("v1"));
+
+    let (o, e, phases) = deploy(&mut client, tmp.path(), "v2", false).await;
+    assert_eq!(o, Outcome::Succeeded, "v2: {e}");
+    assert!(phases.contains(&"draining".to_owned()), "{phases:?}");
+    assert_eq!(app_version(port).await.as_deref(), Some("v2"));
+    let s = status(&mut client).await;
+    assert_eq!((s.current.as_str(), s.previous.as_str()), ("v2", "v1"));
+    assert_eq!(s.health, 2, "healthy");
+    assert_eq!(s.last_outcome, "succeeded");
+    assert!(s.service_pid > 0);
+
+    let (o, e, phases) = deploy(&mut client, tmp.path(), "v3", true).await;
+    assert_eq!(o, Outcome::RolledBack, "v3: {e}");
+    assert!(e.contains("verify of v3 failed"), "{e}");
+    assert!(phases.contains(&"rolling_back".to_owned()), "{phases:?}");
+    assert_eq!(app_version(port).await.as_deref(), Some("v2"));
+    let s = status(&mut client).await;
+    assert_eq!(s.current, "v2");
+    assert_eq!(s.last_outcome, "rolled_back");
+    assert_eq!(s.rotation, 1, "back in rotation");
+
+    let releases = client
+        .list_releases(ListReleasesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .releases;
+    assert!(releases.iter().any(|r| r.id == "v2" && r.current));
+
+    // Bad input is refused up front.
+    let err = client
+        .deploy(DeployRequest {
+            release: Some(Release {
+                id: "v4".into(),
+                artifact_url: "file:///nope.tar".into(),
+                sha256: "xyz".into(),
+                signature: String::new(),
+            }),
+            rollout_id: String::new(),
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let service = daemon.service.clone();
+    daemon.shutdown().await;
+    // The agent stopped; the service did not.
+    assert_eq!(app_version(port).await.as_deref(), Some("v2"));
+    service.stop().await.unwrap();
+}

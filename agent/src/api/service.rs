@@ -1,0 +1,184 @@
+//! The gRPC `Agent` service: what `hotdeployctl agent ...` talks to.
+
+use super::validate;
+use crate::deploy::{Engine, EngineError, Progress};
+use crate::link::{Link, LinkError};
+use crate::rotation::RotationControl;
+use crate::service::ServiceController;
+use crate::store::ReleaseStore;
+use futures::Stream;
+use hotdeploy_common::proto::agent_server::Agent;
+use hotdeploy_common::proto::{
+    AgentStatus, AgentStatusRequest, DeployProgress, DeployRequest, DrainRequest, Health,
+    ListReleasesRequest, ListReleasesResponse, MaintenanceRequest, ReleaseInfo, RollbackRequest,
+    UndrainRequest,
+};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+/// The parts the service reads and drives.
+pub struct AgentService {
+    pub host_id: String,
+    pub groups: Vec<String>,
+    pub engine: Engine,
+    pub store: ReleaseStore,
+    pub rotation: Arc<RotationControl>,
+    pub service: Arc<ServiceController>,
+    pub link: Option<Link>,
+    pub health: watch::Receiver<Health>,
+}
+
+/// A stream of deploy progress.
+pub type ProgressStream = Pin<Box<dyn Stream<Item = Result<DeployProgress, Status>> + Send>>;
+
+/// Maps an engine refusal to a gRPC status.
+pub fn status_of(e: EngineError) -> Status {
+    match e {
+        EngineError::Busy(_) | EngineError::Precondition(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        EngineError::Link(LinkError::Timeout { .. }) => Status::unavailable(e.to_string()),
+        EngineError::Link(_) => Status::failed_precondition(e.to_string()),
+        EngineError::Host(ref h) if h.retryable => Status::unavailable(e.to_string()),
+        EngineError::Host(_) | EngineError::Journal(_) => Status::internal(e.to_string()),
+    }
+}
+
+impl AgentService {
+    fn status(&self) -> AgentStatus {
+        let view = self.engine.view();
+        let current = self.store.current().ok().flatten().unwrap_or_default();
+        let previous = self.store.previous().ok().flatten().unwrap_or_default();
+        AgentStatus {
+            host: self.host_id.clone(),
+            groups: self.groups.clone(),
+            health: *self.health.borrow() as i32,
+            rotation: self.rotation.state() as i32,
+            current,
+            previous,
+            phase: view.phase.clone(),
+            last_outcome: view
+                .last_outcome
+                .map(|o| o.as_str().to_owned())
+                .unwrap_or_default(),
+            last_error: view.last_error.clone(),
+            slot_token: view.token,
+            service_pid: self
+                .service
+                .child()
+                .map(|c| u32::try_from(c.pid).unwrap_or(0))
+                .unwrap_or(0),
+            maintenance: view
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.purpose == "maintenance"),
+            coordinator_connected: self.link.as_ref().is_some_and(Link::connected),
+        }
+    }
+
+    fn stream(rx: mpsc::UnboundedReceiver<DeployProgress>) -> ProgressStream {
+        Box::pin(UnboundedReceiverStream::new(rx).map(Ok))
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn status(
+        &self,
+        _req: Request<AgentStatusRequest>,
+    ) -> Result<Response<AgentStatus>, Status> {
+        Ok(Response::new(AgentService::status(self)))
+    }
+
+    type DeployStream = ProgressStream;
+
+    async fn deploy(
+        &self,
+        req: Request<DeployRequest>,
+    ) -> Result<Response<Self::DeployStream>, Status> {
+        let params = validate::deploy_request(req.get_ref())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tracing::info!(release = %params.release, url = %params.artifact.url, "deploy requested");
+        // The deploy runs in its own task: a client that hangs up does not stop it.
+        self.engine
+            .deploy(params, Progress::to(tx))
+            .map_err(status_of)?;
+        Ok(Response::new(Self::stream(rx)))
+    }
+
+    async fn drain(&self, _req: Request<DrainRequest>) -> Result<Response<AgentStatus>, Status> {
+        self.engine
+            .drain("drain", "operator drain through the agent API")
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(AgentService::status(self)))
+    }
+
+    async fn undrain(
+        &self,
+        _req: Request<UndrainRequest>,
+    ) -> Result<Response<AgentStatus>, Status> {
+        self.engine.undrain().await.map_err(status_of)?;
+        Ok(Response::new(AgentService::status(self)))
+    }
+
+    type RollbackStream = ProgressStream;
+
+    async fn rollback(
+        &self,
+        _req: Request<RollbackRequest>,
+    ) -> Result<Response<Self::RollbackStream>, Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.engine.rollback(Progress::to(tx)).map_err(status_of)?;
+        Ok(Response::new(Self::stream(rx)))
+    }
+
+    async fn list_releases(
+        &self,
+        _req: Request<ListReleasesRequest>,
+    ) -> Result<Response<ListReleasesResponse>, Status> {
+        let list = self
+            .store
+            .list()
+            .map_err(|e| Status::internal(format!("cannot list releases: {e}")))?;
+        Ok(Response::new(ListReleasesResponse {
+            releases: list
+                .into_iter()
+                .map(|r| ReleaseInfo {
+                    id: r.id,
+                    current: r.current,
+                    previous: r.previous,
+                    staged_at_ms: r.staged_at_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn maintenance(
+        &self,
+        req: Request<MaintenanceRequest>,
+    ) -> Result<Response<AgentStatus>, Status> {
+        let req = req.into_inner();
+        if req.reason.len() > 1024 {
+            return Err(Status::invalid_argument("reason is longer than 1024 bytes"));
+        }
+        if req.enable {
+            let reason = if req.reason.is_empty() {
+                "maintenance".to_owned()
+            } else {
+                req.reason
+            };
+            self.engine
+                .drain("maintenance", &reason)
+                .await
+                .map_err(status_of)?;
+        } else {
+            self.engine.undrain().await.map_err(status_of)?;
+        }
+        Ok(Response::new(AgentService::status(self)))
+    }
+}

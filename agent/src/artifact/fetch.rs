@@ -1,0 +1,253 @@
+//! Fetching an artifact into a local file, hashing it on the way.
+//!
+//! Sources are `file:///abs/path`, `http://` and `https://` (reqwest with rustls and the
+//! webpki roots, so nothing depends on the host's CA store). The bytes are copied into a file
+//! the store owns even for `file://`, so what is verified is exactly what is unpacked, however
+//! the source changes meanwhile.
+//!
+//! The size limit is enforced on the bytes actually received, while streaming; a
+//! `Content-Length` is never trusted (it may lie, or be absent). Hashing and writing run on a
+//! blocking thread fed by a small channel, so a large artifact does not hog the async runtime.
+//!
+//! Deadlines: a connect timeout, a read timeout that catches a stalled transfer, and the
+//! policy's overall fetch timeout. Redirects: at most `MAX_REDIRECTS`, and never from https
+//! down to http. Left out: proxies beyond reqwest's defaults, `file://host/` URLs, and
+//! percent-decoding of `file://` paths.
+
+use super::error::ArtifactError;
+use super::policy::ArtifactPolicy;
+use super::verify::DIGEST_LEN;
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// Enough for a CDN or an object store's signed-URL hop, few enough to stop a loop quickly.
+const MAX_REDIRECTS: usize = 5;
+/// A host that does not accept a TCP/TLS connection within this is down or unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A transfer that delivers nothing for this long has stalled.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Chunks in flight between the network task and the writer thread: bounds memory to a few
+/// hundred KiB while letting the two overlap.
+const CHANNEL_DEPTH: usize = 16;
+/// The read buffer for `file://` copies.
+const COPY_BUF: usize = 256 * 1024;
+
+/// A fetched artifact.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetched {
+    pub digest: [u8; DIGEST_LEN],
+    pub bytes: u64,
+}
+
+/// The supported sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    File,
+    Http,
+}
+
+fn scheme(url: &str) -> Result<Scheme, ArtifactError> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("file://") {
+        Ok(Scheme::File)
+    } else if lower.starts_with("http://") || lower.starts_with("https://") {
+        Ok(Scheme::Http)
+    } else {
+        Err(ArtifactError::InvalidSpec {
+            message: format!("unsupported artifact URL {url:?}: use file://, http:// or https://"),
+        })
+    }
+}
+
+/// Checks that `url` is a source `fetch` can handle, without touching it.
+pub fn check_url(url: &str) -> Result<(), ArtifactError> {
+    if scheme(url)? == Scheme::File {
+        file_path(url)?;
+    }
+    Ok(())
+}
+
+fn file_path(url: &str) -> Result<&Path, ArtifactError> {
+    let path = &url["file://".len()..];
+    if !path.starts_with('/') {
+        return Err(ArtifactError::InvalidSpec {
+            message: format!("file URL {url:?} must be file:///absolute/path"),
+        });
+    }
+    Ok(Path::new(path))
+}
+
+/// Fetches `url` into `dest` (created; must not exist), enforcing `policy.max_bytes`.
+pub async fn fetch(
+    url: &str,
+    dest: &Path,
+    policy: &ArtifactPolicy,
+) -> Result<Fetched, ArtifactError> {
+    match scheme(url)? {
+        Scheme::File => {
+            let src = file_path(url)?.to_path_buf();
+            let (url, dest, limit) = (url.to_string(), dest.to_path_buf(), policy.max_bytes);
+            tokio::task::spawn_blocking(move || copy_file(&url, &src, &dest, limit))
+                .await
+                .map_err(|e| ArtifactError::io("file copy task", std::io::Error::other(e)))?
+        }
+        Scheme::Http => {
+            let fut = fetch_http(url, dest, policy.max_bytes);
+            tokio::time::timeout(policy.fetch_timeout, fut)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ArtifactError::Fetch {
+                        url: url.into(),
+                        message: format!("timed out after {:?}", policy.fetch_timeout),
+                    })
+                })
+        }
+    }
+}
+
+fn create_dest(dest: &Path) -> Result<File, ArtifactError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .map_err(|e| ArtifactError::io(format!("create {}", dest.display()), e))
+}
+
+fn too_large(url: &str, limit: u64) -> ArtifactError {
+    ArtifactError::TooLarge {
+        what: format!("artifact {url}"),
+        limit,
+    }
+}
+
+fn copy_file(url: &str, src: &Path, dest: &Path, limit: u64) -> Result<Fetched, ArtifactError> {
+    let mut input = File::open(src).map_err(|e| ArtifactError::Fetch {
+        url: url.into(),
+        message: e.to_string(),
+    })?;
+    let mut out = create_dest(dest)?;
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; COPY_BUF];
+    loop {
+        let n = input.read(&mut buf).map_err(|e| ArtifactError::Fetch {
+            url: url.into(),
+            message: e.to_string(),
+        })?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        if bytes > limit {
+            return Err(too_large(url, limit));
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| ArtifactError::io(format!("write {}", dest.display()), e))?;
+    }
+    out.sync_all()
+        .map_err(|e| ArtifactError::io(format!("fsync {}", dest.display()), e))?;
+    Ok(Fetched {
+        digest: hasher.finalize().into(),
+        bytes,
+    })
+}
+
+/// The client for one fetch: bounded redirects, no https→http downgrade, deadlines.
+fn client() -> Result<reqwest::Client, String> {
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt
+                .previous()
+                .last()
+                .is_some_and(|u| u.scheme() == "https");
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else if downgrade {
+            attempt.error("refusing a redirect from https to http")
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .redirect(redirects)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .build()
+        .map_err(|e| error_chain(&e))
+}
+
+/// An error and its sources on one line: reqwest's top-level message alone rarely says why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+async fn fetch_http(url: &str, dest: &Path, limit: u64) -> Result<Fetched, ArtifactError> {
+    let fetch_err = |message: String| ArtifactError::Fetch {
+        url: url.into(),
+        message,
+    };
+    let mut resp = client()
+        .map_err(fetch_err)?
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| fetch_err(error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(fetch_err(format!("HTTP status {}", resp.status())));
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(CHANNEL_DEPTH);
+    let dest_owned = dest.to_path_buf();
+    let writer = tokio::task::spawn_blocking(move || -> Result<Fetched, ArtifactError> {
+        let mut out = create_dest(&dest_owned)?;
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            hasher.update(&chunk);
+            bytes += chunk.len() as u64;
+            out.write_all(&chunk)
+                .map_err(|e| ArtifactError::io(format!("write {}", dest_owned.display()), e))?;
+        }
+        out.sync_all()
+            .map_err(|e| ArtifactError::io(format!("fsync {}", dest_owned.display()), e))?;
+        Ok(Fetched {
+            digest: hasher.finalize().into(),
+            bytes,
+        })
+    });
+
+    let mut received = 0u64;
+    let streamed: Result<(), ArtifactError> = async {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fetch_err(error_chain(&e)))? {
+            received += chunk.len() as u64;
+            if received > limit {
+                return Err(too_large(url, limit));
+            }
+            if tx.send(chunk).await.is_err() {
+                // The writer stopped; its own error is the one to report.
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| ArtifactError::io("artifact writer task", std::io::Error::other(e)))?;
+    streamed?;
+    written
+}

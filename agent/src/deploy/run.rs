@@ -1,0 +1,495 @@
+//! One deploy, step by step. See the module docs of [`super`] for the flow and its rules.
+
+use super::{Hook, HookCtx, Inner, Progress, SlotRequest};
+use crate::failpoint::failpoint;
+use crate::journal::{DeployRecord, Hold, Outcome, Phase};
+use crate::link::LinkError;
+use hotdeploy_common::time::now_ms;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a deploy stops before its natural end.
+#[derive(Debug)]
+pub(super) enum Stop {
+    /// Nothing to undo: end with `failed`.
+    Failed(String),
+    /// Before the swap: return to rotation if drained, release the slot, end with `failed`.
+    Abort(String),
+    /// The token is stale: touch nothing more, end with `fenced`.
+    Fenced(String),
+    /// A fencing phase could not be committed (coordinators unreachable): touch nothing more,
+    /// keep the slot, end with `failed`.
+    Unconfirmed(String),
+    /// The journal cannot be written: touch nothing more, keep the slot, end with `failed`.
+    Journal(String),
+}
+
+/// The outcome of a deploy and why.
+pub(super) type Verdict = (Outcome, String);
+
+/// A deploy in progress.
+pub(super) struct Run {
+    pub(super) eng: Arc<Inner>,
+    pub(super) rec: DeployRecord,
+    pub(super) progress: Progress,
+}
+
+impl Run {
+    pub(super) fn new(eng: Arc<Inner>, rec: DeployRecord, progress: Progress) -> Self {
+        Self { eng, rec, progress }
+    }
+
+    /// Makes `phase` durable, then shows it.
+    pub(super) fn enter(&mut self, phase: Phase, message: impl Into<String>) -> Result<(), Stop> {
+        self.rec.phase = phase;
+        self.rec.updated_at_ms = now_ms();
+        self.eng
+            .journal
+            .put_deploy(&self.rec)
+            .map_err(|e| Stop::Journal(e.to_string()))?;
+        let message = message.into();
+        tracing::info!(phase = %phase, release = %self.rec.to, "{message}");
+        self.eng.update(|v| v.phase = phase.as_str().to_owned());
+        self.progress.phase(phase, message);
+        Ok(())
+    }
+
+    /// Commits the phase about to be acted on, fenced by the token.
+    pub(super) async fn fence(&self, phase: Phase) -> Result<(), Stop> {
+        let (Some(lock), token) = (&self.eng.lock, self.rec.token) else {
+            return Ok(());
+        };
+        if token == 0 {
+            return Ok(());
+        }
+        match lock.report_phase(token, phase.as_str()).await {
+            Ok(()) => Ok(()),
+            Err(LinkError::Stale(m)) => Err(Stop::Fenced(format!(
+                "slot token {token} is stale ({m}): stopped before {phase}, service left as it is"
+            ))),
+            Err(e) => Err(Stop::Unconfirmed(format!(
+                "could not commit phase {phase} with token {token}: {e}"
+            ))),
+        }
+    }
+
+    fn hook_ctx(&self, release: &str) -> HookCtx {
+        HookCtx {
+            host: self.eng.host_id.clone(),
+            release: release.to_owned(),
+            from: self.rec.from.clone(),
+            rollout: self.rec.rollout.clone(),
+            phase: self.rec.phase.as_str().to_owned(),
+        }
+    }
+
+    /// Runs a gate hook: its failure aborts the deploy before the step.
+    async fn gate(&self, hook: Hook) -> Result<(), Stop> {
+        let ctx = self.hook_ctx(&self.rec.to);
+        self.eng
+            .ops
+            .hook(hook, &ctx)
+            .await
+            .map_err(|e| Stop::Abort(format!("hook {hook:?} failed: {e}")))
+    }
+
+    /// Runs a notification hook: its failure is logged.
+    pub(super) async fn notify(&self, hook: Hook, release: &str) {
+        let ctx = self.hook_ctx(release);
+        if let Err(e) = self.eng.ops.hook(hook, &ctx).await {
+            tracing::warn!(?hook, error = %e, "hook failed");
+            self.progress.note(
+                self.rec.phase.as_str(),
+                format!("hook {hook:?} failed: {e}"),
+            );
+        }
+    }
+
+    fn set_current_view(&self, id: Option<&str>) {
+        let id = id.map(str::to_owned);
+        self.eng.update(|v| v.current = id);
+    }
+
+    /// Runs the probes, with progress notes.
+    pub(super) async fn verify(&self) -> Result<(), String> {
+        let progress = self.progress.clone();
+        let note = move |m: String| progress.note(Phase::Verifying.as_str(), m);
+        let r = self.eng.ops.verify(&note).await.map_err(|e| e.message);
+        self.eng.update(|v| v.verify_failed = r.is_err());
+        r
+    }
+
+    /// A deploy of the release that is already live and healthy: nothing to do.
+    pub(super) async fn already_live(mut self) -> Verdict {
+        self.rec.phase = Phase::Released;
+        self.progress
+            .note("staged", format!("{} is already live", self.rec.to));
+        self.conclude(Outcome::Succeeded, String::new())
+    }
+
+    /// Runs the deploy to its end, staging `artifact` first (a rollback stages nothing).
+    pub(super) async fn execute(mut self, artifact: Option<super::ArtifactRef>) -> Verdict {
+        let r = self.steps(artifact.as_ref()).await;
+        self.settle(r).await
+    }
+
+    /// Turns the result of the steps into the outcome, undoing what must be undone.
+    pub(super) async fn settle(mut self, r: Result<Verdict, Stop>) -> Verdict {
+        match r {
+            Ok((outcome, error)) => self.conclude(outcome, error),
+            Err(Stop::Failed(m)) => self.conclude(Outcome::Failed, m),
+            Err(Stop::Abort(m)) => match self.back_in_rotation(Outcome::Failed, m.clone()).await {
+                Ok((o, e)) => self.conclude(o, e),
+                Err(_) => {
+                    self.keep_slot("deploy");
+                    self.conclude(Outcome::Failed, m)
+                }
+            },
+            Err(Stop::Fenced(m)) => {
+                tracing::error!(token = self.rec.token, "{m}");
+                if let Some(lock) = &self.eng.lock {
+                    lock.unclaim(self.rec.token);
+                }
+                self.conclude(Outcome::Fenced, m)
+            }
+            Err(Stop::Unconfirmed(m)) | Err(Stop::Journal(m)) => {
+                tracing::error!("{m}");
+                self.keep_slot("deploy");
+                self.conclude(Outcome::Failed, m)
+            }
+        }
+    }
+
+    async fn steps(&mut self, artifact: Option<&super::ArtifactRef>) -> Result<Verdict, Stop> {
+        let to = self.rec.to.clone();
+        self.enter(Phase::Staging, format!("staging {to}"))?;
+        match artifact {
+            Some(spec) => {
+                let progress = self.progress.clone();
+                let note = move |m: String| progress.note(Phase::Staging.as_str(), m);
+                if let Err(e) = self.eng.ops.stage(&to, spec, &note).await {
+                    return Err(Stop::Failed(format!("staging {to} failed: {e}")));
+                }
+            }
+            None => match self.eng.ops.has_release(&to) {
+                Ok(true) => {}
+                Ok(false) => return Err(Stop::Failed(format!("release {to} is not in the store"))),
+                Err(e) => return Err(Stop::Failed(format!("cannot read the store: {e}"))),
+            },
+        }
+        failpoint("after_staged");
+        self.enter(Phase::Staged, format!("{to} staged"))?;
+        let Some(from) = self.rec.from.clone() else {
+            return self.first_deploy().await;
+        };
+
+        if let Some(lock) = self.eng.lock.clone() {
+            let write = self
+                .eng
+                .journal
+                .next_write_id()
+                .map_err(|e| Stop::Failed(e.to_string()))?;
+            self.rec.write = Some(write.clone());
+            self.enter(
+                Phase::SlotRequested,
+                format!("asking for a {} slot", self.rec.kind.purpose()),
+            )?;
+            let req = SlotRequest {
+                purpose: self.rec.kind.purpose().to_owned(),
+                reason: format!("{} {to}", self.rec.kind.purpose()),
+                rollout: self.rec.rollout.clone(),
+                wait: self.eng.timing.slot_wait,
+            };
+            let token = lock
+                .acquire(req, write)
+                .await
+                .map_err(|e| Stop::Failed(format!("no slot: {e}")))?;
+            self.rec.token = token;
+            self.eng.update(|v| v.token = token);
+            self.enter(Phase::SlotHeld, format!("slot granted, token {token}"))?;
+        }
+
+        self.fence(Phase::Draining)
+            .await
+            .map_err(unconfirmed_aborts)?;
+        self.rec.drained_at_ms = Some(now_ms());
+        self.enter(Phase::Draining, "leaving rotation")?;
+        self.gate(Hook::BeforeDrain).await?;
+        let took = self
+            .eng
+            .ops
+            .drain()
+            .await
+            .map_err(|e| Stop::Abort(format!("drain failed: {e}")))?;
+        self.progress.note(
+            Phase::Draining.as_str(),
+            format!("out of rotation (drain took {} ms)", took.as_millis()),
+        );
+        self.notify(Hook::AfterDrain, &to).await;
+        failpoint("after_drain");
+
+        self.fence(Phase::Swapped)
+            .await
+            .map_err(unconfirmed_aborts)?;
+        self.gate(Hook::BeforeSwap).await?;
+        self.enter(Phase::Swapped, format!("swapping current to {to}"))?;
+        if let Err(e) = self.eng.ops.set_current(&to) {
+            return self.roll_back(format!("swap to {to} failed: {e}")).await;
+        }
+        self.set_current_view(Some(&to));
+        failpoint("after_swap");
+
+        if let Err(stop) = self.fence(Phase::Restarted).await {
+            if let Stop::Unconfirmed(m) = stop {
+                // Nothing restarted yet: put the link back and abort.
+                return match self.eng.ops.set_current(&from) {
+                    Ok(()) => {
+                        self.set_current_view(Some(&from));
+                        Err(Stop::Abort(m))
+                    }
+                    Err(e) => Err(Stop::Unconfirmed(format!("{m}; and cannot swap back: {e}"))),
+                };
+            }
+            return Err(stop);
+        }
+        self.enter(Phase::Restarted, format!("restarting on {to}"))?;
+        if let Err(e) = self.eng.ops.restart(&to).await {
+            return self.roll_back(format!("restart on {to} failed: {e}")).await;
+        }
+        self.notify(Hook::AfterSwap, &to).await;
+        self.verify_new(&from).await
+    }
+
+    /// `verifying` and what follows it, for a host with an old release to fall back on.
+    pub(super) async fn verify_new(&mut self, from: &str) -> Result<Verdict, Stop> {
+        let to = self.rec.to.clone();
+        self.enter(Phase::Verifying, format!("verifying {to}"))?;
+        failpoint("during_verify");
+        if let Err(e) = self.verify().await {
+            return self.roll_back(format!("verify of {to} failed: {e}")).await;
+        }
+        if let Err(e) = self.eng.ops.set_previous(from) {
+            tracing::warn!(error = %e, "cannot move previous");
+        }
+        self.notify(Hook::AfterVerify, &to).await;
+        self.back_in_rotation(Outcome::Succeeded, String::new())
+            .await
+    }
+
+    /// A first deploy: no slot, no drain. On failure the service is stopped and the host is
+    /// unprovisioned again.
+    async fn first_deploy(&mut self) -> Result<Verdict, Stop> {
+        let to = self.rec.to.clone();
+        self.enter(Phase::Swapped, format!("first release: current → {to}"))?;
+        if let Err(e) = self.eng.ops.set_current(&to) {
+            return Err(Stop::Failed(format!("swap to {to} failed: {e}")));
+        }
+        self.set_current_view(Some(&to));
+        failpoint("after_swap");
+        self.first_start().await
+    }
+
+    /// Starts and verifies a first release.
+    pub(super) async fn first_start(&mut self) -> Result<Verdict, Stop> {
+        let to = self.rec.to.clone();
+        self.enter(Phase::Restarted, format!("starting {to}"))?;
+        if let Err(e) = self.eng.ops.restart(&to).await {
+            return Ok(self.undo_first(format!("start of {to} failed: {e}")).await);
+        }
+        self.notify(Hook::AfterSwap, &to).await;
+        self.first_verify().await
+    }
+
+    pub(super) async fn first_verify(&mut self) -> Result<Verdict, Stop> {
+        let to = self.rec.to.clone();
+        self.enter(Phase::Verifying, format!("verifying {to}"))?;
+        failpoint("during_verify");
+        if let Err(e) = self.verify().await {
+            return Ok(self.undo_first(format!("verify of {to} failed: {e}")).await);
+        }
+        self.notify(Hook::AfterVerify, &to).await;
+        self.enter(Phase::Released, format!("{to} is live"))?;
+        Ok((Outcome::Succeeded, String::new()))
+    }
+
+    /// A failed first deploy: stop the service, remove `current`.
+    async fn undo_first(&mut self, reason: String) -> Verdict {
+        if let Err(e) = self.eng.ops.stop().await {
+            tracing::warn!(error = %e, "cannot stop the service");
+        }
+        match self.eng.ops.clear_current() {
+            Ok(()) => self.set_current_view(None),
+            Err(e) => tracing::warn!(error = %e, "cannot remove current"),
+        }
+        self.eng.update(|v| v.verify_failed = false);
+        (Outcome::Failed, format!("{reason}; service stopped"))
+    }
+
+    /// Swaps the old release back in, restarts and verifies it.
+    pub(super) async fn roll_back(&mut self, reason: String) -> Result<Verdict, Stop> {
+        let Some(from) = self.rec.from.clone() else {
+            return Ok(self.undo_first(reason).await);
+        };
+        tracing::warn!(%reason, %from, "rolling back");
+        self.fence(Phase::RollingBack).await?;
+        self.rec.error = Some(reason.clone());
+        self.enter(
+            Phase::RollingBack,
+            format!("{reason}; rolling back to {from}"),
+        )?;
+        self.notify(Hook::OnRollback, &from).await;
+        let r = async {
+            self.eng
+                .ops
+                .set_current(&from)
+                .map_err(|e| format!("swap back failed: {e}"))?;
+            self.set_current_view(Some(&from));
+            self.eng
+                .ops
+                .restart(&from)
+                .await
+                .map_err(|e| format!("restart failed: {e}"))?;
+            self.verify().await
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                self.back_in_rotation(
+                    Outcome::RolledBack,
+                    format!("{reason}; rolled back to {from}"),
+                )
+                .await
+            }
+            Err(e) => {
+                self.eng.update(|v| v.verify_failed = true);
+                self.keep_slot("deploy");
+                Ok((
+                    Outcome::Failed,
+                    format!(
+                        "{reason}; rollback to {from} also failed: {e}; the host stays out of \
+                         rotation and keeps its slot"
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// `undraining` → `released`: back in rotation (confirmed), then release the slot.
+    pub(super) async fn back_in_rotation(
+        &mut self,
+        outcome: Outcome,
+        error: String,
+    ) -> Result<Verdict, Stop> {
+        self.rec.outcome = Some(outcome);
+        if !error.is_empty() {
+            self.rec.error = Some(error.clone());
+        }
+        let drained = self.rec.phase >= Phase::Draining;
+        self.enter(Phase::Undraining, "returning to rotation")?;
+        if drained {
+            let mut last = None;
+            for attempt in 0..3u32 {
+                match self.eng.ops.undrain().await {
+                    Ok(took) => {
+                        self.progress.note(
+                            Phase::Undraining.as_str(),
+                            format!("back in rotation (took {} ms)", took.as_millis()),
+                        );
+                        last = None;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(attempt, error = %e, "undrain failed");
+                        last = Some(e);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            if let Some(e) = last {
+                self.keep_slot("deploy");
+                let why = if error.is_empty() {
+                    format!("undrain failed: {e}")
+                } else {
+                    format!("{error}; undrain failed: {e}")
+                };
+                return Ok((Outcome::Failed, why));
+            }
+        }
+        self.eng.release(self.rec.token).await;
+        self.eng.update(|v| v.token = 0);
+        if let Ok(Some(h)) = self.eng.journal.hold() {
+            if h.purpose == "deploy" {
+                if let Err(e) = self.eng.journal.set_hold(None) {
+                    tracing::warn!(error = %e, "cannot clear the hold");
+                }
+                self.eng.update(|v| v.hold = None);
+            }
+        }
+        self.enter(Phase::Released, "slot released")?;
+        if outcome == Outcome::Succeeded {
+            let from = self.rec.from.clone().unwrap_or_default();
+            if let Err(e) = self.eng.ops.gc(&[self.rec.to.as_str(), from.as_str()]) {
+                tracing::warn!(error = %e, "release gc failed");
+            }
+        }
+        Ok((outcome, error))
+    }
+
+    /// Keeps the slot of a host left out of rotation as a journaled hold.
+    fn keep_slot(&self, purpose: &str) {
+        let hold = Hold {
+            purpose: purpose.to_owned(),
+            token: self.rec.token,
+            reason: format!(
+                "{} of {} did not end in rotation",
+                self.rec.kind.purpose(),
+                self.rec.to
+            ),
+            since_ms: now_ms(),
+        };
+        if let Err(e) = self.eng.journal.set_hold(Some(&hold)) {
+            tracing::error!(error = %e, "cannot journal the held slot");
+        }
+        let token = self.rec.token;
+        self.eng.update(|v| {
+            v.token = token;
+            v.hold = Some(hold);
+        });
+    }
+
+    /// Records the outcome and sends the last progress message.
+    fn conclude(mut self, outcome: Outcome, error: String) -> Verdict {
+        let now = now_ms();
+        self.rec.outcome = Some(outcome);
+        self.rec.error = (!error.is_empty()).then(|| error.clone());
+        self.rec.finished_at_ms = Some(now);
+        self.rec.updated_at_ms = now;
+        if let Err(e) = self.eng.journal.put_deploy(&self.rec) {
+            tracing::error!(error = %e, "cannot journal the outcome");
+        }
+        let oor = self
+            .rec
+            .drained_at_ms
+            .map(|t| now.saturating_sub(t))
+            .unwrap_or(0);
+        match outcome {
+            Outcome::Succeeded => tracing::info!(release = %self.rec.to, "deploy succeeded"),
+            _ => tracing::warn!(release = %self.rec.to, %outcome, %error, "deploy did not succeed"),
+        }
+        self.eng.update(|v| {
+            v.phase = "idle".to_owned();
+            v.last_outcome = Some(outcome);
+            v.last_error = error.clone();
+        });
+        self.progress.done(outcome, &error, oor);
+        (outcome, error)
+    }
+}
+
+/// Before anything disruptive happened, a phase that cannot be committed aborts the deploy.
+fn unconfirmed_aborts(stop: Stop) -> Stop {
+    match stop {
+        Stop::Unconfirmed(m) => Stop::Abort(m),
+        other => other,
+    }
+}

@@ -1,0 +1,271 @@
+//! The deploy journal: the agent's durable memory, in sled under `data_dir`.
+//!
+//! A deploy is a sequence of disruptive steps on a live host. If the agent dies in the middle,
+//! the next agent must know where it stood to bring the host back to a good state: healthy and
+//! in rotation, on the old or the new release, with its slot released. So every phase of a
+//! deploy is written here, and flushed, *before* the agent acts on it (write-ahead). Recovery
+//! then reads the last phase and knows that the step it names may or may not have happened, and
+//! that every earlier one did.
+//!
+//! The journal also keeps:
+//! - the agent's client id for coordinator writes, stable per data_dir
+//!   (`agent/<host>/<random>`, drawn at first start), and the write counter: every write id is
+//!   persisted before it is used, so a seq is never reused across restarts for a new write;
+//! - the supervised child (pid and start time), so that a restarted agent adopts it instead of
+//!   starting a second copy of the service;
+//! - a [`Hold`]: a slot held outside a deploy (an operator's drain, maintenance, a broken host).
+//!
+//! Everything is small JSON under a handful of keys; sled gives atomic single-key writes and a
+//! durable `flush`, which is all the journal needs.
+
+mod phase;
+mod record;
+
+pub use phase::{Outcome, Phase};
+pub use record::{DeployKind, DeployRecord, Hold, WriteId};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+const KEY_CLIENT_ID: &str = "meta/client_id";
+const KEY_SEQ: &str = "meta/seq";
+const KEY_DEPLOY: &str = "deploy";
+const KEY_CHILD: &str = "child";
+const KEY_HOLD: &str = "hold";
+
+/// The journal cannot be read or written. Always fatal for the step at hand: the agent must not
+/// act on a phase it could not make durable.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("cannot open the deploy journal at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("deploy journal {op} of {key:?} failed: {source}")]
+    Io {
+        op: &'static str,
+        key: &'static str,
+        source: sled::Error,
+    },
+    #[error("deploy journal entry {key:?} is corrupt: {message}")]
+    Corrupt { key: &'static str, message: String },
+}
+
+/// The deploy journal. Cheap to clone (sled handles are shared).
+#[derive(Clone)]
+pub struct Journal {
+    db: sled::Db,
+    client_id: String,
+    seq_lock: std::sync::Arc<std::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `data_dir/journal`, drawing the client id at first
+    /// start.
+    pub fn open(data_dir: &Path, host_id: &str) -> Result<Self, JournalError> {
+        let path = data_dir.join("journal");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(8 << 20)
+            // Every write is flushed explicitly; no background flusher (which would also keep
+            // the file lock for a while after the journal is dropped).
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| JournalError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let mut j = Self {
+            db,
+            client_id: String::new(),
+            seq_lock: Default::default(),
+        };
+        j.client_id = match j.get::<String>(KEY_CLIENT_ID)? {
+            Some(id) => id,
+            None => {
+                let id = format!("agent/{host_id}/{:016x}", rand::random::<u64>());
+                j.put(KEY_CLIENT_ID, &id)?;
+                id
+            }
+        };
+        Ok(j)
+    }
+
+    /// The client id of this agent's coordinator writes.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// A fresh write id. The counter is persisted before the id is returned, so no id is ever
+    /// handed out twice, even across a crash.
+    pub fn next_write_id(&self) -> Result<WriteId, JournalError> {
+        let _g = self
+            .seq_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let seq = self.get::<u64>(KEY_SEQ)?.unwrap_or(0) + 1;
+        self.put(KEY_SEQ, &seq)?;
+        Ok(WriteId {
+            client_id: self.client_id.clone(),
+            seq,
+        })
+    }
+
+    /// The last deploy: in progress when its `finished_at_ms` is unset.
+    pub fn deploy(&self) -> Result<Option<DeployRecord>, JournalError> {
+        self.get(KEY_DEPLOY)
+    }
+
+    /// Makes a deploy record durable.
+    pub fn put_deploy(&self, rec: &DeployRecord) -> Result<(), JournalError> {
+        self.put(KEY_DEPLOY, rec)
+    }
+
+    /// The slot held outside a deploy, if any.
+    pub fn hold(&self) -> Result<Option<Hold>, JournalError> {
+        self.get(KEY_HOLD)
+    }
+
+    /// Records (or clears) the slot held outside a deploy.
+    pub fn set_hold(&self, hold: Option<&Hold>) -> Result<(), JournalError> {
+        match hold {
+            Some(h) => self.put(KEY_HOLD, h),
+            None => self.remove(KEY_HOLD),
+        }
+    }
+
+    /// The supervised child, as last recorded.
+    pub fn child<T: DeserializeOwned>(&self) -> Result<Option<T>, JournalError> {
+        self.get(KEY_CHILD)
+    }
+
+    /// Records (or clears) the supervised child.
+    pub fn set_child<T: Serialize>(&self, child: Option<&T>) -> Result<(), JournalError> {
+        match child {
+            Some(c) => self.put(KEY_CHILD, c),
+            None => self.remove(KEY_CHILD),
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, JournalError> {
+        let Some(bytes) = self.db.get(key).map_err(|source| JournalError::Io {
+            op: "read",
+            key,
+            source,
+        })?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| JournalError::Corrupt {
+                key,
+                message: e.to_string(),
+            })
+    }
+
+    fn put<T: Serialize + ?Sized>(&self, key: &'static str, value: &T) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| JournalError::Corrupt {
+            key,
+            message: e.to_string(),
+        })?;
+        self.db
+            .insert(key, bytes)
+            .map_err(|source| JournalError::Io {
+                op: "write",
+                key,
+                source,
+            })?;
+        self.flush(key)
+    }
+
+    fn remove(&self, key: &'static str) -> Result<(), JournalError> {
+        self.db.remove(key).map_err(|source| JournalError::Io {
+            op: "remove",
+            key,
+            source,
+        })?;
+        self.flush(key)
+    }
+
+    fn flush(&self, key: &'static str) -> Result<(), JournalError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| JournalError::Io {
+                op: "flush",
+                key,
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path(), "web-1").unwrap();
+            let mut rec = DeployRecord::new(DeployKind::Deploy, "r1", Some("v1".into()), "v2", 5);
+            rec.phase = Phase::Swapped;
+            rec.token = 42;
+            j.put_deploy(&rec).unwrap();
+            j.set_hold(Some(&Hold {
+                purpose: "drain".into(),
+                token: 7,
+                reason: "ops".into(),
+                since_ms: 1,
+            }))
+            .unwrap();
+            j.set_child(Some(&(123u32, 456u64))).unwrap();
+        }
+        let j = Journal::open(dir.path(), "web-1").unwrap();
+        let rec = j.deploy().unwrap().unwrap();
+        assert_eq!(rec.phase, Phase::Swapped);
+        assert_eq!(rec.token, 42);
+        assert_eq!(rec.from.as_deref(), Some("v1"));
+        assert!(rec.in_progress());
+        assert_eq!(j.hold().unwrap().unwrap().token, 7);
+        assert_eq!(j.child::<(u32, u64)>().unwrap(), Some((123, 456)));
+        j.set_hold(None).unwrap();
+        j.set_child::<(u32, u64)>(None).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path(), "web-1").unwrap();
+        assert!(j.hold().unwrap().is_none());
+        assert!(j.child::<(u32, u64)>().unwrap().is_none());
+    }
+
+    #[test]
+    fn write_ids_never_repeat_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let mut client = None;
+        for _ in 0..3 {
+            let j = Journal::open(dir.path(), "web-1").unwrap();
+            assert!(j.client_id().starts_with("agent/web-1/"));
+            if let Some(c) = &client {
+                assert_eq!(c, j.client_id(), "client id must be stable per data_dir");
+            }
+            client = Some(j.client_id().to_owned());
+            for _ in 0..5 {
+                let w = j.next_write_id().unwrap();
+                assert!(seen.insert(w.seq), "seq {} handed out twice", w.seq);
+            }
+        }
+        assert_eq!(seen.len(), 15);
+        let other = tempfile::tempdir().unwrap();
+        let j2 = Journal::open(other.path(), "web-1").unwrap();
+        assert_ne!(Some(j2.client_id().to_owned()), client);
+    }
+}

@@ -1,0 +1,44 @@
+//! The link as the engine's [`SlotLock`].
+
+use super::{Link, LinkError};
+use crate::deploy::{SlotLock, SlotRequest};
+use crate::journal::WriteId;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+impl SlotLock for Link {
+    fn acquire(&self, req: SlotRequest, write: WriteId) -> BoxFuture<'_, Result<u64, LinkError>> {
+        async move {
+            Link::acquire(
+                self,
+                &req.purpose,
+                &req.reason,
+                &req.rollout,
+                req.wait,
+                write,
+            )
+            .await
+        }
+        .boxed()
+    }
+
+    fn release(&self, token: u64) -> BoxFuture<'_, Result<(), LinkError>> {
+        Link::release(self, token).boxed()
+    }
+
+    fn report_phase<'a>(
+        &'a self,
+        token: u64,
+        phase: &'a str,
+    ) -> BoxFuture<'a, Result<(), LinkError>> {
+        Link::report_phase(self, token, phase).boxed()
+    }
+
+    fn claim(&self, token: u64) {
+        Link::claim(self, token)
+    }
+
+    fn unclaim(&self, token: u64) {
+        Link::unclaim(self, token)
+    }
+}

@@ -1,0 +1,317 @@
+//! The coordinator link: registration, the heartbeat stream, and the lock calls the engine
+//! makes (only when `coordinators` is configured).
+//!
+//! - **Leader following.** Writes must reach the raft leader. A follower answers UNAVAILABLE
+//!   with the leader's address in `x-hotdeploy-leader`; the link retries there at once. Without
+//!   a hint, or on a transport error, it tries the next configured address, backing off. Every
+//!   unary call has a bounded deadline.
+//! - **Write ids.** Every write carries a `(client_id, seq)` from the journal. A retry after a
+//!   leader change or a lost answer reuses the same pair, so the coordinator applies it once; a
+//!   fresh pair is drawn only after a definitive answer (no budget within the wait).
+//! - **Heartbeat.** After `Register`, one bidirectional stream to the leader: a report every
+//!   second and on every state change, and in every answer the slot the coordinator thinks the
+//!   host holds. A slot that no operation of this agent claims (a grant that committed after the
+//!   agent gave up waiting, a slot from a lost journal) is released. Tokens are claimed by the
+//!   engine from the journal at start and by [`Link::acquire`] as soon as a grant arrives; while
+//!   an acquire is in flight nothing is released, since its grant may show up in a heartbeat
+//!   before the call's own answer does.
+
+mod call;
+mod error;
+mod heartbeat;
+mod lock;
+
+pub use error::LinkError;
+
+use crate::journal::{Journal, WriteId};
+use hotdeploy_common::config::TlsConfig;
+use hotdeploy_common::proto::{
+    AcquireSlotRequest, HostReport, ReleaseSlotRequest, ReportPhaseRequest,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::{Channel, ClientTlsConfig};
+
+/// Deadline of a release or a phase report, across retries.
+const FENCE_DEADLINE: Duration = Duration::from_secs(30);
+/// The most one AcquireSlot call asks the leader to wait before answering.
+const MAX_WAIT_PER_CALL: Duration = Duration::from_secs(20);
+
+/// What the link needs to know about this agent.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub host_id: String,
+    pub groups: Vec<String>,
+    /// The agent's own gRPC address, for operators.
+    pub address: String,
+    pub coordinators: Vec<String>,
+    pub tls: TlsConfig,
+}
+
+pub(crate) struct LinkInner {
+    cfg: LinkConfig,
+    tls: Option<ClientTlsConfig>,
+    journal: Journal,
+    report: watch::Receiver<HostReport>,
+    leader: Mutex<Option<String>>,
+    next: AtomicUsize,
+    channels: Mutex<HashMap<String, Channel>>,
+    connected: watch::Sender<bool>,
+    claimed: Mutex<HashSet<u64>>,
+    releasing: Mutex<HashSet<u64>>,
+    acquiring: AtomicUsize,
+}
+
+/// The link to the coordinators. Cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<LinkInner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Link {
+    /// A link that reports what `report` says. Nothing is sent until [`Link::start`].
+    pub fn new(
+        cfg: LinkConfig,
+        journal: Journal,
+        report: watch::Receiver<HostReport>,
+    ) -> Result<Self, LinkError> {
+        let tls = hotdeploy_common::tls::client_tls(&cfg.tls)
+            .map_err(|e| LinkError::Local(format!("coordinator TLS: {e}")))?;
+        if cfg.coordinators.is_empty() {
+            return Err(LinkError::Standalone);
+        }
+        let (connected, _) = watch::channel(false);
+        Ok(Self {
+            inner: Arc::new(LinkInner {
+                cfg,
+                tls,
+                journal,
+                report,
+                leader: Mutex::new(None),
+                next: AtomicUsize::new(0),
+                channels: Mutex::new(HashMap::new()),
+                connected,
+                claimed: Mutex::new(HashSet::new()),
+                releasing: Mutex::new(HashSet::new()),
+                acquiring: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// Starts registering and heartbeating, for as long as the process lives.
+    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move { heartbeat::run(inner).await })
+    }
+
+    /// Whether the heartbeat stream to a leader is up right now.
+    pub fn connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Follows [`Link::connected`].
+    pub fn subscribe_connected(&self) -> watch::Receiver<bool> {
+        self.inner.connected.subscribe()
+    }
+
+    /// Takes a slot of the lock. Retryable answers (no leader, no budget yet) are retried until
+    /// `wait` has passed; the first attempt carries `write`, and a fresh id is drawn only after a
+    /// definitive "not now". The granted token is claimed before it is returned.
+    pub async fn acquire(
+        &self,
+        purpose: &str,
+        reason: &str,
+        rollout: &str,
+        wait: Duration,
+        write: WriteId,
+    ) -> Result<u64, LinkError> {
+        let inner = &self.inner;
+        let _acquiring = AcquiringGuard::new(inner);
+        let start = Instant::now();
+        let deadline = start + wait;
+        let mut write = write;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(LinkError::Timeout {
+                    waited_ms: start.elapsed().as_millis() as u64,
+                    last: "no slot granted within the wait".into(),
+                });
+            }
+            let wait_ms = remaining.min(MAX_WAIT_PER_CALL).as_millis() as u64;
+            let req = AcquireSlotRequest {
+                write: Some(write.to_proto()),
+                host: inner.cfg.host_id.clone(),
+                purpose: purpose.to_owned(),
+                reason: reason.to_owned(),
+                rollout: rollout.to_owned(),
+                wait_ms,
+                canary: false,
+            };
+            let per_call = Duration::from_millis(wait_ms) + Duration::from_secs(5);
+            let r = call::unary(inner, "AcquireSlot", deadline, per_call, |mut c| {
+                let req = req.clone();
+                async move { c.acquire_slot(req).await }
+            })
+            .await;
+            match r {
+                Ok(resp) => {
+                    let token = resp.slot.map(|s| s.token).unwrap_or(0);
+                    if token == 0 {
+                        return Err(LinkError::Refused(
+                            "the coordinator granted no token".into(),
+                        ));
+                    }
+                    self.claim(token);
+                    tracing::info!(token, purpose, "slot granted");
+                    return Ok(token);
+                }
+                Err(call::CallError::Status(s)) => match error::classify(&s) {
+                    error::Verdict::NotNow => {
+                        tracing::info!(purpose, "no slot yet: {}", s.message());
+                        write = inner
+                            .journal
+                            .next_write_id()
+                            .map_err(|e| LinkError::Local(e.to_string()))?;
+                        tokio::time::sleep(pause.min(remaining)).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                    _ => return Err(LinkError::Refused(s.message().to_owned())),
+                },
+                Err(call::CallError::Timeout { waited_ms, last }) => {
+                    return Err(LinkError::Timeout { waited_ms, last })
+                }
+            }
+        }
+    }
+
+    /// Releases a slot. A token the coordinator no longer knows counts as released.
+    pub async fn release(&self, token: u64) -> Result<(), LinkError> {
+        release(&self.inner, token).await
+    }
+
+    /// Commits `phase` with `token` before the agent acts on it. [`LinkError::Stale`] means the
+    /// agent is fenced.
+    pub async fn report_phase(&self, token: u64, phase: &str) -> Result<(), LinkError> {
+        let inner = &self.inner;
+        let write = inner
+            .journal
+            .next_write_id()
+            .map_err(|e| LinkError::Local(e.to_string()))?;
+        let req = ReportPhaseRequest {
+            write: Some(write.to_proto()),
+            host: inner.cfg.host_id.clone(),
+            token,
+            phase: phase.to_owned(),
+        };
+        let deadline = Instant::now() + FENCE_DEADLINE;
+        let r = call::unary(
+            inner,
+            "ReportPhase",
+            deadline,
+            Duration::from_secs(5),
+            |mut c| {
+                let req = req.clone();
+                async move { c.report_phase(req).await }
+            },
+        )
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(call::CallError::Status(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                ) =>
+            {
+                Err(LinkError::Stale(s.message().to_owned()))
+            }
+            Err(call::CallError::Status(s)) => Err(LinkError::Refused(s.message().to_owned())),
+            Err(call::CallError::Timeout { waited_ms, last }) => {
+                Err(LinkError::Timeout { waited_ms, last })
+            }
+        }
+    }
+
+    /// Marks `token` as in use.
+    pub fn claim(&self, token: u64) {
+        if token != 0 {
+            lock(&self.inner.claimed).insert(token);
+        }
+    }
+
+    /// Marks `token` as unused: if the coordinator still lists it, it will be released.
+    pub fn unclaim(&self, token: u64) {
+        lock(&self.inner.claimed).remove(&token);
+    }
+}
+
+async fn release(inner: &Arc<LinkInner>, token: u64) -> Result<(), LinkError> {
+    let write = inner
+        .journal
+        .next_write_id()
+        .map_err(|e| LinkError::Local(e.to_string()))?;
+    let req = ReleaseSlotRequest {
+        write: Some(write.to_proto()),
+        host: inner.cfg.host_id.clone(),
+        token,
+    };
+    let deadline = Instant::now() + FENCE_DEADLINE;
+    let r = call::unary(
+        inner,
+        "ReleaseSlot",
+        deadline,
+        Duration::from_secs(5),
+        |mut c| {
+            let req = req.clone();
+            async move { c.release_slot(req).await }
+        },
+    )
+    .await;
+    let out = match r {
+        Ok(_) => Ok(()),
+        Err(call::CallError::Status(s))
+            if matches!(
+                s.code(),
+                tonic::Code::FailedPrecondition | tonic::Code::NotFound
+            ) =>
+        {
+            tracing::info!(token, "slot already released: {}", s.message());
+            Ok(())
+        }
+        Err(call::CallError::Status(s)) => Err(LinkError::Refused(s.message().to_owned())),
+        Err(call::CallError::Timeout { waited_ms, last }) => {
+            Err(LinkError::Timeout { waited_ms, last })
+        }
+    };
+    if out.is_ok() {
+        lock(&inner.claimed).remove(&token);
+        tracing::info!(token, "slot released");
+    }
+    out
+}
+
+/// Counts an acquire in flight for as long as it lives.
+struct AcquiringGuard<'a>(&'a LinkInner);
+
+impl<'a> AcquiringGuard<'a> {
+    fn new(inner: &'a LinkInner) -> Self {
+        inner.acquiring.fetch_add(1, Ordering::SeqCst);
+        Self(inner)
+    }
+}
+
+impl Drop for AcquiringGuard<'_> {
+    fn drop(&mut self) {
+        self.0.acquiring.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,108 @@
+//! The HAProxy `agent-check` responder.
+//!
+//! HAProxy connects to the agent port every `agent-inter`, may send its `agent-send` string,
+//! and reads one line. The line's words are of independent kinds, and one of each may be
+//! combined: an *administrative* word (`ready` cancels DRAIN/MAINT; `drain` sets weight 0 so
+//! only existing sessions continue; `maint` stops all traffic) and an *operational* word (`up`,
+//! `down`). HAProxy keeps the last value of each kind until told otherwise.
+//!
+//! The mapping (DESIGN §4: `ready`, `drain` or `maint`, plus `up`/`down` from health):
+//!
+//! | health \ rotation        | in rotation   | draining / out of rotation |
+//! |--------------------------|---------------|----------------------------|
+//! | healthy                  | `ready up`    | `drain`                    |
+//! | unhealthy / unspecified  | `ready down`  | `drain`                    |
+//! | unprovisioned            | `maint`       | `maint`                    |
+//!
+//! Why:
+//! - In rotation, the answer is complete (both kinds), so HAProxy's memory of earlier answers
+//!   never matters: `ready down` takes an unhealthy server out (operationally) while leaving it
+//!   administratively ready, so it comes back by itself once `ready up` is answered again.
+//! - Draining or out of rotation, we say `drain` and deliberately *no* operational word:
+//!   `down` would let `on-marked-down shutdown-sessions` cut the very in-flight requests a drain
+//!   exists to protect, and `up` would vouch for a service that is about to be restarted. The
+//!   operational state is set again, explicitly, by the `ready up|down` that follows undrain.
+//! - Unprovisioned (nothing deployed yet) is `maint`: not a transient state, and not one that
+//!   should count as a failing server in HAProxy's alerts.
+//!
+//! Each connection gets the line, a write-side shutdown, and a short bounded read of whatever
+//! HAProxy sent (closing with unread input would make the kernel send RST, which can discard
+//! our reply before HAProxy reads it). Connections are capped and time-bounded, so a hostile
+//! client can hold neither memory nor tasks.
+
+use super::RotationControl;
+use hotdeploy_common::proto::{Health, Rotation};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// Most concurrent agent-check connections.
+const MAX_CONNECTIONS: usize = 256;
+/// Most bytes read from a client (HAProxy's `agent-send` is one short line).
+const MAX_INPUT: u64 = 1024;
+
+/// The agent-check line (without the newline) for a rotation state and health.
+pub fn agent_check_reply(rotation: Rotation, health: Health) -> &'static str {
+    match (health, rotation) {
+        (Health::Unprovisioned, _) => "maint",
+        (Health::Healthy, Rotation::InRotation) => "ready up",
+        (_, Rotation::InRotation) => "ready down",
+        (_, Rotation::Draining | Rotation::OutOfRotation | Rotation::Unspecified) => "drain",
+    }
+}
+
+/// Accepts connections until the process ends.
+pub(crate) async fn serve(listener: TcpListener, ctl: Arc<RotationControl>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "agent-check accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue; // over the cap: drop the connection
+        };
+        let line = format!("{}\n", agent_check_reply(ctl.state(), ctl.health()));
+        let timeout = ctl.io_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, answer(sock, line)).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(mut sock: TcpStream, line: String) -> std::io::Result<()> {
+    sock.write_all(line.as_bytes()).await?;
+    sock.shutdown().await?;
+    let mut sink = Vec::new();
+    (&mut sock).take(MAX_INPUT).read_to_end(&mut sink).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping() {
+        use Health::*;
+        use Rotation::*;
+        assert_eq!(agent_check_reply(InRotation, Healthy), "ready up");
+        assert_eq!(agent_check_reply(InRotation, Unhealthy), "ready down");
+        assert_eq!(
+            agent_check_reply(InRotation, Health::Unspecified),
+            "ready down"
+        );
+        assert_eq!(agent_check_reply(Draining, Healthy), "drain");
+        assert_eq!(agent_check_reply(OutOfRotation, Unhealthy), "drain");
+        assert_eq!(agent_check_reply(InRotation, Unprovisioned), "maint");
+        assert_eq!(agent_check_reply(Draining, Unprovisioned), "maint");
+    }
+}

@@ -1,0 +1,119 @@
+//! `GET /ready`: the readiness endpoint for everything that is not HAProxy (nginx, Envoy, cloud
+//! load balancers, Consul checks).
+//!
+//! - `GET /ready` (or `HEAD`) → `200 ready` when in rotation and healthy; otherwise `503` with a
+//!   one-word reason: `draining`, `out-of-rotation`, `unhealthy` or `unprovisioned` (rotation
+//!   reasons win over health reasons: a drained host is "draining" whatever its health).
+//! - Another method on `/ready` → 405; any other path → 404.
+//!
+//! Served with hyper's HTTP/1 server, hardened for hostile clients: request heads are limited
+//! to hyper's minimum buffer (8 KiB), headers must arrive within the I/O timeout, every
+//! connection is closed after one response and cut off after the timeout in any case, and
+//! concurrent connections are capped. Request bodies are never read.
+
+use super::RotationControl;
+use hotdeploy_common::proto::{Health, Rotation};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+const MAX_CONNECTIONS: usize = 256;
+/// hyper's smallest allowed read buffer; also our cap on a request head.
+const MAX_HEAD: usize = 8192;
+
+/// `Ok` when traffic should come here, else the one-word reason.
+pub fn readiness(rotation: Rotation, health: Health) -> Result<(), &'static str> {
+    match rotation {
+        Rotation::InRotation => {}
+        Rotation::Draining => return Err("draining"),
+        Rotation::OutOfRotation | Rotation::Unspecified => return Err("out-of-rotation"),
+    }
+    match health {
+        Health::Healthy => Ok(()),
+        Health::Unprovisioned => Err("unprovisioned"),
+        Health::Unhealthy | Health::Unspecified => Err("unhealthy"),
+    }
+}
+
+fn respond(ctl: &RotationControl, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = if req.uri().path() != "/ready" {
+        (StatusCode::NOT_FOUND, "not found\n".to_string())
+    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        )
+    } else {
+        match readiness(ctl.state(), ctl.health()) {
+            Ok(()) => (StatusCode::OK, "ready\n".into()),
+            Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        }
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    resp.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// Accepts connections until the process ends.
+pub(crate) async fn serve(listener: TcpListener, ctl: Arc<RotationControl>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let timeout = ctl.io_timeout;
+            let svc = hyper::service::service_fn(move |req| {
+                let resp = respond(&ctl, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .max_buf_size(MAX_HEAD)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(sock), svc);
+            let _ = tokio::time::timeout(timeout, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons() {
+        use Health::*;
+        use Rotation::*;
+        assert_eq!(readiness(InRotation, Healthy), Ok(()));
+        assert_eq!(readiness(InRotation, Unhealthy), Err("unhealthy"));
+        assert_eq!(readiness(InRotation, Unprovisioned), Err("unprovisioned"));
+        assert_eq!(readiness(Draining, Healthy), Err("draining"));
+        assert_eq!(readiness(OutOfRotation, Healthy), Err("out-of-rotation"));
+    }
+}

@@ -1,0 +1,353 @@
+//! ServiceController tests with real processes. Every process a test starts runs with its cwd
+//! inside the test's temp root; the [`Fixture`] guard SIGKILLs all of them on drop, whatever the
+//! test's outcome.
+
+use super::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    events: Arc<Mutex<Vec<Option<ChildRecord>>>>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        for r in ["r1", "r2"] {
+            std::fs::create_dir_all(root.join("releases").join(r)).unwrap();
+        }
+        std::os::unix::fs::symlink("releases/r1", root.join("current")).unwrap();
+        Self {
+            _dir: dir,
+            root,
+            events: Arc::default(),
+        }
+    }
+
+    fn cfg(&self, control: ServiceControl, script: &str) -> ServiceConfig {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "OUT".to_string(),
+            self.root.join("out").display().to_string(),
+        );
+        ServiceConfig {
+            name: "app".into(),
+            root: self.root.clone(),
+            control,
+            exec: vec!["sh".into(), "-c".into(), script.into()],
+            unit: None,
+            stop: Vec::new(),
+            start: Vec::new(),
+            stop_timeout: Duration::from_secs(5),
+            keep_releases: 5,
+            env,
+        }
+    }
+
+    fn controller(&self, cfg: &ServiceConfig) -> Arc<ServiceController> {
+        let events = self.events.clone();
+        ServiceController::new(
+            cfg,
+            &self.root,
+            Arc::new(move |c| events.lock().unwrap().push(c)),
+        )
+    }
+
+    /// Live (non-zombie) processes whose cwd is inside the root.
+    fn procs(&self) -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let live = proc::read_stat(*pid).is_some_and(|s| s.state != 'Z');
+                let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+                live && cwd.is_ok_and(|c| c.starts_with(&self.root))
+            })
+            .collect()
+    }
+
+    async fn wait_file(&self, name: &str) -> String {
+        let path = self.root.join(name);
+        for _ in 0..100 {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                if s.ends_with('\n') {
+                    return s;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} never written", path.display());
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for pid in self.procs() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const SLEEPER: &str = "echo \"$$ $HOTDEPLOY_RELEASE {current}\" > \"$OUT\"; exec sleep 1000";
+
+#[tokio::test]
+async fn start_restart_stop_with_substitution() {
+    let fx = Fixture::new();
+    let svc = fx.controller(&fx.cfg(ServiceControl::Exec, SLEEPER));
+    svc.adopt_or_start(None, None).await.unwrap();
+    let first = svc.child().unwrap();
+    let out = fx.wait_file("out").await;
+    let r1 = fx.root.join("releases/r1");
+    assert_eq!(out, format!("{} r1 {}\n", first.pid, r1.display()));
+
+    std::fs::remove_file(fx.root.join("out")).unwrap();
+    svc.restart("r2").await.unwrap();
+    let second = svc.child().unwrap();
+    assert_ne!(first.pid, second.pid);
+    assert!(!proc::is_alive(&first));
+    let out = fx.wait_file("out").await;
+    let r2 = fx.root.join("releases/r2");
+    assert_eq!(out, format!("{} r2 {}\n", second.pid, r2.display()));
+    assert_eq!(fx.procs(), vec![second.pid]);
+
+    svc.stop().await.unwrap();
+    assert_eq!(svc.child(), None);
+    assert!(fx.procs().is_empty());
+    assert!(
+        *svc.subscribe_alive().borrow(),
+        "a requested stop is not a crash"
+    );
+    let events = fx.events.lock().unwrap().clone();
+    assert_eq!(
+        events,
+        vec![Some(first.clone()), None, Some(second.clone()), None]
+    );
+}
+
+#[tokio::test]
+async fn restart_to_a_missing_release_keeps_the_old_process() {
+    let fx = Fixture::new();
+    let svc = fx.controller(&fx.cfg(ServiceControl::Exec, SLEEPER));
+    svc.adopt_or_start(None, Some("r1")).await.unwrap();
+    let first = svc.child().unwrap();
+    let e = svc.restart("nope").await.unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    assert!(proc::is_alive(&first));
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_ignoring_child_is_sigkilled_after_stop_timeout() {
+    let fx = Fixture::new();
+    let mut cfg = fx.cfg(
+        ServiceControl::Exec,
+        "trap '' TERM; echo $$ > \"$OUT\"; while true; do sleep 0.05; done",
+    );
+    cfg.stop_timeout = Duration::from_millis(600);
+    let svc = fx.controller(&cfg);
+    svc.adopt_or_start(None, None).await.unwrap();
+    fx.wait_file("out").await; // the trap is in place
+    let rec = svc.child().unwrap();
+    let t0 = Instant::now();
+    svc.stop().await.unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(550),
+        "stopped too soon: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "stop took {took:?}");
+    assert!(!proc::is_alive(&rec));
+    assert!(fx.procs().is_empty());
+}
+
+#[tokio::test]
+async fn child_dying_on_its_own_is_restarted_and_alive_flips() {
+    let fx = Fixture::new();
+    let svc = fx.controller(&fx.cfg(ServiceControl::Exec, SLEEPER));
+    svc.adopt_or_start(None, None).await.unwrap();
+    let first = svc.child().unwrap();
+    let mut alive = svc.subscribe_alive();
+    assert!(*alive.borrow_and_update());
+
+    kill(Pid::from_raw(first.pid), Signal::SIGKILL).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), alive.wait_for(|a| !*a))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), alive.wait_for(|a| *a))
+        .await
+        .unwrap()
+        .unwrap();
+    let second = svc.child().unwrap();
+    assert_ne!(first.pid, second.pid);
+    assert!(proc::is_alive(&second));
+    assert_eq!(fx.procs(), vec![second.pid]);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn crash_loop_backs_off() {
+    let fx = Fixture::new();
+    let svc = fx.controller(&fx.cfg(ServiceControl::Exec, "echo x >> \"$OUT\"; exit 1"));
+    svc.adopt_or_start(None, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // 100 + 200 + 400 ms of backoff fit in a second: about 4 starts, never dozens.
+    let starts = std::fs::read_to_string(fx.root.join("out"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!((2..=5).contains(&starts), "{starts} starts in 1s");
+    assert!(!*svc.subscribe_alive().borrow());
+    svc.stop().await.unwrap();
+    assert!(*svc.subscribe_alive().borrow());
+}
+
+#[tokio::test]
+async fn a_restarted_agent_adopts_instead_of_starting_another() {
+    let fx = Fixture::new();
+    let cfg = fx.cfg(ServiceControl::Exec, SLEEPER);
+    let first = fx.controller(&cfg);
+    first.adopt_or_start(None, None).await.unwrap();
+    let rec = first.child().unwrap();
+    fx.wait_file("out").await;
+    // The agent goes away: dropping the controller must leave the service running.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(proc::is_alive(&rec));
+
+    let second = fx.controller(&cfg);
+    second
+        .adopt_or_start(Some(rec.clone()), Some("r1"))
+        .await
+        .unwrap();
+    assert_eq!(second.child(), Some(rec.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fx.procs(), vec![rec.pid], "a second copy was started");
+
+    // Stopping an adopted (non-child) process works too.
+    second.stop().await.unwrap();
+    assert!(!proc::is_alive(&rec));
+    assert!(fx.procs().is_empty());
+}
+
+#[tokio::test]
+async fn adopted_process_dying_is_noticed_and_restarted() {
+    let fx = Fixture::new();
+    let cfg = fx.cfg(ServiceControl::Exec, SLEEPER);
+    let first = fx.controller(&cfg);
+    first.adopt_or_start(None, None).await.unwrap();
+    let rec = first.child().unwrap();
+    drop(first);
+    let second = fx.controller(&cfg);
+    second
+        .adopt_or_start(Some(rec.clone()), None)
+        .await
+        .unwrap();
+    let mut alive = second.subscribe_alive();
+    kill(Pid::from_raw(rec.pid), Signal::SIGKILL).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), alive.wait_for(|a| !*a))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), alive.wait_for(|a| *a))
+        .await
+        .unwrap()
+        .unwrap();
+    let new = second.child().unwrap();
+    assert_ne!(new.pid, rec.pid);
+    second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn stale_record_starts_a_fresh_process() {
+    let fx = Fixture::new();
+    let svc = fx.controller(&fx.cfg(ServiceControl::Exec, SLEEPER));
+    let me = proc::record_of(std::process::id() as i32).unwrap();
+    let stale = ChildRecord {
+        pid: me.pid,
+        start_time: me.start_time + 7,
+    };
+    svc.adopt_or_start(Some(stale), None).await.unwrap();
+    let rec = svc.child().unwrap();
+    assert_ne!(rec.pid, me.pid);
+    wait_until("the fresh child", || fx.procs() == vec![rec.pid]).await;
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn nothing_deployed_starts_nothing() {
+    let fx = Fixture::new();
+    std::fs::remove_file(fx.root.join("current")).unwrap();
+    let svc = fx.controller(&fx.cfg(ServiceControl::Exec, SLEEPER));
+    svc.adopt_or_start(None, None).await.unwrap();
+    assert_eq!(svc.child(), None);
+}
+
+#[tokio::test]
+async fn command_mode_runs_stop_then_start() {
+    let fx = Fixture::new();
+    let log = fx.root.join("log");
+    let mut cfg = fx.cfg(ServiceControl::Command, "");
+    cfg.stop = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "echo \"stop $HOTDEPLOY_RELEASE {{current}}\" >> {}",
+            log.display()
+        ),
+    ];
+    cfg.start = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "echo \"start $HOTDEPLOY_RELEASE {{current}}\" >> {}",
+            log.display()
+        ),
+    ];
+    let svc = fx.controller(&cfg);
+    svc.adopt_or_start(None, None).await.unwrap();
+    assert!(!log.exists(), "command mode starts nothing at agent start");
+    svc.restart("r2").await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "stop r1 {}\nstart r2 {}\n",
+            fx.root.join("releases/r1").display(),
+            fx.root.join("releases/r2").display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn command_mode_failure_names_the_command_and_stderr() {
+    let fx = Fixture::new();
+    let mut cfg = fx.cfg(ServiceControl::Command, "");
+    cfg.stop = vec!["true".into()];
+    cfg.start = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo port in use >&2; exit 4".into(),
+    ];
+    let svc = fx.controller(&cfg);
+    let e = svc.restart("r1").await.unwrap_err().to_string();
+    assert!(e.contains("start command"), "{e}");
+    assert!(e.contains("port in use"), "{e}");
+    assert!(e.contains('4'), "{e}");
+}

@@ -1,0 +1,69 @@
+//! `hotdeployctl`: the operator's command line (DESIGN §6).
+//!
+//! Every subcommand talks to a running daemon over gRPC; none opens a data_dir. Output is a
+//! table for people or, with `-o json`, the stable JSON documented in docs/api.md. Exit codes:
+//! 0 success, 1 failure, 2 usage (clap's own), 3 a watched rollout that halted or was aborted.
+
+pub mod agent;
+mod client;
+mod connect;
+mod groups;
+mod hosts;
+mod locks;
+mod members;
+mod output;
+mod status;
+
+pub use connect::{channel_to, GlobalOpts, Output};
+
+use clap::{Parser, Subcommand};
+
+/// The whole command line.
+#[derive(Debug, Parser)]
+#[command(name = "hotdeployctl", version, about = "Operate a hotdeploy fleet")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Leader, term, members, groups (budget/used), host counts.
+    Status,
+    /// Coordinator cluster membership.
+    #[command(subcommand)]
+    Members(members::MembersCmd),
+    /// Registered hosts.
+    #[command(subcommand)]
+    Hosts(hosts::HostsCmd),
+    /// Groups and their disruption budgets.
+    #[command(subcommand)]
+    Groups(groups::GroupsCmd),
+    /// Slots of the deploy lock.
+    #[command(subcommand)]
+    Locks(locks::LocksCmd),
+    /// Talk to one agent's local API.
+    Agent(agent::AgentArgs),
+}
+
+/// Runs the command line and returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Status => status::run(&cli.global).await,
+        Command::Members(c) => members::run(c, &cli.global).await,
+        Command::Hosts(c) => hosts::run(c, &cli.global).await,
+        Command::Groups(c) => groups::run(c, &cli.global).await,
+        Command::Locks(c) => locks::run(c, &cli.global).await,
+        Command::Agent(args) => agent::run(args, &cli.global).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

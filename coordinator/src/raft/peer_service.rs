@@ -1,0 +1,113 @@
+//! The inbound half of the peer transport: the `RaftPeer` gRPC service.
+//!
+//! Each frame is checked before raft sees it: the cluster id must match ours (a blank node
+//! adopts the first non-zero id it hears, from the leader that is adding it), the embedded
+//! message's `from` must match the frame's sender, and, under mTLS, the sender must hold the
+//! certificate of that coordinator id. Raft payloads are decoded only after these checks:
+//! raft 0.7's protobuf 2.x decoder is not meant for untrusted input.
+
+use super::node::Msg;
+use super::status::NodeStatus;
+use super::transport::Transport;
+use crate::state::StateMachine;
+use hotdeploy_common::proto::raft_peer_server::RaftPeer;
+use hotdeploy_common::proto::{ClusterInfoRequest, ClusterInfoResponse, PeerAck, PeerFrame};
+use hotdeploy_common::tls::{caller_role, Role};
+use protobuf::Message as _;
+use raft::prelude::Message;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::storage::SledStorage;
+
+pub struct PeerService {
+    pub(crate) cluster_id: Arc<AtomicU64>,
+    pub(crate) storage: SledStorage,
+    pub(crate) node: mpsc::Sender<Msg>,
+    pub(crate) transport: Transport,
+    pub(crate) status: watch::Receiver<NodeStatus>,
+    pub(crate) state: Arc<RwLock<StateMachine>>,
+}
+
+impl PeerService {
+    /// Checks (and, for a blank node, adopts) the sender's cluster id.
+    fn check_cluster(&self, theirs: u64) -> Result<(), Status> {
+        let ours = self.cluster_id.load(Ordering::Acquire);
+        if ours == theirs && ours != 0 {
+            return Ok(());
+        }
+        if ours == 0 && theirs != 0 {
+            if let Err(e) = self.storage.set_cluster_id(theirs) {
+                tracing::error!("fatal storage error persisting the cluster id: {e}");
+                std::process::exit(1);
+            }
+            self.cluster_id.store(theirs, Ordering::Release);
+            tracing::info!(cluster_id = format!("{theirs:016x}"), "joined cluster");
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "cluster id mismatch: this node is in cluster {ours:016x}, the sender in {theirs:016x}"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn send(&self, request: Request<Streaming<PeerFrame>>) -> Result<Response<PeerAck>, Status> {
+        let role = caller_role(&request);
+        let mut stream = request.into_inner();
+        let mut sender: Option<u64> = None;
+        while let Some(frame) = stream.message().await? {
+            match (&role, sender) {
+                (Some(Role::Insecure), _) => {}
+                (Some(Role::Coordinator(id)), _) if *id == frame.from => {}
+                (r, _) => {
+                    let who = r.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "no role".into());
+                    tracing::warn!(audit = true, caller = %who, claimed = frame.from, "peer frame refused: sender id differs from its certificate");
+                    return Err(Status::permission_denied(format!(
+                        "peer {who} may not send raft messages as coordinator {}",
+                        frame.from
+                    )));
+                }
+            }
+            if sender.is_some_and(|s| s != frame.from) {
+                return Err(Status::invalid_argument("sender id changed within one stream"));
+            }
+            sender = Some(frame.from);
+            self.check_cluster(frame.cluster_id)?;
+            let msg = Message::parse_from_bytes(&frame.message)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            if msg.from != frame.from {
+                return Err(Status::invalid_argument(format!(
+                    "raft message from {} inside a frame from {}",
+                    msg.from, frame.from
+                )));
+            }
+            self.transport.learn(frame.from, &frame.from_address);
+            if self.node.send(Msg::Step(Box::new(msg))).await.is_err() {
+                return Err(Status::unavailable("raft node stopped"));
+            }
+        }
+        Ok(Response::new(PeerAck {}))
+    }
+
+    async fn cluster_info(
+        &self,
+        _request: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        let st = self.status.borrow().clone();
+        let members = self
+            .state
+            .read()
+            .map(|s| s.members().keys().copied().collect())
+            .unwrap_or_default();
+        Ok(Response::new(ClusterInfoResponse {
+            cluster_id: self.cluster_id.load(Ordering::Acquire),
+            commit_index: st.commit,
+            node: st.id,
+            members,
+        }))
+    }
+}

@@ -1,0 +1,949 @@
+//! Durable raft-rs storage over sled: the raft log, hard state, conf state and the latest
+//! snapshot, in one sled tree.
+//!
+//! # What
+//!
+//! [`SledStorage`] implements [`raft::Storage`] for raft-rs 0.7. The Ready loop (DESIGN §2)
+//! persists through it: [`SledStorage::append_and_persist`] writes a Ready's entries and hard
+//! state in one sled batch and then flushes (fsync), so a crash leaves either all of a Ready or
+//! none of it. [`SledStorage::create_snapshot`] records the serialized state machine at `applied`
+//! and compacts the log in that same batch, and [`SledStorage::apply_snapshot`] installs a
+//! snapshot received from the leader.
+//!
+//! # Layout (one sled tree, the `Db`'s default tree)
+//!
+//! Numbers inside keys are big-endian `u64`, so that sled's byte order is numeric order and a
+//! range scan over `e/` walks the log in index order.
+//!
+//! | key | value |
+//! |---|---|
+//! | `e/<index>` | protobuf `eraftpb::Entry` |
+//! | `m/hardstate` | protobuf `eraftpb::HardState` |
+//! | `m/confstate` | protobuf `eraftpb::ConfState` |
+//! | `m/truncated` | index u64be ‖ term u64be of the last entry dropped by compaction or a snapshot |
+//! | `m/cluster_id` | u64be |
+//! | `m/snapshot` | protobuf `eraftpb::Snapshot` (metadata and the state machine's bytes) |
+//! | `s/...` | reserved for state-machine rows; never touched here |
+//!
+//! # Invariants
+//!
+//! - The log is contiguous: `e/` holds exactly the indices `truncated.index + 1 ..= last_index`.
+//!   [`SledStorage::open`] checks both ends and refuses a store that breaks this.
+//! - `first_index() == truncated.index + 1`, and `term(truncated.index)` answers from
+//!   `m/truncated` after the entry itself is gone, as raft-rs requires for matching.
+//! - Whenever a snapshot is stored, `truncated == (snapshot.index, snapshot.term)`: the snapshot
+//!   and the compaction are written in the same batch, so a restart that restores the state
+//!   machine from `m/snapshot` finds the log starting right after it.
+//! - The stored commit is never below the stored snapshot's index, so a restart with
+//!   `Config.applied = snapshot.index` never trips raft-rs's `applied > commit` panic.
+//! - Every write is one `sled::Batch` followed by `flush()`. Only after both succeed is the
+//!   in-memory [`Meta`] cache updated, under a write lock that also keeps readers from seeing a
+//!   half-applied state. Any error is returned; the caller treats it as fatal (DESIGN §2).
+//!
+//! # Bootstrap
+//!
+//! raft-rs's `MemStorage::new_with_conf_state` only stores a ConfState and starts the log at
+//! index 1 with `term(0) == 0`. Its own comment says real systems choose the other way: start
+//! every node from a snapshot at a non-zero index. We do that. [`SledStorage::initialize`] writes
+//! a snapshot at ([`BOOTSTRAP_INDEX`], [`BOOTSTRAP_TERM`]) holding the voters, with empty data
+//! (the empty state machine). As a result, a node added later starts blank, needs index 1 from
+//! the leader, finds it compacted, and receives a snapshot. It never replays a log whose
+//! first configuration it never saw.
+//!
+//! # Restart and membership (the driver's side of the contract)
+//!
+//! - Restart: restore the state machine from [`SledStorage::latest_snapshot`] (empty data means
+//!   the empty state machine) and set `raft::Config::applied` to the snapshot's index (0 when
+//!   there is none). raft-rs then returns every committed entry after it through
+//!   `Ready::committed_entries`. A larger `applied` would skip entries; a non-zero value below
+//!   `first_index - 1` makes raft-rs panic.
+//! - `initial_state` returns `m/confstate`, which raft-rs takes as the configuration at
+//!   `applied`. Committed ConfChanges after the snapshot are re-applied on restart. So take a
+//!   snapshot ([`SledStorage::create_snapshot`], which stores the conf state too) right after
+//!   applying a ConfChange. That also gives a newly added node a snapshot that names it: raft-rs
+//!   followers drop a snapshot whose ConfState omits them, and [`raft::Storage::snapshot`]
+//!   refuses to offer one.
+//!
+//! # What it leaves out
+//!
+//! - No asynchronous entry fetching: `entries` ignores `GetEntriesContext` and never returns
+//!   `LogTemporarilyUnavailable`.
+//! - No on-demand snapshots: the storage does not own the state machine, so
+//!   [`raft::Storage::snapshot`] can only hand out the latest stored one (see its docs).
+//! - No state-machine rows (`s/`), no metrics, no retention of log entries past a snapshot for
+//!   slow followers. A follower that falls behind the latest snapshot gets that snapshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState};
+
+/// Prefix of log entry keys. `e` sorts before `m` and `s`, so entries form one contiguous run.
+const ENTRY_PREFIX: &[u8] = b"e/";
+/// The current `HardState` (term, vote, commit).
+const KEY_HARDSTATE: &[u8] = b"m/hardstate";
+/// The current `ConfState`, as returned by `initial_state`.
+const KEY_CONFSTATE: &[u8] = b"m/confstate";
+/// Index and term of the last entry removed by compaction or by installing a snapshot. Keeps
+/// `term(first_index - 1)` answerable after the entry itself is deleted.
+const KEY_TRUNCATED: &[u8] = b"m/truncated";
+/// The cluster id this node belongs to, so a node cannot be pointed at another cluster's peers.
+const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
+/// The latest snapshot (metadata and the serialized state machine): what a restart restores
+/// from, and what the leader sends to a follower that is behind the log.
+const KEY_SNAPSHOT: &[u8] = b"m/snapshot";
+
+/// sled's page cache. Small on purpose: the hot data (the log tail and the metadata) is tiny,
+/// and a coordinator shares its host with the services it deploys (DESIGN §2: 64 MiB).
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Sub-directory of the coordinator's data_dir that holds the sled database.
+const RAFT_DIR: &str = "raft";
+
+/// How long `open` waits for sled's file lock to be released by a handle that was just dropped
+/// in this process (see `SledStorage::open_db`). Long enough for a starved flusher thread on a
+/// loaded CI machine; short enough that a lock held by another process fails fast.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// Poll interval while waiting for the lock.
+const LOCK_RETRY_EVERY: Duration = Duration::from_millis(25);
+
+/// Index of the snapshot that [`SledStorage::initialize`] writes. Non-zero so that index 1..=it
+/// are "compacted" on every founding node, and a node that joins later is sent a snapshot
+/// rather than a log whose initial configuration it cannot see (the TiKV way).
+pub const BOOTSTRAP_INDEX: u64 = 1;
+/// Term of the bootstrap snapshot. The hard state starts at this term, so the first election
+/// is for term `BOOTSTRAP_TERM + 1`.
+pub const BOOTSTRAP_TERM: u64 = 1;
+
+/// Errors of the raft storage. All of them are fatal to the Ready loop: log, exit, and let
+/// systemd restart the node.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The sled database could not be opened (missing permissions, held by another process...).
+    #[error("cannot open raft storage at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    /// A sled read, batch or flush failed.
+    #[error("raft storage: {op}: {source}")]
+    Sled {
+        op: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    /// A stored value could not be decoded: the store is damaged or from another program.
+    #[error("raft storage: cannot decode {what}: {source}")]
+    Decode {
+        what: String,
+        #[source]
+        source: protobuf::ProtobufError,
+    },
+    /// A value could not be encoded (protobuf refused the message).
+    #[error("raft storage: cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: protobuf::ProtobufError,
+    },
+    /// The stored data breaks an invariant of the layout (a gap in the log, a bad length...).
+    #[error("raft storage is corrupt: {0}")]
+    Corrupt(String),
+    /// `initialize` was called on a storage that already holds raft state.
+    #[error("raft storage is already initialized; refusing to bootstrap it again")]
+    AlreadyInitialized,
+    /// The caller asked for something the log cannot do (appending into the compacted prefix,
+    /// leaving a gap, snapshotting past the last entry, ...).
+    #[error("raft storage: {0}")]
+    Invalid(String),
+    /// A snapshot is not newer than what the storage already has.
+    #[error(
+        "raft storage: snapshot at index {index} is out of date (log truncated at {truncated})"
+    )]
+    SnapshotOutOfDate { index: u64, truncated: u64 },
+}
+
+impl From<StorageError> for raft::Error {
+    fn from(e: StorageError) -> Self {
+        raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+    }
+}
+
+type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Index and term of a log position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LogPosition {
+    index: u64,
+    term: u64,
+}
+
+/// In-memory copy of everything but the entries and the snapshot data. raft-rs calls
+/// `first_index`/`last_index`/`term` many times per Ready; answering those from memory avoids
+/// decoding from sled each time. Loaded at `open`, replaced only after a write is flushed.
+#[derive(Debug, Default)]
+struct Meta {
+    hard_state: HardState,
+    conf_state: ConfState,
+    truncated: LogPosition,
+    /// Index of the last stored entry, or `truncated.index` when the log is empty.
+    last_index: u64,
+    /// Metadata of `m/snapshot`, if one is stored.
+    snapshot: Option<SnapshotMetadata>,
+    cluster_id: Option<u64>,
+    /// Whether `m/hardstate` / `m/confstate` exist at all (for `is_blank`).
+    has_hard_state: bool,
+    has_conf_state: bool,
+}
+
+impl Meta {
+    fn first_index(&self) -> u64 {
+        self.truncated.index + 1
+    }
+}
+
+struct Inner {
+    db: sled::Db,
+    /// Writers hold the write side across batch + flush + cache update, so a reader that combines
+    /// several facts (say `last_index` and an entry) sees one consistent state.
+    meta: RwLock<Meta>,
+}
+
+/// raft-rs storage backed by sled. Cloning is cheap (an `Arc`): the `RawNode` owns one handle,
+/// the driver keeps another, and both see the same state.
+#[derive(Clone)]
+pub struct SledStorage {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SledStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStorage")
+            .field("meta", &*self.read_meta())
+            .finish_non_exhaustive()
+    }
+}
+
+fn entry_key(index: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(ENTRY_PREFIX);
+    key[2..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn entry_index_from_key(key: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = key
+        .strip_prefix(ENTRY_PREFIX)
+        .and_then(|rest| rest.try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt(format!("malformed entry key {key:?}")))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn encode<M: PbMessage>(msg: &M, what: &'static str) -> Result<Vec<u8>> {
+    msg.write_to_bytes()
+        .map_err(|source| StorageError::Encode { what, source })
+}
+
+fn decode<M: PbMessage>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<M> {
+    M::parse_from_bytes(bytes).map_err(|source| StorageError::Decode {
+        what: what(),
+        source,
+    })
+}
+
+fn encode_position(pos: LogPosition) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&pos.index.to_be_bytes());
+    out[8..].copy_from_slice(&pos.term.to_be_bytes());
+    out
+}
+
+fn decode_position(bytes: &[u8]) -> Result<LogPosition> {
+    let (index, term) = match (bytes.get(..8), bytes.get(8..)) {
+        (Some(i), Some(t)) if bytes.len() == 16 => (i, t),
+        _ => {
+            return Err(StorageError::Corrupt(format!(
+                "m/truncated has {} bytes, expected 16",
+                bytes.len()
+            )))
+        }
+    };
+    let to_u64 = |b: &[u8]| -> Result<u64> {
+        let arr: [u8; 8] = b
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("m/truncated is malformed".into()))?;
+        Ok(u64::from_be_bytes(arr))
+    };
+    Ok(LogPosition {
+        index: to_u64(index)?,
+        term: to_u64(term)?,
+    })
+}
+
+fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
+    move |source| StorageError::Sled { op, source }
+}
+
+/// A snapshot at `pos` with `conf_state` and the serialized state machine `data`.
+fn new_snapshot(pos: LogPosition, conf_state: ConfState, data: Vec<u8>) -> Snapshot {
+    let mut metadata = SnapshotMetadata {
+        index: pos.index,
+        term: pos.term,
+        ..Default::default()
+    };
+    metadata.set_conf_state(conf_state);
+    let mut snap = Snapshot {
+        data: data.into(),
+        ..Default::default()
+    };
+    snap.set_metadata(metadata);
+    snap
+}
+
+/// Whether node `id` appears in `cs` in a role that lets it accept a snapshot. Mirrors the check
+/// in raft-rs `Raft::restore`, which silently drops a snapshot whose ConfState omits the
+/// recipient.
+fn conf_state_has(cs: &ConfState, id: u64) -> bool {
+    cs.voters
+        .iter()
+        .chain(&cs.learners)
+        .chain(&cs.voters_outgoing)
+        .any(|v| *v == id)
+}
+
+impl SledStorage {
+    /// Opens (or creates) `<data_dir>/raft` with a 64 MiB cache and loads the metadata.
+    /// [`SledStorage::is_blank`] tells whether nothing was ever written.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(RAFT_DIR);
+        let config = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_CAPACITY_BYTES);
+        let db = Self::open_db(&config).map_err(|source| StorageError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let meta = Self::load_meta(&db)?;
+        tracing::debug!(
+            path = %path.display(),
+            first_index = meta.first_index(),
+            last_index = meta.last_index,
+            commit = meta.hard_state.commit,
+            term = meta.hard_state.term,
+            "opened raft storage"
+        );
+        Ok(SledStorage {
+            inner: Arc::new(Inner {
+                db,
+                meta: RwLock::new(meta),
+            }),
+        })
+    }
+
+    /// Opens the sled database, waiting up to [`LOCK_WAIT`] for its file lock. Dropping the last
+    /// `sled::Db` does not release the lock synchronously (sled 0.34's flusher thread holds the
+    /// file a little longer, sled issue #1234), so an in-process reopen (tests, a restarted node
+    /// in a harness) can race it. A lock held by another live process still fails, after the
+    /// wait, with sled's "could not acquire lock" error. Blocks the calling thread meanwhile:
+    /// call it at startup, not from a busy async task.
+    fn open_db(config: &sled::Config) -> std::result::Result<sled::Db, sled::Error> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(LOCK_RETRY_EVERY);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn load_meta(db: &sled::Db) -> Result<Meta> {
+        let get = |key: &'static [u8]| db.get(key).map_err(sled_err("reading metadata"));
+        let mut meta = Meta::default();
+        if let Some(v) = get(KEY_HARDSTATE)? {
+            meta.hard_state = decode(&v, || "m/hardstate".into())?;
+            meta.has_hard_state = true;
+        }
+        if let Some(v) = get(KEY_CONFSTATE)? {
+            meta.conf_state = decode(&v, || "m/confstate".into())?;
+            meta.has_conf_state = true;
+        }
+        if let Some(v) = get(KEY_TRUNCATED)? {
+            meta.truncated = decode_position(&v)?;
+        }
+        if let Some(v) = get(KEY_CLUSTER_ID)? {
+            let arr: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                StorageError::Corrupt(format!("m/cluster_id has {} bytes, expected 8", v.len()))
+            })?;
+            meta.cluster_id = Some(u64::from_be_bytes(arr));
+        }
+        if let Some(v) = get(KEY_SNAPSHOT)? {
+            let snap: Snapshot = decode(&v, || "m/snapshot".into())?;
+            meta.snapshot = Some(snap.get_metadata().clone());
+        }
+
+        // The log must be exactly truncated.index+1 ..= last: check both ends.
+        let mut entries = db.scan_prefix(ENTRY_PREFIX).keys();
+        let first = entries
+            .next()
+            .transpose()
+            .map_err(sled_err("scanning the log"))?
+            .map(|k| entry_index_from_key(&k))
+            .transpose()?;
+        let last = entries
+            .next_back()
+            .transpose()
+            .map_err(sled_err("scanning the log"))?
+            .map(|k| entry_index_from_key(&k))
+            .transpose()?;
+        meta.last_index = match (first, last) {
+            (None, _) => meta.truncated.index,
+            (Some(first), last) => {
+                if first != meta.first_index() {
+                    return Err(StorageError::Corrupt(format!(
+                        "first log entry is {first}, expected {} (truncated at {})",
+                        meta.first_index(),
+                        meta.truncated.index
+                    )));
+                }
+                last.unwrap_or(first)
+            }
+        };
+        if let Some(snap) = &meta.snapshot {
+            if snap.index != meta.truncated.index || snap.term != meta.truncated.term {
+                return Err(StorageError::Corrupt(format!(
+                    "snapshot at ({}, {}) but log truncated at ({}, {})",
+                    snap.index, snap.term, meta.truncated.index, meta.truncated.term
+                )));
+            }
+        }
+        Ok(meta)
+    }
+
+    // Lock poisoning only follows a panic in another thread while holding the lock; the cache is
+    // only assigned after a successful write, so the data behind a poisoned lock is still whole.
+    fn read_meta(&self) -> RwLockReadGuard<'_, Meta> {
+        self.inner
+            .meta
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_meta(&self) -> RwLockWriteGuard<'_, Meta> {
+        self.inner
+            .meta
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `batch` atomically, then fsyncs. The caller holds the meta write lock and updates
+    /// the cache only if this returns `Ok`.
+    fn commit_batch(&self, batch: sled::Batch, op: &'static str) -> Result<()> {
+        self.inner.db.apply_batch(batch).map_err(sled_err(op))?;
+        self.inner
+            .db
+            .flush()
+            .map_err(sled_err("flushing (fsync) the raft storage"))?;
+        Ok(())
+    }
+
+    /// True when nothing was ever written: no hard state, no conf state, no entries and no
+    /// snapshot (a cluster id alone does not count). A blank node either bootstraps with
+    /// [`SledStorage::initialize`] or waits to be sent a snapshot by a leader.
+    pub fn is_blank(&self) -> bool {
+        let m = self.read_meta();
+        !m.has_hard_state
+            && !m.has_conf_state
+            && m.snapshot.is_none()
+            && m.last_index == 0
+            && m.truncated == LogPosition::default()
+    }
+
+    /// Bootstraps a brand-new cluster with `voters`, whose state machine starts empty.
+    /// Every founding node must call it with the same voters. See
+    /// [`SledStorage::initialize_with_data`] for what it writes.
+    pub fn initialize(&self, voters: &[u64], cluster_id: u64) -> Result<()> {
+        self.initialize_with_data(voters, cluster_id, Vec::new())
+    }
+
+    /// Bootstraps a brand-new cluster. In one batch, writes:
+    /// - a snapshot at ([`BOOTSTRAP_INDEX`], [`BOOTSTRAP_TERM`]) with `ConfState{voters}` and
+    ///   `data` (the serialized initial state machine; empty means "the empty state machine",
+    ///   and the driver must restore it as such);
+    /// - `m/truncated` = that position, so `first_index() == BOOTSTRAP_INDEX + 1`;
+    /// - `m/confstate` = `ConfState{voters}`;
+    /// - `m/hardstate` = `{term: BOOTSTRAP_TERM, vote: 0, commit: BOOTSTRAP_INDEX}` (raft-rs
+    ///   requires `commit >= first_index - 1` on load);
+    /// - `m/cluster_id`.
+    ///
+    /// Fails with [`StorageError::AlreadyInitialized`] unless [`SledStorage::is_blank`].
+    pub fn initialize_with_data(
+        &self,
+        voters: &[u64],
+        cluster_id: u64,
+        data: Vec<u8>,
+    ) -> Result<()> {
+        if voters.is_empty() || voters.contains(&0) {
+            return Err(StorageError::Invalid(format!(
+                "bootstrap needs at least one voter and no id 0 (got {voters:?})"
+            )));
+        }
+        let mut meta = self.write_meta();
+        let blank = !meta.has_hard_state
+            && !meta.has_conf_state
+            && meta.snapshot.is_none()
+            && meta.last_index == 0;
+        if !blank {
+            return Err(StorageError::AlreadyInitialized);
+        }
+        let conf_state = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
+        let pos = LogPosition {
+            index: BOOTSTRAP_INDEX,
+            term: BOOTSTRAP_TERM,
+        };
+        let snap = new_snapshot(pos, conf_state.clone(), data);
+        let hard_state = HardState {
+            term: BOOTSTRAP_TERM,
+            vote: 0,
+            commit: BOOTSTRAP_INDEX,
+            ..Default::default()
+        };
+
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_SNAPSHOT, encode(&snap, "bootstrap snapshot")?);
+        batch.insert(KEY_TRUNCATED, &encode_position(pos)[..]);
+        batch.insert(KEY_CONFSTATE, encode(&conf_state, "conf state")?);
+        batch.insert(KEY_HARDSTATE, encode(&hard_state, "hard state")?);
+        batch.insert(KEY_CLUSTER_ID, &cluster_id.to_be_bytes()[..]);
+        self.commit_batch(batch, "writing the bootstrap state")?;
+
+        meta.snapshot = Some(snap.get_metadata().clone());
+        meta.truncated = pos;
+        meta.last_index = pos.index;
+        meta.conf_state = conf_state;
+        meta.has_conf_state = true;
+        meta.hard_state = hard_state;
+        meta.has_hard_state = true;
+        meta.cluster_id = Some(cluster_id);
+        Ok(())
+    }
+
+    /// The cluster id recorded by `initialize` or `set_cluster_id`, if any.
+    pub fn cluster_id(&self) -> Option<u64> {
+        self.read_meta().cluster_id
+    }
+
+    /// Records the cluster id (for a node that joins an existing cluster). Batch + flush.
+    pub fn set_cluster_id(&self, id: u64) -> Result<()> {
+        let mut meta = self.write_meta();
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_CLUSTER_ID, &id.to_be_bytes()[..]);
+        self.commit_batch(batch, "writing the cluster id")?;
+        meta.cluster_id = Some(id);
+        Ok(())
+    }
+
+    /// Persists one Ready: appends `entries`, deleting every stored entry at or after the first
+    /// new index (the conflicting tail), and sets `hard_state` if given, in ONE sled batch, then
+    /// flushes. Errors are fatal to the caller: never call `advance` after one.
+    ///
+    /// `entries` must be contiguous, start after the compacted prefix, and leave no gap after the
+    /// current last entry.
+    pub fn append_and_persist(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<()> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let mut meta = self.write_meta();
+        let mut batch = sled::Batch::default();
+        let mut new_last = meta.last_index;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            if first.index <= meta.truncated.index {
+                return Err(StorageError::Invalid(format!(
+                    "append at index {} would overwrite the compacted log (truncated at {})",
+                    first.index, meta.truncated.index
+                )));
+            }
+            if first.index > meta.last_index + 1 {
+                return Err(StorageError::Invalid(format!(
+                    "append at index {} leaves a gap after last index {}",
+                    first.index, meta.last_index
+                )));
+            }
+            for (expected, e) in (first.index..).zip(entries) {
+                if e.index != expected {
+                    return Err(StorageError::Invalid(format!(
+                        "appended entries are not contiguous: index {} where {expected} was expected",
+                        e.index
+                    )));
+                }
+                batch.insert(&entry_key(e.index)[..], encode(e, "log entry")?);
+            }
+            // The conflicting tail that the new entries do not overwrite key by key.
+            for index in last.index + 1..=meta.last_index {
+                batch.remove(&entry_key(index)[..]);
+            }
+            new_last = last.index;
+        }
+        if let Some(hs) = hard_state {
+            batch.insert(KEY_HARDSTATE, encode(hs, "hard state")?);
+        }
+        self.commit_batch(batch, "appending log entries")?;
+        meta.last_index = new_last;
+        if let Some(hs) = hard_state {
+            meta.hard_state = hs.clone();
+            meta.has_hard_state = true;
+        }
+        Ok(())
+    }
+
+    /// Stores `hs` as the hard state. Batch + flush.
+    pub fn set_hardstate(&self, hs: &HardState) -> Result<()> {
+        self.append_and_persist(&[], Some(hs))
+    }
+
+    /// Sets the commit index of the stored hard state (a light ready's `commit_index`). The
+    /// commit never moves backwards: a lower value is ignored. Batch + flush.
+    pub fn set_commit(&self, commit: u64) -> Result<()> {
+        let mut hs = self.hard_state();
+        if commit <= hs.commit {
+            return Ok(());
+        }
+        hs.commit = commit;
+        self.set_hardstate(&hs)
+    }
+
+    /// Stores `cs` as the conf state returned by `initial_state`. Batch + flush.
+    ///
+    /// Careful: on restart raft-rs takes this ConfState as the configuration at
+    /// `Config.applied`, and the driver re-applies every committed ConfChange after that. Prefer
+    /// [`SledStorage::create_snapshot`] right after applying a ConfChange, which writes the conf
+    /// state together with a snapshot at that index.
+    pub fn set_conf_state(&self, cs: &ConfState) -> Result<()> {
+        let mut meta = self.write_meta();
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_CONFSTATE, encode(cs, "conf state")?);
+        self.commit_batch(batch, "writing the conf state")?;
+        meta.conf_state = cs.clone();
+        meta.has_conf_state = true;
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader (`Ready::snapshot`), in one batch + flush:
+    /// stores it, sets `truncated = (index, term)`, the conf state from its metadata, drops the
+    /// whole log (raft-rs only hands over a snapshot whose position is not in our log, so every
+    /// stored entry is either covered or conflicting, as in `MemStorage::apply_snapshot`), and
+    /// raises the hard state to `term >= snapshot term`, `commit >= index`.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<()> {
+        let smeta = snap.get_metadata();
+        if smeta.index == 0 {
+            return Err(StorageError::Invalid(
+                "cannot apply an empty snapshot (index 0)".into(),
+            ));
+        }
+        let mut meta = self.write_meta();
+        if smeta.index <= meta.truncated.index {
+            return Err(StorageError::SnapshotOutOfDate {
+                index: smeta.index,
+                truncated: meta.truncated.index,
+            });
+        }
+        let pos = LogPosition {
+            index: smeta.index,
+            term: smeta.term,
+        };
+        let mut hs = meta.hard_state.clone();
+        hs.term = hs.term.max(smeta.term);
+        hs.commit = hs.commit.max(smeta.index);
+        let conf_state = smeta.get_conf_state().clone();
+
+        let mut batch = sled::Batch::default();
+        for index in meta.first_index()..=meta.last_index {
+            batch.remove(&entry_key(index)[..]);
+        }
+        batch.insert(KEY_SNAPSHOT, encode(snap, "snapshot")?);
+        batch.insert(KEY_TRUNCATED, &encode_position(pos)[..]);
+        batch.insert(KEY_CONFSTATE, encode(&conf_state, "conf state")?);
+        batch.insert(KEY_HARDSTATE, encode(&hs, "hard state")?);
+        self.commit_batch(batch, "installing a snapshot")?;
+
+        meta.snapshot = Some(smeta.clone());
+        meta.truncated = pos;
+        meta.last_index = pos.index;
+        meta.conf_state = conf_state;
+        meta.has_conf_state = true;
+        meta.hard_state = hs;
+        meta.has_hard_state = true;
+        Ok(())
+    }
+
+    /// Records a snapshot of the state machine taken at `applied` (`data` = its serialized form,
+    /// `conf_state` = the configuration at `applied`) and compacts the log up to it, in the SAME
+    /// batch; then flushes. Also stores `conf_state` as the current conf state, and raises the
+    /// stored commit to `applied` if it lags (the entries were committed, the Ready that says
+    /// so may not be persisted yet; raft-rs panics on a restart that finds applied > commit).
+    ///
+    /// `applied` must be within `[first_index - 1, last_index]`; `applied == first_index - 1`
+    /// replaces the stored snapshot without compacting further.
+    pub fn create_snapshot(
+        &self,
+        applied: u64,
+        conf_state: &ConfState,
+        data: Vec<u8>,
+    ) -> Result<()> {
+        let mut meta = self.write_meta();
+        if applied == 0 {
+            return Err(StorageError::Invalid(
+                "cannot snapshot at index 0: raft-rs treats it as no snapshot".into(),
+            ));
+        }
+        if applied < meta.truncated.index {
+            return Err(StorageError::SnapshotOutOfDate {
+                index: applied,
+                truncated: meta.truncated.index,
+            });
+        }
+        if applied > meta.last_index {
+            return Err(StorageError::Invalid(format!(
+                "cannot snapshot at {applied}: the log ends at {}",
+                meta.last_index
+            )));
+        }
+        // `applied` is within [truncated.index, last_index]: answer from m/truncated or the entry.
+        let term = if applied == meta.truncated.index {
+            meta.truncated.term
+        } else {
+            self.read_entry(applied)?.term
+        };
+        let pos = LogPosition {
+            index: applied,
+            term,
+        };
+        let snap = new_snapshot(pos, conf_state.clone(), data);
+        let mut hs = meta.hard_state.clone();
+        hs.commit = hs.commit.max(applied);
+
+        let mut batch = sled::Batch::default();
+        for index in meta.first_index()..=applied {
+            batch.remove(&entry_key(index)[..]);
+        }
+        batch.insert(KEY_SNAPSHOT, encode(&snap, "snapshot")?);
+        batch.insert(KEY_TRUNCATED, &encode_position(pos)[..]);
+        batch.insert(KEY_CONFSTATE, encode(conf_state, "conf state")?);
+        batch.insert(KEY_HARDSTATE, encode(&hs, "hard state")?);
+        self.commit_batch(batch, "recording a snapshot and compacting the log")?;
+
+        meta.snapshot = Some(snap.get_metadata().clone());
+        meta.truncated = pos;
+        meta.conf_state = conf_state.clone();
+        meta.has_conf_state = true;
+        meta.hard_state = hs;
+        meta.has_hard_state = true;
+        Ok(())
+    }
+
+    /// The latest stored snapshot (from `initialize`, `create_snapshot` or `apply_snapshot`).
+    /// On restart the driver restores the state machine from it, and sets
+    /// `Config.applied = snapshot.index`; raft-rs then hands the committed entries after it back
+    /// through `Ready::committed_entries`.
+    ///
+    /// A `Result`, not an `Option`: a damaged snapshot must stop the node, not silently start it
+    /// with an empty state machine.
+    pub fn latest_snapshot(&self) -> Result<Option<Snapshot>> {
+        let _meta = self.read_meta();
+        self.read_snapshot()
+    }
+
+    fn read_snapshot(&self) -> Result<Option<Snapshot>> {
+        self.inner
+            .db
+            .get(KEY_SNAPSHOT)
+            .map_err(sled_err("reading the snapshot"))?
+            .map(|v| decode(&v, || "m/snapshot".into()))
+            .transpose()
+    }
+
+    /// The stored hard state (default when none was written).
+    pub fn hard_state(&self) -> HardState {
+        self.read_meta().hard_state.clone()
+    }
+
+    /// The stored conf state (default when none was written).
+    pub fn conf_state(&self) -> ConfState {
+        self.read_meta().conf_state.clone()
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry> {
+        let v = self
+            .inner
+            .db
+            .get(entry_key(index))
+            .map_err(sled_err("reading a log entry"))?
+            .ok_or_else(|| StorageError::Corrupt(format!("log entry {index} is missing")))?;
+        decode(&v, || format!("log entry {index}"))
+    }
+
+    fn term_locked(&self, meta: &Meta, idx: u64) -> Result<u64, raft::Error> {
+        if idx == meta.truncated.index {
+            return Ok(meta.truncated.term);
+        }
+        if idx < meta.truncated.index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > meta.last_index {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn entries_locked(
+        &self,
+        meta: &Meta,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut size: u64 = 0;
+        for (expected, kv) in (low..).zip(self.inner.db.range(entry_key(low)..entry_key(high))) {
+            let (key, value) = kv.map_err(sled_err("reading log entries"))?;
+            let index = entry_index_from_key(&key)?;
+            if index != expected {
+                return Err(StorageError::Corrupt(format!(
+                    "log entry {expected} is missing (found {index})"
+                )));
+            }
+            let entry: Entry = decode(&value, || format!("log entry {index}"))?;
+            out.push(entry);
+            // The encoded length is the entry's `compute_size`: stop reading once past the limit;
+            // `limit_size` below trims to exactly what raft-rs expects.
+            size = size.saturating_add(value.len() as u64);
+            if matches!(max_size, Some(max) if max != raft::NO_LIMIT && size > max) {
+                break;
+            }
+        }
+        let complete = out.len() as u64 == high - low;
+        let stopped_for_size = matches!(max_size, Some(max) if max != raft::NO_LIMIT && size > max);
+        if !complete && !stopped_for_size {
+            return Err(StorageError::Corrupt(format!(
+                "log entries {low}..{high} are incomplete (got {}, last index {})",
+                out.len(),
+                meta.last_index
+            )));
+        }
+        raft::util::limit_size(&mut out, max_size);
+        Ok(out)
+    }
+}
+
+impl raft::Storage for SledStorage {
+    /// The stored hard state and conf state. raft-rs checks `hard_state.commit` against
+    /// `[first_index - 1, last_index]` and panics outside it; the writes above keep it inside.
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let meta = self.read_meta();
+        Ok(RaftState::new(
+            meta.hard_state.clone(),
+            meta.conf_state.clone(),
+        ))
+    }
+
+    /// Entries `[low, high)`, at least one if any, and no more than `max_size` bytes beyond the
+    /// first. `Compacted` if `low` is in the compacted prefix; `Unavailable` if `high` is past
+    /// `last_index + 1` (where `MemStorage` panics; raft-rs checks bounds before calling).
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let meta = self.read_meta();
+        if low <= meta.truncated.index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > meta.last_index + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        Ok(self.entries_locked(&meta, low, high, max_size.into())?)
+    }
+
+    /// Term of entry `idx`, for `idx` in `[first_index - 1, last_index]`; `first_index - 1`
+    /// answers from `m/truncated`. `Compacted` below, `Unavailable` above.
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let meta = self.read_meta();
+        self.term_locked(&meta, idx)
+    }
+
+    /// `truncated.index + 1` (1 for a blank storage).
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.read_meta().first_index())
+    }
+
+    /// Index of the last stored entry, or `first_index - 1` when the log is empty.
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.read_meta().last_index)
+    }
+
+    /// The latest stored snapshot. raft-rs calls this on the leader when a follower needs
+    /// entries that are compacted, sends the result as `MsgSnapshot`, and panics ("need
+    /// non-empty snapshot") if its index is 0. `SnapshotTemporarilyUnavailable` makes it skip the
+    /// send and try again at the next heartbeat response; we return it when:
+    /// - no snapshot is stored (a blank storage: no follower can need one, as nothing is
+    ///   compacted);
+    /// - the stored one is older than `request_index` (only non-zero after a follower called
+    ///   `RawNode::request_snapshot`; we cannot make a newer one here, and `MemStorage`'s trick
+    ///   of relabelling the index would lie about the data);
+    /// - `to` is not in the stored snapshot's ConfState: the follower would drop it (raft-rs
+    ///   `restore`), so sending the whole state machine would only waste bandwidth. This happens
+    ///   to a node added after the last snapshot; the driver fixes it by snapshotting right after
+    ///   applying a ConfChange.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = self.read_meta();
+        let unavailable = || raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable);
+        let Some(smeta) = meta.snapshot.as_ref() else {
+            return Err(unavailable());
+        };
+        if smeta.index == 0 || smeta.index < request_index {
+            tracing::debug!(
+                snapshot_index = smeta.index,
+                request_index,
+                to,
+                "stored snapshot is older than requested"
+            );
+            return Err(unavailable());
+        }
+        if to != 0 && !conf_state_has(smeta.get_conf_state(), to) {
+            tracing::debug!(
+                snapshot_index = smeta.index,
+                to,
+                "peer is not in the stored snapshot's conf state; waiting for a newer snapshot"
+            );
+            return Err(unavailable());
+        }
+        match self.read_snapshot()? {
+            Some(snap) => Ok(snap),
+            None => Err(StorageError::Corrupt("m/snapshot vanished".into()).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "storage_tests.rs"]
+mod tests;

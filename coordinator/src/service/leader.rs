@@ -1,0 +1,82 @@
+//! Routing to the leader, and turning raft/state outcomes into gRPC statuses.
+//!
+//! Writes and linearizable reads are served by the leader. A follower answers UNAVAILABLE with
+//! the leader's address in the `x-hotdeploy-leader` metadata (and its id in
+//! `x-hotdeploy-leader-id`); clients retry there. Errors keep their meaning on the wire:
+//! deterministic state errors carry their own codes (FAILED_PRECONDITION, NOT_FOUND, ...), and
+//! anything that may succeed on retry is UNAVAILABLE or RESOURCE_EXHAUSTED.
+
+use crate::raft::{NodeError, RaftNode};
+use crate::state::{Answer, Command, Proposal, StateError, WriteId};
+use hotdeploy_common::proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
+use hotdeploy_common::time::now_ms;
+use std::time::Duration;
+use tonic::Status;
+
+/// How long a write may wait for its entry to apply.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read may wait for its ReadIndex barrier.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// UNAVAILABLE with a leader hint when one is known.
+pub(crate) fn not_leader(node: &RaftNode) -> Status {
+    let leader = node.status().leader;
+    let address = (leader != 0).then(|| node.address_of(leader)).flatten();
+    let msg = match (&address, leader) {
+        (Some(a), l) => format!("not the leader; the leader is node {l} at {a}"),
+        (None, 0) => "no leader elected right now; retry shortly".to_string(),
+        (None, l) => format!("not the leader; the leader is node {l} (address unknown)"),
+    };
+    let mut status = Status::unavailable(msg);
+    if let Some(a) = address {
+        if let Ok(v) = a.parse() {
+            status.metadata_mut().insert(LEADER_ADDRESS_KEY, v);
+        }
+        if let Ok(v) = leader.to_string().parse() {
+            status.metadata_mut().insert(LEADER_ID_KEY, v);
+        }
+    }
+    status
+}
+
+pub(crate) fn ensure_leader(node: &RaftNode) -> Result<(), Status> {
+    if node.status().is_leader() {
+        Ok(())
+    } else {
+        Err(not_leader(node))
+    }
+}
+
+pub(crate) fn state_status(e: &StateError) -> Status {
+    Status::new(e.code(), e.to_string())
+}
+
+pub(crate) fn node_status(node: &RaftNode, e: NodeError) -> Status {
+    match e {
+        NodeError::NotLeader { .. } => not_leader(node),
+        NodeError::Stopped => Status::internal("raft node stopped"),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+/// Proposes a command at the leader and returns the state machine's answer.
+pub(crate) async fn write(
+    node: &RaftNode,
+    write: Option<WriteId>,
+    actor: &str,
+    command: Command,
+) -> Result<Answer, Status> {
+    ensure_leader(node)?;
+    let p = Proposal::new(write, now_ms(), actor, command);
+    match node.propose(p, WRITE_TIMEOUT).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(state_status(&e)),
+        Err(e) => Err(node_status(node, e)),
+    }
+}
+
+/// A linearizable read barrier at the leader.
+pub(crate) async fn read_barrier(node: &RaftNode) -> Result<(), Status> {
+    ensure_leader(node)?;
+    node.read_barrier(READ_TIMEOUT).await.map_err(|e| node_status(node, e))
+}

@@ -1,0 +1,105 @@
+//! Hosts and the three separate facts the lock reads about each of them.
+//!
+//! DESIGN §3 keeps *reachability* (set by the leader from heartbeats), *health* (reported by the
+//! agent) and *rotation* (reported by the agent) apart, because each can be wrong on its own: a
+//! host may be reachable but unhealthy, healthy but draining, or in rotation but silent. Folding
+//! them into one status would let a reconnect hide a bad state, so `MarkReachable` carries the
+//! agent's latest [`Report`] and overwrites all three together.
+//!
+//! The one question the lock asks of a host is [`Host::is_unavailable`]: is this provisioned host
+//! out of service right now, for any reason? An `unprovisioned` host (no release installed yet)
+//! serves nobody, so it is neither available nor unavailable: it is simply not counted, in the
+//! group's size or in its unavailable set.
+//!
+//! Invariants kept by the machine, not by this file: `groups` is sorted, free of duplicates and
+//! non-empty, every group in it exists, and `slot` is `Some(token)` exactly when the slot table
+//! holds a slot with that token for this host.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether the leader hears the host's heartbeats.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Reachability {
+    Reachable,
+    Unreachable,
+}
+
+/// The service's health as its agent reports it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// No release has been installed yet; the host serves nothing and is not counted.
+    Unprovisioned,
+    Healthy,
+    Unhealthy,
+}
+
+/// The host's load-balancer rotation state as its agent reports it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Rotation {
+    InRotation,
+    Draining,
+    OutOfRotation,
+}
+
+/// What an agent says about its host: carried by `Register`, `UpdateReport` and `MarkReachable`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub health: Health,
+    pub rotation: Rotation,
+    /// The live release id, or `""` when none is installed.
+    pub release: String,
+    /// The agent's current deploy phase (free text, e.g. `"idle"`, `"draining"`).
+    pub phase: String,
+}
+
+/// One registered host.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    pub id: String,
+    /// Sorted, without duplicates, never empty.
+    pub groups: Vec<String>,
+    /// The agent's `host:port`, as it registered.
+    pub address: String,
+    pub reachability: Reachability,
+    pub health: Health,
+    pub rotation: Rotation,
+    pub release: String,
+    pub phase: String,
+    /// The token of the slot this host holds, if any.
+    pub slot: Option<u64>,
+    /// When the host first registered (a re-register keeps it), Unix ms of the proposer.
+    pub registered_at_ms: u64,
+}
+
+impl Host {
+    /// Whether the host counts in its groups' sizes at all.
+    pub fn is_provisioned(&self) -> bool {
+        self.health != Health::Unprovisioned
+    }
+
+    /// Whether the host is in Unavailable(g) for each of its groups g (DESIGN §3): provisioned,
+    /// and holding a slot, unreachable, unhealthy, or not in rotation.
+    pub fn is_unavailable(&self) -> bool {
+        self.is_provisioned()
+            && (self.slot.is_some()
+                || self.reachability == Reachability::Unreachable
+                || self.health == Health::Unhealthy
+                || self.rotation != Rotation::InRotation)
+    }
+
+    /// Whether the host is provisioned and serving: counted in size, not in Unavailable.
+    pub fn is_available(&self) -> bool {
+        self.is_provisioned() && !self.is_unavailable()
+    }
+
+    /// Overwrites the agent-reported facts.
+    pub(super) fn apply_report(&mut self, report: Report) {
+        self.health = report.health;
+        self.rotation = report.rotation;
+        self.release = report.release;
+        self.phase = report.phase;
+    }
+}

@@ -1,0 +1,651 @@
+//! The state machine: applies committed commands to hosts, groups, slots, members, sessions and
+//! the audit trail.
+//!
+//! Every replica calls [`StateMachine::apply`] with the same entries in the same order and must
+//! end in the same state with the same answers. So this file does no I/O, reads no clock and no
+//! randomness, and iterates only ordered maps: time comes in the proposal's `at_ms`, and the only
+//! number it makes up is a slot's token, which is the raft index of the granting entry (strictly
+//! increasing, and the same on every replica).
+//!
+//! Each command either succeeds, or is refused and leaves the state as it was (apart from the
+//! applied index, and the session that remembers the refusal). Handlers therefore check
+//! everything first and change things last.
+//!
+//! Invariants (checked on restore by [`StateMachine::check_consistency`], and after every step
+//! by the property test):
+//! - a host's `slot` is `Some(t)` iff the slot table has a slot `t` for that host;
+//! - a host's groups are sorted, unique, non-empty and exist, and each group's member index
+//!   lists exactly the hosts naming it;
+//! - every token is at most the applied index.
+//!
+//! Left out (they come with their features): rollouts and desired releases, FleetLock lock-only
+//! hosts, and limits on the length of free-text fields, which the service layer enforces on its
+//! network inputs.
+
+use super::audit::{AuditEvent, AuditLog};
+use super::command::{Answer, Command, Proposal, Response, FORMAT_VERSION};
+use super::error::StateError;
+use super::group::{Group, GroupSeed, GroupView};
+use super::host::{Host, Reachability, Report};
+use super::lock::{self, Slot};
+use super::session::Sessions;
+use hotdeploy_common::config::MaxUnavailable;
+use hotdeploy_common::names::{check_group, check_host, check_release};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The purpose of an operator's maintenance lock (`hotdeployctl locks acquire`), which is audited.
+pub const MAINTENANCE: &str = "maintenance";
+
+/// Actors whose maintenance locks are audited: operators, by their certificate identity.
+const OPERATOR_PREFIX: &str = "operator/";
+
+/// The snapshot format this binary writes and reads.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// The replicated state of a coordinator cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct StateMachine {
+    /// The raft index of the last entry applied.
+    applied: u64,
+    groups: BTreeMap<String, Group>,
+    hosts: BTreeMap<String, Host>,
+    /// Token → slot.
+    slots: BTreeMap<u64, Slot>,
+    /// Raft member id → peer address.
+    members: BTreeMap<u64, String>,
+    sessions: Sessions,
+    audit: AuditLog,
+}
+
+/// The snapshot as written: the state wrapped in a format number.
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    format: u32,
+    state: &'a StateMachine,
+}
+
+#[derive(Deserialize)]
+struct SnapshotIn {
+    format: u32,
+    state: StateMachine,
+}
+
+impl StateMachine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one committed log entry at raft index `index`.
+    ///
+    /// A repeated `(client_id, seq)` gets its first answer back without re-applying. An index
+    /// at or below the applied index is refused and changes nothing: replaying an entry twice
+    /// would grant twice.
+    pub fn apply(&mut self, index: u64, proposal: Proposal) -> Response {
+        if index <= self.applied {
+            return Err(StateError::AlreadyApplied {
+                index,
+                applied: self.applied,
+            });
+        }
+        self.applied = index;
+        if proposal.version != FORMAT_VERSION {
+            return Err(StateError::Decode(format!(
+                "command format version {} is not {FORMAT_VERSION}",
+                proposal.version
+            )));
+        }
+        let Proposal {
+            write,
+            at_ms,
+            actor,
+            command,
+            ..
+        } = proposal;
+        let Some(write) = write else {
+            return self.execute(index, at_ms, &actor, command);
+        };
+        if let Some(answer) = self.sessions.check(index, at_ms, &write) {
+            return answer;
+        }
+        let response = self.execute(index, at_ms, &actor, command);
+        self.sessions.record(index, at_ms, &write, &response);
+        response
+    }
+
+    /// Records that raft entry `index` carried no proposal (an empty entry of a new leader, a
+    /// conf change, an entry that did not decode), so that the applied index follows the log.
+    pub fn skip(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// The whole state, applied index included, as serde_json.
+    ///
+    /// Serializing cannot fail for these types; if it ever did, the empty result would be
+    /// refused by [`StateMachine::restore`] rather than restore an empty state.
+    pub fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&SnapshotOut {
+            format: SNAPSHOT_FORMAT,
+            state: self,
+        })
+        .unwrap_or_default()
+    }
+
+    /// The inverse of [`StateMachine::snapshot`]. Refuses an unknown format and an inconsistent
+    /// state.
+    pub fn restore(bytes: &[u8]) -> Result<Self, StateError> {
+        let snap: SnapshotIn = serde_json::from_slice(bytes)
+            .map_err(|e| StateError::Decode(format!("invalid state snapshot: {e}")))?;
+        if snap.format != SNAPSHOT_FORMAT {
+            return Err(StateError::Decode(format!(
+                "state snapshot format {} is not {SNAPSHOT_FORMAT}; upgrade this coordinator",
+                snap.format
+            )));
+        }
+        let mut state = snap.state;
+        state.rebuild_members();
+        state
+            .check_consistency()
+            .map_err(|e| StateError::Decode(format!("inconsistent state snapshot: {e}")))?;
+        Ok(state)
+    }
+
+    // ---- reads ----
+
+    pub fn host(&self, host: &str) -> Option<&Host> {
+        self.hosts.get(host)
+    }
+
+    /// All hosts, sorted by id.
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.values()
+    }
+
+    pub fn group_view(&self, name: &str) -> Option<GroupView> {
+        self.groups.get(name).map(|g| lock::view(g, &self.hosts))
+    }
+
+    /// All groups, sorted by name.
+    pub fn group_views(&self) -> Vec<GroupView> {
+        self.groups
+            .values()
+            .map(|g| lock::view(g, &self.hosts))
+            .collect()
+    }
+
+    /// All slots, sorted by token (oldest grant first).
+    pub fn slots(&self) -> Vec<&Slot> {
+        self.slots.values().collect()
+    }
+
+    /// Would `Acquire{host, purpose}` be granted now? `Ok(())` also for a re-entrant acquire.
+    pub fn check_grant(&self, host: &str, purpose: &str) -> Result<(), StateError> {
+        self.grant_check(host, purpose).map(|_| ())
+    }
+
+    /// Raft member id → peer address.
+    pub fn members(&self) -> &BTreeMap<u64, String> {
+        &self.members
+    }
+
+    /// The audit trail, oldest first.
+    pub fn audit(&self) -> impl Iterator<Item = &AuditEvent> {
+        self.audit.iter()
+    }
+
+    /// Number of live client sessions.
+    #[cfg(test)]
+    pub(super) fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Checks the invariants listed at the top of this file.
+    pub(super) fn check_consistency(&self) -> Result<(), String> {
+        for (id, host) in &self.hosts {
+            if *id != host.id {
+                return Err(format!("host {id:?} is stored as {:?}", host.id));
+            }
+            if host.groups.is_empty() || !host.groups.windows(2).all(|w| w[0] < w[1]) {
+                return Err(format!("host {id:?} has groups {:?}", host.groups));
+            }
+            for g in &host.groups {
+                if !self.groups.get(g).is_some_and(|g| g.members.contains(id)) {
+                    return Err(format!("host {id:?} is not indexed in group {g:?}"));
+                }
+            }
+            if let Some(token) = host.slot {
+                if self.slots.get(&token).is_none_or(|s| s.host != *id) {
+                    return Err(format!("host {id:?} names slot {token}, which is not its"));
+                }
+            }
+        }
+        for (name, group) in &self.groups {
+            for id in &group.members {
+                if !self.hosts.get(id).is_some_and(|h| h.groups.contains(name)) {
+                    return Err(format!("group {name:?} indexes host {id:?} wrongly"));
+                }
+            }
+        }
+        for (token, slot) in &self.slots {
+            if *token != slot.token || *token > self.applied {
+                return Err(format!("slot {token} has token {}", slot.token));
+            }
+            if self.hosts.get(&slot.host).and_then(|h| h.slot) != Some(*token) {
+                return Err(format!("slot {token} of {:?} is not its host's", slot.host));
+            }
+        }
+        Ok(())
+    }
+
+    // ---- commands ----
+
+    fn execute(&mut self, index: u64, at_ms: u64, actor: &str, command: Command) -> Response {
+        let ctx = Ctx {
+            index,
+            at_ms,
+            actor,
+        };
+        match command {
+            Command::SeedGroups { groups } => self.seed_groups(&ctx, groups),
+            Command::SetGroupPolicy {
+                group,
+                max_unavailable,
+                allow_zero_available,
+            } => self.set_group_policy(&ctx, group, max_unavailable, allow_zero_available),
+            Command::Register {
+                host,
+                groups,
+                address,
+                report,
+            } => self.register(&ctx, host, groups, address, report),
+            Command::UpdateReport { host, report } => {
+                check_report(&report)?;
+                self.host_mut(&host)?.apply_report(report);
+                Ok(Answer::Done)
+            }
+            Command::MarkUnreachable { host } => {
+                self.host_mut(&host)?.reachability = Reachability::Unreachable;
+                Ok(Answer::Done)
+            }
+            Command::MarkReachable { host, report } => {
+                check_report(&report)?;
+                let h = self.host_mut(&host)?;
+                h.reachability = Reachability::Reachable;
+                h.apply_report(report);
+                Ok(Answer::Done)
+            }
+            Command::Acquire {
+                host,
+                purpose,
+                reason,
+                rollout,
+            } => self.acquire(&ctx, host, purpose, reason, rollout),
+            Command::Release { host, token } => self.release(&host, token),
+            Command::ForceRelease { host } => self.force_release(&ctx, &host),
+            Command::ReportPhase { host, token, phase } => self.report_phase(&host, token, phase),
+            Command::RemoveHost { host, force } => self.remove_host(&ctx, &host, force),
+            Command::SetMember { id, address } => {
+                let old = self.members.insert(id, address.clone());
+                let detail = match old {
+                    Some(old) if old != address => format!("member {id}: {old} -> {address}"),
+                    _ => format!("member {id} at {address}"),
+                };
+                self.record(&ctx, "set_member", detail);
+                Ok(Answer::Done)
+            }
+            Command::RemoveMember { id } => {
+                // Idempotent: raft has already removed the member; this only records it.
+                let detail = match self.members.remove(&id) {
+                    Some(address) => format!("member {id} at {address} removed"),
+                    None => format!("member {id} removed (no address was recorded)"),
+                };
+                self.record(&ctx, "remove_member", detail);
+                Ok(Answer::Done)
+            }
+        }
+    }
+
+    fn seed_groups(&mut self, ctx: &Ctx, seeds: Vec<GroupSeed>) -> Response {
+        if !self.groups.is_empty() {
+            return Ok(Answer::Done);
+        }
+        for seed in &seeds {
+            check_group(&seed.name)?;
+            check_budget(&seed.name, seed.max_unavailable)?;
+        }
+        let names: Vec<String> = seeds.iter().map(|s| s.name.clone()).collect();
+        for seed in seeds {
+            let group = Group::new(
+                seed.name.clone(),
+                seed.max_unavailable,
+                seed.allow_zero_available,
+            );
+            self.groups.insert(seed.name, group);
+        }
+        if !names.is_empty() {
+            self.record(ctx, "seed_groups", format!("groups {}", names.join(", ")));
+        }
+        Ok(Answer::Done)
+    }
+
+    fn set_group_policy(
+        &mut self,
+        ctx: &Ctx,
+        name: String,
+        max_unavailable: Option<MaxUnavailable>,
+        allow_zero_available: Option<bool>,
+    ) -> Response {
+        check_group(&name)?;
+        if let Some(m) = max_unavailable {
+            check_budget(&name, m)?;
+        }
+        let detail = match self.groups.get_mut(&name) {
+            Some(group) => {
+                let mut changes = Vec::new();
+                if let Some(m) = max_unavailable {
+                    changes.push(format!("max_unavailable {} -> {m}", group.max_unavailable));
+                    group.max_unavailable = m;
+                }
+                if let Some(z) = allow_zero_available {
+                    changes.push(format!(
+                        "allow_zero_available {} -> {z}",
+                        group.allow_zero_available
+                    ));
+                    group.allow_zero_available = z;
+                }
+                if changes.is_empty() {
+                    changes.push("no change".to_string());
+                }
+                format!("group {name}: {}", changes.join(", "))
+            }
+            None => {
+                let Some(m) = max_unavailable else {
+                    return Err(StateError::UnknownGroup { group: name });
+                };
+                let z = allow_zero_available.unwrap_or(false);
+                self.groups
+                    .insert(name.clone(), Group::new(name.clone(), m, z));
+                format!("group {name} created: max_unavailable {m}, allow_zero_available {z}")
+            }
+        };
+        self.record(ctx, "set_group_policy", detail);
+        let view = self
+            .group_view(&name)
+            .ok_or(StateError::UnknownGroup { group: name })?;
+        Ok(Answer::Group(view))
+    }
+
+    fn register(
+        &mut self,
+        ctx: &Ctx,
+        id: String,
+        mut groups: Vec<String>,
+        address: String,
+        report: Report,
+    ) -> Response {
+        check_host(&id)?;
+        for g in &groups {
+            check_group(g)?;
+        }
+        check_report(&report)?;
+        groups.sort();
+        groups.dedup();
+        if groups.is_empty() {
+            return Err(StateError::NoGroups { host: id });
+        }
+        let unknown: Vec<String> = groups
+            .iter()
+            .filter(|g| !self.groups.contains_key(*g))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(StateError::RegisterUnknownGroups {
+                host: id,
+                unknown,
+                known: self.groups.keys().cloned().collect(),
+            });
+        }
+        let old_groups = match self.hosts.get(&id) {
+            Some(host) => {
+                if let (Some(token), true) = (host.slot, host.groups != groups) {
+                    return Err(StateError::GroupsChangeWhileHolding {
+                        host: id,
+                        token,
+                        from: host.groups.clone(),
+                        to: groups,
+                    });
+                }
+                host.groups.clone()
+            }
+            None => Vec::new(),
+        };
+        self.unindex(&id, &old_groups);
+        self.index(&id, &groups);
+        let host = self.hosts.entry(id.clone()).or_insert_with(|| Host {
+            id,
+            groups: Vec::new(),
+            address: String::new(),
+            reachability: Reachability::Reachable,
+            health: report.health,
+            rotation: report.rotation,
+            release: String::new(),
+            phase: String::new(),
+            slot: None,
+            registered_at_ms: ctx.at_ms,
+        });
+        host.groups = groups;
+        host.address = address;
+        host.reachability = Reachability::Reachable;
+        host.apply_report(report);
+        Ok(Answer::Done)
+    }
+
+    fn acquire(
+        &mut self,
+        ctx: &Ctx,
+        id: String,
+        purpose: String,
+        reason: String,
+        rollout: String,
+    ) -> Response {
+        if let Some(held) = self.grant_check(&id, &purpose)? {
+            return Ok(Answer::Slot(held.clone()));
+        }
+        let host = self.host_mut(&id)?;
+        host.slot = Some(ctx.index);
+        let slot = Slot {
+            host: id,
+            groups: host.groups.clone(),
+            token: ctx.index,
+            purpose,
+            reason,
+            rollout,
+            granted_at_ms: ctx.at_ms,
+            phase: String::new(),
+        };
+        self.slots.insert(ctx.index, slot.clone());
+        if slot.purpose == MAINTENANCE && ctx.actor.starts_with(OPERATOR_PREFIX) {
+            let detail = format!(
+                "host {}: maintenance slot {} granted, reason {:?}",
+                slot.host, slot.token, slot.reason
+            );
+            self.record(ctx, "acquire_maintenance", detail);
+        }
+        Ok(Answer::Slot(slot))
+    }
+
+    /// `Ok(Some(slot))` for a re-entrant acquire, `Ok(None)` when a new slot would be granted.
+    fn grant_check(&self, id: &str, purpose: &str) -> Result<Option<&Slot>, StateError> {
+        let host = self.host_ref(id)?;
+        if let Some(held) = host.slot.and_then(|t| self.slots.get(&t)) {
+            return if held.purpose == purpose {
+                Ok(Some(held))
+            } else {
+                Err(StateError::HeldForOtherPurpose {
+                    host: id.to_string(),
+                    holder_purpose: held.purpose.clone(),
+                    token: held.token,
+                })
+            };
+        }
+        lock::check_grant(host, &self.hosts, &self.groups)?;
+        Ok(None)
+    }
+
+    fn release(&mut self, id: &str, token: u64) -> Response {
+        let host = self.host_mut(id)?;
+        if host.slot != Some(token) {
+            return Err(StateError::StaleToken {
+                host: id.to_string(),
+                given: token,
+                current: host.slot,
+            });
+        }
+        host.slot = None;
+        self.slots.remove(&token);
+        Ok(Answer::Released { token })
+    }
+
+    fn force_release(&mut self, ctx: &Ctx, id: &str) -> Response {
+        let host = self.host_mut(id)?;
+        let Some(token) = host.slot.take() else {
+            return Err(StateError::NoSlot {
+                host: id.to_string(),
+            });
+        };
+        let detail = match self.slots.remove(&token) {
+            Some(s) => format!(
+                "host {id}: slot {token} ({}, rollout {:?}, phase {:?}) force-released",
+                s.purpose, s.rollout, s.phase
+            ),
+            None => format!("host {id}: slot {token} force-released"),
+        };
+        self.record(ctx, "force_release", detail);
+        Ok(Answer::Released { token })
+    }
+
+    fn report_phase(&mut self, id: &str, token: u64, phase: String) -> Response {
+        let host = self.host_mut(id)?;
+        if host.slot != Some(token) {
+            return Err(StateError::StaleToken {
+                host: id.to_string(),
+                given: token,
+                current: host.slot,
+            });
+        }
+        host.phase = phase.clone();
+        if let Some(slot) = self.slots.get_mut(&token) {
+            slot.phase = phase;
+        }
+        Ok(Answer::Done)
+    }
+
+    fn remove_host(&mut self, ctx: &Ctx, id: &str, force: bool) -> Response {
+        let host = self.host_ref(id)?;
+        if host.reachability == Reachability::Reachable && !force {
+            return Err(StateError::HostReachable {
+                host: id.to_string(),
+            });
+        }
+        let Some(host) = self.hosts.remove(id) else {
+            return Err(StateError::UnknownHost {
+                host: id.to_string(),
+            });
+        };
+        self.unindex(id, &host.groups);
+        let mut detail = format!("host {id} removed from {}", host.groups.join(", "));
+        if force {
+            detail.push_str(" (forced)");
+        }
+        if let Some(token) = host.slot {
+            self.slots.remove(&token);
+            detail.push_str(&format!("; its slot {token} was freed"));
+        }
+        self.record(ctx, "remove_host", detail);
+        Ok(Answer::Done)
+    }
+
+    // ---- helpers ----
+
+    fn host_ref(&self, id: &str) -> Result<&Host, StateError> {
+        self.hosts.get(id).ok_or_else(|| StateError::UnknownHost {
+            host: id.to_string(),
+        })
+    }
+
+    fn host_mut(&mut self, id: &str) -> Result<&mut Host, StateError> {
+        self.hosts
+            .get_mut(id)
+            .ok_or_else(|| StateError::UnknownHost {
+                host: id.to_string(),
+            })
+    }
+
+    fn index(&mut self, id: &str, groups: &[String]) {
+        for g in groups {
+            if let Some(group) = self.groups.get_mut(g) {
+                group.members.insert(id.to_string());
+            }
+        }
+    }
+
+    fn unindex(&mut self, id: &str, groups: &[String]) {
+        for g in groups {
+            if let Some(group) = self.groups.get_mut(g) {
+                group.members.remove(id);
+            }
+        }
+    }
+
+    /// Rebuilds every group's member index from the hosts (after restore).
+    fn rebuild_members(&mut self) {
+        for group in self.groups.values_mut() {
+            group.members.clear();
+        }
+        let hosts: Vec<(String, Vec<String>)> = self
+            .hosts
+            .values()
+            .map(|h| (h.id.clone(), h.groups.clone()))
+            .collect();
+        for (id, groups) in hosts {
+            self.index(&id, &groups);
+        }
+    }
+
+    fn record(&mut self, ctx: &Ctx, action: &str, detail: String) {
+        self.audit.push(AuditEvent {
+            index: ctx.index,
+            at_ms: ctx.at_ms,
+            actor: ctx.actor.to_string(),
+            action: action.to_string(),
+            detail,
+        });
+    }
+}
+
+/// What every handler knows about the entry it applies.
+struct Ctx<'a> {
+    index: u64,
+    at_ms: u64,
+    actor: &'a str,
+}
+
+/// Refuses a budget that `MaxUnavailable::parse` would refuse (0, 0%, over 100%). The type can
+/// be built directly, so a command may carry one that no config or CLI would accept.
+fn check_budget(group: &str, m: MaxUnavailable) -> Result<(), StateError> {
+    MaxUnavailable::parse(&m.to_string())
+        .map(|_| ())
+        .map_err(|e| StateError::budget(group, e))
+}
+
+/// Refuses a report whose release id is not a valid name (`""` means none installed).
+fn check_report(report: &Report) -> Result<(), StateError> {
+    if !report.release.is_empty() {
+        check_release(&report.release)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! A real `hotdeploy-agent` supervising the sample app in `exec` mode.
+//!
+//! [`AgentProc::start`] gives the agent its own temp dir (service root, data dir, config, log),
+//! writes a config keyed as DESIGN §6 — the service is
+//! `exec = ["{current}/bin/sample-app", "--dir", "{current}", "--listen", "IP:APP_PORT"]`,
+//! verified by `GET http://IP:APP_PORT/health` — and runs `hotdeploy-agent --config FILE`.
+//! Every address is on the agent's own loopback IP, at the fixed ports of [`crate::net`]:
+//! gRPC on [`AGENT_PORT`], the HAProxy agent-check responder on [`AGENT_CHECK_PORT`], the
+//! readiness endpoint on [`AGENT_READY_PORT`] and the app on [`APP_PORT`].
+//!
+//! The agent runs the app in a process group of its own, so killing the agent does not kill the
+//! app. That is the point of re-adoption tests: [`AgentProc::kill`] kills only the agent.
+//! Dropping the `AgentProc` kills both: the agent's group, then every process whose command
+//! line mentions the agent's temp dir (the app runs from `<root>/releases/<id>/`).
+//!
+//! The checks a test makes are from the outside: [`AgentProc::app_version`] asks the app which
+//! release it serves, [`AgentProc::current_target`] reads the `current` symlink, and
+//! [`AgentProc::ctl`] runs `hotdeployctl --insecure agent --address ADDR ARGS`.
+
+use crate::bins;
+use crate::cluster::{parse_json_output, CTL_TIMEOUT};
+use crate::http_probe;
+use crate::net::{self, AGENT_CHECK_PORT, AGENT_PORT, AGENT_READY_PORT, APP_PORT};
+use crate::proc::{self, ChildGuard};
+use crate::toml_config::AgentConfigFile;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// Knobs for [`AgentProc::start`].
+#[derive(Debug, Clone)]
+pub struct AgentOpts {
+    /// `host_id`.
+    pub host_id: String,
+    /// The agent's loopback IP (from [`net::alloc_ips`]).
+    pub ip: Ipv4Addr,
+    /// `groups`.
+    pub groups: Vec<String>,
+    /// `coordinators`; empty for a standalone agent.
+    pub coordinators: Vec<SocketAddr>,
+    /// `[rotation] drain_grace`.
+    pub drain_grace: String,
+    /// `[rotation] undrain_grace`.
+    pub undrain_grace: String,
+    /// `[rotation] drain_timeout`.
+    pub drain_timeout: Option<String>,
+    /// `[rotation] haproxy_socket`; the backend is `web` and the server is the host id.
+    pub haproxy_socket: Option<PathBuf>,
+    /// `[verify] success_threshold`.
+    pub verify_success_threshold: u64,
+    /// `[verify] interval`.
+    pub verify_interval: String,
+    /// `[verify] timeout`.
+    pub verify_timeout: String,
+    /// `[verify] settle`.
+    pub verify_settle: String,
+    /// `[service] stop_timeout`.
+    pub stop_timeout: String,
+    /// `[service] keep_releases`.
+    pub keep_releases: u64,
+    /// Extra TOML merged into the config.
+    pub extra: toml::Table,
+    /// How long the agent may take to listen.
+    pub start_timeout: Duration,
+}
+
+impl AgentOpts {
+    /// Test-friendly defaults for host `host_id` on `ip`, in group `web`.
+    pub fn new(host_id: &str, ip: Ipv4Addr, coordinators: Vec<SocketAddr>) -> AgentOpts {
+        AgentOpts {
+            host_id: host_id.to_string(),
+            ip,
+            groups: vec!["web".to_string()],
+            coordinators,
+            drain_grace: "2s".into(),
+            undrain_grace: "2s".into(),
+            drain_timeout: None,
+            haproxy_socket: None,
+            verify_success_threshold: 3,
+            verify_interval: "200ms".into(),
+            verify_timeout: "15s".into(),
+            verify_settle: "500ms".into(),
+            stop_timeout: "10s".into(),
+            keep_releases: 3,
+            extra: toml::Table::new(),
+            start_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A running agent; the agent and its app are killed on drop.
+pub struct AgentProc {
+    child: Option<ChildGuard>,
+    opts: AgentOpts,
+    config: PathBuf,
+    log: PathBuf,
+    dir: TempDir,
+}
+
+impl AgentProc {
+    /// Writes the config, starts the agent, and waits until its gRPC port listens.
+    pub fn start(opts: AgentOpts) -> AgentProc {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("hd-agent-{}-", opts.host_id))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir for {}: {e}", opts.host_id));
+        let root = dir.path().join("srv");
+        std::fs::create_dir_all(&root)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", root.display()));
+        let mut agent = AgentProc {
+            child: None,
+            config: dir.path().join("agent.toml"),
+            log: dir.path().join("agent.log"),
+            opts,
+            dir,
+        };
+        agent.write_config();
+        agent.spawn();
+        agent
+    }
+
+    /// The config file contents for the current options.
+    pub fn config_file(&self) -> AgentConfigFile {
+        let o = &self.opts;
+        let app = self.app_addr();
+        AgentConfigFile {
+            host_id: o.host_id.clone(),
+            groups: o.groups.clone(),
+            coordinators: o.coordinators.clone(),
+            listen: self.grpc_addr(),
+            data_dir: self.data_dir(),
+            tls: toml::Table::new(),
+            service_name: "app".into(),
+            service_root: self.root(),
+            exec: vec![
+                "{current}/bin/sample-app".into(),
+                "--dir".into(),
+                "{current}".into(),
+                "--listen".into(),
+                app.to_string(),
+            ],
+            stop_timeout: o.stop_timeout.clone(),
+            keep_releases: o.keep_releases,
+            haproxy_agent_listen: self.agent_check_addr(),
+            http_listen: self.ready_addr(),
+            drain_grace: o.drain_grace.clone(),
+            undrain_grace: o.undrain_grace.clone(),
+            drain_timeout: o.drain_timeout.clone(),
+            haproxy: o
+                .haproxy_socket
+                .clone()
+                .map(|socket| (socket, "web".to_string(), o.host_id.clone())),
+            verify_http: format!("http://{app}/health"),
+            verify_success_threshold: o.verify_success_threshold,
+            verify_interval: o.verify_interval.clone(),
+            verify_timeout: o.verify_timeout.clone(),
+            verify_settle: o.verify_settle.clone(),
+            extra: o.extra.clone(),
+        }
+    }
+
+    /// (Re)writes the config file from the options.
+    pub fn write_config(&self) {
+        std::fs::write(&self.config, self.config_file().render())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", self.config.display()));
+    }
+
+    /// The options, to change before [`AgentProc::write_config`] and a restart.
+    pub fn opts_mut(&mut self) -> &mut AgentOpts {
+        &mut self.opts
+    }
+
+    fn spawn(&mut self) {
+        let args = [
+            "--config".to_string(),
+            self.config.to_string_lossy().into_owned(),
+        ];
+        self.child = Some(ChildGuard::spawn(
+            &format!("agent {}", self.opts.host_id),
+            &bins::agent(),
+            &args,
+            &self.log,
+            Some(self.dir.path()),
+        ));
+        if !net::wait_port(self.grpc_addr(), self.opts.start_timeout) {
+            panic!(
+                "agent {} did not listen on {} within {:?}\n{}",
+                self.opts.host_id,
+                self.grpc_addr(),
+                self.opts.start_timeout,
+                self.log_tail()
+            );
+        }
+    }
+
+    /// `kill -9` the agent only; the app it supervises keeps running.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.take() {
+            child.kill_keep_strays();
+        }
+    }
+
+    /// Kills the agent (not the app) if running, and starts it again.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Sends `sig` to the agent's process group (not the app's).
+    pub fn signal(&self, sig: Signal) {
+        let child = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("agent {} is not running", self.opts.host_id));
+        child
+            .signal(sig)
+            .unwrap_or_else(|e| panic!("signalling agent {}: {e}", self.opts.host_id));
+    }
+
+    /// Whether the agent process is alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(ChildGuard::is_running)
+    }
+
+    /// `hotdeployctl --insecure agent --address ADDR ARGS`, within two minutes (a deploy
+    /// streams until it ends).
+    pub fn ctl<S: AsRef<str>>(&self, args: &[S]) -> Output {
+        self.run_ctl(&[], args, Duration::from_secs(120))
+    }
+
+    /// `hotdeployctl --insecure -o json agent --address ADDR ARGS`, parsed.
+    pub fn ctl_json<S: AsRef<str>>(&self, args: &[S]) -> Result<Value, String> {
+        let output = self.run_ctl(&["-o", "json"], args, CTL_TIMEOUT);
+        let what: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        parse_json_output(&format!("-o json agent {}", what.join(" ")), &output)
+    }
+
+    fn run_ctl<S: AsRef<str>>(&self, global: &[&str], args: &[S], timeout: Duration) -> Output {
+        let mut command = Command::new(bins::ctl());
+        command
+            .arg("--insecure")
+            .args(global)
+            .arg("agent")
+            .arg("--address")
+            .arg(self.grpc_addr().to_string())
+            .args(args.iter().map(AsRef::as_ref));
+        proc::run_with_timeout(command, timeout)
+    }
+
+    /// The release id the app serves on `GET /`, or `None` if it does not answer 200.
+    pub fn app_version(&self) -> Option<String> {
+        let reply = http_probe::get(self.app_addr(), "/", Duration::from_secs(2)).ok()?;
+        (reply.status == 200).then(|| reply.body.trim().to_string())
+    }
+
+    /// The app's `/health` status code, if it answers.
+    pub fn app_health(&self) -> Option<u16> {
+        http_probe::get(self.app_addr(), "/health", Duration::from_secs(2))
+            .ok()
+            .map(|r| r.status)
+    }
+
+    /// The agent's `GET /ready` status code (200 or 503), if it answers.
+    pub fn ready_status(&self) -> Option<u16> {
+        http_probe::get(self.ready_addr(), "/ready", Duration::from_secs(2))
+            .ok()
+            .map(|r| r.status)
+    }
+
+    /// Where `<root>/current` points, resolved; `None` if there is no such symlink.
+    pub fn current_target(&self) -> Option<PathBuf> {
+        resolve_link(&self.root().join("current"))
+    }
+
+    /// Where `<root>/previous` points, resolved.
+    pub fn previous_target(&self) -> Option<PathBuf> {
+        resolve_link(&self.root().join("previous"))
+    }
+
+    /// Pids of running sample apps started from this agent's service root.
+    pub fn app_pids(&self) -> Vec<u32> {
+        let marker = format!("{}/", self.root().join("releases").display());
+        proc::pids_matching(&marker)
+    }
+
+    /// The host id.
+    pub fn host_id(&self) -> &str {
+        &self.opts.host_id
+    }
+
+    /// The agent's IP.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.opts.ip
+    }
+
+    /// The agent's gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        net::addr(self.opts.ip, AGENT_PORT)
+    }
+
+    /// The HAProxy agent-check responder's address.
+    pub fn agent_check_addr(&self) -> SocketAddr {
+        net::addr(self.opts.ip, AGENT_CHECK_PORT)
+    }
+
+    /// The readiness endpoint's address.
+    pub fn ready_addr(&self) -> SocketAddr {
+        net::addr(self.opts.ip, AGENT_READY_PORT)
+    }
+
+    /// The sample app's address.
+    pub fn app_addr(&self) -> SocketAddr {
+        net::addr(self.opts.ip, APP_PORT)
+    }
+
+    /// The service root (`releases/`, `current`, `previous`).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("srv")
+    }
+
+    /// The agent's data dir (journal).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The agent's temp dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The end of the agent's log.
+    pub fn log_tail(&self) -> String {
+        proc::log_tail(&self.log, 4000)
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        // The agent first (so it cannot restart the app), then its app and any other stray.
+        drop(self.child.take());
+        proc::kill_strays(self.dir.path());
+    }
+}
+
+fn resolve_link(link: &Path) -> Option<PathBuf> {
+    std::fs::symlink_metadata(link)
+        .ok()
+        .filter(|m| m.file_type().is_symlink())?;
+    std::fs::canonicalize(link).ok()
+}
