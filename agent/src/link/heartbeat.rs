@@ -104,6 +104,7 @@ async fn session(inner: &Arc<LinkInner>) -> SessionEnd {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut changes = inner.report.clone();
     let mut last_answer = Instant::now();
+    let mut watching = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -114,9 +115,11 @@ async fn session(inner: &Arc<LinkInner>) -> SessionEnd {
                     return SessionEnd::Lost("heartbeat stream closed".into());
                 }
             }
-            changed = changes.changed() => {
+            changed = changes.changed(), if watching => {
                 if changed.is_err() {
-                    return SessionEnd::Lost("the agent is shutting down".into());
+                    // Nobody updates the report any more: beat on the timer alone.
+                    watching = false;
+                    continue;
                 }
                 changes.borrow_and_update();
                 if tx.send(report(inner)).await.is_err() {

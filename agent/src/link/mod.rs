@@ -20,6 +20,8 @@ mod call;
 mod error;
 mod heartbeat;
 mod lock;
+#[cfg(test)]
+mod tests;
 
 pub use error::LinkError;
 

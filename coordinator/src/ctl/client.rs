@@ -68,7 +68,7 @@ impl Coord {
                 None => {
                     let a = self.endpoints[next % self.endpoints.len()].clone();
                     next += 1;
-                    if next % self.endpoints.len() == 0 && last.is_some() {
+                    if next.is_multiple_of(self.endpoints.len()) && last.is_some() {
                         tokio::time::sleep(Duration::from_millis(150)).await;
                     }
                     a

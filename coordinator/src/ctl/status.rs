@@ -40,7 +40,7 @@ async fn fetch(coord: &Coord) -> anyhow::Result<StatusResponse> {
 pub async fn run(opts: &GlobalOpts) -> anyhow::Result<i32> {
     let coord = Coord::new(opts)?;
     let s = fetch(&coord).await?;
-    let hosts = s.hosts.clone().unwrap_or_default();
+    let hosts = s.hosts.unwrap_or_default();
     let j = json!({
         "leader": if s.leader == 0 { Value::Null } else { json!(s.leader) },
         "term": s.term,

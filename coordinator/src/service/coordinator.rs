@@ -64,6 +64,14 @@ fn check_purpose(p: &str) -> Result<(), Status> {
     }
 }
 
+/// The slot the state machine says `host` holds. One read guard: never take a second read
+/// lock while holding one (a queued writer in between would deadlock std's RwLock).
+fn held_slot(node: &RaftNode, host: &str) -> Option<Slot> {
+    let st = node.state();
+    let token = st.host(host)?.slot?;
+    st.slots().into_iter().find(|s| s.token == token).map(slot_to_wire)
+}
+
 type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -84,10 +92,7 @@ impl Coordinator for CoordinatorService {
         let cmd = Command::Register { host: r.host.clone(), groups: r.groups, address: r.address, report: report.clone() };
         write(&self.node, write_id(r.write), &actor, cmd).await?;
         self.liveness.observe(&r.host, report);
-        let slot = self.node.state().host(&r.host).and_then(|h| h.slot).and_then(|t| {
-            self.node.state().slots().into_iter().find(|s| s.token == t).map(slot_to_wire)
-        });
-        Ok(Response::new(RegisterResponse { slot }))
+        Ok(Response::new(RegisterResponse { slot: held_slot(&self.node, &r.host) }))
     }
 
     type HeartbeatStream = HeartbeatStream;
@@ -116,11 +121,7 @@ impl Coordinator for CoordinatorService {
                     Err(Status::not_found(format!("host {} is not registered; register first", hb.host)))?;
                 }
                 liveness.observe(&hb.host, report_from_wire(hb.report.as_ref()));
-                let slot = {
-                    let st = node.state();
-                    st.host(&hb.host).and_then(|h| h.slot).and_then(|t| st.slots().into_iter().find(|s| s.token == t).map(slot_to_wire))
-                };
-                yield HeartbeatResponse { slot, leader: node.status().leader };
+                yield HeartbeatResponse { slot: held_slot(&node, &hb.host), leader: node.status().leader };
             }
         };
         Ok(Response::new(Box::pin(out)))
