@@ -66,6 +66,9 @@ pub struct AgentOpts {
     pub extra: toml::Table,
     /// How long the agent may take to listen.
     pub start_timeout: Duration,
+    /// Extra environment for the agent process (e.g. `HOTDEPLOY_FAILPOINTS`), applied at each
+    /// (re)start; empty by default.
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOpts {
@@ -88,6 +91,7 @@ impl AgentOpts {
             keep_releases: 3,
             extra: toml::Table::new(),
             start_timeout: Duration::from_secs(20),
+            env: Vec::new(),
         }
     }
 }
@@ -175,14 +179,12 @@ impl AgentProc {
     }
 
     fn spawn(&mut self) {
-        let args = [
-            "--config".to_string(),
-            self.config.to_string_lossy().into_owned(),
-        ];
-        self.child = Some(ChildGuard::spawn(
+        let mut command = Command::new(bins::agent());
+        command.arg("--config").arg(&self.config);
+        command.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
+        self.child = Some(ChildGuard::spawn_command(
             &format!("agent {}", self.opts.host_id),
-            &bins::agent(),
-            &args,
+            command,
             &self.log,
             Some(self.dir.path()),
         ));
@@ -219,6 +221,17 @@ impl AgentProc {
         child
             .signal(sig)
             .unwrap_or_else(|e| panic!("signalling agent {}: {e}", self.opts.host_id));
+    }
+
+    /// The agent process's pid (also its process group id), if it was started and not killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::pid)
+    }
+
+    /// Waits up to `timeout` for the agent process to exit by itself (a crash point, say);
+    /// `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.wait_exit(timeout)
     }
 
     /// Whether the agent process is alive.

@@ -26,8 +26,10 @@
 
 pub mod agents;
 pub mod background;
+pub mod bench;
 pub mod bins;
 pub mod cluster;
+pub mod coord_client;
 pub mod fault_proxy;
 pub mod haproxy;
 pub mod http_probe;

@@ -1,0 +1,198 @@
+//! Targets, and the human-readable tables of each benchmark.
+//!
+//! A [`Target`] is one goal from DESIGN/the issue with the measured value beside it and a
+//! verdict (`met`, and `stretch_met` where a stretch goal exists). A value that could not be
+//! measured (etcd skipped, a node's RSS unreadable) has no verdict rather than a wrong one.
+//!
+//! The `print_*` functions write plain fixed-width tables: they are meant to be pasted into
+//! BENCHMARKS.md as they are. The JSON output is the serde form of the report structs and is
+//! printed by the binary, not here.
+
+use super::failover::FailoverReport;
+use super::lock::{LockReport, SystemRun};
+use super::memory::MemoryReport;
+use super::stats::Summary;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// One goal and its verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is measured.
+    pub name: String,
+    /// The measured value, if any.
+    pub value: Option<f64>,
+    /// The goal, in words (`<= 1.00`).
+    pub goal: String,
+    /// Whether the goal was met.
+    pub met: Option<bool>,
+    /// Whether the stretch goal was met, when there is one.
+    pub stretch_met: Option<bool>,
+}
+
+impl Target {
+    /// A goal of `value <= limit` (stretch `value <= stretch`).
+    pub fn at_most(name: &str, value: Option<f64>, limit: f64, stretch: Option<f64>) -> Target {
+        Target {
+            name: name.into(),
+            value,
+            goal: match stretch {
+                Some(s) => format!("<= {limit} (stretch <= {s})"),
+                None => format!("<= {limit}"),
+            },
+            met: value.map(|v| v <= limit),
+            stretch_met: stretch.and_then(|s| value.map(|v| v <= s)),
+        }
+    }
+
+    /// A goal of `value >= limit` (stretch `value >= stretch`).
+    pub fn at_least(name: &str, value: Option<f64>, limit: f64, stretch: Option<f64>) -> Target {
+        Target {
+            name: name.into(),
+            value,
+            goal: match stretch {
+                Some(s) => format!(">= {limit} (stretch >= {s})"),
+                None => format!(">= {limit}"),
+            },
+            met: value.map(|v| v >= limit),
+            stretch_met: stretch.and_then(|s| value.map(|v| v >= s)),
+        }
+    }
+
+    fn verdict(&self) -> String {
+        let met = match self.met {
+            Some(true) => "MET",
+            Some(false) => "MISSED",
+            None => "n/a",
+        };
+        match self.stretch_met {
+            Some(true) => format!("{met}, stretch met"),
+            Some(false) => format!("{met}, stretch missed"),
+            None => met.to_string(),
+        }
+    }
+}
+
+fn targets_table(out: &mut String, targets: &[Target]) {
+    let _ = writeln!(out, "\n{:<40} {:>10}  {:<28} verdict", "target", "value", "goal");
+    for t in targets {
+        let value = t.value.map_or("n/a".to_string(), |v| format!("{v:.2}"));
+        let _ = writeln!(out, "{:<40} {:>10}  {:<28} {}", t.name, value, t.goal, t.verdict());
+    }
+}
+
+fn summary_header(out: &mut String, first: &str) {
+    let _ = writeln!(
+        out,
+        "{first:<24} {:>6} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "ops", "err", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms", "pairs/s"
+    );
+}
+
+fn summary_row(out: &mut String, first: &str, s: &Summary) {
+    let _ = writeln!(
+        out,
+        "{first:<24} {:>6} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.1}",
+        s.ops, s.errors, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.mean_ms, s.per_s
+    );
+}
+
+fn system_rows(out: &mut String, run: &SystemRun) {
+    summary_row(out, &format!("{} 1 client", run.system), &run.one_client);
+    summary_row(
+        out,
+        &format!("{} {} clients", run.system, run.clients),
+        &run.many_clients,
+    );
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("n/a".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+/// The lock benchmark's table.
+pub fn lock_table(r: &LockReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "machine: {}", r.machine.line());
+    let _ = writeln!(
+        out,
+        "one operation = acquire + release (etcd: Lock + Unlock); warm-up {} per client\n",
+        r.opts.warmup
+    );
+    summary_header(&mut out, "system / clients");
+    system_rows(&mut out, &r.hotdeploy);
+    if let Some(etcd) = &r.etcd {
+        system_rows(&mut out, etcd);
+    }
+    let fmt = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.2}"));
+    let _ = writeln!(
+        out,
+        "\nratio ours/etcd: p50 (1 client) {}, throughput ({} clients) {}",
+        fmt(r.p50_ratio_one_client),
+        r.opts.clients,
+        fmt(r.throughput_ratio_many_clients)
+    );
+    let rss = |run: &SystemRun| run.rss_kib.iter().map(|k| mib(*k)).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(out, "RSS after the run, MiB: hotdeploy [{}]", rss(&r.hotdeploy));
+    if let Some(etcd) = &r.etcd {
+        let _ = writeln!(out, "RSS after the run, MiB: etcd [{}]", rss(etcd));
+    }
+    targets_table(&mut out, &r.targets);
+    out
+}
+
+/// The failover benchmark's table.
+pub fn failover_table(r: &FailoverReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "machine: {}", r.machine.line());
+    let _ = writeln!(out, "\n{:>5} {:>7} {:<22} {:>9} {:>8}", "round", "killed", "new leader", "ms", "attempts");
+    for (i, round) in r.rounds.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{:>5} {:>7} {:<22} {:>9.0} {:>8}",
+            i + 1,
+            round.killed,
+            round.answered_by,
+            round.ms,
+            round.attempts
+        );
+    }
+    let s = &r.summary;
+    let _ = writeln!(
+        out,
+        "\nkills {}: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms, mean {:.0} ms",
+        s.ops, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.mean_ms
+    );
+    targets_table(&mut out, &r.targets);
+    out
+}
+
+/// The memory benchmark's table.
+pub fn memory_table(r: &MemoryReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "machine: {}", r.machine.line());
+    let _ = writeln!(
+        out,
+        "{} hosts in {} groups, registered in {:.1} s ({:.0}/s with {} clients)\n",
+        r.hosts_registered, r.opts.groups, r.register_s, r.register_per_s, r.opts.clients
+    );
+    let _ = writeln!(
+        out,
+        "{:>4} {:<9} {:>15} {:>13} {:>14} {:>13}",
+        "node", "role", "RSS before MiB", "RSS MiB", "peak RSS MiB", "data dir MiB"
+    );
+    for n in &r.nodes {
+        let _ = writeln!(
+            out,
+            "{:>4} {:<9} {:>15} {:>13} {:>14} {:>13.1}",
+            n.id,
+            n.role,
+            mib(n.rss_kib_before),
+            mib(n.rss_kib),
+            mib(n.hwm_kib),
+            n.data_dir_bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+    targets_table(&mut out, &r.targets);
+    out
+}

@@ -1,0 +1,306 @@
+//! Shared pieces of the agent end-to-end tests (`agent_e2e`, `agent_crash`, `agent_fleet`).
+//!
+//! Every scenario runs real processes: `hotdeploy-agent` supervising `sample-app` in `exec`
+//! mode, a real HAProxy in front with `agent-check` (agent-inter 500 ms), and, where a test
+//! needs one, a 3-node coordinator cluster. Checks are made from the outside only: HAProxy's
+//! `show stat`, the agent's `GET /ready`, `hotdeployctl ... -o json`, the app's own answer, the
+//! `current` symlink and the process table.
+//!
+//! Each test carries a [`Deadline`]: every wait is bounded by it, and a test that overruns fails
+//! with what it was waiting for. Every process is owned by a harness guard, so a failing test
+//! still kills everything it started.
+
+// Each test file uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use hotdeploy_integration_tests::agents::{AgentOpts, AgentProc};
+use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts};
+use hotdeploy_integration_tests::haproxy::{HaProxy, HaServer};
+use hotdeploy_integration_tests::net::{self, AGENT_CHECK_PORT, APP_PORT, HAPROXY_PORT};
+use hotdeploy_integration_tests::pack::{self, ArtifactFormat};
+use serde_json::Value;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+/// HAProxy's `agent-inter` in the harness config.
+pub const AGENT_INTER: Duration = Duration::from_millis(500);
+
+/// A scenario's overall deadline.
+pub struct Deadline {
+    what: String,
+    started: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    /// Starts the clock for scenario `what`.
+    pub fn new(what: &str, limit: Duration) -> Deadline {
+        Deadline {
+            what: what.to_string(),
+            started: Instant::now(),
+            limit,
+        }
+    }
+
+    /// Time left; panics if none is.
+    pub fn remaining(&self) -> Duration {
+        let left = self.limit.saturating_sub(self.started.elapsed());
+        if left.is_zero() {
+            panic!(
+                "scenario `{}` overran its deadline of {:?}",
+                self.what, self.limit
+            );
+        }
+        left
+    }
+
+    /// How long the scenario has run.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// `timeout`, cut to what is left of the scenario.
+    pub fn bound(&self, timeout: Duration) -> Duration {
+        timeout.min(self.remaining())
+    }
+
+    /// Fails if the scenario has overrun; logs its run time.
+    pub fn finish(&self) {
+        let _ = self.remaining();
+        eprintln!("scenario `{}` took {:?}", self.what, self.elapsed());
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Ok`, for at most `timeout` (cut to the
+/// deadline). Panics with the last error and `context()` (logs) when time runs out.
+pub fn wait_for<T>(
+    deadline: &Deadline,
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+    context: impl Fn() -> String,
+) -> T {
+    let timeout = deadline.bound(timeout);
+    let until = Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if Instant::now() >= until {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last: {last}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One built release: id, `file://` URL and sha256.
+#[derive(Debug, Clone)]
+pub struct Rel {
+    pub id: String,
+    pub url: String,
+    pub sha256: String,
+}
+
+/// Builds sample release `id` (failing its health check if `fail_health`) in `dir`.
+pub fn release(dir: &Path, id: &str, fail_health: bool) -> Rel {
+    let (path, sha256) = pack::make_sample_release(dir, id, fail_health, ArtifactFormat::TarGz)
+        .unwrap_or_else(|e| panic!("building release {id}: {e:#}"));
+    Rel {
+        id: id.to_string(),
+        url: format!("file://{}", path.display()),
+        sha256,
+    }
+}
+
+/// Agent options tuned for short tests: 1 s drain/undrain grace (2 × agent-inter), verify every
+/// 200 ms, 2 successes, 300 ms settle, 8 s verify timeout.
+pub fn fast_opts(host: &str, ip: Ipv4Addr, coordinators: Vec<SocketAddr>) -> AgentOpts {
+    let mut o = AgentOpts::new(host, ip, coordinators);
+    o.drain_grace = "1s".into();
+    o.undrain_grace = "1s".into();
+    o.verify_success_threshold = 2;
+    o.verify_interval = "200ms".into();
+    o.verify_timeout = "8s".into();
+    o.verify_settle = "300ms".into();
+    o.stop_timeout = "5s".into();
+    o
+}
+
+/// The HAProxy server entry for a host on `ip` (known before its agent starts).
+pub fn ha_server(host: &str, ip: Ipv4Addr) -> HaServer {
+    HaServer {
+        name: host.to_string(),
+        addr: net::addr(ip, APP_PORT),
+        agent_addr: net::addr(ip, AGENT_CHECK_PORT),
+    }
+}
+
+/// Starts HAProxy for `servers` on `ip:HAPROXY_PORT`. A missing HAProxy FAILS the test.
+pub fn start_haproxy(servers: &[HaServer], ip: Ipv4Addr) -> HaProxy {
+    HaProxy::start(servers, net::addr(ip, HAPROXY_PORT)).unwrap_or_else(|e| {
+        panic!("HAProxy is required by this end-to-end test and could not start: {e}")
+    })
+}
+
+/// A 3-node coordinator cluster with group `web` at budget 1 and a leader; `extra` is merged
+/// into every node's config.
+pub fn start_cluster(deadline: &Deadline, unreachable_after: &str, extra: &str) -> Cluster {
+    let opts = ClusterOpts {
+        unreachable_after: unreachable_after.to_string(),
+        extra: hotdeploy_integration_tests::toml_config::table(extra),
+        ..ClusterOpts::default()
+    };
+    let cluster = Cluster::start(3, &[("web", "1")], opts);
+    cluster.wait_leader(deadline.bound(Duration::from_secs(30)), None);
+    cluster
+}
+
+/// Text of a command's output, for messages.
+pub fn show(output: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout).trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    )
+}
+
+/// `hotdeployctl agent deploy` of `rel`.
+pub fn deploy(agent: &AgentProc, rel: &Rel) -> Output {
+    agent.ctl(&[
+        "deploy",
+        "--release",
+        &rel.id,
+        "--artifact",
+        &rel.url,
+        "--sha256",
+        &rel.sha256,
+    ])
+}
+
+/// Deploys `rel` and insists it succeeds.
+pub fn deploy_ok(agent: &AgentProc, rel: &Rel) {
+    let out = deploy(agent, rel);
+    assert!(
+        out.status.success(),
+        "deploy of {} on {} failed: {}\n---- agent log ----\n{}",
+        rel.id,
+        agent.host_id(),
+        show(&out),
+        agent.log_tail()
+    );
+}
+
+/// `agent status -o json`, or why not.
+pub fn status(agent: &AgentProc) -> Result<Value, String> {
+    agent.ctl_json(&["status"])
+}
+
+/// Waits until the agent reports itself idle, healthy, in rotation, on `release` (any release
+/// if `None`), and its `/ready` answers 200. Returns the status.
+pub fn wait_settled(
+    deadline: &Deadline,
+    agent: &AgentProc,
+    release: Option<&str>,
+    timeout: Duration,
+) -> Value {
+    wait_for(
+        deadline,
+        timeout,
+        &format!("{} idle, healthy and in rotation", agent.host_id()),
+        || {
+            let s = status(agent)?;
+            let ok = s["phase"] == "idle"
+                && s["health"] == "healthy"
+                && s["state"] == "in_rotation"
+                && release.is_none_or(|r| s["current"] == r);
+            if !ok {
+                return Err(format!("status {s}"));
+            }
+            match agent.ready_status() {
+                Some(200) => Ok(s),
+                other => Err(format!("/ready answered {other:?}; status {s}")),
+            }
+        },
+        || agent.log_tail(),
+    )
+}
+
+/// Asserts that `current` resolves to a complete release directory `releases/<id>/` whose
+/// `VERSION` names `<id>`, and that the app serves that release. Returns the id.
+pub fn assert_current_is_complete(agent: &AgentProc) -> String {
+    let target: PathBuf = agent.current_target().unwrap_or_else(|| {
+        panic!(
+            "{}: `current` is missing or dangling\n{}",
+            agent.host_id(),
+            agent.log_tail()
+        )
+    });
+    let releases = std::fs::canonicalize(agent.root().join("releases"))
+        .unwrap_or_else(|e| panic!("releases/ of {}: {e}", agent.host_id()));
+    assert_eq!(
+        target.parent(),
+        Some(releases.as_path()),
+        "`current` points outside releases/: {}",
+        target.display()
+    );
+    let id = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !id.starts_with('.'),
+        "`current` points at a staging dir: {}",
+        target.display()
+    );
+    let version = std::fs::read_to_string(target.join("VERSION"))
+        .unwrap_or_else(|e| panic!("{}/VERSION: {e}", target.display()));
+    assert_eq!(version.trim(), id, "VERSION of {}", target.display());
+    assert!(
+        target.join("bin/sample-app").is_file(),
+        "{} has no bin/sample-app: a partial release",
+        target.display()
+    );
+    assert_eq!(
+        agent.app_version().as_deref(),
+        Some(id.as_str()),
+        "the app does not serve the release `current` names"
+    );
+    id
+}
+
+/// The one sample-app process of `agent`; panics unless there is exactly one.
+pub fn one_app_pid(agent: &AgentProc) -> u32 {
+    let pids = agent.app_pids();
+    assert_eq!(
+        pids.len(),
+        1,
+        "{}: expected exactly one app process, found {pids:?}\n{}",
+        agent.host_id(),
+        agent.log_tail()
+    );
+    pids[0]
+}
+
+/// `locks list -o json` as an array.
+pub fn locks(cluster: &Cluster) -> Result<Vec<Value>, String> {
+    let v = cluster.try_ctl_json(&["locks", "list"])?;
+    v.as_array()
+        .cloned()
+        .ok_or_else(|| format!("locks list is not an array: {v}"))
+}
+
+/// `hosts list -o json`, the entry of `host`.
+pub fn host_entry(cluster: &Cluster, host: &str) -> Result<Value, String> {
+    let v = cluster.try_ctl_json(&["hosts", "list"])?;
+    v.as_array()
+        .and_then(|a| a.iter().find(|h| h["host"] == host).cloned())
+        .ok_or_else(|| format!("{host} not in hosts list: {v}"))
+}
