@@ -108,9 +108,9 @@ fn killing_the_leader_elects_a_new_one_within_3s_and_keeps_held_slots() {
     let old = cluster.wait_leader(ELECTION, None);
     let client = CoordClient::new(&cluster.coordinator_addrs(), "test-leader-kill");
 
-    // Two pseudo-hosts; h1 takes a slot before the kill.
+    // Three pseudo-hosts (so two slots leave one available); h1 takes a slot before the kill.
     let held = rt.block_on(async {
-        for host in ["h1", "h2"] {
+        for host in ["h1", "h2", "h3"] {
             client
                 .register(host, &["web"], WRITE_BUDGET)
                 .await

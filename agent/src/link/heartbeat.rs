@@ -151,6 +151,9 @@ fn lost(inner: &LinkInner, addr: &str, s: tonic::Status) -> SessionEnd {
     ))
 }
 
+/// The purpose of slots that operators take for maintenance; never released by the agent.
+const OPERATOR_PURPOSE: &str = "maintenance";
+
 /// Releases the slot the coordinator says this host holds, unless something here uses it.
 fn reconcile(inner: &Arc<LinkInner>, slot: Option<Slot>) {
     let Some(slot) = slot.filter(|s| s.token != 0) else {
@@ -158,6 +161,12 @@ fn reconcile(inner: &Arc<LinkInner>, slot: Option<Slot>) {
     };
     let token = slot.token;
     if inner.acquiring.load(Ordering::SeqCst) > 0 || lock(&inner.claimed).contains(&token) {
+        return;
+    }
+    // A maintenance slot is an operator's (`hotdeployctl locks acquire`): the host is being
+    // worked on by someone else, and only they know when it is done. The agent's own
+    // maintenance holds are claimed above from its journal.
+    if slot.purpose == OPERATOR_PURPOSE {
         return;
     }
     if !lock(&inner.releasing).insert(token) {

@@ -22,6 +22,8 @@ struct Fake {
     seen: Arc<Mutex<Seen>>,
     /// The slot heartbeats report.
     slot_token: u64,
+    /// Its purpose.
+    slot_purpose: &'static str,
     stale_tokens: Vec<u64>,
 }
 
@@ -43,7 +45,7 @@ impl Fake {
         (self.slot_token != 0).then(|| Slot {
             host: "web-1".into(),
             token: self.slot_token,
-            purpose: "deploy".into(),
+            purpose: self.slot_purpose.into(),
             ..Default::default()
         })
     }
@@ -207,6 +209,7 @@ fn fakes(slot_token: u64) -> (Arc<Mutex<Seen>>, Fake) {
         leader: None,
         seen: seen.clone(),
         slot_token,
+        slot_purpose: "deploy",
         stale_tokens: vec![13],
     };
     (seen, leader)
@@ -269,6 +272,24 @@ async fn an_unwanted_slot_is_released_and_a_claimed_one_is_kept() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(claimed_seen.lock().unwrap().released.is_empty());
     assert!(l2.connected());
+}
+
+#[tokio::test]
+async fn an_operators_maintenance_slot_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seen, mut leader) = fakes(90);
+    leader.slot_purpose = "maintenance";
+    let (addr, _l) = serve(leader).await;
+    let (l, _j) = link(dir.path(), vec![addr]);
+    let _t = AbortTask(l.start());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().registered == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.lock().unwrap().registered >= 1);
+    // Several heartbeat answers name the slot; none of them makes the agent release it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(seen.lock().unwrap().released.is_empty());
 }
 
 struct AbortTask(tokio::task::JoinHandle<()>);

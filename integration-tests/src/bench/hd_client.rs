@@ -4,7 +4,8 @@
 //! node, a `client_id` of its own, and a `seq` counter, so every write carries a fresh
 //! `WriteId{client_id, seq}` exactly as an agent's would. It registers pseudo-hosts (healthy,
 //! in rotation, a release installed, so they count as provisioned and available) and performs
-//! the measured operation: `AcquireSlot` (no waiting) then `ReleaseSlot` with the granted token.
+//! the measured operation: `AcquireSlot` (waiting up to `wait_ms` for its turn, as an agent's
+//! does) then `ReleaseSlot` with the granted token.
 //!
 //! [`RetryingClient`] is the failover benchmark's client: it knows every endpoint, follows the
 //! `x-hotdeploy-leader` hint a follower returns with UNAVAILABLE, and otherwise walks the
@@ -59,6 +60,7 @@ pub struct HdClient {
     client: CoordinatorClient<Channel>,
     client_id: String,
     seq: u64,
+    acquire_wait_ms: u64,
 }
 
 impl HdClient {
@@ -68,7 +70,16 @@ impl HdClient {
             client: CoordinatorClient::new(channel(&addr.to_string())?),
             client_id: client_id.to_string(),
             seq: 0,
+            acquire_wait_ms: 0,
         })
+    }
+
+    /// Lets each `AcquireSlot` wait on the leader up to `ms` (its `wait_ms`), as an agent's
+    /// does. The leader serves acquires first come, first served, so with concurrent clients
+    /// a call that may not wait is refused while an earlier grant is still being committed.
+    pub fn with_acquire_wait(mut self, ms: u64) -> Self {
+        self.acquire_wait_ms = ms;
+        self
     }
 
     fn next_write(&mut self) -> Option<WriteId> {
@@ -94,7 +105,7 @@ impl HdClient {
 
     /// `AcquireSlot` for `host` (purpose `maintenance`, no waiting); returns the token.
     pub async fn acquire(&mut self, host: &str) -> Result<u64> {
-        let req = acquire_request(self.next_write(), host);
+        let req = acquire_request(self.next_write(), host, self.acquire_wait_ms);
         let what = format!("acquire {host}");
         let slot = call(&what, self.client.acquire_slot(req)).await?.slot;
         slot.map(|s| s.token)
@@ -124,14 +135,14 @@ impl HdClient {
     }
 }
 
-fn acquire_request(write: Option<WriteId>, host: &str) -> AcquireSlotRequest {
+fn acquire_request(write: Option<WriteId>, host: &str, wait_ms: u64) -> AcquireSlotRequest {
     AcquireSlotRequest {
         write,
         host: host.to_string(),
         purpose: "maintenance".into(),
         reason: "hd-bench".into(),
         rollout: String::new(),
-        wait_ms: 0,
+        wait_ms,
         canary: false,
     }
 }
@@ -227,7 +238,7 @@ impl RetryingClient {
         let host = host.to_string();
         let out = self
             .retry("acquire", deadline, move |mut c| {
-                let req = acquire_request(Some(write.clone()), &host);
+                let req = acquire_request(Some(write.clone()), &host, 0);
                 async move {
                     let resp = c.acquire_slot(req).await?.into_inner();
                     resp.slot

@@ -5,7 +5,9 @@
 //! registered over gRPC `Register` (healthy, in rotation). Groups are separate so that the 32
 //! concurrent clients never contend for budget: each measures the replicated write path, not
 //! lock waiting. Every client has its own connection to the leader (found with `hotdeployctl
-//! status -o json`) and its own `client_id`; one measured operation is `AcquireSlot` (wait 0)
+//! status -o json`) and its own `client_id`; one measured operation is `AcquireSlot` (with
+//! `wait_ms` 5 s by default, as agents call it: the leader queues acquires first come, first
+//! served, so a concurrent acquire that may not wait is refused while an earlier one commits)
 //! then `ReleaseSlot` with the granted token, two raft writes, each acknowledged after the
 //! leader and one follower fsynced it and the leader applied it.
 //!
@@ -49,6 +51,8 @@ pub struct LockOpts {
     pub warmup: usize,
     /// Measure only our cluster.
     pub skip_etcd: bool,
+    /// `AcquireSlot.wait_ms` of our clients.
+    pub acquire_wait_ms: u64,
 }
 
 /// One system's results.
@@ -154,7 +158,8 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         }
         eprintln!("hd-bench lock: hotdeploy, 1 client, {} pairs", opts.ops);
         let single = vec![Pairer::Hotdeploy {
-            client: HdClient::new(leader_addr, "bench-1c-0")?,
+            client: HdClient::new(leader_addr, "bench-1c-0")?
+                .with_acquire_wait(opts.acquire_wait_ms),
             host: host(0),
         }];
         let (one, _) = driver::run(single, opts.warmup, opts.ops).await?;
@@ -165,7 +170,8 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         let mut clients = Vec::with_capacity(opts.clients);
         for i in 0..opts.clients {
             clients.push(Pairer::Hotdeploy {
-                client: HdClient::new(leader_addr, &format!("bench-{}c-{i}", opts.clients))?,
+                client: HdClient::new(leader_addr, &format!("bench-{}c-{i}", opts.clients))?
+                    .with_acquire_wait(opts.acquire_wait_ms),
                 host: host(i),
             });
         }

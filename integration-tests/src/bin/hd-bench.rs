@@ -55,6 +55,9 @@ enum Cmd {
         /// Do not run etcd.
         #[arg(long)]
         skip_etcd: bool,
+        /// `wait_ms` of our AcquireSlot calls (0 refuses a call queued behind another).
+        #[arg(long, default_value_t = 5000)]
+        acquire_wait_ms: u64,
     },
     /// Time from kill -9 of the leader to the next successful acquire.
     Failover {
@@ -109,6 +112,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             per_client,
             warmup,
             skip_etcd,
+            acquire_wait_ms,
         } => {
             anyhow::ensure!(*ops > 0 && *clients > 0, "--ops and --clients must be positive");
             let opts = lock::LockOpts {
@@ -117,6 +121,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 per_client: per_client.unwrap_or_else(|| ops.div_ceil(*clients).max(100)),
                 warmup: *warmup,
                 skip_etcd: *skip_etcd,
+                acquire_wait_ms: *acquire_wait_ms,
             };
             let r = lock::run(&rt, &opts)?;
             (report::lock_table(&r), to_json(&r)?, r.targets)
