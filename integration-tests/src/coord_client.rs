@@ -51,6 +51,7 @@ pub struct CoordClient {
     seq: AtomicU64,
     attempt_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    retries: AtomicU64,
 }
 
 /// Whether a status may change by asking again (elsewhere, or later): no leader, not the
@@ -84,13 +85,17 @@ pub fn healthy_report(release: &str) -> HostReport {
 impl CoordClient {
     /// A client of the nodes at `endpoints` whose writes carry `client_id`.
     pub fn new(endpoints: &[SocketAddr], client_id: &str) -> CoordClient {
-        assert!(!endpoints.is_empty(), "CoordClient needs at least one endpoint");
+        assert!(
+            !endpoints.is_empty(),
+            "CoordClient needs at least one endpoint"
+        );
         CoordClient {
             endpoints: endpoints.iter().map(ToString::to_string).collect(),
             client_id: client_id.to_string(),
             seq: AtomicU64::new(1),
             attempt_timeout: ATTEMPT_TIMEOUT,
             channels: Mutex::new(HashMap::new()),
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -103,6 +108,12 @@ impl CoordClient {
     /// This client's id in its writes.
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// How many attempts [`CoordClient::call`] has retried so far (after a retryable answer or
+    /// a timeout): a measure of how many leader changes and dead nodes the client rode through.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// A fresh write id. Reuse it for every retry of one write.
@@ -157,7 +168,12 @@ impl CoordClient {
     /// Calls `f` at the leader: tries each endpoint in turn, follows leader hints, and retries
     /// [`is_retryable`] answers until `budget` has passed. Each attempt may take the per-attempt
     /// deadline plus `extra`. Returns the first non-retryable answer, or the last status seen.
-    pub async fn call<T, F, Fut>(&self, budget: Duration, extra: Duration, f: F) -> Result<T, Status>
+    pub async fn call<T, F, Fut>(
+        &self,
+        budget: Duration,
+        extra: Duration,
+        f: F,
+    ) -> Result<T, Status>
     where
         F: Fn(CoordinatorClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -172,7 +188,7 @@ impl CoordClient {
                 None => {
                     let addr = self.endpoints[next % self.endpoints.len()].clone();
                     next += 1;
-                    if next % self.endpoints.len() == 0 && last.is_some() {
+                    if next.is_multiple_of(self.endpoints.len()) && last.is_some() {
                         tokio::time::sleep(ROUND_PAUSE).await;
                     }
                     addr
@@ -186,6 +202,7 @@ impl CoordClient {
             match self.once(&addr, extra, &f).await {
                 Ok(answer) => return Ok(answer),
                 Err(status) if is_retryable(&status) => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     hint = leader_hint(&status).filter(|h| *h != addr);
                     last = Some(status);
                 }

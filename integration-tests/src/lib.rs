@@ -24,6 +24,7 @@
 //! The harness panics with clear messages when something it needs is missing; the binaries in
 //! this crate (`sample-app`, `hd-pack`, `hd-load`) never panic in their long-running paths.
 
+pub mod agent_bench;
 pub mod agents;
 pub mod background;
 pub mod bench;

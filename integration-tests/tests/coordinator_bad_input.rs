@@ -28,7 +28,12 @@ const BUDGET: Duration = Duration::from_secs(20);
 
 /// Asserts that `result` is the error `code` and that its message contains every one of
 /// `needles`; returns the message.
-fn expect_refusal<T: Debug>(what: &str, result: Result<T, Status>, code: Code, needles: &[&str]) -> String {
+fn expect_refusal<T: Debug>(
+    what: &str,
+    result: Result<T, Status>,
+    code: Code,
+    needles: &[&str],
+) -> String {
     let status = match result {
         Ok(answer) => panic!("{what}: expected {code:?}, got a success: {answer:?}"),
         Err(status) => status,
@@ -70,7 +75,10 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
                 .unwrap_or_else(|e| panic!("register {host}: {e:?}"));
         }
     });
-    ctl_ok(&cluster, &["locks", "acquire", "h2", "--reason", "disk swap"]);
+    ctl_ok(
+        &cluster,
+        &["locks", "acquire", "h2", "--reason", "disk swap"],
+    );
     let state = fleet_state(&cluster);
     let h2_token = lock_of(&state["locks"], "h2")
         .and_then(|l| l["token"].as_u64())
@@ -95,7 +103,8 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
     };
 
     check("AcquireSlot for an unknown host", &|| {
-        let result = rt.block_on(client.acquire_with(acquire_req("ghost", "deploy", String::new()), BUDGET));
+        let result =
+            rt.block_on(client.acquire_with(acquire_req("ghost", "deploy", String::new()), BUDGET));
         expect_refusal("AcquireSlot(ghost)", result, Code::NotFound, &["ghost"]);
     });
 
@@ -110,7 +119,12 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
             };
             async move { c.register(req).await }
         }));
-        expect_refusal("Register(h9, no groups)", result, Code::InvalidArgument, &["h9", "group"]);
+        expect_refusal(
+            "Register(h9, no groups)",
+            result,
+            Code::InvalidArgument,
+            &["h9", "group"],
+        );
     });
 
     check("Register with an unknown group", &|| {
@@ -124,7 +138,8 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
     });
 
     check("a second slot for another purpose", &|| {
-        let result = rt.block_on(client.acquire_with(acquire_req("h2", "deploy", "deploy v2".into()), BUDGET));
+        let result = rt
+            .block_on(client.acquire_with(acquire_req("h2", "deploy", "deploy v2".into()), BUDGET));
         expect_refusal(
             "AcquireSlot(h2, deploy) while h2 holds a maintenance slot",
             result,
@@ -153,7 +168,12 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
         );
     });
     check("a budget of 0", &|| {
-        expect_refusal("SetGroupPolicy(web, 0)", set_policy("web", "0"), Code::InvalidArgument, &["0"]);
+        expect_refusal(
+            "SetGroupPolicy(web, 0)",
+            set_policy("web", "0"),
+            Code::InvalidArgument,
+            &["0"],
+        );
     });
     check("a budget of 101%", &|| {
         expect_refusal(
@@ -167,7 +187,10 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
         let output = cluster.ctl(&["groups", "set", "web", "--max-unavailable", "0"]);
         assert_eq!(output.status.code(), Some(1), "{}", output_text(&output));
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("InvalidArgument") || stderr.contains("invalid"), "{stderr}");
+        assert!(
+            stderr.contains("InvalidArgument") || stderr.contains("invalid"),
+            "{stderr}"
+        );
     });
 
     let release = |host: &str, token: u64| {
@@ -190,20 +213,37 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
     });
     check("ReleaseSlot for a host that holds no slot", &|| {
         let result = release("h1", h2_token);
-        expect_refusal("ReleaseSlot(h1, no slot)", result, Code::FailedPrecondition, &["h1"]);
+        expect_refusal(
+            "ReleaseSlot(h1, no slot)",
+            result,
+            Code::FailedPrecondition,
+            &["h1"],
+        );
     });
 
     check("a reason over the 1 KiB field limit", &|| {
-        let result = rt.block_on(client.acquire_with(acquire_req("h1", "deploy", "r".repeat(1025)), BUDGET));
-        expect_refusal("AcquireSlot(h1, 1025-byte reason)", result, Code::InvalidArgument, &["reason"]);
+        let result =
+            rt.block_on(client.acquire_with(acquire_req("h1", "deploy", "r".repeat(1025)), BUDGET));
+        expect_refusal(
+            "AcquireSlot(h1, 1025-byte reason)",
+            result,
+            Code::InvalidArgument,
+            &["reason"],
+        );
     });
     check("a 2 MiB request", &|| {
-        let result = rt.block_on(client.acquire_with(acquire_req("h1", "deploy", "r".repeat(2 << 20)), BUDGET));
+        let result = rt.block_on(
+            client.acquire_with(acquire_req("h1", "deploy", "r".repeat(2 << 20)), BUDGET),
+        );
         let status = match result {
             Ok(slot) => panic!("a 2 MiB AcquireSlot was granted: {slot:?}"),
             Err(status) => status,
         };
-        eprintln!("2 MiB AcquireSlot: {:?}: {}", status.code(), status.message());
+        eprintln!(
+            "2 MiB AcquireSlot: {:?}: {}",
+            status.code(),
+            status.message()
+        );
         assert!(
             matches!(
                 status.code(),
@@ -215,15 +255,18 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
         );
     });
 
-    check("the CLI's hosts remove of a reachable host without --force", &|| {
-        let output = cluster.ctl(&["hosts", "remove", "h3"]);
-        assert_eq!(output.status.code(), Some(1), "{}", output_text(&output));
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("h3") && stderr.contains("reachable") && stderr.contains("--force"),
-            "the refusal names the host, says it is reachable and how to override: {stderr}"
-        );
-    });
+    check(
+        "the CLI's hosts remove of a reachable host without --force",
+        &|| {
+            let output = cluster.ctl(&["hosts", "remove", "h3"]);
+            assert_eq!(output.status.code(), Some(1), "{}", output_text(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                stderr.contains("h3") && stderr.contains("reachable") && stderr.contains("--force"),
+                "the refusal names the host, says it is reachable and how to override: {stderr}"
+            );
+        },
+    );
 
     // A repeated (client_id, seq) gets the first answer back: acquire, release, then the same
     // acquire again returns the first grant's token and grants nothing new.

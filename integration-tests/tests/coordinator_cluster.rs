@@ -16,8 +16,8 @@
 mod common;
 
 use common::{
-    ctl_ok, fleet_state, leader_of, lock_of, member_ids, pretty, pseudo_host_opts, runtime,
-    serial, Deadline,
+    ctl_ok, fleet_state, leader_of, lock_of, member_ids, pretty, pseudo_host_opts, runtime, serial,
+    Deadline,
 };
 use hotdeploy_common::proto::AcquireSlotRequest;
 use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts};
@@ -190,11 +190,21 @@ fn killing_the_leader_elects_a_new_one_within_3s_and_keeps_held_slots() {
     let h1 = lock_of(&locks, "h1")
         .unwrap_or_else(|| panic!("h1's slot survived the kill: {}", pretty(&locks)));
     for field in ["token", "purpose", "granted_at_ms", "groups", "reason"] {
-        assert_eq!(h1[field], h1_before[field], "h1 {field}: {}", pretty(&locks));
+        assert_eq!(
+            h1[field],
+            h1_before[field],
+            "h1 {field}: {}",
+            pretty(&locks)
+        );
     }
     let h2 = lock_of(&locks, "h2").unwrap_or_else(|| panic!("h2 holds: {}", pretty(&locks)));
     assert_eq!(h2["token"], granted.token, "{}", pretty(&locks));
-    assert_eq!(locks.as_array().map(Vec::len), Some(2), "{}", pretty(&locks));
+    assert_eq!(
+        locks.as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        pretty(&locks)
+    );
 
     // The killed node comes back as a follower of the new leader.
     deadline.check("the old leader rejoins");
@@ -221,7 +231,10 @@ fn killing_every_node_loses_no_hosts_groups_or_slots() {
     cluster.wait_leader(ELECTION, None);
 
     // Policy changes after bootstrap: a new budget for the seeded group, and a new group.
-    ctl_ok(&cluster, &["groups", "set", "web", "--max-unavailable", "3"]);
+    ctl_ok(
+        &cluster,
+        &["groups", "set", "web", "--max-unavailable", "3"],
+    );
     ctl_ok(
         &cluster,
         &[
@@ -299,7 +312,12 @@ fn killing_every_node_loses_no_hosts_groups_or_slots() {
     // Tokens keep increasing across the restart: a new grant is later than every old one.
     let max_before = before["locks"]
         .as_array()
-        .map(|l| l.iter().filter_map(|l| l["token"].as_u64()).max().unwrap_or(0))
+        .map(|l| {
+            l.iter()
+                .filter_map(|l| l["token"].as_u64())
+                .max()
+                .unwrap_or(0)
+        })
         .unwrap_or(0);
     assert!(max_before >= deploy_slot.token);
     let next = rt.block_on(async {
@@ -434,6 +452,13 @@ fn a_partitioned_leader_grants_nothing_and_steps_down_after_the_heal() {
                 status.message()
             ),
         }
+    }
+    if let Some((at, Err(first))) = answers.first() {
+        eprintln!(
+            "first direct acquire (sent {at:?} after the partition): {:?}: {}",
+            first.code(),
+            first.message()
+        );
     }
     eprintln!(
         "old leader {old}: {} direct acquires refused ({} UNAVAILABLE, {} timed out)",

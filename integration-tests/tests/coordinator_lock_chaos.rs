@@ -11,13 +11,15 @@
 //! committed .. release committed), so if the lock is right, no more than 2 recorded intervals
 //! ever overlap. The test also checks that no token serves two grants, that each host's tokens
 //! strictly increase, that no write got an unexpected refusal, and that every pseudo-host got
-//! work done.
+//! work done. An observer polling the leader's slot list (a linearizable read) must never see
+//! more than 2 slots of the group either.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 mod common;
 
 use common::{pseudo_host_opts, runtime, serial, Deadline};
+use hotdeploy_common::proto::ListSlotsRequest;
 use hotdeploy_integration_tests::cluster::Cluster;
 use hotdeploy_integration_tests::coord_client::{is_retryable, CoordClient, Jitter};
 use std::collections::{BTreeMap, HashMap};
@@ -74,11 +76,13 @@ fn the_budget_holds_while_the_leader_is_killed_repeatedly() {
     let stop = Arc::new(AtomicBool::new(false));
     let record = Arc::new(Mutex::new(Record::default()));
     let started = Instant::now();
+    let mut clients = Vec::new();
     let tasks: Vec<_> = hosts
         .iter()
         .enumerate()
         .map(|(i, host)| {
-            let client = CoordClient::new(&endpoints, &format!("test-chaos-{host}"));
+            let client = Arc::new(CoordClient::new(&endpoints, &format!("test-chaos-{host}")));
+            clients.push(client.clone());
             rt.spawn(pseudo_host(
                 client,
                 host.clone(),
@@ -88,6 +92,38 @@ fn the_budget_holds_while_the_leader_is_killed_repeatedly() {
             ))
         })
         .collect();
+
+    // An independent observer: the slots the leader lists (a linearizable read) never exceed
+    // the budget either.
+    let observer = rt.spawn({
+        let stop = stop.clone();
+        let client = CoordClient::new(&endpoints, "test-chaos-observer");
+        async move {
+            let (mut samples, mut max_seen, mut worst) = (0u64, 0usize, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                let listed = client
+                    .call(Duration::from_secs(5), Duration::ZERO, |mut c| async move {
+                        c.list_slots(ListSlotsRequest {}).await
+                    })
+                    .await;
+                if let Ok(listed) = listed {
+                    samples += 1;
+                    let web: Vec<_> = listed
+                        .slots
+                        .iter()
+                        .filter(|s| s.groups.iter().any(|g| g == "web"))
+                        .map(|s| (s.host.clone(), s.token))
+                        .collect();
+                    if web.len() > max_seen {
+                        max_seen = web.len();
+                        worst = web;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (samples, max_seen, worst)
+        }
+    });
 
     // The chaos: kill -9 the leader, restart it, let the cluster settle, again.
     let mut kills = Vec::new();
@@ -113,7 +149,19 @@ fn the_budget_holds_while_the_leader_is_killed_repeatedly() {
                 .unwrap_or_else(|e| panic!("a pseudo-host panicked: {e}"));
         }
     });
+    let (samples, max_listed, worst) = rt
+        .block_on(observer)
+        .unwrap_or_else(|e| panic!("the observer panicked: {e}"));
     deadline.check("judge the history");
+    eprintln!("observer: {samples} slot listings, at most {max_listed} slots of web at once");
+    assert!(
+        max_listed <= BUDGET,
+        "the leader listed {max_listed} slots of web at once (budget {BUDGET}): {worst:?}"
+    );
+    assert!(
+        samples >= 20,
+        "the observer got only {samples} slot listings"
+    );
 
     let record = record.lock().unwrap_or_else(|p| p.into_inner());
     let holds = &record.holds;
@@ -122,9 +170,10 @@ fn the_budget_holds_while_the_leader_is_killed_repeatedly() {
         per_host.entry(hold.host.as_str()).or_default().push(hold);
     }
     eprintln!(
-        "{} holds in {ran_for:?} across {} kills {kills:?}; per host: {:?}",
+        "{} holds in {ran_for:?} across {} kills {kills:?}; {} retried attempts; per host: {:?}",
         holds.len(),
         kills.len(),
+        clients.iter().map(|c| c.retries()).sum::<u64>(),
         per_host
             .iter()
             .map(|(h, v)| (*h, v.len()))
@@ -171,7 +220,10 @@ fn the_budget_holds_while_the_leader_is_killed_repeatedly() {
     let mut by_token: HashMap<u64, &Hold> = HashMap::new();
     for hold in holds {
         if let Some(other) = by_token.insert(hold.token, hold) {
-            panic!("token {} was granted twice: {other:?} and {hold:?}", hold.token);
+            panic!(
+                "token {} was granted twice: {other:?} and {hold:?}",
+                hold.token
+            );
         }
     }
 
@@ -199,7 +251,7 @@ fn the_budget_holds_while_the_leader_is_killed_repeatedly() {
 /// through every retry, so a grant or release that committed before a leader died is answered,
 /// not repeated.
 async fn pseudo_host(
-    client: CoordClient,
+    client: Arc<CoordClient>,
     host: String,
     seed: u64,
     stop: Arc<AtomicBool>,
@@ -226,14 +278,24 @@ async fn pseudo_host(
                 return;
             }
             match client
-                .acquire(&write, &host, "deploy", Duration::from_secs(2), WRITE_BUDGET)
+                .acquire(
+                    &write,
+                    &host,
+                    "deploy",
+                    Duration::from_secs(2),
+                    WRITE_BUDGET,
+                )
                 .await
             {
                 Ok(slot) => break slot,
                 // Budget full until the wait ran out, or a leader change: ask again, same id.
                 Err(s) if s.code() == Code::ResourceExhausted || is_retryable(&s) => {}
                 Err(s) => {
-                    note(format!("{host}: acquire {write:?}: {:?}: {}", s.code(), s.message()));
+                    note(format!(
+                        "{host}: acquire {write:?}: {:?}: {}",
+                        s.code(),
+                        s.message()
+                    ));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -249,7 +311,10 @@ async fn pseudo_host(
         let write = client.next_write();
         let since = Instant::now();
         loop {
-            match client.release(&write, &host, slot.token, WRITE_BUDGET).await {
+            match client
+                .release(&write, &host, slot.token, WRITE_BUDGET)
+                .await
+            {
                 Ok(()) => break,
                 Err(s) if is_retryable(&s) && since.elapsed() < Duration::from_secs(30) => {}
                 Err(s) => {
@@ -266,7 +331,11 @@ async fn pseudo_host(
                         granted_at,
                         released_at: Instant::now() + Duration::from_secs(3600),
                     };
-                    record.lock().unwrap_or_else(|p| p.into_inner()).holds.push(hold);
+                    record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .holds
+                        .push(hold);
                     return;
                 }
             }
@@ -277,6 +346,10 @@ async fn pseudo_host(
             granted_at,
             released_at,
         };
-        record.lock().unwrap_or_else(|p| p.into_inner()).holds.push(hold);
+        record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .holds
+            .push(hold);
     }
 }

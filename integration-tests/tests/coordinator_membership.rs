@@ -46,7 +46,11 @@ fn ctl_at_ok(cluster: &Cluster, endpoints: &str, args: &[&str], timeout: Duratio
 
 /// `status -o json` through `endpoints`.
 fn status_via(cluster: &Cluster, endpoints: &str) -> Result<Value, String> {
-    let output = cluster.ctl_at(endpoints, &["-o", "json", "status"], Duration::from_secs(10));
+    let output = cluster.ctl_at(
+        endpoints,
+        &["-o", "json", "status"],
+        Duration::from_secs(10),
+    );
     if !output.status.success() {
         return Err(output_text(&output));
     }
@@ -81,11 +85,14 @@ fn adding_and_removing_members_keeps_the_lock_working() {
     let mut endpoints = cluster.coordinator_addrs();
     endpoints.push(cluster.addr(4));
     let client = Arc::new(CoordClient::new(&endpoints, "test-membership"));
+    // Two hosts: a group of one cannot be deployed (DESIGN §3); h1 cycles, h2 stays in rotation.
     rt.block_on(async {
-        client
-            .register("h1", &["web"], WRITE_BUDGET)
-            .await
-            .unwrap_or_else(|e| panic!("register h1: {e:?}"));
+        for host in ["h1", "h2"] {
+            client
+                .register(host, &["web"], WRITE_BUDGET)
+                .await
+                .unwrap_or_else(|e| panic!("register {host}: {e:?}"));
+        }
     });
 
     // The background pseudo-host: acquire, release, and note the instant of every success.
@@ -93,11 +100,25 @@ fn adding_and_removing_members_keeps_the_lock_working() {
     let successes = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let worker = rt.spawn({
-        let (client, stop, successes, failures) =
-            (client.clone(), stop.clone(), successes.clone(), failures.clone());
+        let (client, stop, successes, failures) = (
+            client.clone(),
+            stop.clone(),
+            successes.clone(),
+            failures.clone(),
+        );
         async move {
-            let note_ok = || successes.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
-            let note_err = |what: String| failures.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+            let note_ok = || {
+                successes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Instant::now())
+            };
+            let note_err = |what: String| {
+                failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(what)
+            };
             while !stop.load(Ordering::SeqCst) {
                 let write = client.next_write();
                 let slot = loop {
@@ -170,7 +191,10 @@ fn adding_and_removing_members_keeps_the_lock_working() {
         .into_iter()
         .find(|&id| id != leader)
         .unwrap_or_else(|| panic!("no follower among 1..3"));
-    let remaining: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&id| id != removed).collect();
+    let remaining: Vec<u64> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|&id| id != removed)
+        .collect();
     let remaining_endpoints = endpoints_of(&cluster, &remaining);
     ctl_at_ok(
         &cluster,
@@ -195,7 +219,10 @@ fn adding_and_removing_members_keeps_the_lock_working() {
 
     // The lock kept working throughout.
     let failures = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    assert!(failures.is_empty(), "background writes failed: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "background writes failed: {failures:?}"
+    );
     let successes = successes.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut marks = vec![window_start];
     marks.extend(successes.iter().copied().filter(|&t| t <= window_end));
@@ -244,7 +271,7 @@ fn adding_and_removing_members_keeps_the_lock_working() {
     // Node 4 has the replicated state: asked alone, it knows the leader and the host.
     let own = cluster.status_of(four).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(leader_of(&own), Some(leader), "{}", pretty(&own));
-    assert_eq!(own["hosts"]["total"], 1, "{}", pretty(&own));
+    assert_eq!(own["hosts"]["total"], 2, "{}", pretty(&own));
 }
 
 #[test]
@@ -295,11 +322,17 @@ fn a_wiped_node_refuses_to_bootstrap_and_rejoins_as_a_new_member() {
     let exit = exit.unwrap_or_else(|| {
         panic!("the wiped node {wiped} started with \"new\" is still running after 10 s:\n{log}")
     });
-    eprintln!("wiped node {wiped} exited {exit} after {:?}", started.elapsed());
+    eprintln!(
+        "wiped node {wiped} exited {exit} after {:?}",
+        started.elapsed()
+    );
     assert!(
         !exit.success(),
         "the wiped node must exit non-zero, got {exit}:\n{log}"
     );
+    for line in log.lines().filter(|l| l.to_lowercase().contains("refus")) {
+        eprintln!("  {line}");
+    }
     let lower = log.to_lowercase();
     assert!(
         lower.contains("refus") && lower.contains("bootstrap"),
@@ -312,7 +345,11 @@ fn a_wiped_node_refuses_to_bootstrap_and_rejoins_as_a_new_member() {
     drop(refused);
 
     // The two others still serve.
-    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != wiped).collect();
+    let others: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != wiped)
+        .collect();
     let others_endpoints = endpoints_of(&cluster, &others);
     let status = status_via(&cluster, &others_endpoints).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(leader_of(&status), Some(leader), "{}", pretty(&status));
@@ -352,9 +389,7 @@ fn a_wiped_node_refuses_to_bootstrap_and_rejoins_as_a_new_member() {
 
     // It catches up: asked alone, it names the leader and reaches the leader's commit index.
     deadline.check("the rejoined node catches up");
-    let leader_commit = cluster
-        .status_of(leader)
-        .unwrap_or_else(|e| panic!("{e}"))["commit_index"]
+    let leader_commit = cluster.status_of(leader).unwrap_or_else(|e| panic!("{e}"))["commit_index"]
         .as_u64()
         .unwrap_or(0);
     let own = loop {
@@ -379,7 +414,12 @@ fn a_wiped_node_refuses_to_bootstrap_and_rejoins_as_a_new_member() {
         .as_array()
         .and_then(|g| g.iter().find(|g| g["name"] == "web"))
         .map(|g| g["holders"].clone());
-    assert_eq!(web_holders, Some(serde_json::json!(["h1"])), "{}", pretty(&own));
+    assert_eq!(
+        web_holders,
+        Some(serde_json::json!(["h1"])),
+        "{}",
+        pretty(&own)
+    );
 
     // Asking that node alone shows the hosts, groups and slots registered before the wipe.
     let after = fleet_state_at(&cluster, &cluster.addr(wiped).to_string());

@@ -209,12 +209,15 @@ impl Run {
             self.enter(Phase::SlotHeld, format!("slot granted, token {token}"))?;
         }
 
+        // A gate hook may run for a long time (or the agent may be frozen in it), so it runs
+        // *before* the fence: the token is checked right before the step it guards, never
+        // before a hook that could outlive the slot.
+        self.gate(Hook::BeforeDrain).await?;
         self.fence(Phase::Draining)
             .await
             .map_err(unconfirmed_aborts)?;
         self.rec.drained_at_ms = Some(now_ms());
         self.enter(Phase::Draining, "leaving rotation")?;
-        self.gate(Hook::BeforeDrain).await?;
         let took = self
             .eng
             .ops
@@ -228,10 +231,10 @@ impl Run {
         self.notify(Hook::AfterDrain, &to).await;
         failpoint("after_drain");
 
+        self.gate(Hook::BeforeSwap).await?;
         self.fence(Phase::Swapped)
             .await
             .map_err(unconfirmed_aborts)?;
-        self.gate(Hook::BeforeSwap).await?;
         self.enter(Phase::Swapped, format!("swapping current to {to}"))?;
         if let Err(e) = self.eng.ops.set_current(&to) {
             return self.roll_back(format!("swap to {to} failed: {e}")).await;

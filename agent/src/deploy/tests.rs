@@ -233,6 +233,9 @@ async fn happy_path_orders_effects() {
     assert!(pos(&e, "report restarted") < pos(&e, "restart v2"));
     assert!(pos(&e, "hook BeforeDrain") < pos(&e, "drain"));
     assert!(pos(&e, "hook BeforeSwap") < pos(&e, "set_current v2"));
+    // Gate hooks run before the fence, so no hook sits between a fence and its step.
+    assert!(pos(&e, "hook BeforeDrain") < pos(&e, "report draining"));
+    assert!(pos(&e, "hook BeforeSwap") < pos(&e, "report swapped"));
     let v = eng.view();
     assert_eq!(v.phase, "idle");
     assert_eq!(v.last_outcome, Some(Outcome::Succeeded));

@@ -32,6 +32,16 @@ pub enum Pairer {
     },
     /// etcd: lock + unlock.
     Etcd(EtcdLocker),
+    /// Diagnostic: two `Register` writes of `host`, the same raft write path as a lock pair
+    /// without the leader's acquire queue.
+    HotdeployRegisters {
+        /// The client.
+        client: HdClient,
+        /// The pseudo-host re-registered.
+        host: String,
+        /// Its group.
+        group: String,
+    },
 }
 
 impl Pairer {
@@ -40,6 +50,15 @@ impl Pairer {
         match self {
             Pairer::Hotdeploy { client, host } => client.pair(host).await,
             Pairer::Etcd(locker) => locker.pair().await,
+            Pairer::HotdeployRegisters {
+                client,
+                host,
+                group,
+            } => {
+                let groups = std::slice::from_ref(group);
+                client.register(host, groups).await?;
+                client.register(host, groups).await
+            }
         }
     }
 }
@@ -115,7 +134,10 @@ async fn phase(
             );
         }
         if let Some(e) = &run.first_error {
-            eprintln!("hd-bench: client {i}: {} failed pairs; first: {e}", run.errors);
+            eprintln!(
+                "hd-bench: client {i}: {} failed pairs; first: {e}",
+                run.errors
+            );
         }
         runs.push(run);
         clients.push(client);

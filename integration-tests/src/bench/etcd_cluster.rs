@@ -192,4 +192,3 @@ pub fn member_rss_kib(cluster: &EtcdCluster) -> Vec<Option<u64>> {
         .map(|pid| super::machine::proc_status_kib(pid, "VmRSS"))
         .collect()
 }
-

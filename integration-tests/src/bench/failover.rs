@@ -92,7 +92,9 @@ pub fn run(rt: &Runtime, opts: &FailoverOpts) -> Result<FailoverReport> {
         let mut admin = HdClient::new(cluster.addr(first_leader), "bench-admin")?;
         setup::check_groups(&mut admin, &groups).await?;
         let deadline = tokio::time::Instant::now() + ROUND_DEADLINE;
-        client.register(HOST, &[GROUP.to_string()], deadline).await?;
+        client
+            .register(HOST, &[GROUP.to_string()], deadline)
+            .await?;
         // One undisturbed pair: connections up, and the host provably lockable.
         let token = client.acquire(HOST, deadline).await?.value;
         client.release(HOST, token, deadline).await

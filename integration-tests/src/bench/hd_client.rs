@@ -214,7 +214,12 @@ impl RetryingClient {
     }
 
     /// Registers `host` in `groups`, retrying until `deadline`.
-    pub async fn register(&mut self, host: &str, groups: &[String], deadline: Instant) -> Result<()> {
+    pub async fn register(
+        &mut self,
+        host: &str,
+        groups: &[String],
+        deadline: Instant,
+    ) -> Result<()> {
         let write = self.next_write();
         let host = host.to_string();
         let groups = groups.to_vec();
@@ -324,6 +329,8 @@ impl RetryingClient {
                 }
             }
         }
-        Err(anyhow!("{what}: gave up after {attempts} attempts; last: {last}"))
+        Err(anyhow!(
+            "{what}: gave up after {attempts} attempts; last: {last}"
+        ))
     }
 }

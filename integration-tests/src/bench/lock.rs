@@ -53,6 +53,9 @@ pub struct LockOpts {
     pub skip_etcd: bool,
     /// `AcquireSlot.wait_ms` of our clients.
     pub acquire_wait_ms: u64,
+    /// Also measure N clients doing two `Register` writes per operation (our write path
+    /// without the acquire queue).
+    pub diagnose: bool,
 }
 
 /// One system's results.
@@ -68,6 +71,8 @@ pub struct SystemRun {
     pub clients: usize,
     /// VmRSS of each node after the run, KiB.
     pub rss_kib: Vec<Option<u64>>,
+    /// With `--diagnose` (ours only): N clients, two `Register` writes per operation.
+    pub register_pairs: Option<Summary>,
 }
 
 /// The whole `hd-bench lock` result.
@@ -106,12 +111,7 @@ pub fn run(rt: &Runtime, opts: &LockOpts) -> Result<LockReport> {
         .as_ref()
         .and_then(|e| ratio(hotdeploy.many_clients.per_s, e.many_clients.per_s));
     let targets = vec![
-        Target::at_most(
-            "1-client p50 latency, ours/etcd",
-            p50_ratio,
-            1.0,
-            Some(0.5),
-        ),
+        Target::at_most("1-client p50 latency, ours/etcd", p50_ratio, 1.0, Some(0.5)),
         Target::at_least(
             &format!("{}-client throughput, ours/etcd", opts.clients),
             tput_ratio,
@@ -150,11 +150,13 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
     let (cluster, leader) = setup::start_cluster(&groups);
     let leader_addr = cluster.addr(leader);
     eprintln!("hd-bench lock: hotdeploy leader is node {leader} at {leader_addr}");
-    let (one, many) = rt.block_on(async {
+    let (one, many, register_pairs) = rt.block_on(async {
         let mut admin = HdClient::new(leader_addr, "bench-admin")?;
         setup::check_groups(&mut admin, &groups).await?;
         for (i, g) in groups.iter().enumerate() {
-            admin.register(&host(i), std::slice::from_ref(&g.name)).await?;
+            admin
+                .register(&host(i), std::slice::from_ref(&g.name))
+                .await?;
         }
         eprintln!("hd-bench lock: hotdeploy, 1 client, {} pairs", opts.ops);
         let single = vec![Pairer::Hotdeploy {
@@ -176,11 +178,30 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
             });
         }
         let (many, _) = driver::run(clients, opts.warmup, opts.per_client).await?;
-        anyhow::Ok((one, many))
+        let register_pairs = if opts.diagnose {
+            eprintln!(
+                "hd-bench lock: diagnostic: hotdeploy, {} clients, 2 x Register each",
+                opts.clients
+            );
+            let mut clients = Vec::with_capacity(opts.clients);
+            for (i, g) in groups.iter().enumerate().take(opts.clients) {
+                clients.push(Pairer::HotdeployRegisters {
+                    client: HdClient::new(leader_addr, &format!("bench-reg-{i}"))?,
+                    host: host(i),
+                    group: g.name.clone(),
+                });
+            }
+            Some(driver::run(clients, opts.warmup, opts.per_client).await?.0)
+        } else {
+            None
+        };
+        anyhow::Ok((one, many, register_pairs))
     })?;
     let after = cluster.wait_leader(setup::ELECTION_TIMEOUT, None);
     if after != leader {
-        eprintln!("hd-bench lock: WARNING: the leader changed during the run ({leader} -> {after})");
+        eprintln!(
+            "hd-bench lock: WARNING: the leader changed during the run ({leader} -> {after})"
+        );
     }
     let rss_kib = cluster
         .ids()
@@ -194,6 +215,7 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         many_clients: many,
         clients: opts.clients,
         rss_kib,
+        register_pairs,
     })
 }
 
@@ -230,5 +252,6 @@ fn run_etcd(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         many_clients: many,
         clients: opts.clients,
         rss_kib,
+        register_pairs: None,
     })
 }

@@ -17,6 +17,7 @@ use super::report::Target;
 use super::setup::{self, GroupSpec};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 use tokio::runtime::Runtime;
@@ -47,8 +48,10 @@ pub struct NodeMemory {
     pub rss_kib: Option<u64>,
     /// VmHWM (peak RSS) after, KiB.
     pub hwm_kib: Option<u64>,
-    /// Bytes under the data dir after.
+    /// Bytes under the data dir after (apparent file sizes).
     pub data_dir_bytes: u64,
+    /// Bytes allocated on disk under the data dir after (sparse files count less).
+    pub data_dir_allocated_bytes: u64,
 }
 
 /// The whole `hd-bench memory` result.
@@ -83,7 +86,8 @@ pub fn run(rt: &Runtime, opts: &MemoryOpts) -> Result<MemoryReport> {
         .collect();
     let (cluster, leader) = setup::start_cluster(&groups);
     let leader_addr = cluster.addr(leader);
-    let rss = |id: u64| setup::node_pid(&cluster, id).and_then(|p| machine::proc_status_kib(p, "VmRSS"));
+    let rss =
+        |id: u64| setup::node_pid(&cluster, id).and_then(|p| machine::proc_status_kib(p, "VmRSS"));
     let before: Vec<Option<u64>> = cluster.ids().into_iter().map(rss).collect();
     eprintln!(
         "hd-bench memory: registering {} hosts in {} groups with {} clients at node {leader}",
@@ -107,7 +111,10 @@ pub fn run(rt: &Runtime, opts: &MemoryOpts) -> Result<MemoryReport> {
         anyhow::Ok((took, registered))
     })?;
     if registered != opts.hosts as u64 {
-        bail!("the leader counts {registered} hosts; {} were registered", opts.hosts);
+        bail!(
+            "the leader counts {registered} hosts; {} were registered",
+            opts.hosts
+        );
     }
     // Let any snapshot that the last entries triggered finish before reading.
     std::thread::sleep(Duration::from_secs(2));
@@ -120,11 +127,17 @@ pub fn run(rt: &Runtime, opts: &MemoryOpts) -> Result<MemoryReport> {
             let pid = setup::node_pid(&cluster, id);
             NodeMemory {
                 id,
-                role: if id == after_leader { "leader" } else { "follower" }.into(),
+                role: if id == after_leader {
+                    "leader"
+                } else {
+                    "follower"
+                }
+                .into(),
                 rss_kib_before: rss_before,
                 rss_kib: pid.and_then(|p| machine::proc_status_kib(p, "VmRSS")),
                 hwm_kib: pid.and_then(|p| machine::proc_status_kib(p, "VmHWM")),
-                data_dir_bytes: dir_bytes(&cluster.data_dir(id)),
+                data_dir_bytes: dir_bytes(&cluster.data_dir(id)).0,
+                data_dir_allocated_bytes: dir_bytes(&cluster.data_dir(id)).1,
             }
         })
         .collect::<Vec<_>>();
@@ -145,7 +158,11 @@ pub fn run(rt: &Runtime, opts: &MemoryOpts) -> Result<MemoryReport> {
         opts: opts.clone(),
         hosts_registered: registered,
         register_s: secs,
-        register_per_s: if secs > 0.0 { opts.hosts as f64 / secs } else { 0.0 },
+        register_per_s: if secs > 0.0 {
+            opts.hosts as f64 / secs
+        } else {
+            0.0
+        },
         nodes: readings,
         targets: vec![
             Target::at_most("leader RSS, MB", leader_rss_mb, 200.0, None),
@@ -184,23 +201,23 @@ async fn register_all(
     Ok(())
 }
 
-/// Total size of the regular files under `dir`, bounded in depth.
-fn dir_bytes(dir: &Path) -> u64 {
-    fn walk(dir: &Path, depth: u32) -> u64 {
+/// `(apparent, allocated)` bytes of the regular files under `dir`, bounded in depth.
+fn dir_bytes(dir: &Path) -> (u64, u64) {
+    fn walk(dir: &Path, depth: u32) -> (u64, u64) {
         if depth > 8 {
-            return 0;
+            return (0, 0);
         }
         let Ok(entries) = std::fs::read_dir(dir) else {
-            return 0;
+            return (0, 0);
         };
         entries
             .flatten()
             .map(|e| match e.metadata() {
                 Ok(m) if m.is_dir() => walk(&e.path(), depth + 1),
-                Ok(m) => m.len(),
-                Err(_) => 0,
+                Ok(m) => (m.len(), m.blocks() * 512),
+                Err(_) => (0, 0),
             })
-            .sum()
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
     }
     walk(dir, 0)
 }

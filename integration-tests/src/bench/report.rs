@@ -74,10 +74,21 @@ impl Target {
 }
 
 fn targets_table(out: &mut String, targets: &[Target]) {
-    let _ = writeln!(out, "\n{:<40} {:>10}  {:<28} verdict", "target", "value", "goal");
+    let _ = writeln!(
+        out,
+        "\n{:<40} {:>10}  {:<28} verdict",
+        "target", "value", "goal"
+    );
     for t in targets {
         let value = t.value.map_or("n/a".to_string(), |v| format!("{v:.2}"));
-        let _ = writeln!(out, "{:<40} {:>10}  {:<28} {}", t.name, value, t.goal, t.verdict());
+        let _ = writeln!(
+            out,
+            "{:<40} {:>10}  {:<28} {}",
+            t.name,
+            value,
+            t.goal,
+            t.verdict()
+        );
     }
 }
 
@@ -104,6 +115,13 @@ fn system_rows(out: &mut String, run: &SystemRun) {
         &format!("{} {} clients", run.system, run.clients),
         &run.many_clients,
     );
+    if let Some(diag) = &run.register_pairs {
+        summary_row(
+            out,
+            &format!("{} {}c 2xRegister", run.system, run.clients),
+            diag,
+        );
+    }
 }
 
 fn mib(kib: Option<u64>) -> String {
@@ -132,8 +150,18 @@ pub fn lock_table(r: &LockReport) -> String {
         r.opts.clients,
         fmt(r.throughput_ratio_many_clients)
     );
-    let rss = |run: &SystemRun| run.rss_kib.iter().map(|k| mib(*k)).collect::<Vec<_>>().join(", ");
-    let _ = writeln!(out, "RSS after the run, MiB: hotdeploy [{}]", rss(&r.hotdeploy));
+    let rss = |run: &SystemRun| {
+        run.rss_kib
+            .iter()
+            .map(|k| mib(*k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "RSS after the run, MiB: hotdeploy [{}]",
+        rss(&r.hotdeploy)
+    );
     if let Some(etcd) = &r.etcd {
         let _ = writeln!(out, "RSS after the run, MiB: etcd [{}]", rss(etcd));
     }
@@ -145,7 +173,11 @@ pub fn lock_table(r: &LockReport) -> String {
 pub fn failover_table(r: &FailoverReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "machine: {}", r.machine.line());
-    let _ = writeln!(out, "\n{:>5} {:>7} {:<22} {:>9} {:>8}", "round", "killed", "new leader", "ms", "attempts");
+    let _ = writeln!(
+        out,
+        "\n{:>5} {:>7} {:<22} {:>9} {:>8}",
+        "round", "killed", "new leader", "ms", "attempts"
+    );
     for (i, round) in r.rounds.iter().enumerate() {
         let _ = writeln!(
             out,
@@ -178,19 +210,20 @@ pub fn memory_table(r: &MemoryReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>4} {:<9} {:>15} {:>13} {:>14} {:>13}",
-        "node", "role", "RSS before MiB", "RSS MiB", "peak RSS MiB", "data dir MiB"
+        "{:>4} {:<9} {:>15} {:>8} {:>13} {:>13} {:>13}",
+        "node", "role", "RSS before MiB", "RSS MiB", "peak RSS MiB", "data dir MiB", "on disk MiB"
     );
     for n in &r.nodes {
         let _ = writeln!(
             out,
-            "{:>4} {:<9} {:>15} {:>13} {:>14} {:>13.1}",
+            "{:>4} {:<9} {:>15} {:>8} {:>13} {:>13.1} {:>13.1}",
             n.id,
             n.role,
             mib(n.rss_kib_before),
             mib(n.rss_kib),
             mib(n.hwm_kib),
-            n.data_dir_bytes as f64 / (1024.0 * 1024.0)
+            n.data_dir_bytes as f64 / (1024.0 * 1024.0),
+            n.data_dir_allocated_bytes as f64 / (1024.0 * 1024.0)
         );
     }
     targets_table(&mut out, &r.targets);

@@ -58,11 +58,15 @@ enum Cmd {
         /// `wait_ms` of our AcquireSlot calls (0 refuses a call queued behind another).
         #[arg(long, default_value_t = 5000)]
         acquire_wait_ms: u64,
+        /// Also measure N clients doing 2 x Register per operation: our raft write path
+        /// without the leader's acquire queue (for profiling).
+        #[arg(long)]
+        diagnose: bool,
     },
     /// Time from kill -9 of the leader to the next successful acquire.
     Failover {
         /// Leader kills.
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 20)]
         kills: usize,
         /// Deadline of one acquire attempt, ms.
         #[arg(long, default_value_t = 1000)]
@@ -113,8 +117,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             warmup,
             skip_etcd,
             acquire_wait_ms,
+            diagnose,
         } => {
-            anyhow::ensure!(*ops > 0 && *clients > 0, "--ops and --clients must be positive");
+            anyhow::ensure!(
+                *ops > 0 && *clients > 0,
+                "--ops and --clients must be positive"
+            );
             let opts = lock::LockOpts {
                 ops: *ops,
                 clients: *clients,
@@ -122,6 +130,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 warmup: *warmup,
                 skip_etcd: *skip_etcd,
                 acquire_wait_ms: *acquire_wait_ms,
+                diagnose: *diagnose,
             };
             let r = lock::run(&rt, &opts)?;
             (report::lock_table(&r), to_json(&r)?, r.targets)

@@ -20,7 +20,7 @@ use hotdeploy_integration_tests::net::{self, AGENT_CHECK_PORT, APP_PORT};
 use hotdeploy_integration_tests::pack::{make_sample_release, ArtifactFormat};
 use hotdeploy_integration_tests::{background, bins, proc};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -159,7 +159,7 @@ fn step(msg: &str) {
 
 /// Runs `hotdeployctl agent deploy` with its progress on our stderr; returns the time out of
 /// rotation the agent reported.
-fn deploy(agent: &AgentProc, release: &str, artifact: &PathBuf, sha: &str) -> anyhow::Result<u64> {
+fn deploy(agent: &AgentProc, release: &str, artifact: &Path, sha: &str) -> anyhow::Result<u64> {
     println!("  {}: deploy {release}", agent.host_id());
     let out = Command::new(bins::ctl())
         .args(["--insecure", "-o", "json", "agent", "--address"])
