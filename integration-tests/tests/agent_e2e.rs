@@ -21,8 +21,24 @@ use agent_support::*;
 use hotdeploy_integration_tests::agents::AgentProc;
 use hotdeploy_integration_tests::haproxy::{HaProxy, Observer};
 use hotdeploy_integration_tests::load::{LoadConfig, LoadGen, LoadReport};
-use hotdeploy_integration_tests::net;
+use hotdeploy_integration_tests::{http_probe, net};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// One HAProxy-style agent-check exchange: the reply line, if the responder answers.
+fn agent_check_line(addr: SocketAddr) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    let _ = stream.write_all(b"\n");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let line = reply.trim().to_string();
+    (!line.is_empty()).then_some(line)
+}
 
 /// Two agents (web-1, web-2) behind HAProxy, both on v1, all `UP`.
 struct Fleet {
@@ -345,18 +361,59 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
     web1.kill();
     std::thread::sleep(Duration::from_millis(1500)); // several agent-checks with no agent
     assert_eq!(web1.app_pids(), vec![pid], "killing the agent touched the app");
-    web1.restart();
-    // From its first answer on, the restarted agent must report the host ready.
-    let first_ready = wait_for(
-        &deadline,
-        Duration::from_secs(10),
-        "/ready of the restarted agent",
-        || web1.ready_status().ok_or_else(|| "no answer".to_string()),
-        || web1.log_tail(),
+    // From its very first answers on, the restarted agent must report the host ready, on both
+    // front ends: poll them as fast as possible while it starts.
+    let (ready_addr, check_addr) = (web1.ready_addr(), web1.agent_check_addr());
+    let stop_polling = AtomicBool::new(false);
+    let (ready_answers, check_answers) = std::thread::scope(|s| {
+        let ready = s.spawn(|| {
+            let mut answers = Vec::new();
+            while !stop_polling.load(Ordering::SeqCst) {
+                if let Ok(r) = http_probe::get(ready_addr, "/ready", Duration::from_millis(500)) {
+                    answers.push(r.status);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            answers
+        });
+        let check = s.spawn(|| {
+            let mut answers = Vec::new();
+            while !stop_polling.load(Ordering::SeqCst) {
+                if let Some(line) = agent_check_line(check_addr) {
+                    answers.push(line);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            answers
+        });
+        web1.restart();
+        std::thread::sleep(Duration::from_millis(500));
+        stop_polling.store(true, Ordering::SeqCst);
+        (
+            ready
+                .join()
+                .unwrap_or_else(|_| panic!("/ready poller panicked")),
+            check
+                .join()
+                .unwrap_or_else(|_| panic!("agent-check poller panicked")),
+        )
+    });
+    let bad_ready: Vec<_> = ready_answers.iter().filter(|s| **s != 200).collect();
+    assert!(
+        !ready_answers.is_empty() && bad_ready.is_empty(),
+        "the restarting agent's /ready answered {} non-200 of {} ({:?}...): the host would \
+         leave rotation because its agent restarted",
+        bad_ready.len(),
+        ready_answers.len(),
+        &ready_answers[..ready_answers.len().min(5)]
     );
-    assert_eq!(
-        first_ready, 200,
-        "the restarted agent's first /ready answer was not 200"
+    let bad_check: Vec<_> = check_answers.iter().filter(|s| *s != "ready up").collect();
+    assert!(
+        !check_answers.is_empty() && bad_check.is_empty(),
+        "the restarting agent's agent-check answered {} non-`ready up` of {} ({:?}...)",
+        bad_check.len(),
+        check_answers.len(),
+        &bad_check[..bad_check.len().min(5)]
     );
     wait_settled(&deadline, &fleet.agents[0], Some("v1"), Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1500)); // more agent-checks, now answered again

@@ -102,8 +102,20 @@ impl Daemon {
             tracing::error!(error = %e, "cannot start the service");
         }
 
-        // Rotation, fed by the health this agent computes.
-        let (health_tx, health_rx) = watch::channel(Health::Unprovisioned);
+        // Rotation, fed by the health this agent computes. The front ends answer as soon as
+        // they listen, before the report task first runs: start from the health the journal,
+        // the store and the (adopted) service already give, so that a restarting agent never
+        // answers `maint` / `unprovisioned` for a host that is serving.
+        let verify_failed = journal
+            .hold()
+            .map_err(|e| fail("deploy journal")(e.to_string()))?
+            .is_some_and(|h| h.purpose == "deploy");
+        let alive = *service.subscribe_alive().borrow();
+        let (health_tx, health_rx) = watch::channel(deploy::health(
+            current.is_some(),
+            alive,
+            verify_failed,
+        ));
         let drained =
             deploy::starts_drained(&journal).map_err(|e| fail("deploy journal")(e.to_string()))?;
         let initial = if drained {

@@ -132,7 +132,12 @@ fn unpack_and_commit(
 ) -> Result<(PathBuf, unpack::UnpackStats), ArtifactError> {
     let file = std::fs::File::open(download)
         .map_err(|e| ArtifactError::io(format!("open {}", download.display()), e))?;
-    let stats = unpack::unpack(std::io::BufReader::new(file), staging, limit)?;
+    // A large read buffer: the default 8 KiB meant one read(2) per 8 KiB of artifact.
+    let stats = unpack::unpack(
+        std::io::BufReader::with_capacity(256 * 1024, file),
+        staging,
+        limit,
+    )?;
     match store.commit(id, staging, sha256) {
         Ok(dir) => Ok((dir, stats)),
         Err(StoreError::Conflict { id, existing, .. }) => {

@@ -7,7 +7,8 @@
 //! 1. send `messages`;
 //! 2. apply the snapshot (storage first, then the state machine);
 //! 3. apply the committed entries to the state machine and answer their proposers;
-//! 4. append the entries and hard state in one sled batch, then flush;
+//! 4. append the entries and hard state in one sled batch, then flush (when raft says it must:
+//!    new entries, term or vote; a commit index alone is written without an fsync);
 //! 5. send `persisted_messages`;
 //! 6. `advance`, then handle the light ready the same way.
 //!
@@ -240,7 +241,8 @@ impl Node {
         self.apply_entries(committed);
         // 4. New entries and hard state: one batch, one flush.
         let hs = rd.hs().cloned();
-        self.fatal_on_err("append entries", self.storage.append_and_persist(rd.entries(), hs.as_ref()));
+        let sync = rd.must_sync();
+        self.fatal_on_err("append entries", self.storage.persist_ready(rd.entries(), hs.as_ref(), sync));
         // 5. Messages that must follow persistence (votes, append responses).
         self.transport.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {

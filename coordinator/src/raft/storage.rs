@@ -447,11 +447,19 @@ impl SledStorage {
     /// Applies `batch` atomically, then fsyncs. The caller holds the meta write lock and updates
     /// the cache only if this returns `Ok`.
     fn commit_batch(&self, batch: sled::Batch, op: &'static str) -> Result<()> {
+        self.apply_batch(batch, op, true)
+    }
+
+    /// Applies `batch` atomically, and fsyncs it when `sync` is set. Without `sync` the batch
+    /// is still atomic and reaches disk with sled's next flush (or the next synced batch).
+    fn apply_batch(&self, batch: sled::Batch, op: &'static str, sync: bool) -> Result<()> {
         self.inner.db.apply_batch(batch).map_err(sled_err(op))?;
-        self.inner
-            .db
-            .flush()
-            .map_err(sled_err("flushing (fsync) the raft storage"))?;
+        if sync {
+            self.inner
+                .db
+                .flush()
+                .map_err(sled_err("flushing (fsync) the raft storage"))?;
+        }
         Ok(())
     }
 
@@ -565,6 +573,20 @@ impl SledStorage {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<()> {
+        self.persist_ready(entries, hard_state, true)
+    }
+
+    /// Like [`SledStorage::append_and_persist`], but fsyncs only when `sync` is set: pass
+    /// raft's `Ready::must_sync()`, which is false when neither entries nor the term or vote
+    /// changed. A commit index alone need not be durable before raft moves on: after a crash it
+    /// is learned again from the leader, and snapshots raise the stored commit to what they
+    /// cover, so a restart never finds `applied > commit`.
+    pub fn persist_ready(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> Result<()> {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
@@ -602,7 +624,7 @@ impl SledStorage {
         if let Some(hs) = hard_state {
             batch.insert(KEY_HARDSTATE, encode(hs, "hard state")?);
         }
-        self.commit_batch(batch, "appending log entries")?;
+        self.apply_batch(batch, "appending log entries", sync || !entries.is_empty())?;
         meta.last_index = new_last;
         if let Some(hs) = hard_state {
             meta.hard_state = hs.clone();
@@ -617,14 +639,15 @@ impl SledStorage {
     }
 
     /// Sets the commit index of the stored hard state (a light ready's `commit_index`). The
-    /// commit never moves backwards: a lower value is ignored. Batch + flush.
+    /// commit never moves backwards: a lower value is ignored. Not fsynced on its own (see
+    /// [`SledStorage::persist_ready`]): it reaches disk with the next synced batch.
     pub fn set_commit(&self, commit: u64) -> Result<()> {
         let mut hs = self.hard_state();
         if commit <= hs.commit {
             return Ok(());
         }
         hs.commit = commit;
-        self.set_hardstate(&hs)
+        self.persist_ready(&[], Some(&hs), false)
     }
 
     /// Stores `cs` as the conf state returned by `initial_state`. Batch + flush.

@@ -139,7 +139,8 @@ impl Coordinator for CoordinatorService {
         ensure_leader(&self.node)?;
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
-        let ticket = self.waiters.enqueue(&r.host, &purpose, r.canary);
+        let groups = self.node.state().host(&r.host).map(|h| h.groups.clone()).unwrap_or_default();
+        let ticket = self.waiters.enqueue(&r.host, &purpose, &groups, r.canary);
         let mut applied = self.node.subscribe_applied();
         let mut queue = self.waiters.subscribe();
         let write = write_id(r.write);
@@ -156,7 +157,10 @@ impl Coordinator for CoordinatorService {
                 Ok(true) => {
                     let cmd = Command::Acquire { host: r.host.clone(), purpose: purpose.clone(), reason: r.reason.clone(), rollout: r.rollout.clone() };
                     let p = Proposal::new(write.clone(), now_ms(), &actor, cmd);
-                    match self.node.propose(p, super::leader::WRITE_TIMEOUT).await {
+                    ticket.set_proposing(true);
+                    let outcome = self.node.propose(p, super::leader::WRITE_TIMEOUT).await;
+                    ticket.set_proposing(false);
+                    match outcome {
                         Ok(Ok(Answer::Slot(s))) => return Ok(Response::new(AcquireSlotResponse { slot: Some(slot_to_wire(&s)) })),
                         Ok(Ok(other)) => return Err(Status::internal(format!("unexpected answer to Acquire: {other:?}"))),
                         Ok(Err(e)) if e.is_retryable() && tokio::time::Instant::now() < deadline => {

@@ -1,7 +1,10 @@
 //! The leader's queue of `AcquireSlot` calls waiting for budget.
 //!
 //! Waiters are served canary hosts first, then first come, first served: a waiter proposes its
-//! grant only when no waiter ahead of it could be granted right now. A waiter leaves the queue
+//! grant only when no waiter ahead of it *that shares one of its groups* could be granted right
+//! now. Waiters of unrelated groups never hold each other up, and a waiter whose grant is
+//! already being proposed no longer blocks the ones behind it (the state machine re-checks the
+//! budget when the grant applies, so a race costs a retry, never the invariant). A waiter leaves the queue
 //! when its call ends for any reason (granted, refused, deadline, or the client going away: tonic
 //! drops the call's future, and with it the [`Ticket`]), so the leader never proposes a grant for
 //! a caller that has gone. The queue lives in the leader's memory only; after a leader change,
@@ -15,10 +18,19 @@ use tokio::sync::watch;
 /// arrival.
 type Key = (bool, u64);
 
+/// One waiting call.
+struct Waiting {
+    host: String,
+    purpose: String,
+    groups: Vec<String>,
+    /// Its grant is being proposed right now.
+    proposing: bool,
+}
+
 #[derive(Default)]
 struct Inner {
     next: u64,
-    queue: BTreeMap<Key, (String, String)>,
+    queue: BTreeMap<Key, Waiting>,
 }
 
 /// The queue. Cheap to clone.
@@ -40,11 +52,17 @@ impl Waiters {
         Self { inner: Arc::default(), changed: watch::channel(0).0 }
     }
 
-    pub(crate) fn enqueue(&self, host: &str, purpose: &str, canary: bool) -> Ticket {
+    pub(crate) fn enqueue(&self, host: &str, purpose: &str, groups: &[String], canary: bool) -> Ticket {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.next += 1;
         let key = (!canary, g.next);
-        g.queue.insert(key, (host.to_owned(), purpose.to_owned()));
+        let w = Waiting {
+            host: host.to_owned(),
+            purpose: purpose.to_owned(),
+            groups: groups.to_vec(),
+            proposing: false,
+        };
+        g.queue.insert(key, w);
         Ticket { key, waiters: self.clone() }
     }
 
@@ -52,12 +70,26 @@ impl Waiters {
         self.changed.subscribe()
     }
 
-    /// Whether `ticket` may propose now: no waiter ahead of it passes `grantable`.
+    /// Whether `ticket` may propose now: no waiter ahead of it that shares a group with it,
+    /// and is not already proposing, passes `grantable`.
     pub(crate) fn my_turn(&self, ticket: &Ticket, grantable: impl Fn(&str, &str) -> bool) -> bool {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        !g.queue
-            .range(..ticket.key)
-            .any(|(_, (host, purpose))| grantable(host, purpose))
+        let Some(me) = g.queue.get(&ticket.key) else { return true };
+        !g.queue.range(..ticket.key).any(|(_, w)| {
+            !w.proposing
+                && w.groups.iter().any(|x| me.groups.contains(x))
+                && grantable(&w.host, &w.purpose)
+        })
+    }
+}
+
+impl Ticket {
+    /// Marks this waiter's grant as being proposed (or not any more).
+    pub(crate) fn set_proposing(&self, proposing: bool) {
+        let mut g = self.waiters.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = g.queue.get_mut(&self.key) {
+            w.proposing = proposing;
+        }
     }
 }
 
@@ -77,9 +109,10 @@ mod tests {
     #[test]
     fn canaries_first_then_fifo() {
         let w = Waiters::new();
-        let a = w.enqueue("a", "deploy", false);
-        let b = w.enqueue("b", "deploy", false);
-        let c = w.enqueue("c", "deploy", true);
+        let web = ["web".to_string()];
+        let a = w.enqueue("a", "deploy", &web, false);
+        let b = w.enqueue("b", "deploy", &web, false);
+        let c = w.enqueue("c", "deploy", &web, true);
         let all = |_: &str, _: &str| true;
         assert!(w.my_turn(&c, all));
         assert!(!w.my_turn(&a, all));
@@ -88,5 +121,20 @@ mod tests {
         assert!(!w.my_turn(&b, all));
         // A waiter ahead that cannot be granted does not block the ones behind it.
         assert!(w.my_turn(&b, |h, _| h != "a"));
+        // Nor does one whose grant is already being proposed.
+        a.set_proposing(true);
+        assert!(w.my_turn(&b, all));
+    }
+
+    #[test]
+    fn waiters_of_other_groups_do_not_block() {
+        let w = Waiters::new();
+        let a = w.enqueue("a", "deploy", &["web".to_string()], false);
+        let b = w.enqueue("b", "deploy", &["db".to_string()], false);
+        let c = w.enqueue("c", "deploy", &["db".to_string(), "web".to_string()], false);
+        let all = |_: &str, _: &str| true;
+        assert!(w.my_turn(&a, all));
+        assert!(w.my_turn(&b, all));
+        assert!(!w.my_turn(&c, all));
     }
 }
