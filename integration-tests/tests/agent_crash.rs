@@ -39,8 +39,13 @@ fn crash_and_recover(failpoint: &str, with_cluster: bool) {
     let v1 = release(artifacts.path(), "v1", false);
     let v2 = release(artifacts.path(), "v2", false);
     // A group of one host can be deployed only with allow_zero_available.
-    let cluster: Option<Cluster> = with_cluster
-        .then(|| start_cluster(&deadline, "5s", "[groups.web]\nallow_zero_available = true\n"));
+    let cluster: Option<Cluster> = with_cluster.then(|| {
+        start_cluster(
+            &deadline,
+            "5s",
+            "[groups.web]\nallow_zero_available = true\n",
+        )
+    });
     let coordinators = cluster
         .as_ref()
         .map(Cluster::coordinator_addrs)
@@ -74,7 +79,11 @@ fn crash_and_recover(failpoint: &str, with_cluster: bool) {
     agent.opts_mut().env = vec![("HOTDEPLOY_FAILPOINTS".into(), failpoint.into())];
     agent.restart();
     wait_settled(&deadline, &agent, Some("v1"), Duration::from_secs(10));
-    assert_eq!(one_app_pid(&agent), v1_pid, "an agent restart restarted the app");
+    assert_eq!(
+        one_app_pid(&agent),
+        v1_pid,
+        "an agent restart restarted the app"
+    );
 
     let out = deploy(&agent, &v2);
     assert!(
@@ -96,16 +105,32 @@ fn crash_and_recover(failpoint: &str, with_cluster: bool) {
         logs(&agent)
     );
 
+    // Crashed: `current` already names a complete release (the swap is atomic), and with
+    // coordinators a crash after the slot was granted leaves it held until recovery.
+    let at_crash = assert_current_link_complete(&agent);
+    let swapped = matches!(failpoint, "after_swap" | "during_verify");
+    assert_eq!(
+        at_crash,
+        if swapped { "v2" } else { "v1" },
+        "current at the crash"
+    );
+    if let (Some(cluster), true) = (&cluster, failpoint != "after_staged") {
+        let held = locks(cluster).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            held.iter()
+                .any(|l| l["host"] == "web-1" && l["purpose"] == "deploy"),
+            "crashed at {failpoint}, web-1 should still hold its deploy slot: {held:?}"
+        );
+    }
+
     agent.opts_mut().env.clear();
     agent.restart();
 
     let s = wait_settled(&deadline, &agent, None, Duration::from_secs(20));
-    let expected = match failpoint {
-        "after_staged" | "after_drain" => "v1",
-        _ => "v2",
-    };
+    let expected = if swapped { "v2" } else { "v1" };
     assert_eq!(
-        s["current"], expected,
+        s["current"],
+        expected,
         "after a crash at {failpoint} the host should be on {expected}: {s}\n{}",
         logs(&agent)
     );

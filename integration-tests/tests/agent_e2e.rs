@@ -51,8 +51,9 @@ struct Fleet {
 
 impl Fleet {
     /// Starts HAProxy, then the agents (with `haproxy_socket` if `use_socket`, and the given
-    /// grace periods), first-deploys v1 on both and waits until HAProxy has both `UP`.
-    fn start(deadline: &Deadline, use_socket: bool, grace: &str) -> Fleet {
+    /// grace periods and verify timeout), first-deploys v1 on both and waits until HAProxy has
+    /// both `UP`.
+    fn start(deadline: &Deadline, use_socket: bool, grace: &str, verify_timeout: &str) -> Fleet {
         HaProxy::require().unwrap_or_else(|e| panic!("{e}"));
         let artifacts = tempfile::Builder::new()
             .prefix("hd-e2e-rel-")
@@ -76,6 +77,7 @@ impl Fleet {
                 let mut o = fast_opts(h, *ip, Vec::new());
                 o.drain_grace = grace.into();
                 o.undrain_grace = grace.into();
+                o.verify_timeout = verify_timeout.into();
                 if use_socket {
                     o.haproxy_socket = Some(haproxy.socket_path().to_path_buf());
                     o.drain_timeout = Some("10s".into());
@@ -174,7 +176,7 @@ fn time_until_status(fleet: &Fleet, deadline: &Deadline, server: &str, want: &st
 #[test]
 fn drain_and_undrain_show_in_haproxy_within_two_agent_intervals() {
     let deadline = Deadline::new("drain/undrain via agent-check", Duration::from_secs(60));
-    let fleet = Fleet::start(&deadline, false, "1s");
+    let fleet = Fleet::start(&deadline, false, "1s", "8s");
     let observer = Observer::start(&fleet.haproxy);
     let web1 = &fleet.agents[0];
 
@@ -182,7 +184,9 @@ fn drain_and_undrain_show_in_haproxy_within_two_agent_intervals() {
     let drained_after = std::thread::scope(|s| {
         let cli = s.spawn(|| web1.ctl(&["drain"]));
         let took = time_until_status(&fleet, &deadline, "web-1", "DRAIN");
-        let out = cli.join().unwrap_or_else(|_| panic!("drain thread panicked"));
+        let out = cli
+            .join()
+            .unwrap_or_else(|_| panic!("drain thread panicked"));
         assert!(out.status.success(), "drain failed: {}", show(&out));
         took
     });
@@ -197,12 +201,17 @@ fn drain_and_undrain_show_in_haproxy_within_two_agent_intervals() {
     // It stays drained: the agent keeps answering `drain`.
     std::thread::sleep(3 * AGENT_INTER);
     let still = fleet.status_of("web-1").unwrap_or_default();
-    assert!(still.starts_with("DRAIN"), "web-1 left DRAIN by itself: {still}");
+    assert!(
+        still.starts_with("DRAIN"),
+        "web-1 left DRAIN by itself: {still}"
+    );
 
     let undrained_after = std::thread::scope(|s| {
         let cli = s.spawn(|| web1.ctl(&["undrain"]));
         let took = time_until_status(&fleet, &deadline, "web-1", "UP");
-        let out = cli.join().unwrap_or_else(|_| panic!("undrain thread panicked"));
+        let out = cli
+            .join()
+            .unwrap_or_else(|_| panic!("undrain thread panicked"));
         assert!(out.status.success(), "undrain failed: {}", show(&out));
         took
     });
@@ -232,7 +241,7 @@ fn deploy_under_load(use_socket: bool) {
     // With the socket the agent must not wait for its grace periods: make them long enough
     // that waiting on them would show.
     let grace = if use_socket { "20s" } else { "1s" };
-    let fleet = Fleet::start(&deadline, use_socket, grace);
+    let fleet = Fleet::start(&deadline, use_socket, grace, "8s");
     let web1 = &fleet.agents[0];
     let pid_before = one_app_pid(web1);
     let observer = Observer::start(&fleet.haproxy);
@@ -308,7 +317,7 @@ fn deploy_under_load_with_haproxy_socket_fails_no_request() {
 #[test]
 fn failed_verify_rolls_back_by_itself_under_load() {
     let deadline = Deadline::new("failed verify rolls back", Duration::from_secs(60));
-    let fleet = Fleet::start(&deadline, false, "1s");
+    let fleet = Fleet::start(&deadline, false, "1s", "3s");
     let web1 = &fleet.agents[0];
     let observer = Observer::start(&fleet.haproxy);
     let load = fleet.load();
@@ -352,7 +361,7 @@ fn failed_verify_rolls_back_by_itself_under_load() {
 #[test]
 fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
     let deadline = Deadline::new("agent kill -9 under load", Duration::from_secs(60));
-    let mut fleet = Fleet::start(&deadline, false, "1s");
+    let mut fleet = Fleet::start(&deadline, false, "1s", "8s");
     let pid = one_app_pid(&fleet.agents[0]);
     let observer = Observer::start(&fleet.haproxy);
     let load = fleet.load();
@@ -360,7 +369,11 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
     let web1 = &mut fleet.agents[0];
     web1.kill();
     std::thread::sleep(Duration::from_millis(1500)); // several agent-checks with no agent
-    assert_eq!(web1.app_pids(), vec![pid], "killing the agent touched the app");
+    assert_eq!(
+        web1.app_pids(),
+        vec![pid],
+        "killing the agent touched the app"
+    );
     // From its very first answers on, the restarted agent must report the host ready, on both
     // front ends: poll them as fast as possible while it starts.
     let (ready_addr, check_addr) = (web1.ready_addr(), web1.agent_check_addr());
@@ -415,7 +428,12 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
         check_answers.len(),
         &bad_check[..bad_check.len().min(5)]
     );
-    wait_settled(&deadline, &fleet.agents[0], Some("v1"), Duration::from_secs(10));
+    wait_settled(
+        &deadline,
+        &fleet.agents[0],
+        Some("v1"),
+        Duration::from_secs(10),
+    );
     std::thread::sleep(Duration::from_millis(1500)); // more agent-checks, now answered again
     let report = load.stop();
     let seen = observer.stop();
@@ -426,9 +444,16 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
 
     assert_no_failures(&report, &fleet.logs());
     let web1 = &fleet.agents[0];
-    assert_eq!(web1.app_pids(), vec![pid], "the app was restarted or doubled");
+    assert_eq!(
+        web1.app_pids(),
+        vec![pid],
+        "the app was restarted or doubled"
+    );
     let s = status(web1).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(s["service_pid"], pid, "the agent did not re-adopt the app: {s}");
+    assert_eq!(
+        s["service_pid"], pid,
+        "the agent did not re-adopt the app: {s}"
+    );
     assert_eq!(s["health"], "healthy", "{s}");
     assert_eq!(s["state"], "in_rotation", "{s}");
     assert_eq!(

@@ -144,7 +144,13 @@ impl Fleet {
         );
         for agent in &self.agents {
             wait_settled(deadline, agent, Some("v1"), Duration::from_secs(10));
-            self.wait_host(deadline, agent.host_id(), "healthy", "in_rotation", Some("v1"));
+            self.wait_host(
+                deadline,
+                agent.host_id(),
+                "healthy",
+                "in_rotation",
+                Some("v1"),
+            );
         }
         let held = locks(&self.cluster).unwrap_or_else(|e| panic!("{e}"));
         assert!(held.is_empty(), "a first deploy took a slot: {held:?}");
@@ -167,7 +173,13 @@ fn agent_registers_and_a_deploy_holds_a_slot_until_it_is_back_up() {
 
     // Registered before anything is deployed.
     for agent in &fleet.agents {
-        fleet.wait_host(&deadline, agent.host_id(), "unprovisioned", "in_rotation", None);
+        fleet.wait_host(
+            &deadline,
+            agent.host_id(),
+            "unprovisioned",
+            "in_rotation",
+            None,
+        );
     }
     fleet.provision_v1(&deadline);
 
@@ -201,7 +213,9 @@ fn agent_registers_and_a_deploy_holds_a_slot_until_it_is_back_up() {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let out = cli.join().unwrap_or_else(|_| panic!("deploy thread panicked"));
+        let out = cli
+            .join()
+            .unwrap_or_else(|_| panic!("deploy thread panicked"));
         (out, seen_slot, status_at_release)
     });
     let seen = observer.stop();
@@ -223,14 +237,21 @@ fn agent_registers_and_a_deploy_holds_a_slot_until_it_is_back_up() {
     assert!(slot["token"].as_u64().unwrap_or(0) > 0, "{slot}");
     // Released by the time the CLI reports success, and only after HAProxy had it UP again.
     let held = locks(&fleet.cluster).unwrap_or_else(|e| panic!("{e}"));
-    assert!(held.is_empty(), "slot still held after the deploy: {held:?}");
-    if let Some(at_release) = status_at_release {
-        assert_eq!(
-            at_release.as_deref(),
-            Some("UP"),
-            "the slot was released while HAProxy still had web-1 out of rotation"
-        );
-    }
+    assert!(
+        held.is_empty(),
+        "slot still held after the deploy: {held:?}"
+    );
+    let at_release = status_at_release.unwrap_or_else(|| {
+        panic!(
+            "never saw web-1's slot go away during the deploy\n{}",
+            fleet.logs()
+        )
+    });
+    assert_eq!(
+        at_release.as_deref(),
+        Some("UP"),
+        "the slot was released while HAProxy still had web-1 out of rotation"
+    );
     assert_eq!(seen.max_not_up, 1, "{:?}", seen.changes);
     fleet.wait_host(&deadline, "web-1", "healthy", "in_rotation", Some("v2"));
     fleet.wait_host(&deadline, "web-2", "healthy", "in_rotation", Some("v1"));
@@ -345,13 +366,13 @@ fn a_frozen_agent_whose_slot_was_revoked_neither_drains_nor_restarts() {
             answers
         });
         web1.signal(Signal::SIGCONT);
-        let out = cli.join().unwrap_or_else(|_| panic!("deploy thread panicked"));
+        let out = cli
+            .join()
+            .unwrap_or_else(|_| panic!("deploy thread panicked"));
         // Several agent-checks after the end of the deploy.
         std::thread::sleep(4 * AGENT_INTER);
         stop_polling.store(true, Ordering::SeqCst);
-        let answers = poller
-            .join()
-            .unwrap_or_else(|_| panic!("poller panicked"));
+        let answers = poller.join().unwrap_or_else(|_| panic!("poller panicked"));
         (out, answers, observer.stop())
     });
 

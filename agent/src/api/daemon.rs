@@ -111,11 +111,8 @@ impl Daemon {
             .map_err(|e| fail("deploy journal")(e.to_string()))?
             .is_some_and(|h| h.purpose == "deploy");
         let alive = *service.subscribe_alive().borrow();
-        let (health_tx, health_rx) = watch::channel(deploy::health(
-            current.is_some(),
-            alive,
-            verify_failed,
-        ));
+        let (health_tx, health_rx) =
+            watch::channel(deploy::health(current.is_some(), alive, verify_failed));
         let drained =
             deploy::starts_drained(&journal).map_err(|e| fail("deploy journal")(e.to_string()))?;
         let initial = if drained {

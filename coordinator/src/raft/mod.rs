@@ -115,7 +115,18 @@ impl RaftNode {
         for (id, addr) in state.read().map(|s| s.members().clone()).unwrap_or_default() {
             transport.ensure_peer(id, &addr);
         }
-        tokio::spawn(node.run());
+        // The node task gets a thread of its own: it blocks in fsync once per Ready, which on
+        // a small machine would otherwise stall one of the few runtime workers serving gRPC.
+        std::thread::Builder::new()
+            .name(format!("raft-{}", cfg.id))
+            .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(node.run()),
+                Err(e) => {
+                    tracing::error!("cannot start the raft node's runtime: {e}");
+                    std::process::exit(1);
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the raft thread: {e}"))?;
         let peer = peer_service::PeerService {
             cluster_id,
             storage,

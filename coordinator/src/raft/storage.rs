@@ -1,5 +1,5 @@
 //! Durable raft-rs storage over sled: the raft log, hard state, conf state and the latest
-//! snapshot, in one sled tree.
+//! snapshot's metadata in one sled tree, and the snapshot's payload in a second one.
 //!
 //! # What
 //!
@@ -10,10 +10,12 @@
 //! and compacts the log in that same batch, and [`SledStorage::apply_snapshot`] installs a
 //! snapshot received from the leader.
 //!
-//! # Layout (one sled tree, the `Db`'s default tree)
+//! # Layout
 //!
 //! Numbers inside keys are big-endian `u64`, so that sled's byte order is numeric order and a
 //! range scan over `e/` walks the log in index order.
+//!
+//! The main tree (the `Db`'s default tree) holds everything raft reads and writes per Ready:
 //!
 //! | key | value |
 //! |---|---|
@@ -22,8 +24,39 @@
 //! | `m/confstate` | protobuf `eraftpb::ConfState` |
 //! | `m/truncated` | index u64be ‖ term u64be of the last entry dropped by compaction or a snapshot |
 //! | `m/cluster_id` | u64be |
-//! | `m/snapshot` | protobuf `eraftpb::Snapshot` (metadata and the state machine's bytes) |
+//! | `m/snapshot` | the latest snapshot's record: `0x01` ‖ payload length u64be ‖ payload sha256 (32 bytes) ‖ protobuf `eraftpb::SnapshotMetadata` (index, term, conf state) |
 //! | `s/...` | reserved for state-machine rows; never touched here |
+//!
+//! The `snapshots` tree holds only snapshot payloads (the serialized state machine):
+//!
+//! | key | value |
+//! |---|---|
+//! | `<index>` u64be ‖ sha256 of the payload (40 bytes) | the payload, as handed to `create_snapshot` or received from the leader |
+//!
+//! Exactly one payload is live: the one `m/snapshot` names by (index, sha256). Anything else in
+//! the tree is debris of an interrupted snapshot and is deleted (after each snapshot, and by
+//! [`SledStorage::open`]). The sha256 in the key makes a re-snapshot at the same index write a
+//! different key unless the bytes are identical, so the live payload is never overwritten.
+//!
+//! ## Why the payload has its own tree
+//!
+//! DESIGN §2 asks for one sled tree, so that each write is one atomic batch. The payload (about
+//! 2 MB with 10,000 hosts) used to sit in `m/snapshot`, in the same sled page as
+//! `m/hardstate`, which every Ready rewrites. sled 0.34 stores a page that large as a blob file
+//! and writes a whole new blob each time it rewrites (consolidates) the page, and frees old
+//! blobs lazily: the data dir grew quadratically with the state (430–460 MiB for 10,000
+//! hosts, from about 10 snapshots). In its own tree, the payload is written once per snapshot.
+//!
+//! Atomicity is kept: the payload is written and flushed *before* the one atomic main-tree batch
+//! that references it (`m/snapshot`, together with the compaction, `m/truncated`, the conf state
+//! and the commit). A crash before that batch leaves an unreferenced payload, which `open`
+//! deletes; after it, the referenced payload is already durable. Older payloads are deleted only
+//! after the batch is flushed. So at every instant the main tree names a complete, durable
+//! payload, and its length and sha256 catch a payload that is missing, torn or not the one
+//! named: [`StorageError::Corrupt`], never a silently empty state machine.
+//!
+//! A store written by the earlier layout (the whole `eraftpb::Snapshot` in `m/snapshot`) is
+//! migrated by `open`, in the same order.
 //!
 //! # Invariants
 //!
@@ -36,9 +69,12 @@
 //!   machine from `m/snapshot` finds the log starting right after it.
 //! - The stored commit is never below the stored snapshot's index, so a restart with
 //!   `Config.applied = snapshot.index` never trips raft-rs's `applied > commit` panic.
-//! - Every write is one `sled::Batch` followed by `flush()`. Only after both succeed is the
+//! - Every write is one `sled::Batch` on the main tree followed by `flush()` (a snapshot
+//!   payload is written and flushed just before, see above). Only after both succeed is the
 //!   in-memory [`Meta`] cache updated, under a write lock that also keeps readers from seeing a
 //!   half-applied state. Any error is returned; the caller treats it as fatal (DESIGN §2).
+//! - `m/snapshot` always names a payload present in the `snapshots` tree with that length and
+//!   sha256; `open` checks it.
 //!
 //! # Bootstrap
 //!
@@ -80,6 +116,7 @@ use std::time::{Duration, Instant};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
+use sha2::{Digest, Sha256};
 
 /// Prefix of log entry keys. `e` sorts before `m` and `s`, so entries form one contiguous run.
 const ENTRY_PREFIX: &[u8] = b"e/";
@@ -92,9 +129,20 @@ const KEY_CONFSTATE: &[u8] = b"m/confstate";
 const KEY_TRUNCATED: &[u8] = b"m/truncated";
 /// The cluster id this node belongs to, so a node cannot be pointed at another cluster's peers.
 const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
-/// The latest snapshot (metadata and the serialized state machine): what a restart restores
-/// from, and what the leader sends to a follower that is behind the log.
+/// The latest snapshot's record ([`SnapshotRecord`]: metadata, payload length and sha256): what
+/// a restart restores from, and what the leader sends to a follower that is behind the log. The
+/// payload itself lives in [`SNAPSHOT_TREE`].
 const KEY_SNAPSHOT: &[u8] = b"m/snapshot";
+
+/// The sled tree that holds snapshot payloads, keyed by [`payload_key`]. Kept out of the main
+/// tree so that the payload is not re-written with the hot metadata page (see the module docs).
+const SNAPSHOT_TREE: &[u8] = b"snapshots";
+/// First byte of an `m/snapshot` record. A protobuf message never starts with a byte below 8
+/// (field number 0 does not exist), so this also tells a record from the earlier layout's
+/// whole `eraftpb::Snapshot`.
+const SNAPSHOT_RECORD_FORMAT: u8 = 1;
+/// Format byte, payload length, sha256.
+const SNAPSHOT_RECORD_HEADER: usize = 1 + 8 + 32;
 
 /// sled's page cache. Small on purpose: the hot data (the log tail and the metadata) is tiny,
 /// and a coordinator shares its host with the services it deploys (DESIGN §2: 64 MiB).
@@ -192,8 +240,8 @@ struct Meta {
     truncated: LogPosition,
     /// Index of the last stored entry, or `truncated.index` when the log is empty.
     last_index: u64,
-    /// Metadata of `m/snapshot`, if one is stored.
-    snapshot: Option<SnapshotMetadata>,
+    /// The record in `m/snapshot`, if one is stored.
+    snapshot: Option<SnapshotRecord>,
     cluster_id: Option<u64>,
     /// Whether `m/hardstate` / `m/confstate` exist at all (for `is_blank`).
     has_hard_state: bool,
@@ -206,8 +254,117 @@ impl Meta {
     }
 }
 
+/// What `m/snapshot` holds: the snapshot's metadata, and the length and sha256 of its payload
+/// (stored in [`SNAPSHOT_TREE`] under [`payload_key`]).
+#[derive(Debug, Clone, PartialEq)]
+struct SnapshotRecord {
+    metadata: SnapshotMetadata,
+    payload_len: u64,
+    payload_sha256: [u8; 32],
+}
+
+impl SnapshotRecord {
+    fn new(metadata: SnapshotMetadata, payload: &[u8]) -> Self {
+        SnapshotRecord {
+            metadata,
+            payload_len: payload.len() as u64,
+            payload_sha256: Sha256::digest(payload).into(),
+        }
+    }
+
+    fn payload_key(&self) -> [u8; 40] {
+        payload_key(self.metadata.index, &self.payload_sha256)
+    }
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        let metadata = encode(&self.metadata, "snapshot metadata")?;
+        let mut out = Vec::with_capacity(SNAPSHOT_RECORD_HEADER + metadata.len());
+        out.push(SNAPSHOT_RECORD_FORMAT);
+        out.extend_from_slice(&self.payload_len.to_be_bytes());
+        out.extend_from_slice(&self.payload_sha256);
+        out.extend_from_slice(&metadata);
+        Ok(out)
+    }
+
+    /// Decodes a record. `Err` for anything that is not one, including the earlier layout's
+    /// whole `Snapshot` (see [`StoredSnapshot::decode`]).
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let corrupt = || {
+            StorageError::Corrupt(format!(
+                "m/snapshot record is malformed ({} bytes)",
+                bytes.len()
+            ))
+        };
+        if bytes.first() != Some(&SNAPSHOT_RECORD_FORMAT) {
+            return Err(corrupt());
+        }
+        let len: [u8; 8] = bytes
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(corrupt)?;
+        let payload_sha256: [u8; 32] = bytes
+            .get(9..SNAPSHOT_RECORD_HEADER)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(corrupt)?;
+        let metadata = decode(&bytes[SNAPSHOT_RECORD_HEADER..], || {
+            "the metadata in m/snapshot".into()
+        })?;
+        Ok(SnapshotRecord {
+            metadata,
+            payload_len: u64::from_be_bytes(len),
+            payload_sha256,
+        })
+    }
+}
+
+/// The value of `m/snapshot` as found on disk.
+enum StoredSnapshot {
+    /// The current layout.
+    Record(SnapshotRecord),
+    /// The earlier layout: the whole snapshot, payload included. `open` migrates it.
+    Legacy(Snapshot),
+}
+
+impl StoredSnapshot {
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        match bytes.first() {
+            Some(&SNAPSHOT_RECORD_FORMAT) => {
+                Ok(StoredSnapshot::Record(SnapshotRecord::decode(bytes)?))
+            }
+            // Field 1 (`data`) or 2 (`metadata`) of `eraftpb::Snapshot`, length-delimited.
+            Some(0x0a | 0x12) => Ok(StoredSnapshot::Legacy(decode(bytes, || {
+                "m/snapshot (earlier layout)".into()
+            })?)),
+            _ => Err(StorageError::Corrupt(format!(
+                "m/snapshot is neither a snapshot record nor a snapshot ({} bytes)",
+                bytes.len()
+            ))),
+        }
+    }
+}
+
+/// Key of a payload in [`SNAPSHOT_TREE`]: index u64be ‖ sha256. Sorts by index.
+fn payload_key(index: u64, sha256: &[u8; 32]) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..8].copy_from_slice(&index.to_be_bytes());
+    key[8..].copy_from_slice(sha256);
+    key
+}
+
+/// A snapshot of `record`'s metadata with `payload` as its data.
+fn snapshot_from(record: &SnapshotRecord, payload: &[u8]) -> Snapshot {
+    let mut snap = Snapshot {
+        data: payload.to_vec().into(),
+        ..Default::default()
+    };
+    snap.set_metadata(record.metadata.clone());
+    snap
+}
+
 struct Inner {
     db: sled::Db,
+    /// [`SNAPSHOT_TREE`]: snapshot payloads only.
+    snapshots: sled::Tree,
     /// Writers hold the write side across batch + flush + cache update, so a reader that combines
     /// several facts (say `last_index` and an entry) sees one consistent state.
     meta: RwLock<Meta>,
@@ -288,20 +445,94 @@ fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
     move |source| StorageError::Sled { op, source }
 }
 
-/// A snapshot at `pos` with `conf_state` and the serialized state machine `data`.
-fn new_snapshot(pos: LogPosition, conf_state: ConfState, data: Vec<u8>) -> Snapshot {
+/// The metadata of a snapshot at `pos` with `conf_state`.
+fn snapshot_metadata(pos: LogPosition, conf_state: ConfState) -> SnapshotMetadata {
     let mut metadata = SnapshotMetadata {
         index: pos.index,
         term: pos.term,
         ..Default::default()
     };
     metadata.set_conf_state(conf_state);
+    metadata
+}
+
+/// A snapshot at `pos` with `conf_state` and the serialized state machine `data`.
+#[cfg(test)]
+fn new_snapshot(pos: LogPosition, conf_state: ConfState, data: Vec<u8>) -> Snapshot {
     let mut snap = Snapshot {
         data: data.into(),
         ..Default::default()
     };
-    snap.set_metadata(metadata);
+    snap.set_metadata(snapshot_metadata(pos, conf_state));
     snap
+}
+
+/// Writes `payload` under `record`'s key in the `snapshots` tree and flushes (fsync). sled's
+/// flush covers every tree of the `Db`: they share one log.
+fn write_payload(
+    db: &sled::Db,
+    snapshots: &sled::Tree,
+    record: &SnapshotRecord,
+    payload: &[u8],
+) -> Result<()> {
+    snapshots
+        .insert(record.payload_key(), payload)
+        .map_err(sled_err("writing a snapshot payload"))?;
+    db.flush()
+        .map_err(sled_err("flushing (fsync) a snapshot payload"))?;
+    Ok(())
+}
+
+/// The payload `record` names, checked against its length and sha256. A missing or mismatched
+/// payload is [`StorageError::Corrupt`]: starting from it would silently lose the state.
+fn read_payload(snapshots: &sled::Tree, record: &SnapshotRecord) -> Result<sled::IVec> {
+    let (index, term) = (record.metadata.index, record.metadata.term);
+    let payload = snapshots
+        .get(record.payload_key())
+        .map_err(sled_err("reading a snapshot payload"))?
+        .ok_or_else(|| {
+            StorageError::Corrupt(format!(
+                "the payload of the snapshot at index {index} (term {term}) is missing from \
+                 the `snapshots` tree"
+            ))
+        })?;
+    if payload.len() as u64 != record.payload_len {
+        return Err(StorageError::Corrupt(format!(
+            "the payload of the snapshot at index {index} (term {term}) has {} bytes; \
+             m/snapshot records {}",
+            payload.len(),
+            record.payload_len
+        )));
+    }
+    let sha256: [u8; 32] = Sha256::digest(&payload).into();
+    if sha256 != record.payload_sha256 {
+        return Err(StorageError::Corrupt(format!(
+            "the payload of the snapshot at index {index} (term {term}) fails its sha256 check"
+        )));
+    }
+    Ok(payload)
+}
+
+/// Deletes every payload but `keep`'s (all of them when `keep` is `None`) in one batch, without
+/// flushing: a payload that comes back after a crash is unreferenced, and `open` deletes it.
+/// Returns how many were deleted.
+fn remove_payloads_except(snapshots: &sled::Tree, keep: Option<&SnapshotRecord>) -> Result<usize> {
+    let keep = keep.map(SnapshotRecord::payload_key);
+    let mut batch = sled::Batch::default();
+    let mut removed = 0;
+    for key in snapshots.iter().keys() {
+        let key = key.map_err(sled_err("listing snapshot payloads"))?;
+        if keep.as_ref().map(|k| &k[..]) != Some(&key[..]) {
+            batch.remove(key);
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        snapshots
+            .apply_batch(batch)
+            .map_err(sled_err("deleting old snapshot payloads"))?;
+    }
+    Ok(removed)
 }
 
 /// Whether node `id` appears in `cs` in a role that lets it accept a snapshot. Mirrors the check
@@ -327,7 +558,28 @@ impl SledStorage {
             path: path.clone(),
             source,
         })?;
-        let meta = Self::load_meta(&db)?;
+        let snapshots = db
+            .open_tree(SNAPSHOT_TREE)
+            .map_err(|source| StorageError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let record = Self::load_snapshot_record(&db, &snapshots)?;
+        let meta = Self::load_meta(&db, record)?;
+        if let Some(record) = &meta.snapshot {
+            read_payload(&snapshots, record)?;
+        }
+        // Debris of a snapshot interrupted between its payload and its metadata batch, or of
+        // a deletion that did not reach disk. Only after the live payload checked out.
+        let removed = remove_payloads_except(&snapshots, meta.snapshot.as_ref())?;
+        if removed > 0 {
+            db.flush()
+                .map_err(sled_err("flushing (fsync) the raft storage"))?;
+            tracing::info!(
+                removed,
+                "deleted snapshot payloads that no stored snapshot references"
+            );
+        }
         tracing::debug!(
             path = %path.display(),
             first_index = meta.first_index(),
@@ -339,6 +591,7 @@ impl SledStorage {
         Ok(SledStorage {
             inner: Arc::new(Inner {
                 db,
+                snapshots,
                 meta: RwLock::new(meta),
             }),
         })
@@ -365,9 +618,44 @@ impl SledStorage {
         }
     }
 
-    fn load_meta(db: &sled::Db) -> Result<Meta> {
+    /// Reads `m/snapshot`. A whole snapshot in the earlier layout is migrated: its payload is
+    /// written to the `snapshots` tree and flushed, then `m/snapshot` is replaced by a record
+    /// and flushed (the same order as [`SledStorage::create_snapshot`]).
+    fn load_snapshot_record(
+        db: &sled::Db,
+        snapshots: &sled::Tree,
+    ) -> Result<Option<SnapshotRecord>> {
+        let Some(v) = db
+            .get(KEY_SNAPSHOT)
+            .map_err(sled_err("reading the snapshot record"))?
+        else {
+            return Ok(None);
+        };
+        match StoredSnapshot::decode(&v)? {
+            StoredSnapshot::Record(record) => Ok(Some(record)),
+            StoredSnapshot::Legacy(snap) => {
+                let record = SnapshotRecord::new(snap.get_metadata().clone(), &snap.data);
+                write_payload(db, snapshots, &record, &snap.data)?;
+                db.insert(KEY_SNAPSHOT, record.encode()?)
+                    .map_err(sled_err("migrating m/snapshot"))?;
+                db.flush()
+                    .map_err(sled_err("flushing (fsync) the raft storage"))?;
+                tracing::info!(
+                    index = record.metadata.index,
+                    bytes = record.payload_len,
+                    "moved the snapshot payload out of m/snapshot into the snapshots tree"
+                );
+                Ok(Some(record))
+            }
+        }
+    }
+
+    fn load_meta(db: &sled::Db, snapshot: Option<SnapshotRecord>) -> Result<Meta> {
         let get = |key: &'static [u8]| db.get(key).map_err(sled_err("reading metadata"));
-        let mut meta = Meta::default();
+        let mut meta = Meta {
+            snapshot,
+            ..Meta::default()
+        };
         if let Some(v) = get(KEY_HARDSTATE)? {
             meta.hard_state = decode(&v, || "m/hardstate".into())?;
             meta.has_hard_state = true;
@@ -384,10 +672,6 @@ impl SledStorage {
                 StorageError::Corrupt(format!("m/cluster_id has {} bytes, expected 8", v.len()))
             })?;
             meta.cluster_id = Some(u64::from_be_bytes(arr));
-        }
-        if let Some(v) = get(KEY_SNAPSHOT)? {
-            let snap: Snapshot = decode(&v, || "m/snapshot".into())?;
-            meta.snapshot = Some(snap.get_metadata().clone());
         }
 
         // The log must be exactly truncated.index+1 ..= last: check both ends.
@@ -417,7 +701,7 @@ impl SledStorage {
                 last.unwrap_or(first)
             }
         };
-        if let Some(snap) = &meta.snapshot {
+        if let Some(snap) = meta.snapshot.as_ref().map(|r| &r.metadata) {
             if snap.index != meta.truncated.index || snap.term != meta.truncated.term {
                 return Err(StorageError::Corrupt(format!(
                     "snapshot at ({}, {}) but log truncated at ({}, {})",
@@ -448,6 +732,31 @@ impl SledStorage {
     /// the cache only if this returns `Ok`.
     fn commit_batch(&self, batch: sled::Batch, op: &'static str) -> Result<()> {
         self.apply_batch(batch, op, true)
+    }
+
+    /// Stores a snapshot, crash-safe without one batch spanning two trees: writes `payload` into
+    /// the `snapshots` tree and flushes it, THEN applies `batch` (the rest of the operation: the
+    /// compaction, `m/truncated`, the conf state, the hard state) together with
+    /// `m/snapshot = record`, and flushes. A crash in between leaves an unreferenced payload,
+    /// deleted by `open`. The caller holds the meta write lock, updates the cache on `Ok`, then
+    /// calls [`SledStorage::remove_old_payloads`].
+    fn commit_snapshot(
+        &self,
+        mut batch: sled::Batch,
+        record: &SnapshotRecord,
+        payload: &[u8],
+        op: &'static str,
+    ) -> Result<()> {
+        let encoded = record.encode()?;
+        write_payload(&self.inner.db, &self.inner.snapshots, record, payload)?;
+        batch.insert(KEY_SNAPSHOT, encoded);
+        self.commit_batch(batch, op)
+    }
+
+    /// Deletes every payload but `keep`'s, once the batch that references `keep` is flushed.
+    fn remove_old_payloads(&self, keep: &SnapshotRecord) -> Result<()> {
+        remove_payloads_except(&self.inner.snapshots, Some(keep))?;
+        Ok(())
     }
 
     /// Applies `batch` atomically, and fsyncs it when `sync` is set. Without `sync` the batch
@@ -520,7 +829,7 @@ impl SledStorage {
             index: BOOTSTRAP_INDEX,
             term: BOOTSTRAP_TERM,
         };
-        let snap = new_snapshot(pos, conf_state.clone(), data);
+        let record = SnapshotRecord::new(snapshot_metadata(pos, conf_state.clone()), &data);
         let hard_state = HardState {
             term: BOOTSTRAP_TERM,
             vote: 0,
@@ -529,14 +838,13 @@ impl SledStorage {
         };
 
         let mut batch = sled::Batch::default();
-        batch.insert(KEY_SNAPSHOT, encode(&snap, "bootstrap snapshot")?);
         batch.insert(KEY_TRUNCATED, &encode_position(pos)[..]);
         batch.insert(KEY_CONFSTATE, encode(&conf_state, "conf state")?);
         batch.insert(KEY_HARDSTATE, encode(&hard_state, "hard state")?);
         batch.insert(KEY_CLUSTER_ID, &cluster_id.to_be_bytes()[..]);
-        self.commit_batch(batch, "writing the bootstrap state")?;
+        self.commit_snapshot(batch, &record, &data, "writing the bootstrap state")?;
 
-        meta.snapshot = Some(snap.get_metadata().clone());
+        meta.snapshot = Some(record.clone());
         meta.truncated = pos;
         meta.last_index = pos.index;
         meta.conf_state = conf_state;
@@ -544,7 +852,7 @@ impl SledStorage {
         meta.hard_state = hard_state;
         meta.has_hard_state = true;
         meta.cluster_id = Some(cluster_id);
-        Ok(())
+        self.remove_old_payloads(&record)
     }
 
     /// The cluster id recorded by `initialize` or `set_cluster_id`, if any.
@@ -694,24 +1002,25 @@ impl SledStorage {
         hs.commit = hs.commit.max(smeta.index);
         let conf_state = smeta.get_conf_state().clone();
 
+        let record = SnapshotRecord::new(smeta.clone(), &snap.data);
+
         let mut batch = sled::Batch::default();
         for index in meta.first_index()..=meta.last_index {
             batch.remove(&entry_key(index)[..]);
         }
-        batch.insert(KEY_SNAPSHOT, encode(snap, "snapshot")?);
         batch.insert(KEY_TRUNCATED, &encode_position(pos)[..]);
         batch.insert(KEY_CONFSTATE, encode(&conf_state, "conf state")?);
         batch.insert(KEY_HARDSTATE, encode(&hs, "hard state")?);
-        self.commit_batch(batch, "installing a snapshot")?;
+        self.commit_snapshot(batch, &record, &snap.data, "installing a snapshot")?;
 
-        meta.snapshot = Some(smeta.clone());
+        meta.snapshot = Some(record.clone());
         meta.truncated = pos;
         meta.last_index = pos.index;
         meta.conf_state = conf_state;
         meta.has_conf_state = true;
         meta.hard_state = hs;
         meta.has_hard_state = true;
-        Ok(())
+        self.remove_old_payloads(&record)
     }
 
     /// Records a snapshot of the state machine taken at `applied` (`data` = its serialized form,
@@ -756,7 +1065,7 @@ impl SledStorage {
             index: applied,
             term,
         };
-        let snap = new_snapshot(pos, conf_state.clone(), data);
+        let record = SnapshotRecord::new(snapshot_metadata(pos, conf_state.clone()), &data);
         let mut hs = meta.hard_state.clone();
         hs.commit = hs.commit.max(applied);
 
@@ -764,19 +1073,23 @@ impl SledStorage {
         for index in meta.first_index()..=applied {
             batch.remove(&entry_key(index)[..]);
         }
-        batch.insert(KEY_SNAPSHOT, encode(&snap, "snapshot")?);
         batch.insert(KEY_TRUNCATED, &encode_position(pos)[..]);
         batch.insert(KEY_CONFSTATE, encode(conf_state, "conf state")?);
         batch.insert(KEY_HARDSTATE, encode(&hs, "hard state")?);
-        self.commit_batch(batch, "recording a snapshot and compacting the log")?;
+        self.commit_snapshot(
+            batch,
+            &record,
+            &data,
+            "recording a snapshot and compacting the log",
+        )?;
 
-        meta.snapshot = Some(snap.get_metadata().clone());
+        meta.snapshot = Some(record.clone());
         meta.truncated = pos;
         meta.conf_state = conf_state.clone();
         meta.has_conf_state = true;
         meta.hard_state = hs;
         meta.has_hard_state = true;
-        Ok(())
+        self.remove_old_payloads(&record)
     }
 
     /// The latest stored snapshot (from `initialize`, `create_snapshot` or `apply_snapshot`).
@@ -786,18 +1099,21 @@ impl SledStorage {
     ///
     /// A `Result`, not an `Option`: a damaged snapshot must stop the node, not silently start it
     /// with an empty state machine.
+    ///
+    /// The payload is read from the `snapshots` tree and checked against the length and sha256
+    /// recorded in `m/snapshot`; a missing or damaged payload is [`StorageError::Corrupt`].
     pub fn latest_snapshot(&self) -> Result<Option<Snapshot>> {
-        let _meta = self.read_meta();
-        self.read_snapshot()
+        // The read lock keeps a concurrent snapshot from deleting the payload being read.
+        let meta = self.read_meta();
+        meta.snapshot
+            .as_ref()
+            .map(|record| self.read_snapshot(record))
+            .transpose()
     }
 
-    fn read_snapshot(&self) -> Result<Option<Snapshot>> {
-        self.inner
-            .db
-            .get(KEY_SNAPSHOT)
-            .map_err(sled_err("reading the snapshot"))?
-            .map(|v| decode(&v, || "m/snapshot".into()))
-            .transpose()
+    fn read_snapshot(&self, record: &SnapshotRecord) -> Result<Snapshot> {
+        let payload = read_payload(&self.inner.snapshots, record)?;
+        Ok(snapshot_from(record, &payload))
     }
 
     /// The stored hard state (default when none was written).
@@ -940,9 +1256,10 @@ impl raft::Storage for SledStorage {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let meta = self.read_meta();
         let unavailable = || raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable);
-        let Some(smeta) = meta.snapshot.as_ref() else {
+        let Some(record) = meta.snapshot.as_ref() else {
             return Err(unavailable());
         };
+        let smeta = &record.metadata;
         if smeta.index == 0 || smeta.index < request_index {
             tracing::debug!(
                 snapshot_index = smeta.index,
@@ -960,10 +1277,7 @@ impl raft::Storage for SledStorage {
             );
             return Err(unavailable());
         }
-        match self.read_snapshot()? {
-            Some(snap) => Ok(snap),
-            None => Err(StorageError::Corrupt("m/snapshot vanished".into()).into()),
-        }
+        Ok(self.read_snapshot(record)?)
     }
 }
 

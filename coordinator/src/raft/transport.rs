@@ -55,6 +55,9 @@ struct Inner {
     /// Each peer's own listen address, as it advertises it (for leader hints).
     advertised: Mutex<BTreeMap<u64, String>>,
     node: mpsc::Sender<Msg>,
+    /// The main runtime: peer streams run there, not on the node's own thread, which blocks
+    /// in fsync.
+    rt: tokio::runtime::Handle,
 }
 
 struct Peer {
@@ -82,6 +85,7 @@ impl Transport {
                 peers: Mutex::new(HashMap::new()),
                 advertised: Mutex::new(BTreeMap::from([(id, my_address)])),
                 node,
+                rt: tokio::runtime::Handle::current(),
             }),
         };
         for (pid, addr) in pinned {
@@ -126,7 +130,7 @@ impl Transport {
             old.task.abort();
         }
         let (queue, rx) = mpsc::channel(PEER_QUEUE);
-        let task = tokio::spawn(peer_stream(self.inner.clone(), id, address.clone(), rx));
+        let task = self.inner.rt.spawn(peer_stream(self.inner.clone(), id, address.clone(), rx));
         peers.insert(id, Peer { address, queue, task });
     }
 

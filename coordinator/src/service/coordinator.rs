@@ -157,10 +157,7 @@ impl Coordinator for CoordinatorService {
                 Ok(true) => {
                     let cmd = Command::Acquire { host: r.host.clone(), purpose: purpose.clone(), reason: r.reason.clone(), rollout: r.rollout.clone() };
                     let p = Proposal::new(write.clone(), now_ms(), &actor, cmd);
-                    ticket.set_proposing(true);
-                    let outcome = self.node.propose(p, super::leader::WRITE_TIMEOUT).await;
-                    ticket.set_proposing(false);
-                    match outcome {
+                    match self.node.propose(p, super::leader::WRITE_TIMEOUT).await {
                         Ok(Ok(Answer::Slot(s))) => return Ok(Response::new(AcquireSlotResponse { slot: Some(slot_to_wire(&s)) })),
                         Ok(Ok(other)) => return Err(Status::internal(format!("unexpected answer to Acquire: {other:?}"))),
                         Ok(Err(e)) if e.is_retryable() && tokio::time::Instant::now() < deadline => {

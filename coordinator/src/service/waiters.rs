@@ -2,9 +2,10 @@
 //!
 //! Waiters are served canary hosts first, then first come, first served: a waiter proposes its
 //! grant only when no waiter ahead of it *that shares one of its groups* could be granted right
-//! now. Waiters of unrelated groups never hold each other up, and a waiter whose grant is
-//! already being proposed no longer blocks the ones behind it (the state machine re-checks the
-//! budget when the grant applies, so a race costs a retry, never the invariant). A waiter leaves the queue
+//! now. Waiters of unrelated groups never hold each other up. A waiter whose grant is being
+//! proposed still blocks the ones behind it until its grant applies: letting them race would
+//! hand the budget to whoever proposes fastest (often the host that just released), starving
+//! the queue. A waiter leaves the queue
 //! when its call ends for any reason (granted, refused, deadline, or the client going away: tonic
 //! drops the call's future, and with it the [`Ticket`]), so the leader never proposes a grant for
 //! a caller that has gone. The queue lives in the leader's memory only; after a leader change,
@@ -23,8 +24,6 @@ struct Waiting {
     host: String,
     purpose: String,
     groups: Vec<String>,
-    /// Its grant is being proposed right now.
-    proposing: bool,
 }
 
 #[derive(Default)]
@@ -60,7 +59,6 @@ impl Waiters {
             host: host.to_owned(),
             purpose: purpose.to_owned(),
             groups: groups.to_vec(),
-            proposing: false,
         };
         g.queue.insert(key, w);
         Ticket { key, waiters: self.clone() }
@@ -70,26 +68,14 @@ impl Waiters {
         self.changed.subscribe()
     }
 
-    /// Whether `ticket` may propose now: no waiter ahead of it that shares a group with it,
-    /// and is not already proposing, passes `grantable`.
+    /// Whether `ticket` may propose now: no waiter ahead of it that shares a group with it
+    /// passes `grantable`.
     pub(crate) fn my_turn(&self, ticket: &Ticket, grantable: impl Fn(&str, &str) -> bool) -> bool {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(me) = g.queue.get(&ticket.key) else { return true };
         !g.queue.range(..ticket.key).any(|(_, w)| {
-            !w.proposing
-                && w.groups.iter().any(|x| me.groups.contains(x))
-                && grantable(&w.host, &w.purpose)
+            w.groups.iter().any(|x| me.groups.contains(x)) && grantable(&w.host, &w.purpose)
         })
-    }
-}
-
-impl Ticket {
-    /// Marks this waiter's grant as being proposed (or not any more).
-    pub(crate) fn set_proposing(&self, proposing: bool) {
-        let mut g = self.waiters.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = g.queue.get_mut(&self.key) {
-            w.proposing = proposing;
-        }
     }
 }
 
@@ -121,9 +107,6 @@ mod tests {
         assert!(!w.my_turn(&b, all));
         // A waiter ahead that cannot be granted does not block the ones behind it.
         assert!(w.my_turn(&b, |h, _| h != "a"));
-        // Nor does one whose grant is already being proposed.
-        a.set_proposing(true);
-        assert!(w.my_turn(&b, all));
     }
 
     #[test]

@@ -371,6 +371,9 @@ pub fn measure_app_restart(
     })
 }
 
+/// Picks one statistic of a [`Summary`].
+type Pick = fn(&Summary) -> f64;
+
 /// The human tables.
 pub fn table(r: &WindowReport) -> String {
     let mut out = String::new();
@@ -408,7 +411,7 @@ pub fn table(r: &WindowReport) -> String {
             row.overhead_formula
         ));
     }
-    let pick: [(&str, fn(&Summary) -> f64); 2] = [("p50", |s| s.p50), ("max", |s| s.max)];
+    let pick: [(&str, Pick); 2] = [("p50", |s| s.p50), ("max", |s| s.max)];
     for (name, s) in pick {
         out.push_str(&format!(
             "| {name} | | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",

@@ -232,9 +232,9 @@ pub fn wait_settled(
     )
 }
 
-/// Asserts that `current` resolves to a complete release directory `releases/<id>/` whose
-/// `VERSION` names `<id>`, and that the app serves that release. Returns the id.
-pub fn assert_current_is_complete(agent: &AgentProc) -> String {
+/// Asserts that `current` resolves to a complete release directory `releases/<id>/` (not a
+/// staging dir; `VERSION` present and naming `<id>`; the app binary present). Returns the id.
+pub fn assert_current_link_complete(agent: &AgentProc) -> String {
     let target: PathBuf = agent.current_target().unwrap_or_else(|| {
         panic!(
             "{}: `current` is missing or dangling\n{}",
@@ -268,6 +268,12 @@ pub fn assert_current_is_complete(agent: &AgentProc) -> String {
         "{} has no bin/sample-app: a partial release",
         target.display()
     );
+    id
+}
+
+/// [`assert_current_link_complete`], and the app serves that release. Returns the id.
+pub fn assert_current_is_complete(agent: &AgentProc) -> String {
+    let id = assert_current_link_complete(agent);
     assert_eq!(
         agent.app_version().as_deref(),
         Some(id.as_str()),
