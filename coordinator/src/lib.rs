@@ -9,8 +9,8 @@
 //! - [`liveness`]: leader-only heartbeat tracking; proposes reachability changes only.
 //! - [`ctl`]: the `hotdeployctl` command line.
 
-pub mod raft;
-pub mod state;
-pub mod liveness;
-pub mod service;
 pub mod ctl;
+pub mod liveness;
+pub mod raft;
+pub mod service;
+pub mod state;

@@ -58,8 +58,14 @@ impl Liveness {
                 && h.release == report.release
                 && h.phase == report.phase;
             match h.reachability {
-                Reachability::Unreachable => Command::MarkReachable { host: host.to_owned(), report },
-                Reachability::Reachable if !same => Command::UpdateReport { host: host.to_owned(), report },
+                Reachability::Unreachable => Command::MarkReachable {
+                    host: host.to_owned(),
+                    report,
+                },
+                Reachability::Reachable if !same => Command::UpdateReport {
+                    host: host.to_owned(),
+                    report,
+                },
                 Reachability::Reachable => return,
             }
         };
@@ -68,7 +74,9 @@ impl Liveness {
 
     /// Age of the last heartbeat this leader saw from `host`, in ms.
     pub fn last_seen_ms(&self, host: &str) -> Option<u64> {
-        lock(&self.seen).get(host).map(|t| t.elapsed().as_millis() as u64)
+        lock(&self.seen)
+            .get(host)
+            .map(|t| t.elapsed().as_millis() as u64)
     }
 
     fn propose(self: &Arc<Self>, host: &str, command: Command) {
@@ -107,7 +115,10 @@ impl Liveness {
                     return;
                 }
                 (true, None) => {
-                    tracing::info!("leader: every host gets a fresh grace period of {:?}", self.cfg.unreachable_after);
+                    tracing::info!(
+                        "leader: every host gets a fresh grace period of {:?}",
+                        self.cfg.unreachable_after
+                    );
                     *ls = Some(Instant::now());
                     return;
                 }

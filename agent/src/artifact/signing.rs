@@ -1,4 +1,6 @@
 //! Release signing keys and signatures, for `hotdeployctl release keygen` and `release sign`.
+//! The code lives in `hotdeploy_common::signing` (the CLI uses it too); these wrappers keep the
+//! agent's error type.
 //!
 //! Keys are base64 text, one per file: the private key is the 32-byte ed25519 seed (mode 0600),
 //! the public key the 32-byte verifying key, ready to paste into an agent's `trusted_keys`. A
@@ -10,108 +12,47 @@
 
 use super::error::ArtifactError;
 use super::verify::DIGEST_LEN;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-use ed25519_dalek::{Signer, SigningKey, SECRET_KEY_LENGTH};
-use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use ed25519_dalek::SigningKey;
+use hotdeploy_common::signing::{self as common, SigningError};
 use std::path::{Path, PathBuf};
 
-/// The private key file `keygen` writes.
-pub const PRIVATE_KEY_FILE: &str = "release-signing.key";
-/// The public key file `keygen` writes.
-pub const PUBLIC_KEY_FILE: &str = "release-signing.pub";
-/// Private keys are for their owner only.
-const PRIVATE_MODE: u32 = 0o600;
-const PUBLIC_MODE: u32 = 0o644;
-/// Read buffer for hashing artifacts.
-const HASH_BUF: usize = 256 * 1024;
+pub use common::{PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
+
+impl From<SigningError> for ArtifactError {
+    fn from(e: SigningError) -> Self {
+        match e {
+            SigningError::Io { context, source } => ArtifactError::io(context, source),
+            SigningError::BadKey { file, message } => ArtifactError::BadKey {
+                entry: file,
+                message,
+            },
+        }
+    }
+}
 
 /// Writes a new key pair into `dir` (created if needed). Returns (private, public) paths.
 pub fn keygen(dir: &Path) -> Result<(PathBuf, PathBuf), ArtifactError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ArtifactError::io(format!("create {}", dir.display()), e))?;
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let private = dir.join(PRIVATE_KEY_FILE);
-    let public = dir.join(PUBLIC_KEY_FILE);
-    for path in [&private, &public] {
-        if path.exists() {
-            return Err(ArtifactError::io(
-                format!("refusing to overwrite {}", path.display()),
-                std::io::ErrorKind::AlreadyExists.into(),
-            ));
-        }
-    }
-    write_new(&private, &BASE64.encode(key.to_bytes()), PRIVATE_MODE)?;
-    write_new(
-        &public,
-        &BASE64.encode(key.verifying_key().to_bytes()),
-        PUBLIC_MODE,
-    )?;
-    Ok((private, public))
-}
-
-fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), ArtifactError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| ArtifactError::io(format!("create {}", path.display()), e))?;
-    writeln!(f, "{text}")
-        .and_then(|()| f.sync_all())
-        .map_err(|e| ArtifactError::io(format!("write {}", path.display()), e))
+    Ok(common::keygen(dir)?)
 }
 
 /// Reads a private key file written by [`keygen`].
 pub fn load_signing_key(key_file: &Path) -> Result<SigningKey, ArtifactError> {
-    let text = std::fs::read_to_string(key_file)
-        .map_err(|e| ArtifactError::io(format!("read {}", key_file.display()), e))?;
-    let bad = |message: String| ArtifactError::BadKey {
-        entry: key_file.display().to_string(),
-        message,
-    };
-    let bytes = BASE64
-        .decode(text.trim())
-        .map_err(|e| bad(format!("not base64: {e}")))?;
-    let seed: [u8; SECRET_KEY_LENGTH] = bytes.try_into().map_err(|b: Vec<u8>| {
-        bad(format!(
-            "{} bytes, expected a {SECRET_KEY_LENGTH}-byte private key",
-            b.len()
-        ))
-    })?;
-    Ok(SigningKey::from_bytes(&seed))
+    Ok(common::load_signing_key(key_file)?)
 }
 
 /// The sha256 digest of a file.
 pub fn sha256_file(path: &Path) -> Result<[u8; DIGEST_LEN], ArtifactError> {
-    let mut f =
-        File::open(path).map_err(|e| ArtifactError::io(format!("open {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; HASH_BUF];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| ArtifactError::io(format!("read {}", path.display()), e))?;
-        if n == 0 {
-            return Ok(hasher.finalize().into());
-        }
-        hasher.update(&buf[..n]);
-    }
+    Ok(common::sha256_file(path)?)
 }
 
 /// Signs a digest: base64 of the ed25519 signature over the raw 32 bytes.
 pub fn sign_digest(key: &SigningKey, digest: &[u8; DIGEST_LEN]) -> String {
-    BASE64.encode(key.sign(digest).to_bytes())
+    common::sign_digest(key, digest)
 }
 
 /// Signs an artifact file with the private key in `key_file`; returns the base64 signature.
 pub fn sign_file(artifact: &Path, key_file: &Path) -> Result<String, ArtifactError> {
-    let key = load_signing_key(key_file)?;
-    let digest = sha256_file(artifact)?;
-    Ok(sign_digest(&key, &digest))
+    Ok(common::sign_file(artifact, key_file)?)
 }
 
 #[cfg(test)]

@@ -17,7 +17,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "hotdeploy-coordinator", version, about = "A node of the hotdeploy coordinator cluster")]
+#[command(
+    name = "hotdeploy-coordinator",
+    version,
+    about = "A node of the hotdeploy coordinator cluster"
+)]
 struct Args {
     /// The node's TOML config file.
     #[arg(long)]
@@ -83,14 +87,25 @@ async fn seed_groups(node: RaftNode, cfg: CoordinatorConfig) {
     let seeds: Vec<GroupSeed> = cfg
         .groups
         .iter()
-        .map(|(name, g)| GroupSeed { name: name.clone(), max_unavailable: g.max_unavailable, allow_zero_available: g.allow_zero_available })
+        .map(|(name, g)| GroupSeed {
+            name: name.clone(),
+            max_unavailable: g.max_unavailable,
+            allow_zero_available: g.allow_zero_available,
+        })
         .collect();
     let mut status = node.subscribe_status();
     loop {
         let leader = status.borrow_and_update().is_leader();
         if leader {
             if node.state().group_views().is_empty() {
-                let p = Proposal::new(None, now_ms(), "config", Command::SeedGroups { groups: seeds.clone() });
+                let p = Proposal::new(
+                    None,
+                    now_ms(),
+                    "config",
+                    Command::SeedGroups {
+                        groups: seeds.clone(),
+                    },
+                );
                 match node.propose(p, Duration::from_secs(5)).await {
                     Ok(_) => tracing::info!(groups = seeds.len(), "seeded groups from the config"),
                     Err(e) => tracing::warn!("seeding groups: {e}"),

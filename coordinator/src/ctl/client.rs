@@ -33,18 +33,32 @@ pub fn status_error(what: &str, s: &Status) -> anyhow::Error {
 
 impl Coord {
     pub fn new(opts: &GlobalOpts) -> anyhow::Result<Self> {
-        let endpoints: Vec<String> =
-            opts.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        let endpoints: Vec<String> = opts
+            .endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
         if endpoints.is_empty() {
-            anyhow::bail!("no coordinator endpoints: use --endpoints HOST:PORT,... or HOTDEPLOY_ENDPOINTS");
+            anyhow::bail!(
+                "no coordinator endpoints: use --endpoints HOST:PORT,... or HOTDEPLOY_ENDPOINTS"
+            );
         }
         let client_id = format!("ctl-{:016x}", rand::random::<u64>());
-        Ok(Self { endpoints, opts: opts.clone(), client_id, seq: AtomicU64::new(1) })
+        Ok(Self {
+            endpoints,
+            opts: opts.clone(),
+            client_id,
+            seq: AtomicU64::new(1),
+        })
     }
 
     /// A fresh write id; reuse it for every retry of one write.
     pub fn write_id(&self) -> WriteId {
-        WriteId { client_id: self.client_id.clone(), seq: self.seq.fetch_add(1, Ordering::Relaxed) }
+        WriteId {
+            client_id: self.client_id.clone(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     pub fn client(&self, addr: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
@@ -93,7 +107,11 @@ impl Coord {
                     last = Some(s);
                 }
                 Ok(Err(s)) => return Err(status_error(what, &s)),
-                Err(_) => last = Some(Status::unavailable(format!("{addr} did not answer in time"))),
+                Err(_) => {
+                    last = Some(Status::unavailable(format!(
+                        "{addr} did not answer in time"
+                    )))
+                }
             }
         }
     }

@@ -19,7 +19,12 @@ pub enum Output {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalOpts {
     /// Coordinator addresses, host:port, comma-separated; tried in turn, leader hints followed.
-    #[arg(long, global = true, env = "HOTDEPLOY_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "HOTDEPLOY_ENDPOINTS",
+        value_delimiter = ','
+    )]
     pub endpoints: Vec<String>,
     /// CA certificate (PEM).
     #[arg(long, global = true, env = "HOTDEPLOY_CA")]
@@ -48,7 +53,8 @@ impl GlobalOpts {
             insecure: self.insecure,
             crl: None,
         };
-        cfg.check().map_err(|m| anyhow::anyhow!("{m} (use --ca/--cert/--key or --insecure)"))?;
+        cfg.check()
+            .map_err(|m| anyhow::anyhow!("{m} (use --ca/--cert/--key or --insecure)"))?;
         Ok(cfg)
     }
 }

@@ -25,7 +25,14 @@ pub enum GroupsCmd {
     },
 }
 
-const HEADERS: [&str; 6] = ["group", "max_unavailable", "budget", "zero ok", "size", "unavailable / holders"];
+const HEADERS: [&str; 6] = [
+    "group",
+    "max_unavailable",
+    "budget",
+    "zero ok",
+    "size",
+    "unavailable / holders",
+];
 
 fn row(g: &GroupInfo) -> Vec<String> {
     vec![
@@ -43,14 +50,27 @@ pub async fn run(cmd: GroupsCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
     match cmd {
         GroupsCmd::List => {
             let r = coord
-                .call("groups list", Duration::ZERO, |mut c| async move { c.list_groups(ListGroupsRequest {}).await })
+                .call("groups list", Duration::ZERO, |mut c| async move {
+                    c.list_groups(ListGroupsRequest {}).await
+                })
                 .await?;
             let j = Value::Array(r.groups.iter().map(group_json).collect());
-            print(opts.output, &j, &HEADERS, r.groups.iter().map(row).collect());
+            print(
+                opts.output,
+                &j,
+                &HEADERS,
+                r.groups.iter().map(row).collect(),
+            );
         }
-        GroupsCmd::Set { group, max_unavailable, allow_zero_available } => {
+        GroupsCmd::Set {
+            group,
+            max_unavailable,
+            allow_zero_available,
+        } => {
             if max_unavailable.is_none() && allow_zero_available.is_none() {
-                anyhow::bail!("nothing to change: give --max-unavailable and/or --allow-zero-available");
+                anyhow::bail!(
+                    "nothing to change: give --max-unavailable and/or --allow-zero-available"
+                );
             }
             let w = coord.write_id();
             let r = coord

@@ -4,7 +4,9 @@ use super::client::Coord;
 use super::output::{age, dash, print};
 use super::GlobalOpts;
 use clap::Subcommand;
-use hotdeploy_common::proto::{Health, HostInfo, ListHostsRequest, Reachability, RemoveHostRequest, Rotation};
+use hotdeploy_common::proto::{
+    Health, HostInfo, ListHostsRequest, Reachability, RemoveHostRequest, Rotation,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -45,21 +47,46 @@ fn row(h: &HostInfo) -> Vec<String> {
     vec![
         h.host.clone(),
         h.groups.join(","),
-        Reachability::try_from(h.reachability).unwrap_or_default().label().into(),
-        Health::try_from(h.health).unwrap_or_default().label().into(),
-        Rotation::try_from(h.rotation).unwrap_or_default().label().into(),
+        Reachability::try_from(h.reachability)
+            .unwrap_or_default()
+            .label()
+            .into(),
+        Health::try_from(h.health)
+            .unwrap_or_default()
+            .label()
+            .into(),
+        Rotation::try_from(h.rotation)
+            .unwrap_or_default()
+            .label()
+            .into(),
         dash(&h.release),
-        if h.slot_token == 0 { "-".into() } else { h.slot_token.to_string() },
+        if h.slot_token == 0 {
+            "-".into()
+        } else {
+            h.slot_token.to_string()
+        },
         h.last_seen_ms.map(age).unwrap_or_else(|| "-".into()),
     ]
 }
 
-const HEADERS: [&str; 8] = ["host", "groups", "reachability", "health", "state", "release", "slot", "last seen"];
+const HEADERS: [&str; 8] = [
+    "host",
+    "groups",
+    "reachability",
+    "health",
+    "state",
+    "release",
+    "slot",
+    "last seen",
+];
 
 async fn list(coord: &Coord, group: String, host: String) -> anyhow::Result<Vec<HostInfo>> {
     let r = coord
         .call("hosts list", Duration::ZERO, |mut c| {
-            let req = ListHostsRequest { group: group.clone(), host: host.clone() };
+            let req = ListHostsRequest {
+                group: group.clone(),
+                host: host.clone(),
+            };
             async move { c.list_hosts(req).await }
         })
         .await?;
@@ -76,18 +103,29 @@ pub async fn run(cmd: HostsCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
         }
         HostsCmd::Show { host } => {
             let hosts = list(&coord, String::new(), host).await?;
-            let Some(h) = hosts.first() else { anyhow::bail!("no such host") };
+            let Some(h) = hosts.first() else {
+                anyhow::bail!("no such host")
+            };
             print(opts.output, &host_json(h), &HEADERS, vec![row(h)]);
         }
         HostsCmd::Remove { host, force } => {
             let w = coord.write_id();
             coord
                 .call("hosts remove", Duration::ZERO, |mut c| {
-                    let req = RemoveHostRequest { write: Some(w.clone()), host: host.clone(), force };
+                    let req = RemoveHostRequest {
+                        write: Some(w.clone()),
+                        host: host.clone(),
+                        force,
+                    };
                     async move { c.remove_host(req).await }
                 })
                 .await?;
-            print(opts.output, &json!({"removed": host}), &["removed"], vec![vec![host.clone()]]);
+            print(
+                opts.output,
+                &json!({"removed": host}),
+                &["removed"],
+                vec![vec![host.clone()]],
+            );
         }
     }
     Ok(0)

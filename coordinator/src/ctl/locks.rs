@@ -8,7 +8,9 @@ use super::client::Coord;
 use super::output::{age, dash, print};
 use super::GlobalOpts;
 use clap::Subcommand;
-use hotdeploy_common::proto::{AcquireSlotRequest, ForceReleaseRequest, ListSlotsRequest, ReleaseSlotRequest, Slot};
+use hotdeploy_common::proto::{
+    AcquireSlotRequest, ForceReleaseRequest, ListSlotsRequest, ReleaseSlotRequest, Slot,
+};
 use hotdeploy_common::time::now_ms;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -49,7 +51,9 @@ pub(crate) fn slot_json(s: &Slot) -> Value {
     })
 }
 
-const HEADERS: [&str; 8] = ["host", "groups", "token", "purpose", "reason", "rollout", "phase", "age"];
+const HEADERS: [&str; 8] = [
+    "host", "groups", "token", "purpose", "reason", "rollout", "phase", "age",
+];
 
 fn row(s: &Slot) -> Vec<String> {
     vec![
@@ -66,7 +70,9 @@ fn row(s: &Slot) -> Vec<String> {
 
 async fn slots(coord: &Coord) -> anyhow::Result<Vec<Slot>> {
     let r = coord
-        .call("locks list", Duration::ZERO, |mut c| async move { c.list_slots(ListSlotsRequest {}).await })
+        .call("locks list", Duration::ZERO, |mut c| async move {
+            c.list_slots(ListSlotsRequest {}).await
+        })
         .await?;
     Ok(r.slots)
 }
@@ -104,7 +110,10 @@ pub async fn run(cmd: LocksCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
             let token = if force {
                 let r = coord
                     .call("locks release --force", Duration::ZERO, |mut c| {
-                        let req = ForceReleaseRequest { write: Some(w.clone()), host: host.clone() };
+                        let req = ForceReleaseRequest {
+                            write: Some(w.clone()),
+                            host: host.clone(),
+                        };
                         async move { c.force_release(req).await }
                     })
                     .await?;
@@ -115,13 +124,22 @@ pub async fn run(cmd: LocksCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
                 };
                 coord
                     .call("locks release", Duration::ZERO, |mut c| {
-                        let req = ReleaseSlotRequest { write: Some(w.clone()), host: host.clone(), token: slot.token };
+                        let req = ReleaseSlotRequest {
+                            write: Some(w.clone()),
+                            host: host.clone(),
+                            token: slot.token,
+                        };
                         async move { c.release_slot(req).await }
                     })
                     .await?;
                 slot.token
             };
-            print(opts.output, &json!({"host": host, "released_token": token}), &["host", "released token"], vec![vec![host.clone(), token.to_string()]]);
+            print(
+                opts.output,
+                &json!({"host": host, "released_token": token}),
+                &["host", "released token"],
+                vec![vec![host.clone(), token.to_string()]],
+            );
         }
     }
     Ok(0)

@@ -26,7 +26,11 @@ pub async fn run(cmd: MembersCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
     let coord = Coord::new(opts)?;
     match cmd {
         MembersCmd::List => {
-            let s = coord.call("members list", Duration::ZERO, |mut c| async move { c.status(StatusRequest {}).await }).await?;
+            let s = coord
+                .call("members list", Duration::ZERO, |mut c| async move {
+                    c.status(StatusRequest {}).await
+                })
+                .await?;
             let j = Value::Array(
                 s.members
                     .iter()
@@ -36,24 +40,51 @@ pub async fn run(cmd: MembersCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
             let rows = s
                 .members
                 .iter()
-                .map(|m| vec![m.id.to_string(), m.address.clone(), m.role.clone(), m.reachable.to_string()])
+                .map(|m| {
+                    vec![
+                        m.id.to_string(),
+                        m.address.clone(),
+                        m.role.clone(),
+                        m.reachable.to_string(),
+                    ]
+                })
                 .collect();
-            print(opts.output, &j, &["id", "address", "role", "reachable"], rows);
+            print(
+                opts.output,
+                &j,
+                &["id", "address", "role", "reachable"],
+                rows,
+            );
         }
         MembersCmd::Add { id, address } => {
             coord
                 .call("members add", MEMBERSHIP_WAIT, |mut c| {
-                    let req = AddMemberRequest { id, address: address.clone() };
+                    let req = AddMemberRequest {
+                        id,
+                        address: address.clone(),
+                    };
                     async move { c.add_member(req).await }
                 })
                 .await?;
-            print(opts.output, &json!({"added": id, "address": address}), &["added", "address"], vec![vec![id.to_string(), address.clone()]]);
+            print(
+                opts.output,
+                &json!({"added": id, "address": address}),
+                &["added", "address"],
+                vec![vec![id.to_string(), address.clone()]],
+            );
         }
         MembersCmd::Remove { id } => {
             coord
-                .call("members remove", Duration::ZERO, |mut c| async move { c.remove_member(RemoveMemberRequest { id }).await })
+                .call("members remove", Duration::ZERO, |mut c| async move {
+                    c.remove_member(RemoveMemberRequest { id }).await
+                })
                 .await?;
-            print(opts.output, &json!({"removed": id}), &["removed"], vec![vec![id.to_string()]]);
+            print(
+                opts.output,
+                &json!({"removed": id}),
+                &["removed"],
+                vec![vec![id.to_string()]],
+            );
         }
     }
     Ok(0)

@@ -10,7 +10,8 @@ pub fn print(output: Output, json: &Value, headers: &[&str], rows: Vec<Vec<Strin
         Output::Json => println!("{}", serde_json::to_string_pretty(json).unwrap_or_default()),
         Output::Table => {
             let mut t = Table::new();
-            t.load_preset(UTF8_BORDERS_ONLY).set_header(headers.to_vec());
+            t.load_preset(UTF8_BORDERS_ONLY)
+                .set_header(headers.to_vec());
             for r in rows {
                 t.add_row(r);
             }

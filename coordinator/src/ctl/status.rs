@@ -22,15 +22,24 @@ pub(crate) fn group_json(g: &GroupInfo) -> Value {
 /// Asks any node, then the leader it names (whose view of member reachability is first-hand).
 async fn fetch(coord: &Coord) -> anyhow::Result<StatusResponse> {
     let first = coord
-        .call("status", Duration::ZERO, |mut c| async move { c.status(StatusRequest {}).await })
+        .call("status", Duration::ZERO, |mut c| async move {
+            c.status(StatusRequest {}).await
+        })
         .await?;
     if first.leader == 0 || first.leader == first.node {
         return Ok(first);
     }
-    let Some(addr) = first.members.iter().find(|m| m.id == first.leader).map(|m| m.address.clone()) else {
+    let Some(addr) = first
+        .members
+        .iter()
+        .find(|m| m.id == first.leader)
+        .map(|m| m.address.clone())
+    else {
         return Ok(first);
     };
-    let Ok(mut c) = coord.client(&addr) else { return Ok(first) };
+    let Ok(mut c) = coord.client(&addr) else {
+        return Ok(first);
+    };
     match tokio::time::timeout(Duration::from_secs(3), c.status(StatusRequest {})).await {
         Ok(Ok(r)) if r.get_ref().leader == first.leader => Ok(r.into_inner()),
         _ => Ok(first),
@@ -55,17 +64,36 @@ pub async fn run(opts: &GlobalOpts) -> anyhow::Result<i32> {
     }
     println!(
         "leader: {}   term: {}   commit: {}",
-        if s.leader == 0 { "none".to_string() } else { s.leader.to_string() },
+        if s.leader == 0 {
+            "none".to_string()
+        } else {
+            s.leader.to_string()
+        },
         s.term,
         s.commit_index
     );
-    println!("hosts: {} total, {} in rotation, {} unreachable", hosts.total, hosts.in_rotation, hosts.unreachable);
+    println!(
+        "hosts: {} total, {} in rotation, {} unreachable",
+        hosts.total, hosts.in_rotation, hosts.unreachable
+    );
     let rows = s
         .members
         .iter()
-        .map(|m| vec![m.id.to_string(), m.address.clone(), m.role.clone(), if m.reachable { "yes" } else { "no" }.into()])
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.address.clone(),
+                m.role.clone(),
+                if m.reachable { "yes" } else { "no" }.into(),
+            ]
+        })
         .collect();
-    print(opts.output, &j, &["member", "address", "role", "reachable"], rows);
+    print(
+        opts.output,
+        &j,
+        &["member", "address", "role", "reachable"],
+        rows,
+    );
     let rows = s
         .groups
         .iter()
@@ -80,6 +108,11 @@ pub async fn run(opts: &GlobalOpts) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    print(opts.output, &j, &["group", "budget", "zero ok", "size", "used", "holders"], rows);
+    print(
+        opts.output,
+        &j,
+        &["group", "budget", "zero ok", "size", "used", "holders"],
+        rows,
+    );
     Ok(0)
 }

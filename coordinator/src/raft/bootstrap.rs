@@ -54,10 +54,17 @@ pub(crate) async fn check_peers_before_bootstrap(
             tracing::info!(peer = id, %addr, "peer not reachable before bootstrap; assuming it is starting too");
             continue;
         };
-        let info = match RaftPeerClient::new(channel).cluster_info(ClusterInfoRequest { from: my_id }).await {
+        let info = match RaftPeerClient::new(channel)
+            .cluster_info(ClusterInfoRequest { from: my_id })
+            .await
+        {
             Ok(r) => r.into_inner(),
             Err(e) => {
-                tracing::info!(peer = id, "peer cannot say whether it has a cluster: {}", e.message());
+                tracing::info!(
+                    peer = id,
+                    "peer cannot say whether it has a cluster: {}",
+                    e.message()
+                );
                 continue;
             }
         };

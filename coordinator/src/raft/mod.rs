@@ -22,8 +22,8 @@ mod storage;
 mod transport;
 
 pub use error::NodeError;
-pub use status::{NodeStatus, Role};
 pub use peer_service::PeerService;
+pub use status::{NodeStatus, Role};
 pub use storage::{SledStorage, StorageError};
 
 use crate::state::{Command, Proposal, Response, StateMachine};
@@ -61,25 +61,34 @@ impl RaftNode {
         cfg: &CoordinatorConfig,
         client_tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> anyhow::Result<(Self, PeerServer)> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create data_dir {}: {e}", cfg.data_dir.display()))?;
-        let storage = SledStorage::open(&cfg.data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot open storage in {}: {e}", cfg.data_dir.display()))?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data_dir {}: {e}", cfg.data_dir.display())
+        })?;
+        let storage = SledStorage::open(&cfg.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot open storage in {}: {e}", cfg.data_dir.display())
+        })?;
         let peers = cfg.peer_map();
         if storage.is_blank() {
             match cfg.initial_cluster_state {
                 ClusterState::New => {
-                    bootstrap::check_peers_before_bootstrap(cfg.id, &peers, client_tls.as_ref()).await?;
+                    bootstrap::check_peers_before_bootstrap(cfg.id, &peers, client_tls.as_ref())
+                        .await?;
                     let mut voters: Vec<u64> = peers.keys().copied().collect();
                     if voters.is_empty() {
                         voters.push(cfg.id);
                     }
                     let cid = bootstrap::cluster_id_for(&voters);
                     storage.initialize(&voters, cid)?;
-                    tracing::info!(?voters, cluster_id = format!("{cid:016x}"), "bootstrapped a new cluster");
+                    tracing::info!(
+                        ?voters,
+                        cluster_id = format!("{cid:016x}"),
+                        "bootstrapped a new cluster"
+                    );
                 }
                 ClusterState::Existing => {
-                    tracing::info!("blank node waiting to be added with `hotdeployctl members add`");
+                    tracing::info!(
+                        "blank node waiting to be added with `hotdeployctl members add`"
+                    );
                 }
             }
         }
@@ -95,7 +104,10 @@ impl RaftNode {
             tx.clone(),
         );
         let state = Arc::new(RwLock::new(StateMachine::new()));
-        let (status_tx, status_rx) = watch::channel(NodeStatus { id: cfg.id, ..Default::default() });
+        let (status_tx, status_rx) = watch::channel(NodeStatus {
+            id: cfg.id,
+            ..Default::default()
+        });
         let (applied_tx, applied_rx) = watch::channel(0);
         let node_cfg = NodeConfig {
             id: cfg.id,
@@ -112,18 +124,27 @@ impl RaftNode {
             status_tx,
             applied_tx,
         )?;
-        for (id, addr) in state.read().map(|s| s.members().clone()).unwrap_or_default() {
+        for (id, addr) in state
+            .read()
+            .map(|s| s.members().clone())
+            .unwrap_or_default()
+        {
             transport.ensure_peer(id, &addr);
         }
         // The node task gets a thread of its own: it blocks in fsync once per Ready, which on
         // a small machine would otherwise stall one of the few runtime workers serving gRPC.
         std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
-            .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(node.run()),
-                Err(e) => {
-                    tracing::error!("cannot start the raft node's runtime: {e}");
-                    std::process::exit(1);
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(node.run()),
+                    Err(e) => {
+                        tracing::error!("cannot start the raft node's runtime: {e}");
+                        std::process::exit(1);
+                    }
                 }
             })
             .map_err(|e| anyhow::anyhow!("cannot start the raft thread: {e}"))?;
@@ -138,7 +159,14 @@ impl RaftNode {
         let server = RaftPeerServer::new(peer)
             .max_decoding_message_size(transport::MAX_FRAME_BYTES)
             .max_encoding_message_size(transport::MAX_FRAME_BYTES);
-        let handle = Self { id: cfg.id, tx, status: status_rx, applied: applied_rx, state, transport };
+        let handle = Self {
+            id: cfg.id,
+            tx,
+            status: status_rx,
+            applied: applied_rx,
+            state,
+            transport,
+        };
         tokio::spawn(handle.clone().record_members());
         Ok((handle, server))
     }
@@ -186,7 +214,9 @@ impl RaftNode {
             self.tx.send(msg).await.map_err(|_| NodeError::Stopped)?;
             rx.await.map_err(|_| NodeError::Stopped)?
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| NodeError::Timeout(timeout))?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| NodeError::Timeout(timeout))?
     }
 
     /// The latest published raft status.
@@ -247,7 +277,9 @@ impl RaftNode {
                 if *matched == 0 || known.contains_key(id) {
                     continue;
                 }
-                let Some(address) = self.address_of(*id) else { continue };
+                let Some(address) = self.address_of(*id) else {
+                    continue;
+                };
                 let p = Proposal::new(None, 0, "leader", Command::SetMember { id: *id, address });
                 if let Err(e) = self.propose(p, Duration::from_secs(5)).await {
                     tracing::debug!("recording member {id}: {e}");

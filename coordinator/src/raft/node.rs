@@ -47,9 +47,17 @@ const BATCH: usize = 256;
 
 /// What the node task is asked to do.
 pub(crate) enum Msg {
-    Propose { data: Vec<u8>, reply: oneshot::Sender<Result<Response, NodeError>> },
-    ConfChange { cc: ConfChangeV2, reply: oneshot::Sender<Result<(), NodeError>> },
-    ReadIndex { reply: oneshot::Sender<Result<u64, NodeError>> },
+    Propose {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Response, NodeError>>,
+    },
+    ConfChange {
+        cc: ConfChangeV2,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, NodeError>>,
+    },
     Step(Box<Message>),
     Unreachable(u64),
     Snapshot(u64, SnapshotStatus),
@@ -107,7 +115,9 @@ impl Node {
             if !snap.data.is_empty() {
                 let restored = StateMachine::restore(&snap.data)
                     .map_err(|e| anyhow::anyhow!("cannot restore state snapshot: {e}"))?;
-                *state.write().map_err(|_| anyhow::anyhow!("state lock poisoned"))? = restored;
+                *state
+                    .write()
+                    .map_err(|_| anyhow::anyhow!("state lock poisoned"))? = restored;
             }
         }
         let config = Config {
@@ -126,7 +136,9 @@ impl Node {
             max_inflight_msgs: 256,
             ..Default::default()
         };
-        config.validate().map_err(|e| anyhow::anyhow!("raft config: {e}"))?;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("raft config: {e}"))?;
         let raw = RawNode::new(&config, storage.clone(), &raft_logger())
             .map_err(|e| anyhow::anyhow!("cannot start raft: {e}"))?;
         Ok(Self {
@@ -178,27 +190,33 @@ impl Node {
         match msg {
             Msg::Propose { data, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
-                    let _ = reply.send(Err(NodeError::NotLeader { leader: self.raw.raft.leader_id }));
+                    let _ = reply.send(Err(NodeError::NotLeader {
+                        leader: self.raw.raft.leader_id,
+                    }));
                     return;
                 }
                 match self.raw.propose(vec![], data) {
                     Ok(()) => {
                         let index = self.raw.raft.raft_log.last_index();
-                        self.pending.insert(index, self.raw.raft.term, Waiter::Command(reply));
+                        self.pending
+                            .insert(index, self.raw.raft.term, Waiter::Command(reply));
                     }
                     Err(e) => drop(reply.send(Err(NodeError::Dropped(e.to_string())))),
                 }
             }
             Msg::ConfChange { cc, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
-                    let _ = reply.send(Err(NodeError::NotLeader { leader: self.raw.raft.leader_id }));
+                    let _ = reply.send(Err(NodeError::NotLeader {
+                        leader: self.raw.raft.leader_id,
+                    }));
                     return;
                 }
                 let before = self.raw.raft.raft_log.last_index();
                 match self.raw.propose_conf_change(vec![], cc) {
                     Ok(()) if self.raw.raft.raft_log.last_index() > before => {
                         let index = self.raw.raft.raft_log.last_index();
-                        self.pending.insert(index, self.raw.raft.term, Waiter::ConfChange(reply));
+                        self.pending
+                            .insert(index, self.raw.raft.term, Waiter::ConfChange(reply));
                     }
                     Ok(()) => drop(reply.send(Err(NodeError::Dropped(
                         "another membership change is still in progress".into(),
@@ -242,7 +260,10 @@ impl Node {
         // 4. New entries and hard state: one batch, one flush.
         let hs = rd.hs().cloned();
         let sync = rd.must_sync();
-        self.fatal_on_err("append entries", self.storage.persist_ready(rd.entries(), hs.as_ref(), sync));
+        self.fatal_on_err(
+            "append entries",
+            self.storage.persist_ready(rd.entries(), hs.as_ref(), sync),
+        );
         // 5. Messages that must follow persistence (votes, append responses).
         self.transport.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
@@ -270,11 +291,18 @@ impl Node {
                 }
             }
             Err(e) => {
-                tracing::error!("snapshot from the leader at index {index} cannot be restored: {e}");
+                tracing::error!(
+                    "snapshot from the leader at index {index} cannot be restored: {e}"
+                );
                 std::process::exit(1);
             }
         }
-        for (id, addr) in self.state.read().map(|s| s.members().clone()).unwrap_or_default() {
+        for (id, addr) in self
+            .state
+            .read()
+            .map(|s| s.members().clone())
+            .unwrap_or_default()
+        {
             self.transport.ensure_peer(id, &addr);
         }
         self.applied = index;
@@ -356,7 +384,10 @@ impl Node {
                             if !address.is_empty() {
                                 self.transport.ensure_peer(id, &address);
                             }
-                            Command::SetMember { id, address: address.clone() }
+                            Command::SetMember {
+                                id,
+                                address: address.clone(),
+                            }
                         }
                         ConfChangeType::RemoveNode => {
                             if id != self.id {
@@ -396,7 +427,9 @@ impl Node {
     }
 
     fn answer_read(&mut self, ctx: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else { return };
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
         if let Some(tx) = self.reads.remove(&u64::from_be_bytes(bytes)) {
             let _ = tx.send(Ok(index));
         }
@@ -411,7 +444,10 @@ impl Node {
             Err(_) => return,
         };
         let cs = self.raw.raft.prs().conf().to_conf_state();
-        self.fatal_on_err("create snapshot", self.storage.create_snapshot(self.applied, &cs, data));
+        self.fatal_on_err(
+            "create snapshot",
+            self.storage.create_snapshot(self.applied, &cs, data),
+        );
         tracing::debug!(index = self.applied, "state snapshot stored, log compacted");
         self.snapshot_index = self.applied;
     }
@@ -475,7 +511,9 @@ impl Node {
 
     fn fatal_on_err<E: std::fmt::Display>(&self, what: &str, r: Result<(), E>) {
         if let Err(e) = r {
-            tracing::error!("fatal storage error ({what}): {e}; exiting so that systemd restarts the node");
+            tracing::error!(
+                "fatal storage error ({what}): {e}; exiting so that systemd restarts the node"
+            );
             std::process::exit(1);
         }
     }

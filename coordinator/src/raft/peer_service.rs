@@ -55,7 +55,10 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn send(&self, request: Request<Streaming<PeerFrame>>) -> Result<Response<PeerAck>, Status> {
+    async fn send(
+        &self,
+        request: Request<Streaming<PeerFrame>>,
+    ) -> Result<Response<PeerAck>, Status> {
         let role = caller_role(&request);
         let mut stream = request.into_inner();
         let mut sender: Option<u64> = None;
@@ -64,7 +67,10 @@ impl RaftPeer for PeerService {
                 (Some(Role::Insecure), _) => {}
                 (Some(Role::Coordinator(id)), _) if *id == frame.from => {}
                 (r, _) => {
-                    let who = r.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "no role".into());
+                    let who = r
+                        .as_ref()
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "no role".into());
                     tracing::warn!(audit = true, caller = %who, claimed = frame.from, "peer frame refused: sender id differs from its certificate");
                     return Err(Status::permission_denied(format!(
                         "peer {who} may not send raft messages as coordinator {}",
@@ -73,7 +79,9 @@ impl RaftPeer for PeerService {
                 }
             }
             if sender.is_some_and(|s| s != frame.from) {
-                return Err(Status::invalid_argument("sender id changed within one stream"));
+                return Err(Status::invalid_argument(
+                    "sender id changed within one stream",
+                ));
             }
             sender = Some(frame.from);
             self.check_cluster(frame.cluster_id)?;

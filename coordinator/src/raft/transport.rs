@@ -99,7 +99,9 @@ impl Transport {
         if msgs.is_empty() {
             return;
         }
-        let Ok(peers) = self.inner.peers.lock() else { return };
+        let Ok(peers) = self.inner.peers.lock() else {
+            return;
+        };
         for m in msgs {
             let to = m.to;
             let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
@@ -110,7 +112,10 @@ impl Transport {
             if peer.queue.try_send(m).is_err() {
                 let _ = self.inner.node.try_send(Msg::Unreachable(to));
                 if is_snapshot {
-                    let _ = self.inner.node.try_send(Msg::Snapshot(to, SnapshotStatus::Failure));
+                    let _ = self
+                        .inner
+                        .node
+                        .try_send(Msg::Snapshot(to, SnapshotStatus::Failure));
                 }
             }
         }
@@ -121,8 +126,15 @@ impl Transport {
         if id == self.inner.id || address.is_empty() {
             return;
         }
-        let address = self.inner.pinned.get(&id).cloned().unwrap_or_else(|| address.to_owned());
-        let Ok(mut peers) = self.inner.peers.lock() else { return };
+        let address = self
+            .inner
+            .pinned
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| address.to_owned());
+        let Ok(mut peers) = self.inner.peers.lock() else {
+            return;
+        };
         if peers.get(&id).is_some_and(|p| p.address == address) {
             return;
         }
@@ -130,8 +142,18 @@ impl Transport {
             old.task.abort();
         }
         let (queue, rx) = mpsc::channel(PEER_QUEUE);
-        let task = self.inner.rt.spawn(peer_stream(self.inner.clone(), id, address.clone(), rx));
-        peers.insert(id, Peer { address, queue, task });
+        let task = self
+            .inner
+            .rt
+            .spawn(peer_stream(self.inner.clone(), id, address.clone(), rx));
+        peers.insert(
+            id,
+            Peer {
+                address,
+                queue,
+                task,
+            },
+        );
     }
 
     /// Stops streaming to a removed member.
@@ -154,7 +176,12 @@ impl Transport {
                 a.insert(id, advertised.to_owned());
             }
         }
-        let known = self.inner.peers.lock().map(|p| p.contains_key(&id)).unwrap_or(true);
+        let known = self
+            .inner
+            .peers
+            .lock()
+            .map(|p| p.contains_key(&id))
+            .unwrap_or(true);
         if !known {
             self.ensure_peer(id, advertised);
         }
@@ -238,12 +265,16 @@ async fn peer_stream(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::
             let Some(f) = frame(&inner, &m) else { continue };
             if ftx.send(f).await.is_err() {
                 if is_snapshot {
-                    let _ = inner.node.try_send(Msg::Snapshot(to, SnapshotStatus::Failure));
+                    let _ = inner
+                        .node
+                        .try_send(Msg::Snapshot(to, SnapshotStatus::Failure));
                 }
                 break;
             }
             if is_snapshot {
-                let _ = inner.node.try_send(Msg::Snapshot(to, SnapshotStatus::Finish));
+                let _ = inner
+                    .node
+                    .try_send(Msg::Snapshot(to, SnapshotStatus::Finish));
             }
         }
         let _ = inner.node.try_send(Msg::Unreachable(to));
@@ -259,6 +290,8 @@ fn unreachable_now(inner: &Inner, to: u64, first: &Message, rx: &mut mpsc::Recei
         snapshot |= m.get_msg_type() == MessageType::MsgSnapshot;
     }
     if snapshot {
-        let _ = inner.node.try_send(Msg::Snapshot(to, SnapshotStatus::Failure));
+        let _ = inner
+            .node
+            .try_send(Msg::Snapshot(to, SnapshotStatus::Failure));
     }
 }

@@ -28,7 +28,10 @@ pub(crate) fn authorize<T>(req: &Request<T>, call: &str, need: Need<'_>) -> Resu
         (Some(Role::Agent(h)), Need::Host(want)) => h == want,
         _ => false,
     };
-    let who = role.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
+    let who = role
+        .as_ref()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "unknown".into());
     if ok {
         return Ok(who);
     }
@@ -37,5 +40,7 @@ pub(crate) fn authorize<T>(req: &Request<T>, call: &str, need: Need<'_>) -> Resu
         Need::Host(h) => format!("the agent certificate of {h} or an operator certificate"),
     };
     tracing::warn!(audit = true, caller = %who, call, "permission denied");
-    Err(Status::permission_denied(format!("{call} needs {what}; caller is {who}")))
+    Err(Status::permission_denied(format!(
+        "{call} needs {what}; caller is {who}"
+    )))
 }

@@ -18,7 +18,9 @@ pub(crate) fn rotation_from_wire(r: i32) -> state::Rotation {
     match proto::Rotation::try_from(r).unwrap_or(proto::Rotation::Unspecified) {
         proto::Rotation::InRotation => state::Rotation::InRotation,
         proto::Rotation::Draining => state::Rotation::Draining,
-        proto::Rotation::OutOfRotation | proto::Rotation::Unspecified => state::Rotation::OutOfRotation,
+        proto::Rotation::OutOfRotation | proto::Rotation::Unspecified => {
+            state::Rotation::OutOfRotation
+        }
     }
 }
 
@@ -101,5 +103,8 @@ pub(crate) fn host_to_wire(h: &Host, last_seen_ms: Option<u64>) -> proto::HostIn
 
 pub(crate) fn write_id(w: Option<proto::WriteId>) -> Option<state::WriteId> {
     w.filter(|w| !w.client_id.is_empty())
-        .map(|w| state::WriteId { client_id: w.client_id.chars().take(128).collect(), seq: w.seq })
+        .map(|w| state::WriteId {
+            client_id: w.client_id.chars().take(128).collect(),
+            seq: w.seq,
+        })
 }

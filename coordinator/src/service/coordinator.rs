@@ -7,7 +7,7 @@
 
 use super::auth::{authorize, Need};
 use super::convert::{group_to_wire, host_to_wire, report_from_wire, slot_to_wire, write_id};
-use super::leader::{ensure_leader, not_leader, read_barrier, state_status, write, node_status};
+use super::leader::{ensure_leader, node_status, not_leader, read_barrier, state_status, write};
 use super::members;
 use super::waiters::Waiters;
 use crate::liveness::Liveness;
@@ -40,27 +40,43 @@ pub struct CoordinatorService {
 
 impl CoordinatorService {
     pub fn new(node: RaftNode, liveness: Arc<Liveness>) -> Self {
-        Self { node, liveness, waiters: Waiters::new() }
+        Self {
+            node,
+            liveness,
+            waiters: Waiters::new(),
+        }
     }
 }
 
-fn check_name(kind: &str, value: &str, check: fn(&str) -> Result<(), hotdeploy_common::NameError>) -> Result<(), Status> {
+fn check_name(
+    kind: &str,
+    value: &str,
+    check: fn(&str) -> Result<(), hotdeploy_common::NameError>,
+) -> Result<(), Status> {
     check(value).map_err(|e| Status::invalid_argument(format!("{kind}: {e}")))
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
     if value.len() > max {
-        return Err(Status::invalid_argument(format!("{field} is {} bytes; at most {max} allowed", value.len())));
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes; at most {max} allowed",
+            value.len()
+        )));
     }
     Ok(())
 }
 
 fn check_purpose(p: &str) -> Result<(), Status> {
-    let ok = !p.is_empty() && p.len() <= 32 && p.bytes().all(|c| c.is_ascii_lowercase() || c == b'_' || c == b'-');
+    let ok = !p.is_empty()
+        && p.len() <= 32
+        && p.bytes()
+            .all(|c| c.is_ascii_lowercase() || c == b'_' || c == b'-');
     if ok {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!("purpose {p:?} must match [a-z_-]{{1,32}}")))
+        Err(Status::invalid_argument(format!(
+            "purpose {p:?} must match [a-z_-]{{1,32}}"
+        )))
     }
 }
 
@@ -69,18 +85,27 @@ fn check_purpose(p: &str) -> Result<(), Status> {
 fn held_slot(node: &RaftNode, host: &str) -> Option<Slot> {
     let st = node.state();
     let token = st.host(host)?.slot?;
-    st.slots().into_iter().find(|s| s.token == token).map(slot_to_wire)
+    st.slots()
+        .into_iter()
+        .find(|s| s.token == token)
+        .map(slot_to_wire)
 }
 
 type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         let r = req.get_ref();
         check_name("host", &r.host, check_host)?;
         if r.groups.is_empty() {
-            return Err(Status::invalid_argument(format!("host {} registered with no groups; every host must belong to at least one group", r.host)));
+            return Err(Status::invalid_argument(format!(
+                "host {} registered with no groups; every host must belong to at least one group",
+                r.host
+            )));
         }
         for g in &r.groups {
             check_name("group", g, check_group)?;
@@ -89,15 +114,25 @@ impl Coordinator for CoordinatorService {
         let actor = authorize(&req, "Register", Need::Host(&r.host))?;
         let r = req.into_inner();
         let report = report_from_wire(r.report.as_ref());
-        let cmd = Command::Register { host: r.host.clone(), groups: r.groups, address: r.address, report: report.clone() };
+        let cmd = Command::Register {
+            host: r.host.clone(),
+            groups: r.groups,
+            address: r.address,
+            report: report.clone(),
+        };
         write(&self.node, write_id(r.write), &actor, cmd).await?;
         self.liveness.observe(&r.host, report);
-        Ok(Response::new(RegisterResponse { slot: held_slot(&self.node, &r.host) }))
+        Ok(Response::new(RegisterResponse {
+            slot: held_slot(&self.node, &r.host),
+        }))
     }
 
     type HeartbeatStream = HeartbeatStream;
 
-    async fn heartbeat(&self, req: Request<Streaming<HeartbeatRequest>>) -> Result<Response<HeartbeatStream>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<HeartbeatStream>, Status> {
         ensure_leader(&self.node)?;
         let role = hotdeploy_common::tls::caller_role(&req);
         let mut inbound = req.into_inner();
@@ -127,10 +162,17 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn acquire_slot(&self, req: Request<AcquireSlotRequest>) -> Result<Response<AcquireSlotResponse>, Status> {
+    async fn acquire_slot(
+        &self,
+        req: Request<AcquireSlotRequest>,
+    ) -> Result<Response<AcquireSlotResponse>, Status> {
         let r = req.get_ref();
         check_name("host", &r.host, check_host)?;
-        let purpose = if r.purpose.is_empty() { "deploy".to_string() } else { r.purpose.clone() };
+        let purpose = if r.purpose.is_empty() {
+            "deploy".to_string()
+        } else {
+            r.purpose.clone()
+        };
         check_purpose(&purpose)?;
         check_len("reason", &r.reason, MAX_REASON)?;
         check_len("rollout", &r.rollout, MAX_SHORT)?;
@@ -139,7 +181,12 @@ impl Coordinator for CoordinatorService {
         ensure_leader(&self.node)?;
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
-        let groups = self.node.state().host(&r.host).map(|h| h.groups.clone()).unwrap_or_default();
+        let groups = self
+            .node
+            .state()
+            .host(&r.host)
+            .map(|h| h.groups.clone())
+            .unwrap_or_default();
         let ticket = self.waiters.enqueue(&r.host, &purpose, &groups, r.canary);
         let mut applied = self.node.subscribe_applied();
         let mut queue = self.waiters.subscribe();
@@ -149,18 +196,35 @@ impl Coordinator for CoordinatorService {
             let verdict = {
                 let st = self.node.state();
                 match st.check_grant(&r.host, &purpose) {
-                    Ok(()) => Ok(self.waiters.my_turn(&ticket, |h, p| st.check_grant(h, p).is_ok())),
+                    Ok(()) => Ok(self
+                        .waiters
+                        .my_turn(&ticket, |h, p| st.check_grant(h, p).is_ok())),
                     Err(e) => Err(e),
                 }
             };
             match verdict {
                 Ok(true) => {
-                    let cmd = Command::Acquire { host: r.host.clone(), purpose: purpose.clone(), reason: r.reason.clone(), rollout: r.rollout.clone() };
+                    let cmd = Command::Acquire {
+                        host: r.host.clone(),
+                        purpose: purpose.clone(),
+                        reason: r.reason.clone(),
+                        rollout: r.rollout.clone(),
+                    };
                     let p = Proposal::new(write.clone(), now_ms(), &actor, cmd);
                     match self.node.propose(p, super::leader::WRITE_TIMEOUT).await {
-                        Ok(Ok(Answer::Slot(s))) => return Ok(Response::new(AcquireSlotResponse { slot: Some(slot_to_wire(&s)) })),
-                        Ok(Ok(other)) => return Err(Status::internal(format!("unexpected answer to Acquire: {other:?}"))),
-                        Ok(Err(e)) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                        Ok(Ok(Answer::Slot(s))) => {
+                            return Ok(Response::new(AcquireSlotResponse {
+                                slot: Some(slot_to_wire(&s)),
+                            }))
+                        }
+                        Ok(Ok(other)) => {
+                            return Err(Status::internal(format!(
+                                "unexpected answer to Acquire: {other:?}"
+                            )))
+                        }
+                        Ok(Err(e))
+                            if e.is_retryable() && tokio::time::Instant::now() < deadline =>
+                        {
                             tracing::debug!(host = %r.host, "grant lost a race: {e}");
                         }
                         Ok(Err(e)) => return Err(state_status(&e)),
@@ -173,7 +237,10 @@ impl Coordinator for CoordinatorService {
                 Err(_) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Status::resource_exhausted(format!("no slot for {} within {wait:?}: other waiters are ahead", r.host)));
+                return Err(Status::resource_exhausted(format!(
+                    "no slot for {} within {wait:?}: other waiters are ahead",
+                    r.host
+                )));
             }
             tokio::select! {
                 _ = applied.changed() => {}
@@ -184,25 +251,48 @@ impl Coordinator for CoordinatorService {
         }
     }
 
-    async fn release_slot(&self, req: Request<ReleaseSlotRequest>) -> Result<Response<ReleaseSlotResponse>, Status> {
+    async fn release_slot(
+        &self,
+        req: Request<ReleaseSlotRequest>,
+    ) -> Result<Response<ReleaseSlotResponse>, Status> {
         check_name("host", &req.get_ref().host, check_host)?;
         let actor = authorize(&req, "ReleaseSlot", Need::Host(&req.get_ref().host))?;
         let r = req.into_inner();
-        write(&self.node, write_id(r.write), &actor, Command::Release { host: r.host, token: r.token }).await?;
+        write(
+            &self.node,
+            write_id(r.write),
+            &actor,
+            Command::Release {
+                host: r.host,
+                token: r.token,
+            },
+        )
+        .await?;
         Ok(Response::new(ReleaseSlotResponse {}))
     }
 
-    async fn report_phase(&self, req: Request<ReportPhaseRequest>) -> Result<Response<ReportPhaseResponse>, Status> {
+    async fn report_phase(
+        &self,
+        req: Request<ReportPhaseRequest>,
+    ) -> Result<Response<ReportPhaseResponse>, Status> {
         check_name("host", &req.get_ref().host, check_host)?;
-        check_purpose(&req.get_ref().phase).map_err(|_| Status::invalid_argument("phase must match [a-z_-]{1,32}"))?;
+        check_purpose(&req.get_ref().phase)
+            .map_err(|_| Status::invalid_argument("phase must match [a-z_-]{1,32}"))?;
         let actor = authorize(&req, "ReportPhase", Need::Host(&req.get_ref().host))?;
         let r = req.into_inner();
-        let cmd = Command::ReportPhase { host: r.host, token: r.token, phase: r.phase };
+        let cmd = Command::ReportPhase {
+            host: r.host,
+            token: r.token,
+            phase: r.phase,
+        };
         write(&self.node, write_id(r.write), &actor, cmd).await?;
         Ok(Response::new(ReportPhaseResponse {}))
     }
 
-    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         authorize(&req, "Status", Need::Operator)?;
         let st = self.node.status();
         let members = self
@@ -217,16 +307,31 @@ impl Coordinator for CoordinatorService {
                 } else {
                     "follower"
                 };
-                let reachable = if st.is_leader() { st.active.get(&id).copied().unwrap_or(false) } else { id == st.id || id == st.leader };
-                Member { id, address, role: role.into(), reachable }
+                let reachable = if st.is_leader() {
+                    st.active.get(&id).copied().unwrap_or(false)
+                } else {
+                    id == st.id || id == st.leader
+                };
+                Member {
+                    id,
+                    address,
+                    role: role.into(),
+                    reachable,
+                }
             })
             .collect();
         let state = self.node.state();
         let groups = state.group_views().iter().map(group_to_wire).collect();
         let hosts = HostCounts {
             total: state.hosts().count() as u64,
-            in_rotation: state.hosts().filter(|h| h.rotation == Rotation::InRotation).count() as u64,
-            unreachable: state.hosts().filter(|h| h.reachability == Reachability::Unreachable).count() as u64,
+            in_rotation: state
+                .hosts()
+                .filter(|h| h.rotation == Rotation::InRotation)
+                .count() as u64,
+            unreachable: state
+                .hosts()
+                .filter(|h| h.reachability == Reachability::Unreachable)
+                .count() as u64,
         };
         Ok(Response::new(StatusResponse {
             leader: st.leader,
@@ -240,7 +345,10 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
-    async fn list_hosts(&self, req: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
+    async fn list_hosts(
+        &self,
+        req: Request<ListHostsRequest>,
+    ) -> Result<Response<ListHostsResponse>, Status> {
         authorize(&req, "ListHosts", Need::Operator)?;
         let r = req.into_inner();
         if !r.group.is_empty() {
@@ -266,67 +374,129 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(ListHostsResponse { hosts }))
     }
 
-    async fn list_groups(&self, req: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
+    async fn list_groups(
+        &self,
+        req: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
         authorize(&req, "ListGroups", Need::Operator)?;
         read_barrier(&self.node).await?;
-        let groups = self.node.state().group_views().iter().map(group_to_wire).collect();
+        let groups = self
+            .node
+            .state()
+            .group_views()
+            .iter()
+            .map(group_to_wire)
+            .collect();
         Ok(Response::new(ListGroupsResponse { groups }))
     }
 
-    async fn set_group_policy(&self, req: Request<SetGroupPolicyRequest>) -> Result<Response<SetGroupPolicyResponse>, Status> {
+    async fn set_group_policy(
+        &self,
+        req: Request<SetGroupPolicyRequest>,
+    ) -> Result<Response<SetGroupPolicyResponse>, Status> {
         let actor = authorize(&req, "SetGroupPolicy", Need::Operator)?;
         let r = req.into_inner();
         check_name("group", &r.group, check_group)?;
         let max_unavailable = if r.max_unavailable.is_empty() {
             None
         } else {
-            Some(MaxUnavailable::parse(&r.max_unavailable).map_err(|e| Status::invalid_argument(e.to_string()))?)
+            Some(
+                MaxUnavailable::parse(&r.max_unavailable)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            )
         };
         if max_unavailable.is_none() && r.allow_zero_available.is_none() {
-            return Err(Status::invalid_argument("nothing to change: give max_unavailable and/or allow_zero_available"));
+            return Err(Status::invalid_argument(
+                "nothing to change: give max_unavailable and/or allow_zero_available",
+            ));
         }
-        let cmd = Command::SetGroupPolicy { group: r.group, max_unavailable, allow_zero_available: r.allow_zero_available };
+        let cmd = Command::SetGroupPolicy {
+            group: r.group,
+            max_unavailable,
+            allow_zero_available: r.allow_zero_available,
+        };
         match write(&self.node, write_id(r.write), &actor, cmd).await? {
-            Answer::Group(g) => Ok(Response::new(SetGroupPolicyResponse { group: Some(group_to_wire(&g)) })),
-            other => Err(Status::internal(format!("unexpected answer to SetGroupPolicy: {other:?}"))),
+            Answer::Group(g) => Ok(Response::new(SetGroupPolicyResponse {
+                group: Some(group_to_wire(&g)),
+            })),
+            other => Err(Status::internal(format!(
+                "unexpected answer to SetGroupPolicy: {other:?}"
+            ))),
         }
     }
 
-    async fn list_slots(&self, req: Request<ListSlotsRequest>) -> Result<Response<ListSlotsResponse>, Status> {
+    async fn list_slots(
+        &self,
+        req: Request<ListSlotsRequest>,
+    ) -> Result<Response<ListSlotsResponse>, Status> {
         authorize(&req, "ListSlots", Need::Operator)?;
         read_barrier(&self.node).await?;
-        let slots = self.node.state().slots().into_iter().map(slot_to_wire).collect();
+        let slots = self
+            .node
+            .state()
+            .slots()
+            .into_iter()
+            .map(slot_to_wire)
+            .collect();
         Ok(Response::new(ListSlotsResponse { slots }))
     }
 
-    async fn force_release(&self, req: Request<ForceReleaseRequest>) -> Result<Response<ForceReleaseResponse>, Status> {
+    async fn force_release(
+        &self,
+        req: Request<ForceReleaseRequest>,
+    ) -> Result<Response<ForceReleaseResponse>, Status> {
         let actor = authorize(&req, "ForceRelease", Need::Operator)?;
         let r = req.into_inner();
         check_name("host", &r.host, check_host)?;
-        match write(&self.node, write_id(r.write), &actor, Command::ForceRelease { host: r.host }).await? {
+        match write(
+            &self.node,
+            write_id(r.write),
+            &actor,
+            Command::ForceRelease { host: r.host },
+        )
+        .await?
+        {
             Answer::Released { token } => Ok(Response::new(ForceReleaseResponse { token })),
             _ => Ok(Response::new(ForceReleaseResponse { token: 0 })),
         }
     }
 
-    async fn add_member(&self, req: Request<AddMemberRequest>) -> Result<Response<AddMemberResponse>, Status> {
+    async fn add_member(
+        &self,
+        req: Request<AddMemberRequest>,
+    ) -> Result<Response<AddMemberResponse>, Status> {
         let actor = authorize(&req, "AddMember", Need::Operator)?;
         let r = req.into_inner();
         members::add(&self.node, &actor, r.id, &r.address).await?;
         Ok(Response::new(AddMemberResponse {}))
     }
 
-    async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
+    async fn remove_member(
+        &self,
+        req: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
         let actor = authorize(&req, "RemoveMember", Need::Operator)?;
         members::remove(&self.node, &actor, req.into_inner().id).await?;
         Ok(Response::new(RemoveMemberResponse {}))
     }
 
-    async fn remove_host(&self, req: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
+    async fn remove_host(
+        &self,
+        req: Request<RemoveHostRequest>,
+    ) -> Result<Response<RemoveHostResponse>, Status> {
         let actor = authorize(&req, "RemoveHost", Need::Operator)?;
         let r = req.into_inner();
         check_name("host", &r.host, check_host)?;
-        write(&self.node, write_id(r.write), &actor, Command::RemoveHost { host: r.host, force: r.force }).await?;
+        write(
+            &self.node,
+            write_id(r.write),
+            &actor,
+            Command::RemoveHost {
+                host: r.host,
+                force: r.force,
+            },
+        )
+        .await?;
         Ok(Response::new(RemoveHostResponse {}))
     }
 }

@@ -78,5 +78,7 @@ pub(crate) async fn write(
 /// A linearizable read barrier at the leader.
 pub(crate) async fn read_barrier(node: &RaftNode) -> Result<(), Status> {
     ensure_leader(node)?;
-    node.read_barrier(READ_TIMEOUT).await.map_err(|e| node_status(node, e))
+    node.read_barrier(READ_TIMEOUT)
+        .await
+        .map_err(|e| node_status(node, e))
 }

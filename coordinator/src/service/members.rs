@@ -26,29 +26,45 @@ fn change(kind: ConfChangeType, id: u64, address: &str) -> ConfChangeV2 {
 
 fn check_address(address: &str) -> Result<(), Status> {
     let ok = address.len() <= 256
-        && address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        && address
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
     if ok {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!("member address {address:?} is not host:port")))
+        Err(Status::invalid_argument(format!(
+            "member address {address:?} is not host:port"
+        )))
     }
 }
 
-pub(crate) async fn add(node: &RaftNode, actor: &str, id: u64, address: &str) -> Result<(), Status> {
+pub(crate) async fn add(
+    node: &RaftNode,
+    actor: &str,
+    id: u64,
+    address: &str,
+) -> Result<(), Status> {
     if id == 0 {
-        return Err(Status::invalid_argument("member id must be a positive integer"));
+        return Err(Status::invalid_argument(
+            "member id must be a positive integer",
+        ));
     }
     check_address(address)?;
     ensure_leader(node)?;
     let st = node.status();
     if st.voters.contains(&id) {
-        return Err(Status::already_exists(format!("node {id} is already a voting member")));
+        return Err(Status::already_exists(format!(
+            "node {id} is already a voting member"
+        )));
     }
     tracing::info!(audit = true, %actor, id, %address, "adding member as learner");
     if !st.learners.contains(&id) {
-        node.conf_change(change(ConfChangeType::AddLearnerNode, id, address), CONF_TIMEOUT)
-            .await
-            .map_err(|e| node_status(node, e))?;
+        node.conf_change(
+            change(ConfChangeType::AddLearnerNode, id, address),
+            CONF_TIMEOUT,
+        )
+        .await
+        .map_err(|e| node_status(node, e))?;
     }
     let deadline = tokio::time::Instant::now() + CATCH_UP;
     loop {
@@ -80,7 +96,9 @@ pub(crate) async fn remove(node: &RaftNode, actor: &str, id: u64) -> Result<(), 
         return Err(Status::not_found(format!("node {id} is not a member")));
     }
     if st.voters.len() == 1 && st.voters.contains(&id) {
-        return Err(Status::failed_precondition("cannot remove the last voting member"));
+        return Err(Status::failed_precondition(
+            "cannot remove the last voting member",
+        ));
     }
     tracing::info!(audit = true, %actor, id, "removing member");
     node.conf_change(change(ConfChangeType::RemoveNode, id, ""), CONF_TIMEOUT)

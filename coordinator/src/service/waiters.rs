@@ -48,10 +48,19 @@ pub(crate) struct Ticket {
 
 impl Waiters {
     pub(crate) fn new() -> Self {
-        Self { inner: Arc::default(), changed: watch::channel(0).0 }
+        Self {
+            inner: Arc::default(),
+            changed: watch::channel(0).0,
+        }
     }
 
-    pub(crate) fn enqueue(&self, host: &str, purpose: &str, groups: &[String], canary: bool) -> Ticket {
+    pub(crate) fn enqueue(
+        &self,
+        host: &str,
+        purpose: &str,
+        groups: &[String],
+        canary: bool,
+    ) -> Ticket {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.next += 1;
         let key = (!canary, g.next);
@@ -61,7 +70,10 @@ impl Waiters {
             groups: groups.to_vec(),
         };
         g.queue.insert(key, w);
-        Ticket { key, waiters: self.clone() }
+        Ticket {
+            key,
+            waiters: self.clone(),
+        }
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -72,7 +84,9 @@ impl Waiters {
     /// passes `grantable`.
     pub(crate) fn my_turn(&self, ticket: &Ticket, grantable: impl Fn(&str, &str) -> bool) -> bool {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(me) = g.queue.get(&ticket.key) else { return true };
+        let Some(me) = g.queue.get(&ticket.key) else {
+            return true;
+        };
         !g.queue.range(..ticket.key).any(|(_, w)| {
             w.groups.iter().any(|x| me.groups.contains(x)) && grantable(&w.host, &w.purpose)
         })

@@ -44,10 +44,11 @@ fn main() {
     let marker = root.path().to_path_buf();
     let on_signal = marker.clone();
     background::handle().spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -113,7 +114,9 @@ fn run(dir: &Path) -> anyhow::Result<()> {
         bail!("HAProxy did not see all {HOSTS} servers UP");
     }
 
-    step(&format!("load: {RATE} requests/s through HAProxy at {frontend}"));
+    step(&format!(
+        "load: {RATE} requests/s through HAProxy at {frontend}"
+    ));
     let load = LoadGen::start(LoadConfig::new(frontend, RATE));
     let observer = Observer::start(&haproxy);
     std::thread::sleep(Duration::from_secs(2));
@@ -137,10 +140,19 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     );
     println!("versions served: {:?}", report.versions);
     for (host, out_ms, total) in &windows {
-        println!("  {host}: out of rotation {out_ms} ms (deploy took {:.1} s)", total.as_secs_f64());
+        println!(
+            "  {host}: out of rotation {out_ms} ms (deploy took {:.1} s)",
+            total.as_secs_f64()
+        );
     }
-    println!("most servers out of rotation at once (HAProxy observer): {}", seen.max_not_up);
-    let on_v2 = agents.iter().filter(|a| a.app_version().as_deref() == Some("v2")).count();
+    println!(
+        "most servers out of rotation at once (HAProxy observer): {}",
+        seen.max_not_up
+    );
+    let on_v2 = agents
+        .iter()
+        .filter(|a| a.app_version().as_deref() == Some("v2"))
+        .count();
     println!("hosts serving v2: {on_v2}/{HOSTS}");
     if report.failed > 0 {
         println!("failures: {:?}", report.error_samples);
