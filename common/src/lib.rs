@@ -8,6 +8,8 @@
 //!   boundary is checked here.
 //! - [`tls`]: channel security: server and client TLS settings from `[tls]`, and the roles that
 //!   certificates carry in their SAN URIs.
+//! - [`tls_pki`]: the CA and certificates `hotdeployctl certs init` writes.
+//! - [`signing`]: ed25519 release signing keys and signatures.
 //! - [`telemetry`]: `tracing` set-up; logs go to stderr, which systemd hands to journald.
 //!
 //! Deliberately absent: anything with state. This crate holds types and pure helpers only.
@@ -15,8 +17,10 @@
 pub mod config;
 pub mod names;
 pub mod proto;
+pub mod signing;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod tls_pki;
 
 pub use names::NameError;

@@ -41,6 +41,9 @@ pub enum SigningError {
         #[source]
         source: std::io::Error,
     },
+    /// A key file exists already.
+    #[error("refusing to overwrite {}: keep the old key, or use another directory", .0.display())]
+    Exists(PathBuf),
     /// A key file that does not hold a key.
     #[error("bad key in {file}: {message}")]
     BadKey { file: String, message: String },
@@ -58,10 +61,7 @@ pub fn keygen(dir: &Path) -> Result<(PathBuf, PathBuf), SigningError> {
     let public = dir.join(PUBLIC_KEY_FILE);
     for path in [&private, &public] {
         if path.exists() {
-            return Err(io(
-                format!("refusing to overwrite {}", path.display()),
-                std::io::ErrorKind::AlreadyExists.into(),
-            ));
+            return Err(SigningError::Exists(path.clone()));
         }
     }
     let key = SigningKey::generate(&mut rand::rngs::OsRng);

@@ -15,10 +15,11 @@
 //!
 //! The checks a test makes are from the outside: [`AgentProc::app_version`] asks the app which
 //! release it serves, [`AgentProc::current_target`] reads the `current` symlink, and
-//! [`AgentProc::ctl`] runs `hotdeployctl --insecure agent --address ADDR ARGS`.
+//! [`AgentProc::ctl`] runs `hotdeployctl --insecure agent --address ADDR ARGS` (with
+//! [`AgentOpts::tls`], the operator certificate instead of `--insecure`).
 
 use crate::bins;
-use crate::cluster::{parse_json_output, CTL_TIMEOUT};
+use crate::cluster::{parse_json_output, tls_table, CtlAuth, CTL_TIMEOUT};
 use crate::http_probe;
 use crate::net::{self, AGENT_CHECK_PORT, AGENT_PORT, AGENT_READY_PORT, APP_PORT};
 use crate::proc::{self, ChildGuard};
@@ -69,6 +70,11 @@ pub struct AgentOpts {
     /// Extra environment for the agent process (e.g. `HOTDEPLOY_FAILPOINTS`), applied at each
     /// (re)start; empty by default.
     pub env: Vec<(String, String)>,
+    /// mTLS instead of `insecure = true`: a `hotdeployctl certs init` directory holding
+    /// `ca.pem` and `agent-<host_id>.pem` + key (with the agent's IP as a SAN). The agent uses
+    /// it both to listen and to reach the coordinators; [`AgentProc::ctl`] then uses the
+    /// operator certificate. `None` by default.
+    pub tls: Option<PathBuf>,
 }
 
 impl AgentOpts {
@@ -92,6 +98,7 @@ impl AgentOpts {
             extra: toml::Table::new(),
             start_timeout: Duration::from_secs(20),
             env: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -137,7 +144,14 @@ impl AgentProc {
             coordinators: o.coordinators.clone(),
             listen: self.grpc_addr(),
             data_dir: self.data_dir(),
-            tls: toml::Table::new(),
+            tls: match &o.tls {
+                Some(dir) => tls_table(
+                    dir,
+                    &format!("agent-{}.pem", o.host_id),
+                    &format!("agent-{}-key.pem", o.host_id),
+                ),
+                None => toml::Table::new(),
+            },
             service_name: "app".into(),
             service_root: self.root(),
             exec: vec![
@@ -252,10 +266,30 @@ impl AgentProc {
         parse_json_output(&format!("-o json agent {}", what.join(" ")), &output)
     }
 
+    /// `hotdeployctl <auth> agent --address ADDR ARGS` with the given credentials, within two
+    /// minutes.
+    pub fn ctl_as<S: AsRef<str>>(&self, auth: &CtlAuth, args: &[S]) -> Output {
+        self.run_ctl_as(auth, &[], args, Duration::from_secs(120))
+    }
+
     fn run_ctl<S: AsRef<str>>(&self, global: &[&str], args: &[S], timeout: Duration) -> Output {
+        let auth = match &self.opts.tls {
+            Some(dir) => CtlAuth::operator(dir),
+            None => CtlAuth::Insecure,
+        };
+        self.run_ctl_as(&auth, global, args, timeout)
+    }
+
+    fn run_ctl_as<S: AsRef<str>>(
+        &self,
+        auth: &CtlAuth,
+        global: &[&str],
+        args: &[S],
+        timeout: Duration,
+    ) -> Output {
         let mut command = Command::new(bins::ctl());
         command
-            .arg("--insecure")
+            .args(auth.args())
             .args(global)
             .arg("agent")
             .arg("--address")

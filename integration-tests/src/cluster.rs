@@ -54,6 +54,15 @@ pub struct ClusterOpts {
     pub start_timeout: Duration,
     /// Extra TOML merged into every node's config.
     pub extra: toml::Table,
+    /// mTLS instead of `insecure = true`: a directory written by `hotdeployctl certs init`
+    /// holding `ca.pem` and `coordinator-<id>.pem` + `coordinator-<id>-key.pem` for every node
+    /// (with the node's IP as a SAN: see [`ClusterOpts::ips`]). `hotdeployctl` then runs with
+    /// `--ca ca.pem --cert operator.pem --key operator-key.pem`.
+    pub tls: Option<PathBuf>,
+    /// The node IPs to use (node `id` gets `ips[id - 1]`), from [`net::alloc_ips`], when the
+    /// test must know them before the start (to put them in certificates). At least `n`
+    /// entries; spare nodes need more. `None`: allocated at start.
+    pub ips: Option<Vec<Ipv4Addr>>,
 }
 
 impl Default for ClusterOpts {
@@ -65,6 +74,8 @@ impl Default for ClusterOpts {
             unreachable_after: "5s".into(),
             start_timeout: Duration::from_secs(20),
             extra: toml::Table::new(),
+            tls: None,
+            ips: None,
         }
     }
 }
@@ -111,7 +122,16 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             proxies: BTreeMap::new(),
-            ips: net::alloc_ips(n + SPARE_NODES),
+            ips: match &opts.ips {
+                Some(ips) => {
+                    assert!(
+                        ips.len() >= n,
+                        "ClusterOpts::ips has fewer than {n} addresses"
+                    );
+                    ips.clone()
+                }
+                None => net::alloc_ips(n + SPARE_NODES),
+            },
             groups: groups
                 .iter()
                 .map(|(name, budget)| (name.to_string(), budget.to_string()))
@@ -271,7 +291,14 @@ impl Cluster {
             http_listen: self.http_addr(id),
             peers,
             initial_cluster_state: node.initial_cluster_state.clone(),
-            tls: toml::Table::new(),
+            tls: match &self.opts.tls {
+                Some(dir) => tls_table(
+                    dir,
+                    &format!("coordinator-{id}.pem"),
+                    &format!("coordinator-{id}-key.pem"),
+                ),
+                None => toml::Table::new(),
+            },
             raft: self.opts.raft.clone(),
             heartbeat_interval: self.opts.heartbeat_interval.clone(),
             unreachable_after: self.opts.unreachable_after.clone(),
@@ -392,7 +419,30 @@ impl Cluster {
         }
     }
 
-    /// `hotdeployctl --endpoints <all real addrs> --insecure ARGS`, within [`CTL_TIMEOUT`].
+    /// The `hotdeployctl` credentials the harness uses: `--insecure`, or with
+    /// [`ClusterOpts::tls`] the operator certificate.
+    pub fn ctl_auth(&self) -> CtlAuth {
+        match &self.opts.tls {
+            Some(dir) => CtlAuth::operator(dir),
+            None => CtlAuth::Insecure,
+        }
+    }
+
+    /// `hotdeployctl --endpoints <all real addrs> <auth> ARGS` with other credentials than the
+    /// harness's own (an agent certificate, another CA's, an expired one), within
+    /// [`CTL_TIMEOUT`].
+    pub fn ctl_as<S: AsRef<str>>(&self, auth: &CtlAuth, args: &[S]) -> Output {
+        let mut command = Command::new(bins::ctl());
+        command
+            .arg("--endpoints")
+            .arg(self.endpoints())
+            .args(auth.args())
+            .args(args.iter().map(AsRef::as_ref));
+        proc::run_with_timeout(command, CTL_TIMEOUT)
+    }
+
+    /// `hotdeployctl --endpoints <all real addrs> --insecure ARGS` (or the operator
+    /// certificate, with [`ClusterOpts::tls`]), within [`CTL_TIMEOUT`].
     pub fn ctl<S: AsRef<str>>(&self, args: &[S]) -> Output {
         self.ctl_at(&self.endpoints(), args, CTL_TIMEOUT)
     }
@@ -403,7 +453,7 @@ impl Cluster {
         command
             .arg("--endpoints")
             .arg(endpoints)
-            .arg("--insecure")
+            .args(self.ctl_auth().args())
             .args(args.iter().map(AsRef::as_ref));
         proc::run_with_timeout(command, timeout)
     }
@@ -508,6 +558,62 @@ impl Cluster {
             .get_mut(&id)
             .unwrap_or_else(|| panic!("no coordinator {id} in this cluster"))
     }
+}
+
+/// How `hotdeployctl` authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CtlAuth {
+    /// `--insecure`.
+    Insecure,
+    /// `--ca CA --cert CERT --key KEY`.
+    Tls {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+impl CtlAuth {
+    /// The operator certificate of a `certs init` directory.
+    pub fn operator(dir: &Path) -> CtlAuth {
+        CtlAuth::files(dir, "operator.pem", "operator-key.pem")
+    }
+
+    /// `dir/ca.pem` with `dir/cert` and `dir/key`.
+    pub fn files(dir: &Path, cert: &str, key: &str) -> CtlAuth {
+        CtlAuth::Tls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(cert),
+            key: dir.join(key),
+        }
+    }
+
+    /// The command-line arguments.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        match self {
+            CtlAuth::Insecure => vec!["--insecure".into()],
+            CtlAuth::Tls { ca, cert, key } => vec![
+                "--ca".into(),
+                ca.into(),
+                "--cert".into(),
+                cert.into(),
+                "--key".into(),
+                key.into(),
+            ],
+        }
+    }
+}
+
+/// A `[tls]` table: `ca = dir/ca.pem`, `cert = dir/cert`, `key = dir/key`.
+pub fn tls_table(dir: &Path, cert: &str, key: &str) -> toml::Table {
+    let mut t = toml::Table::new();
+    for (k, file) in [("ca", "ca.pem"), ("cert", cert), ("key", key)] {
+        t.insert(
+            k.into(),
+            dir.join(file).to_string_lossy().into_owned().into(),
+        );
+    }
+    t
 }
 
 /// Parses the JSON a `hotdeployctl -o json ...` run printed, or says why it cannot.

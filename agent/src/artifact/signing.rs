@@ -22,6 +22,10 @@ impl From<SigningError> for ArtifactError {
     fn from(e: SigningError) -> Self {
         match e {
             SigningError::Io { context, source } => ArtifactError::io(context, source),
+            SigningError::Exists(path) => ArtifactError::io(
+                format!("refusing to overwrite {}", path.display()),
+                std::io::ErrorKind::AlreadyExists.into(),
+            ),
             SigningError::BadKey { file, message } => ArtifactError::BadKey {
                 entry: file,
                 message,

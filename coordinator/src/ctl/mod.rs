@@ -1,10 +1,11 @@
 //! `hotdeployctl`: the operator's command line (DESIGN §6).
 //!
-//! Every subcommand talks to a running daemon over gRPC; none opens a data_dir. Output is a
-//! table for people or, with `-o json`, the stable JSON documented in docs/api.md. Exit codes:
-//! 0 success, 1 failure, 2 usage (clap's own), 3 a watched rollout that halted or was aborted.
+//! Every subcommand but `certs` and `release` (local files only) talks to a running daemon over
+//! gRPC; none opens a data_dir. Output is a table for people or, with `-o json`, the stable JSON
+//! documented in docs/api.md. Exit codes: 0 success, 1 failure, 2 usage (clap's own), 3 a watched rollout that halted or was aborted.
 
 pub mod agent;
+mod certs;
 mod client;
 mod connect;
 mod groups;
@@ -12,6 +13,7 @@ mod hosts;
 mod locks;
 mod members;
 mod output;
+mod release;
 mod status;
 
 pub use connect::{channel_to, GlobalOpts, Output};
@@ -47,6 +49,12 @@ pub enum Command {
     Locks(locks::LocksCmd),
     /// Talk to one agent's local API.
     Agent(agent::AgentArgs),
+    /// The mTLS PKI: a CA and role certificates (no daemon is contacted).
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
+    /// Release signing keys and signatures (no daemon is contacted).
+    #[command(subcommand)]
+    Release(release::ReleaseCmd),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -58,6 +66,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Groups(c) => groups::run(c, &cli.global).await,
         Command::Locks(c) => locks::run(c, &cli.global).await,
         Command::Agent(args) => agent::run(args, &cli.global).await,
+        Command::Certs(c) => certs::run(c, &cli.global),
+        Command::Release(c) => release::run(c, &cli.global),
     };
     match result {
         Ok(code) => code,

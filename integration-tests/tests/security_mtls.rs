@@ -1,0 +1,593 @@
+//! mTLS and signed releases end to end (DESIGN §7), with certificates made by
+//! `hotdeployctl certs init` and keys made by `hotdeployctl release keygen`.
+//!
+//! - **A fleet over mTLS:** a 3-node coordinator cluster (Raft peer streams over mTLS, each
+//!   node dialling its peers with its own coordinator certificate) and agent `web-1` form and
+//!   work: `status`, registration, and a deploy that takes its slot under the lock.
+//! - **Refusals:** a client with no certificate, a plaintext client, a certificate from another
+//!   CA and an expired certificate are refused at the handshake; the agent certificate of
+//!   `web-1` may not acquire a slot for `web-2`, change a budget, force-release a slot or
+//!   remove a host (PERMISSION_DENIED); the operator certificate may make every admin call.
+//! - **Signed releases:** with `require_signature = true`, an unsigned artifact and one signed
+//!   with an untrusted key fail and swap nothing; a correctly signed one deploys.
+
+mod agent_support;
+
+use agent_support::*;
+use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
+use hotdeploy_common::proto::StatusRequest;
+use hotdeploy_common::tls_pki::{self, Ca, Subject, Validity};
+use hotdeploy_integration_tests::agents::AgentProc;
+use hotdeploy_integration_tests::bins;
+use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts, CtlAuth};
+use hotdeploy_integration_tests::net;
+use hotdeploy_integration_tests::pack::{self, ArtifactFormat};
+use hotdeploy_integration_tests::proc;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `hotdeployctl ARGS` for the local subcommands (`certs`, `release`).
+fn ctl_local(args: &[&str]) -> Output {
+    let mut command = Command::new(bins::ctl());
+    command.args(args);
+    proc::run_with_timeout(command, Duration::from_secs(30))
+}
+
+fn ctl_local_ok(args: &[&str]) -> String {
+    let out = ctl_local(args);
+    assert!(
+        out.status.success(),
+        "hotdeployctl {}: {}",
+        args.join(" "),
+        show(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that a hotdeployctl run failed with PERMISSION_DENIED.
+fn assert_denied(what: &str, out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("PermissionDenied"),
+        "{what} must be refused with PERMISSION_DENIED: {}",
+        show(out)
+    );
+}
+
+/// Asserts that a hotdeployctl run was refused (any failure), and says why in the message.
+fn assert_refused(what: &str, out: &Output) {
+    assert!(
+        !out.status.success(),
+        "{what} must be refused: {}",
+        show(out)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).trim().is_empty(),
+        "{what}: refused without a message"
+    );
+    eprintln!(
+        "{what}: refused as expected: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Writes `cert_name` + `key_name` into `dir`, issued by `dir`'s CA for `subject`, valid
+/// `validity` (a test-only way to make an expired certificate: no CLI flag does this).
+fn issue_with_validity(
+    dir: &Path,
+    subject: &Subject,
+    validity: Validity,
+    cert_name: &str,
+    key_name: &str,
+) {
+    let ca = Ca::load(&dir.join("ca.pem"), &dir.join("ca-key.pem"))
+        .unwrap_or_else(|e| panic!("loading the CA: {e}"));
+    let (cert, key) = ca
+        .issue(subject, validity)
+        .unwrap_or_else(|e| panic!("issuing {cert_name}: {e}"));
+    tls_pki::write_new(&dir.join(key_name), &key, 0o600).unwrap_or_else(|e| panic!("{e}"));
+    tls_pki::write_new(&dir.join(cert_name), &cert, 0o644).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A `Status` call over TLS that trusts `ca` and presents `identity` (cert, key files), or no
+/// client certificate. The error is the status with its whole source chain (the TLS reason).
+fn raw_status(addr: SocketAddr, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    rt.block_on(async {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5))
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| chain(&e))?;
+        CoordinatorClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), chain(&s)))
+    })
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        next = s.source();
+    }
+    text
+}
+
+/// Asserts that a raw TLS call was refused. Under TLS 1.3 the server checks the client
+/// certificate after the client considers the handshake done, and its alert reaches tonic as a
+/// closed connection, so the reason cannot be asserted from the client side; the same call with
+/// the operator certificate is the control that it is the certificate being refused.
+fn assert_tls_refused(what: &str, result: Result<(), String>) {
+    match result {
+        Ok(()) => panic!("{what} must be refused"),
+        Err(e) => eprintln!("{what}: refused as expected: {e}"),
+    }
+}
+
+/// Asserts that a deploy failed because of its signature.
+fn assert_signature_refused(what: &str, out: &Output) {
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && text.to_ascii_lowercase().contains("signature"),
+        "{what} must fail on its signature: {}",
+        show(out)
+    );
+    let why = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().contains("signature"))
+        .unwrap_or("");
+    eprintln!("{what}: refused as expected: {}", why.trim());
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn certs_init_writes_the_pki_and_never_overwrites() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tmp.path().join("pki");
+    let d = dir.to_string_lossy().into_owned();
+    ctl_local_ok(&[
+        "certs",
+        "init",
+        &d,
+        "--coordinator",
+        "1@127.0.0.1",
+        "--coordinator",
+        "2@coord-2.example",
+        "--agent",
+        "web-1@127.0.0.9",
+        "--agent",
+        "web-2",
+    ]);
+    for f in [
+        "ca-key.pem",
+        "coordinator-1-key.pem",
+        "coordinator-2-key.pem",
+        "agent-web-1-key.pem",
+        "agent-web-2-key.pem",
+        "operator-key.pem",
+    ] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f} must be mode 0600");
+    }
+    for f in [
+        "ca.pem",
+        "coordinator-1.pem",
+        "coordinator-2.pem",
+        "agent-web-1.pem",
+        "agent-web-2.pem",
+        "operator.pem",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let before = std::fs::read(dir.join("ca.pem")).unwrap_or_else(|e| panic!("{e}"));
+    let out = ctl_local(&["certs", "init", &d, "--agent", "web-3", "--agent", "web-1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to overwrite") && stderr.contains("agent-web-1.pem"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.join("agent-web-3.pem").exists(),
+        "a refused init wrote files"
+    );
+    // The existing CA issues a later host; it is not replaced.
+    ctl_local_ok(&["certs", "init", &d, "--agent", "web-3"]);
+    assert!(dir.join("agent-web-3.pem").is_file());
+    assert_eq!(
+        std::fs::read(dir.join("ca.pem")).unwrap_or_else(|e| panic!("{e}")),
+        before
+    );
+    let bad = ctl_local(&["certs", "init", &d, "--coordinator", "one@127.0.0.1"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", show(&bad));
+}
+
+#[test]
+fn mtls_fleet_works_and_refuses_what_it_must() {
+    let deadline = Deadline::new("mtls fleet", Duration::from_secs(240));
+    let tmp = tempfile::Builder::new()
+        .prefix("hd-mtls-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pki = tmp.path().join("pki");
+    let coord_ips = net::alloc_ips(3);
+    let agent_ips = net::alloc_ips(1);
+    let mut args: Vec<String> = vec!["certs".into(), "init".into(), pki.display().to_string()];
+    for (i, ip) in coord_ips.iter().enumerate() {
+        args.push("--coordinator".into());
+        args.push(format!("{}@{ip}", i + 1));
+    }
+    args.push("--agent".into());
+    args.push(format!("web-1@{}", agent_ips[0]));
+    args.push("--agent".into());
+    args.push("web-2".into());
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    ctl_local_ok(&args_ref);
+    // Another CA, with its own operator certificate.
+    let other = tmp.path().join("other-pki");
+    ctl_local_ok(&["certs", "init", &other.display().to_string()]);
+    // An expired operator certificate from the right CA.
+    issue_with_validity(
+        &pki,
+        &Subject::operator("late").unwrap_or_else(|e| panic!("{e}")),
+        Validity {
+            not_before_days: -30,
+            not_after_days: -1,
+        },
+        "expired.pem",
+        "expired-key.pem",
+    );
+
+    let opts = ClusterOpts {
+        tls: Some(pki.clone()),
+        ips: Some(coord_ips.clone()),
+        ..ClusterOpts::default()
+    };
+    let cluster = Cluster::start(3, &[("web", "1")], opts);
+    // A leader that every node agrees on: the peer streams work over mTLS.
+    let leader = cluster.wait_leader(deadline.bound(Duration::from_secs(40)), None);
+    let status = cluster.ctl_json(&["status"]);
+    assert_eq!(status["leader"].as_u64(), Some(leader), "{status}");
+    let members = status["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 3, "{status}");
+    for id in cluster.ids() {
+        let s = cluster
+            .status_of(id)
+            .unwrap_or_else(|e| panic!("node {id}: {e}"));
+        assert_eq!(s["leader"].as_u64(), Some(leader), "node {id}: {s}");
+    }
+
+    // The agent registers with its own certificate.
+    let mut o = fast_opts("web-1", agent_ips[0], cluster.coordinator_addrs());
+    o.tls = Some(pki.clone());
+    let agent = AgentProc::start(o);
+    wait_for(
+        &deadline,
+        Duration::from_secs(20),
+        "web-1 registered",
+        || host_entry(&cluster, "web-1"),
+        || format!("{}\n{}", agent.log_tail(), cluster.all_logs()),
+    );
+
+    // A first deploy provisions the host; the next one takes its slot under the lock.
+    let rels = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let v1 = release(rels.path(), "v1", false);
+    let v2 = release(rels.path(), "v2", false);
+    deploy_ok(&agent, &v1);
+    wait_settled(&deadline, &agent, Some("v1"), Duration::from_secs(20));
+    // web-1 is the group's only host.
+    cluster.ctl_json(&["groups", "set", "web", "--allow-zero-available", "true"]);
+    let seen_slot = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let out = std::thread::scope(|scope| {
+        let (seen, stop2) = (seen_slot.clone(), stop.clone());
+        let cluster_ref = &cluster;
+        scope.spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok(l) = locks(cluster_ref) {
+                    if l.iter()
+                        .any(|s| s["host"] == "web-1" && s["purpose"] == "deploy")
+                    {
+                        seen.store(true, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let out = deploy(&agent, &v2);
+        stop.store(true, Ordering::Relaxed);
+        out
+    });
+    assert!(
+        out.status.success(),
+        "deploy over mTLS: {}\n{}",
+        show(&out),
+        agent.log_tail()
+    );
+    assert!(
+        seen_slot.load(Ordering::Relaxed),
+        "the deploy never showed a deploy slot"
+    );
+    assert_eq!(agent.app_version().as_deref(), Some("v2"));
+    wait_for(
+        &deadline,
+        Duration::from_secs(15),
+        "web-1 on v2, slot released",
+        || {
+            let h = host_entry(&cluster, "web-1")?;
+            let free = locks(&cluster)?.is_empty();
+            if h["release"] == "v2" && free {
+                Ok(())
+            } else {
+                Err(format!("{h}, locks free: {free}"))
+            }
+        },
+        || cluster.all_logs(),
+    );
+
+    // Refused at the handshake.
+    let addr = cluster.addr(leader);
+    let ca = pki.join("ca.pem");
+    assert_tls_refused(
+        "a client without a certificate",
+        raw_status(addr, &ca, None),
+    );
+    assert_tls_refused(
+        "a certificate from another CA (raw)",
+        raw_status(
+            addr,
+            &ca,
+            Some((&other.join("operator.pem"), &other.join("operator-key.pem"))),
+        ),
+    );
+    assert_tls_refused(
+        "an expired certificate (raw)",
+        raw_status(
+            addr,
+            &ca,
+            Some((&pki.join("expired.pem"), &pki.join("expired-key.pem"))),
+        ),
+    );
+    raw_status(
+        addr,
+        &ca,
+        Some((&pki.join("operator.pem"), &pki.join("operator-key.pem"))),
+    )
+    .unwrap_or_else(|e| panic!("the operator certificate over the raw client: {e}"));
+    assert_refused(
+        "a plaintext client",
+        &cluster.ctl_as(&CtlAuth::Insecure, &["status"]),
+    );
+    let other_ca = CtlAuth::Tls {
+        ca: pki.join("ca.pem"),
+        cert: other.join("operator.pem"),
+        key: other.join("operator-key.pem"),
+    };
+    assert_refused(
+        "a certificate from another CA",
+        &cluster.ctl_as(&other_ca, &["status"]),
+    );
+    let expired = CtlAuth::files(&pki, "expired.pem", "expired-key.pem");
+    assert_refused(
+        "an expired certificate",
+        &cluster.ctl_as(&expired, &["status"]),
+    );
+
+    // The agent certificate of web-1 acts only as web-1.
+    let web1 = CtlAuth::files(&pki, "agent-web-1.pem", "agent-web-1-key.pem");
+    assert_denied(
+        "web-1 acquiring a slot for web-2",
+        &cluster.ctl_as(&web1, &["locks", "acquire", "web-2", "--reason", "x"]),
+    );
+    assert_denied(
+        "web-1 changing a budget",
+        &cluster.ctl_as(&web1, &["groups", "set", "web", "--max-unavailable", "3"]),
+    );
+    assert_denied(
+        "web-1 force-releasing a slot",
+        &cluster.ctl_as(&web1, &["locks", "release", "web-1", "--force"]),
+    );
+    assert_denied(
+        "web-1 removing a host",
+        &cluster.ctl_as(&web1, &["hosts", "remove", "web-2", "--force"]),
+    );
+    assert_denied(
+        "web-1 reading the status",
+        &cluster.ctl_as(&web1, &["status"]),
+    );
+    let group = cluster.ctl_json(&["groups", "list"]);
+    assert!(
+        !group.to_string().contains("\"max_unavailable\":3"),
+        "a refused budget change took effect: {group}"
+    );
+
+    // The operator certificate may make every admin call.
+    let op = cluster.ctl_auth();
+    for args in [
+        vec!["status"],
+        vec!["members", "list"],
+        vec!["hosts", "list"],
+        vec!["hosts", "show", "web-1"],
+        vec!["groups", "list"],
+        vec!["groups", "set", "web", "--max-unavailable", "2"],
+        vec!["groups", "set", "web", "--max-unavailable", "1"],
+        vec!["locks", "list"],
+        vec!["locks", "acquire", "web-1", "--reason", "maintenance"],
+        vec!["locks", "release", "web-1", "--force"],
+    ] {
+        let out = cluster.ctl_as(&op, &args);
+        assert!(
+            out.status.success(),
+            "operator: {}: {}",
+            args.join(" "),
+            show(&out)
+        );
+    }
+    // A host that is not registered: refused for what it is, not for who asks.
+    let out = cluster.ctl_as(&op, &["hosts", "remove", "web-2", "--force"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
+        "operator hosts remove: {}",
+        show(&out)
+    );
+    deadline.finish();
+}
+
+#[test]
+fn signed_releases_are_required_and_checked() {
+    let deadline = Deadline::new("signed releases", Duration::from_secs(180));
+    let tmp = tempfile::Builder::new()
+        .prefix("hd-signed-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ip = net::alloc_ips(1)[0];
+    let pki = tmp.path().join("pki");
+    ctl_local_ok(&[
+        "certs",
+        "init",
+        &pki.display().to_string(),
+        "--agent",
+        &format!("web-1@{ip}"),
+    ]);
+    let trusted = tmp.path().join("trusted");
+    let untrusted = tmp.path().join("untrusted");
+    for dir in [&trusted, &untrusted] {
+        ctl_local_ok(&["release", "keygen", &dir.display().to_string()]);
+        assert_eq!(mode(&dir.join("release-signing.key")), 0o600);
+    }
+    let out = ctl_local(&["release", "keygen", &trusted.display().to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a second keygen must refuse: {}",
+        show(&out)
+    );
+
+    let rels = tmp.path().join("rels");
+    std::fs::create_dir_all(&rels).unwrap_or_else(|e| panic!("{e}"));
+    let build = |id: &str| -> (PathBuf, Rel) {
+        let (path, sha256) = pack::make_sample_release(&rels, id, false, ArtifactFormat::TarGz)
+            .unwrap_or_else(|e| panic!("building {id}: {e:#}"));
+        let rel = Rel {
+            id: id.to_string(),
+            url: format!("file://{}", path.display()),
+            sha256,
+        };
+        (path, rel)
+    };
+    let (v1_path, v1) = build("v1");
+    let (v2_path, v2) = build("v2");
+    let sign = |artifact: &Path, key_dir: &Path, out: &Path| {
+        let printed = ctl_local_ok(&[
+            "release",
+            "sign",
+            &artifact.display().to_string(),
+            "--key",
+            &key_dir.join("release-signing.key").display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ]);
+        let written = std::fs::read_to_string(out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(printed.trim(), written.trim());
+    };
+    let v1_good = tmp.path().join("v1.sig");
+    let v1_bad = tmp.path().join("v1.untrusted.sig");
+    sign(&v1_path, &trusted, &v1_good);
+    sign(&v1_path, &untrusted, &v1_bad);
+    let v2_bad = tmp.path().join("v2.untrusted.sig");
+    sign(&v2_path, &untrusted, &v2_bad);
+
+    let mut o = fast_opts("web-1", ip, Vec::new());
+    o.tls = Some(pki.clone());
+    o.extra = hotdeploy_integration_tests::toml_config::table(&format!(
+        "[artifact]\nrequire_signature = true\ntrusted_keys = [{:?}]\n",
+        trusted.join("release-signing.pub").display().to_string()
+    ));
+    let agent = AgentProc::start(o);
+    let deploy_signed = |rel: &Rel, sig: Option<&Path>| {
+        let mut args = vec![
+            "deploy".to_string(),
+            "--release".into(),
+            rel.id.clone(),
+            "--artifact".into(),
+            rel.url.clone(),
+            "--sha256".into(),
+            rel.sha256.clone(),
+        ];
+        if let Some(sig) = sig {
+            args.push("--signature".into());
+            args.push(sig.display().to_string());
+        }
+        agent.ctl(&args)
+    };
+
+    let out = deploy_signed(&v1, None);
+    assert_signature_refused("an unsigned artifact", &out);
+    assert!(
+        agent.current_target().is_none(),
+        "an unsigned deploy swapped"
+    );
+    let out = deploy_signed(&v1, Some(&v1_bad));
+    assert_signature_refused("an artifact signed with an untrusted key", &out);
+    assert!(agent.current_target().is_none(), "a refused deploy swapped");
+
+    let out = deploy_signed(&v1, Some(&v1_good));
+    assert!(
+        out.status.success(),
+        "a correctly signed deploy: {}\n{}",
+        show(&out),
+        agent.log_tail()
+    );
+    wait_settled(&deadline, &agent, Some("v1"), Duration::from_secs(20));
+    assert_eq!(assert_current_is_complete(&agent), "v1");
+
+    // Later bad releases leave v1 in place.
+    assert_signature_refused("v2 unsigned", &deploy_signed(&v2, None));
+    assert_signature_refused("v2 untrusted", &deploy_signed(&v2, Some(&v2_bad)));
+    assert_eq!(assert_current_is_complete(&agent), "v1");
+    assert_eq!(agent.app_version().as_deref(), Some("v1"));
+    // v1's signature does not sign v2.
+    assert_signature_refused(
+        "v2 with v1's signature",
+        &deploy_signed(&v2, Some(&v1_good)),
+    );
+    assert_eq!(assert_current_is_complete(&agent), "v1");
+    deadline.finish();
+}
