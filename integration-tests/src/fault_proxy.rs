@@ -194,8 +194,10 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: &Shared) 
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        to.write_all(&buf[..n]).await?;
+        // Counted before the write, so that whoever receives these bytes already sees them in
+        // the stats (counting after let a reader race ahead of the counter).
         shared.bytes.fetch_add(n as u64, Ordering::SeqCst);
+        to.write_all(&buf[..n]).await?;
     }
 }
 
