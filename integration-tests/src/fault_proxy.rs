@@ -190,6 +190,11 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: &Shared) 
             let _ = to.shutdown().await;
             return Ok(());
         }
+        // A block cuts connections asynchronously (through `cut`); checking here as well means
+        // no byte read after `set_blocked(true)` returned is ever passed on.
+        if shared.blocked.load(Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "link blocked"));
+        }
         let delay = shared.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
