@@ -193,7 +193,10 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: &Shared) 
         // A block cuts connections asynchronously (through `cut`); checking here as well means
         // no byte read after `set_blocked(true)` returned is ever passed on.
         if shared.blocked.load(Ordering::SeqCst) {
-            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "link blocked"));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "link blocked",
+            ));
         }
         let delay = shared.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {

@@ -432,6 +432,23 @@ fn mtls_fleet_works_and_refuses_what_it_must() {
         "web-1 reading the status",
         &cluster.ctl_as(&web1, &["status"]),
     );
+    // The agent's local API belongs to operators: an agent certificate (even the host's own)
+    // may neither read nor drive it.
+    assert_denied(
+        "an agent certificate draining an agent",
+        &agent.ctl_as(&web1, &["drain"]),
+    );
+    assert_denied(
+        "an agent certificate reading an agent's status",
+        &agent.ctl_as(&web1, &["status"]),
+    );
+    let st = agent.ctl_as(&cluster.ctl_auth(), &["-o", "json", "status"]);
+    assert!(st.status.success(), "operator agent status: {}", show(&st));
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("in_rotation"),
+        "a refused drain took effect: {}",
+        show(&st)
+    );
     let group = cluster.ctl_json(&["groups", "list"]);
     assert!(
         !group.to_string().contains("\"max_unavailable\":3"),

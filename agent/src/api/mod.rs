@@ -5,8 +5,10 @@
 //!   survives the client hanging up), Drain/Undrain and Maintenance (under a slot of that
 //!   purpose when coordinators are configured), ListReleases.
 //! - [`validate`]: input checks; bad input is INVALID_ARGUMENT with a clear message.
+//! - `auth`: only operator certificates may call (PERMISSION_DENIED otherwise).
 //! - [`daemon`]: everything wired together, in start-up order.
 
+mod auth;
 pub mod daemon;
 pub mod service;
 pub mod validate;

@@ -1,5 +1,6 @@
 //! The gRPC `Agent` service: what `hotdeployctl agent ...` talks to.
 
+use super::auth::authorize;
 use super::validate;
 use crate::deploy::{Engine, EngineError, Progress};
 use crate::link::{Link, LinkError};
@@ -89,8 +90,9 @@ impl AgentService {
 impl Agent for AgentService {
     async fn status(
         &self,
-        _req: Request<AgentStatusRequest>,
+        req: Request<AgentStatusRequest>,
     ) -> Result<Response<AgentStatus>, Status> {
+        authorize(&req, "Status")?;
         Ok(Response::new(AgentService::status(self)))
     }
 
@@ -100,6 +102,7 @@ impl Agent for AgentService {
         &self,
         req: Request<DeployRequest>,
     ) -> Result<Response<Self::DeployStream>, Status> {
+        authorize(&req, "Deploy")?;
         let params = validate::deploy_request(req.get_ref())?;
         let (tx, rx) = mpsc::unbounded_channel();
         tracing::info!(release = %params.release, url = %params.artifact.url, "deploy requested");
@@ -110,7 +113,8 @@ impl Agent for AgentService {
         Ok(Response::new(Self::stream(rx)))
     }
 
-    async fn drain(&self, _req: Request<DrainRequest>) -> Result<Response<AgentStatus>, Status> {
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<AgentStatus>, Status> {
+        authorize(&req, "Drain")?;
         self.engine
             .drain("drain", "operator drain through the agent API")
             .await
@@ -118,10 +122,8 @@ impl Agent for AgentService {
         Ok(Response::new(AgentService::status(self)))
     }
 
-    async fn undrain(
-        &self,
-        _req: Request<UndrainRequest>,
-    ) -> Result<Response<AgentStatus>, Status> {
+    async fn undrain(&self, req: Request<UndrainRequest>) -> Result<Response<AgentStatus>, Status> {
+        authorize(&req, "Undrain")?;
         self.engine.undrain().await.map_err(status_of)?;
         Ok(Response::new(AgentService::status(self)))
     }
@@ -130,8 +132,9 @@ impl Agent for AgentService {
 
     async fn rollback(
         &self,
-        _req: Request<RollbackRequest>,
+        req: Request<RollbackRequest>,
     ) -> Result<Response<Self::RollbackStream>, Status> {
+        authorize(&req, "Rollback")?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.engine.rollback(Progress::to(tx)).map_err(status_of)?;
         Ok(Response::new(Self::stream(rx)))
@@ -139,8 +142,9 @@ impl Agent for AgentService {
 
     async fn list_releases(
         &self,
-        _req: Request<ListReleasesRequest>,
+        req: Request<ListReleasesRequest>,
     ) -> Result<Response<ListReleasesResponse>, Status> {
+        authorize(&req, "ListReleases")?;
         let list = self
             .store
             .list()
@@ -162,6 +166,7 @@ impl Agent for AgentService {
         &self,
         req: Request<MaintenanceRequest>,
     ) -> Result<Response<AgentStatus>, Status> {
+        authorize(&req, "Maintenance")?;
         let req = req.into_inner();
         if req.reason.len() > 1024 {
             return Err(Status::invalid_argument("reason is longer than 1024 bytes"));

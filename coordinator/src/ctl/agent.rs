@@ -72,7 +72,7 @@ pub async fn run(args: AgentArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
             let s = client
                 .status(AgentStatusRequest {})
                 .await
-                .with_context(|| format!("status of agent {addr}"))?
+                .map_err(|s| super::client::status_error(&format!("status of agent {addr}"), &s))?
                 .into_inner();
             print_status(&s, global.output);
             Ok(0)
@@ -81,7 +81,7 @@ pub async fn run(args: AgentArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
             let r = client
                 .list_releases(ListReleasesRequest {})
                 .await
-                .with_context(|| format!("releases of agent {addr}"))?
+                .map_err(|s| super::client::status_error(&format!("releases of agent {addr}"), &s))?
                 .into_inner();
             match global.output {
                 Output::Json => {
@@ -114,7 +114,7 @@ pub async fn run(args: AgentArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
             let s = client
                 .drain(DrainRequest {})
                 .await
-                .with_context(|| format!("drain of agent {addr}"))?
+                .map_err(|s| super::client::status_error(&format!("drain of agent {addr}"), &s))?
                 .into_inner();
             print_status(&s, global.output);
             Ok(0)
@@ -123,7 +123,7 @@ pub async fn run(args: AgentArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
             let s = client
                 .undrain(UndrainRequest {})
                 .await
-                .with_context(|| format!("undrain of agent {addr}"))?
+                .map_err(|s| super::client::status_error(&format!("undrain of agent {addr}"), &s))?
                 .into_inner();
             print_status(&s, global.output);
             Ok(0)
@@ -132,7 +132,7 @@ pub async fn run(args: AgentArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
             let stream = client
                 .rollback(RollbackRequest {})
                 .await
-                .with_context(|| format!("rollback on agent {addr}"))?
+                .map_err(|s| super::client::status_error(&format!("rollback on agent {addr}"), &s))?
                 .into_inner();
             follow(stream, global.output, "rollback").await
         }
@@ -156,7 +156,12 @@ pub async fn run(args: AgentArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
             let stream = client
                 .deploy(req)
                 .await
-                .with_context(|| format!("deploy of {} on agent {addr}", d.release))?
+                .map_err(|s| {
+                    super::client::status_error(
+                        &format!("deploy of {} on agent {addr}", d.release),
+                        &s,
+                    )
+                })?
                 .into_inner();
             follow(stream, global.output, "deploy").await
         }
