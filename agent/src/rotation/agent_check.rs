@@ -33,13 +33,9 @@
 use super::RotationControl;
 use hotdeploy_common::proto::{Health, Rotation};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
-/// Most concurrent agent-check connections.
-const MAX_CONNECTIONS: usize = 256;
 /// Most bytes read from a client (HAProxy's `agent-send` is one short line).
 const MAX_INPUT: u64 = 1024;
 
@@ -55,27 +51,14 @@ pub fn agent_check_reply(rotation: Rotation, health: Health) -> &'static str {
 
 /// Accepts connections until the process ends.
 pub(crate) async fn serve(listener: TcpListener, ctl: Arc<RotationControl>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let sock = match listener.accept().await {
-            Ok((sock, _)) => sock,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "agent-check accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            continue; // over the cap: drop the connection
-        };
+    let timeout = ctl.io_timeout;
+    super::accept::accept_bounded(listener, "agent-check", timeout, move |sock| {
         let line = format!("{}\n", agent_check_reply(ctl.state(), ctl.health()));
-        let timeout = ctl.io_timeout;
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(timeout, answer(sock, line)).await;
-            drop(permit);
-        });
-    }
+        async move {
+            let _ = answer(sock, line).await;
+        }
+    })
+    .await;
 }
 
 async fn answer(mut sock: TcpStream, line: String) -> std::io::Result<()> {

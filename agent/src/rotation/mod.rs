@@ -22,6 +22,7 @@
 //! - Without the socket, by waiting: `drain_grace` (the default covers 2 × HAProxy's default
 //!   `agent-inter`) and `undrain_grace`.
 
+mod accept;
 pub mod agent_check;
 pub mod haproxy;
 pub mod ready;

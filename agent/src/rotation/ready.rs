@@ -19,11 +19,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
-const MAX_CONNECTIONS: usize = 256;
 /// hyper's smallest allowed read buffer; also our cap on a request head.
 const MAX_HEAD: usize = 8192;
 
@@ -70,36 +67,24 @@ fn respond(ctl: &RotationControl, req: &Request<Incoming>) -> Response<Full<Byte
 
 /// Accepts connections until the process ends.
 pub(crate) async fn serve(listener: TcpListener, ctl: Arc<RotationControl>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let sock = match listener.accept().await {
-            Ok((sock, _)) => sock,
-            Err(e) => {
-                tracing::warn!(error = %e, "readiness accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            continue;
-        };
+    let timeout = ctl.io_timeout;
+    super::accept::accept_bounded(listener, "readiness", timeout, move |sock| {
         let ctl = ctl.clone();
-        tokio::spawn(async move {
-            let timeout = ctl.io_timeout;
+        async move {
             let svc = hyper::service::service_fn(move |req| {
                 let resp = respond(&ctl, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
+            let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
                 .max_buf_size(MAX_HEAD)
                 .keep_alive(false)
-                .serve_connection(TokioIo::new(sock), svc);
-            let _ = tokio::time::timeout(timeout, conn).await;
-            drop(permit);
-        });
-    }
+                .serve_connection(TokioIo::new(sock), svc)
+                .await;
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

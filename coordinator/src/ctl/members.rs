@@ -31,12 +31,7 @@ pub async fn run(cmd: MembersCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
                     c.status(StatusRequest {}).await
                 })
                 .await?;
-            let j = Value::Array(
-                s.members
-                    .iter()
-                    .map(|m| json!({"id": m.id, "address": m.address, "role": m.role, "reachable": m.reachable}))
-                    .collect(),
-            );
+            let j = Value::Array(s.members.iter().map(super::status::member_json).collect());
             let rows = s
                 .members
                 .iter()

@@ -3,9 +3,13 @@
 use super::client::Coord;
 use super::output::{dash, print};
 use super::GlobalOpts;
-use hotdeploy_common::proto::{GroupInfo, StatusRequest, StatusResponse};
+use hotdeploy_common::proto::{GroupInfo, Member, StatusRequest, StatusResponse};
 use serde_json::{json, Value};
 use std::time::Duration;
+
+pub(crate) fn member_json(m: &Member) -> Value {
+    json!({"id": m.id, "address": m.address, "role": m.role, "reachable": m.reachable})
+}
 
 pub(crate) fn group_json(g: &GroupInfo) -> Value {
     json!({
@@ -53,7 +57,7 @@ pub async fn run(opts: &GlobalOpts) -> anyhow::Result<i32> {
     let j = json!({
         "leader": if s.leader == 0 { Value::Null } else { json!(s.leader) },
         "term": s.term,
-        "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address, "role": m.role, "reachable": m.reachable})).collect::<Vec<_>>(),
+        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
         "groups": s.groups.iter().map(group_json).collect::<Vec<_>>(),
         "hosts": {"total": hosts.total, "in_rotation": hosts.in_rotation, "unreachable": hosts.unreachable},
         "commit_index": s.commit_index,
