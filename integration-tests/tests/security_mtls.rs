@@ -484,6 +484,53 @@ fn mtls_fleet_works_and_refuses_what_it_must() {
         "operator hosts remove: {}",
         show(&out)
     );
+
+    // Every operator action above is in the replicated audit trail, with the identity of the
+    // certificate that asked; the refused calls of web-1 are not. An agent may not read it.
+    let audit = cluster.ctl_as(&op, &["-o", "json", "audit", "list"]);
+    assert!(audit.status.success(), "audit list: {}", show(&audit));
+    let events: serde_json::Value =
+        serde_json::from_slice(&audit.stdout).unwrap_or_else(|e| panic!("audit JSON: {e}"));
+    let events = events.as_array().cloned().unwrap_or_default();
+    let by = |action: &str| {
+        events
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| e["actor"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        events.iter().any(|e| e["action"] == "set_group_policy"
+            && e["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("max_unavailable 1 -> 2")),
+        "{events:?}"
+    );
+    assert!(
+        by("set_group_policy")
+            .iter()
+            .all(|a| a.starts_with("operator/")),
+        "{events:?}"
+    );
+    assert!(
+        by("force_release")
+            .iter()
+            .all(|a| a.starts_with("operator/")),
+        "{events:?}"
+    );
+    assert!(!by("force_release").is_empty(), "{events:?}");
+    assert!(
+        events.iter().all(|e| !e["actor"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("agent/")),
+        "a refused call left an audit event: {events:?}"
+    );
+    assert_denied(
+        "web-1 reading the audit trail",
+        &cluster.ctl_as(&web1, &["audit", "list"]),
+    );
     deadline.finish();
 }
 

@@ -5,6 +5,7 @@
 //! documented in docs/api.md. Exit codes: 0 success, 1 failure, 2 usage (clap's own), 3 a watched rollout that halted or was aborted.
 
 pub mod agent;
+mod audit;
 mod certs;
 mod client;
 mod connect;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Slots of the deploy lock.
     #[command(subcommand)]
     Locks(locks::LocksCmd),
+    /// The replicated audit trail of operator actions.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Talk to one agent's local API.
     Agent(agent::AgentArgs),
     /// The mTLS PKI: a CA and role certificates (no daemon is contacted).
@@ -65,6 +69,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Hosts(c) => hosts::run(c, &cli.global).await,
         Command::Groups(c) => groups::run(c, &cli.global).await,
         Command::Locks(c) => locks::run(c, &cli.global).await,
+        Command::Audit(c) => audit::run(c, &cli.global).await,
         Command::Agent(args) => agent::run(args, &cli.global).await,
         Command::Certs(c) => certs::run(c, &cli.global),
         Command::Release(c) => release::run(c, &cli.global),

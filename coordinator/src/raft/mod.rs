@@ -280,7 +280,12 @@ impl RaftNode {
                 let Some(address) = self.address_of(*id) else {
                     continue;
                 };
-                let p = Proposal::new(None, 0, "leader", Command::SetMember { id: *id, address });
+                let p = Proposal::new(
+                    None,
+                    hotdeploy_common::time::now_ms(),
+                    "leader",
+                    Command::SetMember { id: *id, address },
+                );
                 if let Err(e) = self.propose(p, Duration::from_secs(5)).await {
                     tracing::debug!("recording member {id}: {e}");
                 }

@@ -480,6 +480,27 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(RemoveMemberResponse {}))
     }
 
+    async fn list_audit(
+        &self,
+        req: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        authorize(&req, "ListAudit", Need::Operator)?;
+        read_barrier(&self.node).await?;
+        let events = self
+            .node
+            .state()
+            .audit()
+            .map(|e| AuditEvent {
+                index: e.index,
+                at_ms: e.at_ms,
+                actor: e.actor.clone(),
+                action: e.action.clone(),
+                detail: e.detail.clone(),
+            })
+            .collect();
+        Ok(Response::new(ListAuditResponse { events }))
+    }
+
     async fn remove_host(
         &self,
         req: Request<RemoveHostRequest>,
