@@ -165,6 +165,12 @@ impl Coordinator for Fake {
     ) -> Result<Response<RemoveHostResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn list_audit(
+        &self,
+        _r: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Serves `fake` on a free loopback port; the server stops when the handle is dropped.
