@@ -1,7 +1,7 @@
 //! Crash safety of the agent's deploy journal (DESIGN §4, "Recovery on start").
 //!
 //! The agent is built with `--features hotdeploy-agent/failpoints`, and started with
-//! `HOTDEPLOY_FAILPOINTS=<point>` so that it `abort()`s in the middle of a deploy of v2 over v1:
+//! `HOTDEPLOY_FAILPOINTS=<point>` so that it kills itself with SIGKILL in the middle of a deploy of v2 over v1:
 //! `after_staged`, `after_drain`, `after_swap` or `during_verify`. The test then checks that it
 //! really died (and that the CLI's deploy failed), restarts it without the failpoint, and
 //! asserts, within a deadline, what recovery promises:
@@ -88,7 +88,7 @@ fn crash_and_recover(failpoint: &str, with_cluster: bool) {
     let out = deploy(&agent, &v2);
     assert!(
         !out.status.success(),
-        "the deploy succeeded although the agent was to abort at {failpoint}: {}\n\
+        "the deploy succeeded although the agent was to die at {failpoint}: {}\n\
          (was the agent built with --features hotdeploy-agent/failpoints?)",
         show(&out)
     );
