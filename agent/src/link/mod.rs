@@ -27,6 +27,7 @@ pub use error::LinkError;
 
 use crate::journal::{Journal, WriteId};
 use hotdeploy_common::config::TlsConfig;
+use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
 use hotdeploy_common::proto::{
     AcquireSlotRequest, HostReport, ReleaseSlotRequest, ReportPhaseRequest,
 };
@@ -205,42 +206,22 @@ impl Link {
     /// agent is fenced.
     pub async fn report_phase(&self, token: u64, phase: &str) -> Result<(), LinkError> {
         let inner = &self.inner;
-        let write = inner
-            .journal
-            .next_write_id()
-            .map_err(|e| LinkError::Local(e.to_string()))?;
+        let write = next_write(inner)?;
         let req = ReportPhaseRequest {
             write: Some(write.to_proto()),
             host: inner.cfg.host_id.clone(),
             token,
             phase: phase.to_owned(),
         };
-        let deadline = Instant::now() + FENCE_DEADLINE;
-        let r = call::unary(
-            inner,
-            "ReportPhase",
-            deadline,
-            Duration::from_secs(5),
-            |mut c| {
-                let req = req.clone();
-                async move { c.report_phase(req).await }
-            },
-        )
+        let r = fenced_call(inner, "ReportPhase", |mut c| {
+            let req = req.clone();
+            async move { c.report_phase(req).await.map(|_| ()) }
+        })
         .await;
         match r {
-            Ok(_) => Ok(()),
-            Err(call::CallError::Status(s))
-                if matches!(
-                    s.code(),
-                    tonic::Code::FailedPrecondition | tonic::Code::NotFound
-                ) =>
-            {
-                Err(LinkError::Stale(s.message().to_owned()))
-            }
-            Err(call::CallError::Status(s)) => Err(LinkError::Refused(s.message().to_owned())),
-            Err(call::CallError::Timeout { waited_ms, last }) => {
-                Err(LinkError::Timeout { waited_ms, last })
-            }
+            Err(Fenced::Stale(msg)) => Err(LinkError::Stale(msg)),
+            Err(Fenced::Other(e)) => Err(e),
+            Ok(()) => Ok(()),
         }
     }
 
@@ -258,28 +239,61 @@ impl Link {
 }
 
 async fn release(inner: &Arc<LinkInner>, token: u64) -> Result<(), LinkError> {
-    let write = inner
-        .journal
-        .next_write_id()
-        .map_err(|e| LinkError::Local(e.to_string()))?;
+    let write = next_write(inner)?;
     let req = ReleaseSlotRequest {
         write: Some(write.to_proto()),
         host: inner.cfg.host_id.clone(),
         token,
     };
-    let deadline = Instant::now() + FENCE_DEADLINE;
-    let r = call::unary(
-        inner,
-        "ReleaseSlot",
-        deadline,
-        Duration::from_secs(5),
-        |mut c| {
-            let req = req.clone();
-            async move { c.release_slot(req).await }
-        },
-    )
+    let r = fenced_call(inner, "ReleaseSlot", |mut c| {
+        let req = req.clone();
+        async move { c.release_slot(req).await.map(|_| ()) }
+    })
     .await;
     let out = match r {
+        Ok(()) => Ok(()),
+        Err(Fenced::Stale(msg)) => {
+            tracing::info!(token, "slot already released: {msg}");
+            Ok(())
+        }
+        Err(Fenced::Other(e)) => Err(e),
+    };
+    if out.is_ok() {
+        lock(&inner.claimed).remove(&token);
+        tracing::info!(token, "slot released");
+    }
+    out
+}
+
+/// How a token-fenced write (ReportPhase, ReleaseSlot) ended, when not in success.
+enum Fenced {
+    /// The coordinator says the token is not (or no longer) this host's slot.
+    Stale(String),
+    Other(LinkError),
+}
+
+/// The next write id from the journal (persisted before use).
+fn next_write(inner: &LinkInner) -> Result<WriteId, LinkError> {
+    inner
+        .journal
+        .next_write_id()
+        .map_err(|e| LinkError::Local(e.to_string()))
+}
+
+/// Calls a token-fenced write at the leader until [`FENCE_DEADLINE`], and tells a stale token
+/// (FAILED_PRECONDITION or NOT_FOUND) apart from other refusals and from timeouts.
+async fn fenced_call<F, Fut>(inner: &Arc<LinkInner>, what: &'static str, f: F) -> Result<(), Fenced>
+where
+    F: Fn(CoordinatorClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let deadline = Instant::now() + FENCE_DEADLINE;
+    match call::unary(inner, what, deadline, Duration::from_secs(5), |c| {
+        let fut = f(c);
+        async move { fut.await.map(tonic::Response::new) }
+    })
+    .await
+    {
         Ok(_) => Ok(()),
         Err(call::CallError::Status(s))
             if matches!(
@@ -287,19 +301,15 @@ async fn release(inner: &Arc<LinkInner>, token: u64) -> Result<(), LinkError> {
                 tonic::Code::FailedPrecondition | tonic::Code::NotFound
             ) =>
         {
-            tracing::info!(token, "slot already released: {}", s.message());
-            Ok(())
+            Err(Fenced::Stale(s.message().to_owned()))
         }
-        Err(call::CallError::Status(s)) => Err(LinkError::Refused(s.message().to_owned())),
+        Err(call::CallError::Status(s)) => {
+            Err(Fenced::Other(LinkError::Refused(s.message().to_owned())))
+        }
         Err(call::CallError::Timeout { waited_ms, last }) => {
-            Err(LinkError::Timeout { waited_ms, last })
+            Err(Fenced::Other(LinkError::Timeout { waited_ms, last }))
         }
-    };
-    if out.is_ok() {
-        lock(&inner.claimed).remove(&token);
-        tracing::info!(token, "slot released");
     }
-    out
 }
 
 /// Counts an acquire in flight for as long as it lives.
