@@ -1,6 +1,6 @@
 //! `hotdeploy-agent --config FILE`.
 
-use super::{check_addr, invalid, read_toml, ConfigError, TlsConfig};
+use super::{check_addr, invalid, read_toml, ConfigError, LimitsConfig, TlsConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     pub service: ServiceConfig,
     #[serde(default)]
     pub rotation: RotationConfig,
@@ -256,6 +258,13 @@ impl AgentConfig {
         }
         check_addr(path, "listen", &self.listen)?;
         self.tls.check().map_err(|m| invalid(path, "tls", m))?;
+        if self.limits.max_connections == 0 {
+            return Err(invalid(
+                path,
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
         let s = &self.service;
         match s.control {
             ServiceControl::Exec if s.exec.is_empty() => {

@@ -1,6 +1,6 @@
 //! `hotdeploy-coordinator --config FILE`.
 
-use super::{check_addr, invalid, read_toml, ConfigError, MaxUnavailable, TlsConfig};
+use super::{check_addr, invalid, read_toml, ConfigError, LimitsConfig, MaxUnavailable, TlsConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,8 @@ pub struct CoordinatorConfig {
     pub initial_cluster_state: ClusterState,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(default)]
     pub raft: RaftConfig,
     #[serde(default)]
@@ -147,6 +149,13 @@ impl CoordinatorConfig {
             ));
         }
         self.tls.check().map_err(|m| invalid(path, "tls", m))?;
+        if self.limits.max_connections == 0 {
+            return Err(invalid(
+                path,
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
         if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 {
             return Err(invalid(
                 path,

@@ -8,6 +8,7 @@
 mod agent;
 mod budget;
 mod coordinator;
+mod limits;
 mod tls;
 
 pub use agent::{
@@ -18,6 +19,7 @@ pub use budget::{BudgetError, MaxUnavailable};
 pub use coordinator::{
     ClusterState, CoordinatorConfig, FleetLockConfig, GroupSeed, LivenessConfig, RaftConfig,
 };
+pub use limits::LimitsConfig;
 pub use tls::TlsConfig;
 
 use std::path::{Path, PathBuf};
