@@ -21,6 +21,7 @@ pub mod signing;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod tls_crl;
 pub mod tls_pki;
 
 pub use names::NameError;

@@ -212,6 +212,11 @@ impl Ca {
         Ok(Ca { cert_pem, key })
     }
 
+    /// The CA as the signer of certificates and CRLs.
+    pub(crate) fn issuer(&self) -> Result<Issuer<'_, &KeyPair>, PkiError> {
+        Ok(Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?)
+    }
+
     /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -256,8 +261,7 @@ impl Ca {
         params.subject_alt_names = sans;
         set_validity(&mut params, validity);
         let key = KeyPair::generate()?;
-        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 }

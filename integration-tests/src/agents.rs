@@ -75,6 +75,8 @@ pub struct AgentOpts {
     /// it both to listen and to reach the coordinators; [`AgentProc::ctl`] then uses the
     /// operator certificate. `None` by default.
     pub tls: Option<PathBuf>,
+    /// `[tls] crl` (with [`AgentOpts::tls`]).
+    pub crl: Option<PathBuf>,
 }
 
 impl AgentOpts {
@@ -99,6 +101,7 @@ impl AgentOpts {
             start_timeout: Duration::from_secs(20),
             env: Vec::new(),
             tls: None,
+            crl: None,
         }
     }
 }
@@ -149,6 +152,7 @@ impl AgentProc {
                     dir,
                     &format!("agent-{}.pem", o.host_id),
                     &format!("agent-{}-key.pem", o.host_id),
+                    o.crl.as_deref(),
                 ),
                 None => toml::Table::new(),
             },

@@ -59,6 +59,8 @@ pub struct ClusterOpts {
     /// (with the node's IP as a SAN: see [`ClusterOpts::ips`]). `hotdeployctl` then runs with
     /// `--ca ca.pem --cert operator.pem --key operator-key.pem`.
     pub tls: Option<PathBuf>,
+    /// `[tls] crl` for every node (with [`ClusterOpts::tls`]).
+    pub crl: Option<PathBuf>,
     /// The node IPs to use (node `id` gets `ips[id - 1]`), from [`net::alloc_ips`], when the
     /// test must know them before the start (to put them in certificates). At least `n`
     /// entries; spare nodes need more. `None`: allocated at start.
@@ -75,6 +77,7 @@ impl Default for ClusterOpts {
             start_timeout: Duration::from_secs(20),
             extra: toml::Table::new(),
             tls: None,
+            crl: None,
             ips: None,
         }
     }
@@ -296,6 +299,7 @@ impl Cluster {
                     dir,
                     &format!("coordinator-{id}.pem"),
                     &format!("coordinator-{id}-key.pem"),
+                    self.opts.crl.as_deref(),
                 ),
                 None => toml::Table::new(),
             },
@@ -604,9 +608,12 @@ impl CtlAuth {
     }
 }
 
-/// A `[tls]` table: `ca = dir/ca.pem`, `cert = dir/cert`, `key = dir/key`.
-pub fn tls_table(dir: &Path, cert: &str, key: &str) -> toml::Table {
+/// A `[tls]` table: `ca = dir/ca.pem`, `cert = dir/cert`, `key = dir/key`, and `crl` if given.
+pub fn tls_table(dir: &Path, cert: &str, key: &str, crl: Option<&Path>) -> toml::Table {
     let mut t = toml::Table::new();
+    if let Some(crl) = crl {
+        t.insert("crl".into(), crl.to_string_lossy().into_owned().into());
+    }
     for (k, file) in [("ca", "ca.pem"), ("cert", cert), ("key", key)] {
         t.insert(
             k.into(),

@@ -24,6 +24,7 @@ use crate::verify::Verifier;
 use hotdeploy_common::config::AgentConfig;
 use hotdeploy_common::proto::agent_server::AgentServer;
 use hotdeploy_common::proto::{Health, HostReport, Rotation};
+use hotdeploy_common::tls::{ServerTls, TlsError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
@@ -50,6 +51,8 @@ pub struct Daemon {
     pub service: Arc<ServiceController>,
     pub rotation: Arc<RotationControl>,
     pub link: Option<Link>,
+    /// The API listener's TLS settings (`None`: plaintext), reloaded by [`Daemon::reload_tls`].
+    server_tls: Option<ServerTls>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Vec<JoinHandle<()>>,
@@ -200,18 +203,15 @@ impl Daemon {
             link: link.clone(),
             health: health_rx,
         };
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) =
-            hotdeploy_common::tls::server_tls(&cfg.tls).map_err(|e| fail("[tls]")(e.to_string()))?
-        {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| fail("[tls]")(e.to_string()))?;
-        }
+        let server_tls = ServerTls::load(&cfg.tls).map_err(|e| fail("[tls]")(e.to_string()))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = hotdeploy_common::tls::incoming(
+            listener,
+            server_tls.clone(),
+            cfg.limits.max_connections,
+        );
         let server = tokio::spawn(
-            builder
+            tonic::transport::Server::builder()
                 .add_service(AgentServer::new(api))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
@@ -224,10 +224,23 @@ impl Daemon {
             service,
             rotation,
             link,
+            server_tls,
             shutdown: Some(stop_tx),
             server,
             tasks,
         })
+    }
+
+    /// Re-reads the `[tls]` files for the API listener and the coordinator link. New
+    /// connections use them; open ones carry on. On error the old settings stay.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        if let Some(tls) = &self.server_tls {
+            tls.reload()?;
+        }
+        if let Some(link) = &self.link {
+            link.reload_tls()?;
+        }
+        Ok(())
     }
 
     /// Stops serving, gracefully. The supervised service keeps running: an agent restart or

@@ -3,6 +3,7 @@
 //! Exit codes: 2 for a config that cannot be used, 1 for a start-up failure, 0 after a clean
 //! shutdown on SIGTERM/SIGINT. Shutting down stops the API and the coordinator link but never
 //! the supervised service: an agent restart or upgrade must not take the application down.
+//! SIGHUP re-reads the `[tls]` files (certificate rotation without a restart).
 
 use clap::Parser;
 use hotdeploy_agent::api::Daemon;
@@ -45,6 +46,7 @@ async fn main() {
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::start(cfg).await?;
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::debug!(error = %e, "sd_notify READY failed (not under systemd?)");
@@ -63,9 +65,21 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     } else {
         None
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down (the service keeps running)"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down (the service keeps running)"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down (the service keeps running)");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: shutting down (the service keeps running)");
+                break;
+            }
+            _ = hup.recv() => match daemon.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: reloaded the [tls] certificates, key, CA and CRL"),
+                Err(e) => tracing::error!("SIGHUP: {e}; the previous certificates stay in use"),
+            },
+        }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.shutdown().await;

@@ -43,16 +43,16 @@ impl LinkInner {
         if let Some(c) = lock(&self.channels).get(addr) {
             return Ok(c.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = self.tls.scheme();
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("bad coordinator address {addr:?}: {e}"))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = self.tls.current() {
             ep = ep
-                .tls_config(tls.clone())
+                .tls_config(tls)
                 .map_err(|e| format!("coordinator TLS for {addr}: {e}"))?;
         }
         let ch = ep.connect_lazy();

@@ -31,13 +31,14 @@ use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
 use hotdeploy_common::proto::{
     AcquireSlotRequest, HostReport, ReleaseSlotRequest, ReportPhaseRequest,
 };
+use hotdeploy_common::tls::{ClientTls, TlsError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 /// Deadline of a release or a phase report, across retries.
 const FENCE_DEADLINE: Duration = Duration::from_secs(30);
@@ -57,7 +58,8 @@ pub struct LinkConfig {
 
 pub(crate) struct LinkInner {
     cfg: LinkConfig,
-    tls: Option<ClientTlsConfig>,
+    /// Current client settings; reloaded on SIGHUP (see [`Link::reload_tls`]).
+    tls: ClientTls,
     journal: Journal,
     report: watch::Receiver<HostReport>,
     leader: Mutex<Option<String>>,
@@ -86,7 +88,7 @@ impl Link {
         journal: Journal,
         report: watch::Receiver<HostReport>,
     ) -> Result<Self, LinkError> {
-        let tls = hotdeploy_common::tls::client_tls(&cfg.tls)
+        let tls = ClientTls::load(&cfg.tls)
             .map_err(|e| LinkError::Local(format!("coordinator TLS: {e}")))?;
         if cfg.coordinators.is_empty() {
             return Err(LinkError::Standalone);
@@ -107,6 +109,14 @@ impl Link {
                 acquiring: AtomicUsize::new(0),
             }),
         })
+    }
+
+    /// Re-reads the `[tls]` files. Cached channels are dropped, so the next calls connect with
+    /// the new certificate; calls and the heartbeat stream already under way finish on theirs.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        self.inner.tls.reload()?;
+        lock(&self.inner.channels).clear();
+        Ok(())
     }
 
     /// Starts registering and heartbeating, for as long as the process lives.

@@ -2,12 +2,13 @@
 //!
 //! Start-up order: parse and check the config (a bad one exits 2 with the key named), open
 //! storage and start raft, seed groups when this node leads a brand-new cluster, serve gRPC,
-//! then tell systemd READY=1 and keep its watchdog fed.
+//! then tell systemd READY=1 and keep its watchdog fed. SIGHUP re-reads the `[tls]` files.
 
 use anyhow::Context;
 use clap::Parser;
 use hotdeploy_common::config::CoordinatorConfig;
 use hotdeploy_common::time::now_ms;
+use hotdeploy_common::tls::{ClientTls, ServerTls};
 use hotdeploy_coordinator::liveness::Liveness;
 use hotdeploy_coordinator::raft::RaftNode;
 use hotdeploy_coordinator::service::{self, CoordinatorService};
@@ -63,16 +64,30 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve listen address {}", cfg.listen))?
         .next()
         .with_context(|| format!("listen address {} resolves to nothing", cfg.listen))?;
-    let server_tls = hotdeploy_common::tls::server_tls(&cfg.tls)?;
-    let client_tls = hotdeploy_common::tls::client_tls(&cfg.tls)?;
+    let server_tls = ServerTls::load(&cfg.tls)?;
+    let client_tls = ClientTls::load(&cfg.tls)?;
+    tokio::spawn(reload_on_sighup(server_tls.clone(), client_tls.clone()));
     let (node, peer) = RaftNode::start(&cfg, client_tls).await?;
+    // Bound only now: before this a peer's bootstrap check must find the port closed (and move
+    // on at once), not open but unanswered.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
     tokio::spawn(liveness.clone().run());
     tokio::spawn(seed_groups(node.clone(), cfg.clone()));
     let svc = CoordinatorService::new(node.clone(), liveness);
     tokio::spawn(notify_systemd());
     tracing::info!(listen = %cfg.listen, "serving");
-    service::serve(addr, server_tls, svc, peer, shutdown_signal()).await?;
+    service::serve(
+        listener,
+        server_tls,
+        cfg.limits.max_connections,
+        svc,
+        peer,
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("shut down");
     Ok(())
 }
@@ -130,6 +145,25 @@ async fn notify_systemd() {
         loop {
             tick.tick().await;
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+    }
+}
+
+/// On SIGHUP, re-reads the `[tls]` files: new connections, in and out, use them; open ones
+/// carry on. A failed reload keeps the old settings and says why.
+async fn reload_on_sighup(server: Option<ServerTls>, client: ClientTls) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: certificates reload only on restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(server) = &server else {
+            tracing::info!("SIGHUP: [tls] insecure = true, nothing to reload");
+            continue;
+        };
+        match server.reload().and_then(|()| client.reload()) {
+            Ok(()) => tracing::info!("SIGHUP: reloaded the [tls] certificates, key, CA and CRL"),
+            Err(e) => tracing::error!("SIGHUP: {e}; the previous certificates stay in use"),
         }
     }
 }

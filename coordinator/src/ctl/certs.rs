@@ -5,11 +5,16 @@
 //! DNS SAN, keys created with mode 0600, and no file ever overwritten. A directory that already
 //! holds `ca.pem` and `ca-key.pem` keeps its CA, which then issues the new certificates (to add
 //! a host later); the operator certificate is then written only if `--operator` is given.
+//!
+//! `hotdeployctl certs revoke DIR CERT...` adds certificates to `DIR/crl.pem`
+//! (`hotdeploy_common::tls_crl`); daemons with `[tls] crl` pointing at it refuse them after a
+//! SIGHUP (or a restart).
 
 use super::output::print;
 use super::GlobalOpts;
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use hotdeploy_common::tls_crl;
 use hotdeploy_common::tls_pki::{self, InitSpec, Subject};
 use serde_json::json;
 use std::path::PathBuf;
@@ -18,6 +23,17 @@ use std::path::PathBuf;
 pub enum CertsCmd {
     /// Write a CA (unless DIR has one) and coordinator, agent and operator certificates.
     Init(InitArgs),
+    /// Revoke certificates: add them to DIR/crl.pem, signed by DIR's CA.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The PKI directory (holds ca.pem and ca-key.pem; crl.pem is written there).
+    pub dir: PathBuf,
+    /// Certificate PEM files to revoke.
+    #[arg(required = true, value_name = "CERT")]
+    pub certs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -36,7 +52,33 @@ pub struct InitArgs {
 }
 
 pub fn run(cmd: CertsCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
-    let CertsCmd::Init(args) = cmd;
+    match cmd {
+        CertsCmd::Init(args) => init(args, opts),
+        CertsCmd::Revoke(args) => revoke(args, opts),
+    }
+}
+
+fn revoke(args: RevokeArgs, opts: &GlobalOpts) -> anyhow::Result<i32> {
+    let done = tls_crl::revoke(&args.dir, &args.certs)
+        .with_context(|| format!("certs revoke {}", args.dir.display()))?;
+    let j = json!({
+        "crl": done.crl.display().to_string(),
+        "revoked": done.added,
+        "total": done.total,
+    });
+    let rows = done.added.iter().map(|s| vec![s.clone()]).collect();
+    print(opts.output, &j, &["revoked serial"], rows);
+    if opts.output != super::connect::Output::Json {
+        eprintln!(
+            "{} now lists {} certificate(s); send SIGHUP to the daemons to apply it",
+            done.crl.display(),
+            done.total
+        );
+    }
+    Ok(0)
+}
+
+fn init(args: InitArgs, opts: &GlobalOpts) -> anyhow::Result<i32> {
     let mut subjects = Vec::new();
     for c in &args.coordinators {
         subjects.push(Subject::coordinator(c)?);

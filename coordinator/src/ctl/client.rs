@@ -26,9 +26,39 @@ pub struct Coord {
     seq: AtomicU64,
 }
 
-/// A failed call: the last status seen.
+/// How a refused client certificate looks from the client. Under TLS 1.3 the server judges the
+/// client certificate after the client considers the handshake done, so the client sees either
+/// the server's alert or, if the connection closes first, only the closing.
+const HANDSHAKE_REFUSAL_SIGNS: &[&str] = &[
+    "fatal alert",
+    "connection closed",
+    "broken pipe",
+    "tls handshake eof",
+];
+
+/// A failed call: the last status seen, with the causes of a transport error (a refused TLS
+/// handshake says why only down there: "received fatal alert: CertificateRevoked").
 pub fn status_error(what: &str, s: &Status) -> anyhow::Error {
-    anyhow!("{what}: {} ({:?})", s.message(), s.code())
+    let mut text = s.message().to_string();
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        let cause = e.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        next = e.source();
+    }
+    if HANDSHAKE_REFUSAL_SIGNS
+        .iter()
+        .any(|sign| text.contains(sign))
+    {
+        text.push_str(
+            "; if this persists, the server may be refusing this client's certificate \
+             (expired, revoked, from another CA, or none): its log names the reason",
+        );
+    }
+    anyhow!("{what}: {text} ({:?})", s.code())
 }
 
 impl Coord {

@@ -13,10 +13,11 @@
 
 use hotdeploy_common::proto::raft_peer_client::RaftPeerClient;
 use hotdeploy_common::proto::ClusterInfoRequest;
+use hotdeploy_common::tls::ClientTls;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::Endpoint;
 
 /// The cluster id of a cluster bootstrapped with these voters (never 0).
 pub(crate) fn cluster_id_for(voters: &[u64]) -> u64 {
@@ -37,9 +38,9 @@ pub(crate) fn cluster_id_for(voters: &[u64]) -> u64 {
 pub(crate) async fn check_peers_before_bootstrap(
     my_id: u64,
     peers: &BTreeMap<u64, String>,
-    tls: Option<&ClientTlsConfig>,
+    tls: &ClientTls,
 ) -> anyhow::Result<()> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = tls.scheme();
     for (id, addr) in peers {
         if *id == my_id {
             continue;
@@ -47,8 +48,8 @@ pub(crate) async fn check_peers_before_bootstrap(
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))?
             .connect_timeout(Duration::from_millis(800))
             .timeout(Duration::from_secs(2));
-        if let Some(t) = tls {
-            ep = ep.tls_config(t.clone())?;
+        if let Some(t) = tls.current() {
+            ep = ep.tls_config(t)?;
         }
         let Ok(channel) = ep.connect().await else {
             tracing::info!(peer = id, %addr, "peer not reachable before bootstrap; assuming it is starting too");

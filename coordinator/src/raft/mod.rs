@@ -59,7 +59,7 @@ impl RaftNode {
     /// the peer service to serve.
     pub async fn start(
         cfg: &CoordinatorConfig,
-        client_tls: Option<tonic::transport::ClientTlsConfig>,
+        client_tls: hotdeploy_common::tls::ClientTls,
     ) -> anyhow::Result<(Self, PeerServer)> {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data_dir {}: {e}", cfg.data_dir.display())
@@ -71,8 +71,7 @@ impl RaftNode {
         if storage.is_blank() {
             match cfg.initial_cluster_state {
                 ClusterState::New => {
-                    bootstrap::check_peers_before_bootstrap(cfg.id, &peers, client_tls.as_ref())
-                        .await?;
+                    bootstrap::check_peers_before_bootstrap(cfg.id, &peers, &client_tls).await?;
                     let mut voters: Vec<u64> = peers.keys().copied().collect();
                     if voters.is_empty() {
                         voters.push(cfg.id);

@@ -17,6 +17,7 @@
 use super::node::Msg;
 use hotdeploy_common::proto::raft_peer_client::RaftPeerClient;
 use hotdeploy_common::proto::PeerFrame;
+use hotdeploy_common::tls::ClientTls;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use raft::SnapshotStatus;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::Endpoint;
 
 /// Messages queued per peer before new ones are dropped. Enough for a burst of appends while a
 /// stream reconnects; a peer further behind is caught up by raft's probing, not by the queue.
@@ -48,7 +49,7 @@ struct Inner {
     id: u64,
     my_address: String,
     cluster_id: Arc<AtomicU64>,
-    tls: Option<ClientTlsConfig>,
+    tls: ClientTls,
     /// `[peers]` from the config: never overridden.
     pinned: HashMap<u64, String>,
     peers: Mutex<HashMap<u64, Peer>>,
@@ -71,7 +72,7 @@ impl Transport {
         id: u64,
         my_address: String,
         cluster_id: Arc<AtomicU64>,
-        tls: Option<ClientTlsConfig>,
+        tls: ClientTls,
         pinned: HashMap<u64, String>,
         node: mpsc::Sender<Msg>,
     ) -> Self {
@@ -206,7 +207,7 @@ fn frame(inner: &Inner, m: &Message) -> Option<PeerFrame> {
 
 /// Drains one peer's queue into a client stream, reconnecting with backoff.
 async fn peer_stream(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Receiver<Message>) {
-    let scheme = if inner.tls.is_some() { "https" } else { "http" };
+    let scheme = inner.tls.scheme();
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(first) = rx.recv().await else { return };
@@ -217,8 +218,9 @@ async fn peer_stream(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::
                 return;
             }
         };
-        let endpoint = match &inner.tls {
-            Some(tls) => match endpoint.tls_config(tls.clone()) {
+        // The settings current at each connect, so a reload on SIGHUP applies to new streams.
+        let endpoint = match inner.tls.current() {
+            Some(tls) => match endpoint.tls_config(tls) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(to, "peer TLS settings: {e}");

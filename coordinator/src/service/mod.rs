@@ -15,19 +15,22 @@ pub use coordinator::CoordinatorService;
 
 use crate::raft::PeerServer;
 use hotdeploy_common::proto::coordinator_server::CoordinatorServer;
-use std::net::SocketAddr;
+use hotdeploy_common::tls::ServerTls;
 use std::time::Duration;
-use tonic::transport::{Server, ServerTlsConfig};
+use tokio::net::TcpListener;
+use tonic::transport::Server;
 
 /// Largest request any client may send. Requests are small; this bounds a hostile one.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// Concurrent streams per connection, bounding one client's share of the server.
 const MAX_STREAMS: u32 = 1024;
 
-/// Serves every gRPC service on `addr` until `shutdown` resolves.
+/// Serves every gRPC service on `listener` until `shutdown` resolves. `tls` `None` is
+/// plaintext; at most `max_connections` connections are open at once.
 pub async fn serve(
-    addr: SocketAddr,
-    tls: Option<ServerTlsConfig>,
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    max_connections: usize,
     coordinator: CoordinatorService,
     peer: PeerServer,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -45,16 +48,16 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .max_concurrent_streams(MAX_STREAMS);
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
     let api = CoordinatorServer::new(coordinator).max_decoding_message_size(MAX_REQUEST_BYTES);
     server
         .add_service(api)
         .add_service(peer)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_shutdown(addr, shutdown)
+        .serve_with_incoming_shutdown(
+            hotdeploy_common::tls::incoming(listener, tls, max_connections),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

@@ -6,11 +6,25 @@
 //! outside it. With `insecure = true` there is no certificate, and [`caller_role`] answers
 //! [`Role::Insecure`], which services treat as allowed (the operator chose plaintext and was
 //! warned at start).
+//!
+//! The pieces:
+//! - `material`: reading PEM certificates, keys, CA roots and CRLs, with errors that name the
+//!   file;
+//! - `server`: the listener's rustls settings (client certificates required, CRL honoured),
+//!   reloadable on SIGHUP;
+//! - `incoming`: the accept loop (connection cap, handshake deadline) that every gRPC listener
+//!   serves from;
+//! - `client`: tonic client settings, reloadable for long-lived clients.
 
-use crate::config::TlsConfig;
-use std::path::Path;
-use thiserror::Error;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+mod client;
+mod incoming;
+mod material;
+mod server;
+
+pub use client::{client_tls, ClientTls};
+pub use incoming::{incoming, Conn, ConnInfo, Peer};
+pub use material::TlsError;
+pub use server::ServerTls;
 
 /// Who is calling, as its certificate says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,58 +45,6 @@ impl std::fmt::Display for Role {
             Role::Insecure => write!(f, "insecure"),
         }
     }
-}
-
-/// TLS material that cannot be loaded.
-#[derive(Debug, Error)]
-pub enum TlsError {
-    #[error("cannot read {what} {path}: {source}")]
-    Read {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("[tls] needs ca, cert and key, or insecure = true")]
-    Incomplete,
-}
-
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// Server-side TLS, or `None` for plaintext.
-pub fn server_tls(cfg: &TlsConfig) -> Result<Option<ServerTlsConfig>, TlsError> {
-    if cfg.insecure {
-        return Ok(None);
-    }
-    let (Some(ca), Some(cert), Some(key)) = (&cfg.ca, &cfg.cert, &cfg.key) else {
-        return Err(TlsError::Incomplete);
-    };
-    let identity = Identity::from_pem(read("cert", cert)?, read("key", key)?);
-    Ok(Some(
-        ServerTlsConfig::new()
-            .identity(identity)
-            .client_ca_root(Certificate::from_pem(read("ca", ca)?)),
-    ))
-}
-
-/// Client-side TLS, or `None` for plaintext.
-pub fn client_tls(cfg: &TlsConfig) -> Result<Option<ClientTlsConfig>, TlsError> {
-    if cfg.insecure {
-        return Ok(None);
-    }
-    let (Some(ca), Some(cert), Some(key)) = (&cfg.ca, &cfg.cert, &cfg.key) else {
-        return Err(TlsError::Incomplete);
-    };
-    Ok(Some(
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca", ca)?))
-            .identity(Identity::from_pem(read("cert", cert)?, read("key", key)?)),
-    ))
 }
 
 /// The role in a DER certificate's SAN URIs.
@@ -110,6 +72,13 @@ pub fn parse_role_uri(uri: &str) -> Option<Role> {
 /// The caller's role: from its leaf certificate under TLS, [`Role::Insecure`] on plaintext, and
 /// `None` when a TLS caller's certificate names no role.
 pub fn caller_role<T>(req: &tonic::Request<T>) -> Option<Role> {
+    if let Some(info) = req.extensions().get::<ConnInfo>() {
+        return match &info.peer {
+            Peer::Plaintext => Some(Role::Insecure),
+            Peer::Certified(chain) => chain.first().and_then(|c| role_from_der(c.as_ref())),
+        };
+    }
+    // A server on tonic's own transport (tests): tonic records the chain itself.
     match req.peer_certs() {
         None => Some(Role::Insecure),
         Some(certs) => certs.first().and_then(|c| role_from_der(c.as_ref())),
