@@ -27,6 +27,7 @@ use hotdeploy_common::proto::{Health, HostReport, Rotation};
 use hotdeploy_common::tls::{ServerTls, TlsError};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -42,6 +43,12 @@ pub struct StartError {
 fn fail(what: &'static str) -> impl FnOnce(String) -> StartError {
     move |message| StartError { what, message }
 }
+
+/// Largest request the agent API takes. Requests name a release, a URL, a digest and a
+/// signature: a few hundred bytes. The limit bounds a hostile one.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Concurrent streams per connection: operators make a handful of calls at a time.
+const MAX_STREAMS: u32 = 64;
 
 /// A running agent.
 pub struct Daemon {
@@ -212,7 +219,10 @@ impl Daemon {
         );
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(AgentServer::new(api))
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .max_concurrent_streams(MAX_STREAMS)
+                .add_service(AgentServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
                 }),

@@ -221,6 +221,23 @@ settle = "300ms"
         .unwrap();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
+    // An oversized request is refused before it is decoded, and nothing changes.
+    let err = client
+        .deploy(DeployRequest {
+            release: Some(Release {
+                id: "v5".into(),
+                artifact_url: format!("file:///{}", "a".repeat(100 * 1024)),
+                sha256: "0".repeat(64),
+                signature: String::new(),
+            }),
+            rollout_id: String::new(),
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert_eq!(app_version(port).await.as_deref(), Some("v2"));
+
     let service = daemon.service.clone();
     daemon.shutdown().await;
     // The agent stopped; the service did not.
