@@ -737,3 +737,64 @@ fn snapshots_do_not_amplify_disk_usage() {
         "data dir is {size} bytes after 30 snapshots of 2 MB (expected < 40 MB)"
     );
 }
+
+/// The hard state as it is on disk (not the in-memory cache).
+fn stored_hard_state(s: &SledStorage) -> HardState {
+    let bytes = s.inner.db.get(KEY_HARDSTATE).unwrap().unwrap();
+    HardState::parse_from_bytes(&bytes).unwrap()
+}
+
+#[test]
+fn a_commit_only_hard_state_rides_after_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStorage::open(dir.path()).unwrap();
+        s.set_conf_state(&voters(&[1, 2, 3])).unwrap();
+        s.append_and_persist(&entries_range(1, 4, 2), Some(&hs(2, 1, 1)))
+            .unwrap();
+        let meta = s.read_meta();
+        // Only the commit moved: deferred past the synced entries.
+        assert!(commit_only(&meta, &hs(2, 1, 4)));
+        // A new term or vote is part of the synced write itself.
+        assert!(!commit_only(&meta, &hs(3, 1, 4)));
+        assert!(!commit_only(&meta, &hs(2, 2, 4)));
+        drop(meta);
+        // A follower's Ready: entry 4, and the leader's commit that covers it.
+        s.persist_ready(&[entry(4, 2, b"x")], Some(&hs(2, 1, 4)), true)
+            .unwrap();
+        assert_eq!(s.hard_state(), hs(2, 1, 4));
+        assert_eq!(stored_hard_state(&s), hs(2, 1, 4));
+        assert_eq!(s.last_index().unwrap(), 4);
+        // A term change with entries: both in the one synced write.
+        s.persist_ready(&[entry(5, 3, b"y")], Some(&hs(3, 2, 4)), true)
+            .unwrap();
+        assert_eq!(stored_hard_state(&s), hs(3, 2, 4));
+    }
+    let s = SledStorage::open(dir.path()).unwrap();
+    let state = s.initial_state().unwrap();
+    assert_eq!(state.hard_state, hs(3, 2, 4));
+    assert!(state.hard_state.commit <= s.last_index().unwrap());
+    assert_eq!(all_entries(&s).len(), 5);
+    assert_eq!(s.term(5).unwrap(), 3);
+}
+
+#[test]
+fn one_key_writes_and_batches_both_land() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStorage::open(dir.path()).unwrap();
+        s.set_conf_state(&voters(&[1])).unwrap();
+        // One key (an entry alone): written without a batch.
+        s.persist_ready(&[entry(1, 1, b"a")], None, true).unwrap();
+        // Two entries and a hard state: one batch.
+        s.persist_ready(&entries_range(2, 4, 1), Some(&hs(1, 1, 2)), true)
+            .unwrap();
+        // A conflicting tail: entry 3 replaces 3 and removes nothing else.
+        s.persist_ready(&[entry(3, 2, b"c")], None, true).unwrap();
+    }
+    let s = SledStorage::open(dir.path()).unwrap();
+    assert_eq!(s.last_index().unwrap(), 3);
+    let terms: Vec<u64> = (1..=3).map(|i| s.term(i).unwrap()).collect();
+    assert_eq!(terms, vec![1, 1, 2]);
+    assert_eq!(s.hard_state(), hs(1, 1, 2));
+}
