@@ -12,42 +12,24 @@
 //!   with an untrusted key fail and swap nothing; a correctly signed one deploys.
 
 mod agent_support;
+mod pki_support;
 
 use agent_support::*;
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
 use hotdeploy_common::proto::StatusRequest;
-use hotdeploy_common::tls_pki::{self, Ca, Subject, Validity};
+use hotdeploy_common::tls_pki::{Subject, Validity};
 use hotdeploy_integration_tests::agents::AgentProc;
-use hotdeploy_integration_tests::bins;
 use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts, CtlAuth};
 use hotdeploy_integration_tests::net;
 use hotdeploy_integration_tests::pack::{self, ArtifactFormat};
-use hotdeploy_integration_tests::proc;
+use pki_support::{ctl_local, ctl_local_ok};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// `hotdeployctl ARGS` for the local subcommands (`certs`, `release`).
-fn ctl_local(args: &[&str]) -> Output {
-    let mut command = Command::new(bins::ctl());
-    command.args(args);
-    proc::run_with_timeout(command, Duration::from_secs(30))
-}
-
-fn ctl_local_ok(args: &[&str]) -> String {
-    let out = ctl_local(args);
-    assert!(
-        out.status.success(),
-        "hotdeployctl {}: {}",
-        args.join(" "),
-        show(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Asserts that a hotdeployctl run failed with PERMISSION_DENIED.
 fn assert_denied(what: &str, out: &Output) {
@@ -74,24 +56,6 @@ fn assert_refused(what: &str, out: &Output) {
         "{what}: refused as expected: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
-}
-
-/// Writes `cert_name` + `key_name` into `dir`, issued by `dir`'s CA for `subject`, valid
-/// `validity` (a test-only way to make an expired certificate: no CLI flag does this).
-fn issue_with_validity(
-    dir: &Path,
-    subject: &Subject,
-    validity: Validity,
-    cert_name: &str,
-    key_name: &str,
-) {
-    let ca = Ca::load(&dir.join("ca.pem"), &dir.join("ca-key.pem"))
-        .unwrap_or_else(|e| panic!("loading the CA: {e}"));
-    let (cert, key) = ca
-        .issue(subject, validity)
-        .unwrap_or_else(|e| panic!("issuing {cert_name}: {e}"));
-    tls_pki::write_new(&dir.join(key_name), &key, 0o600).unwrap_or_else(|e| panic!("{e}"));
-    tls_pki::write_new(&dir.join(cert_name), &cert, 0o644).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A `Status` call over TLS that trusts `ca` and presents `identity` (cert, key files), or no
@@ -249,22 +213,16 @@ fn mtls_fleet_works_and_refuses_what_it_must() {
     let pki = tmp.path().join("pki");
     let coord_ips = net::alloc_ips(3);
     let agent_ips = net::alloc_ips(1);
-    let mut args: Vec<String> = vec!["certs".into(), "init".into(), pki.display().to_string()];
-    for (i, ip) in coord_ips.iter().enumerate() {
-        args.push("--coordinator".into());
-        args.push(format!("{}@{ip}", i + 1));
-    }
-    args.push("--agent".into());
-    args.push(format!("web-1@{}", agent_ips[0]));
-    args.push("--agent".into());
-    args.push("web-2".into());
-    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
-    ctl_local_ok(&args_ref);
+    pki_support::init_fleet(
+        &pki,
+        &coord_ips,
+        &[format!("web-1@{}", agent_ips[0]), "web-2".into()],
+    );
     // Another CA, with its own operator certificate.
     let other = tmp.path().join("other-pki");
     ctl_local_ok(&["certs", "init", &other.display().to_string()]);
     // An expired operator certificate from the right CA.
-    issue_with_validity(
+    pki_support::issue(
         &pki,
         &Subject::operator("late").unwrap_or_else(|e| panic!("{e}")),
         Validity {

@@ -13,70 +13,46 @@
 //!   `[limits] max_connections` until some go away.
 
 mod agent_support;
+mod pki_support;
 
 use agent_support::*;
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
 use hotdeploy_common::proto::raft_peer_client::RaftPeerClient;
 use hotdeploy_common::proto::{PeerFrame, StatusRequest};
-use hotdeploy_common::tls_pki::{self, Ca, Subject, Validity};
+use hotdeploy_common::tls_pki::{Subject, Validity};
 use hotdeploy_integration_tests::agents::AgentProc;
 use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts, CtlAuth};
-use hotdeploy_integration_tests::{bins, net};
+use hotdeploy_integration_tests::net;
 use nix::sys::signal::Signal;
+use pki_support::ctl_local_ok;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// `hotdeployctl ARGS` for the local subcommands (`certs`).
-fn ctl_local_ok(args: &[&str]) -> String {
-    let out = Command::new(bins::ctl())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running hotdeployctl: {e}"));
-    assert!(
-        out.status.success(),
-        "hotdeployctl {}: {}",
-        args.join(" "),
-        show(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Issues an operator certificate `NAME.pem` + `NAME-key.pem` from `dir`'s CA (`certs init`
 /// writes one operator certificate per directory; a second identity needs the library).
 fn issue_operator(dir: &Path, name: &str) -> CtlAuth {
-    let ca =
-        Ca::load(&dir.join("ca.pem"), &dir.join("ca-key.pem")).unwrap_or_else(|e| panic!("{e}"));
     let subject = Subject::operator(name).unwrap_or_else(|e| panic!("{e}"));
-    let (cert, key) = ca
-        .issue(&subject, Validity::days(30))
-        .unwrap_or_else(|e| panic!("issuing {name}: {e}"));
     let (cert_file, key_file) = (format!("{name}.pem"), format!("{name}-key.pem"));
-    tls_pki::write_new(&dir.join(&key_file), &key, 0o600).unwrap_or_else(|e| panic!("{e}"));
-    tls_pki::write_new(&dir.join(&cert_file), &cert, 0o644).unwrap_or_else(|e| panic!("{e}"));
+    pki_support::issue(dir, &subject, Validity::days(30), &cert_file, &key_file);
     CtlAuth::files(dir, &cert_file, &key_file)
 }
 
 /// Replaces coordinator `id`'s certificate and key with fresh ones from the same CA.
 fn reissue_coordinator(dir: &Path, id: u64, ip: std::net::Ipv4Addr) -> Vec<u8> {
-    let ca =
-        Ca::load(&dir.join("ca.pem"), &dir.join("ca-key.pem")).unwrap_or_else(|e| panic!("{e}"));
     let subject = Subject::coordinator(&format!("{id}@{ip}")).unwrap_or_else(|e| panic!("{e}"));
-    let (cert, key) = ca
-        .issue(&subject, Validity::days(30))
-        .unwrap_or_else(|e| panic!("reissuing coordinator {id}: {e}"));
     let (cert_file, key_file) = subject.file_names();
-    // Written beside, then renamed over: the daemon never sees half a file.
-    for (name, text, mode) in [(&key_file, &key, 0o600), (&cert_file, &cert, 0o644)] {
-        let tmp = dir.join(format!("{name}.new"));
-        tls_pki::write_new(&tmp, text, mode).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::rename(&tmp, dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+    // Issued beside, then renamed over: the daemon never reads half a file.
+    let (new_cert, new_key) = (format!("{cert_file}.new"), format!("{key_file}.new"));
+    pki_support::issue(dir, &subject, Validity::days(30), &new_cert, &new_key);
+    for (from, to) in [(&new_key, &key_file), (&new_cert, &cert_file)] {
+        std::fs::rename(dir.join(from), dir.join(to)).unwrap_or_else(|e| panic!("{e}"));
     }
     der_of(&dir.join(cert_file))
 }
@@ -186,6 +162,23 @@ async fn peer_frame_as(
     }
 }
 
+/// Waits up to 5 s until `log()` contains every one of `needles`.
+fn wait_for_log(deadline: &Deadline, what: &str, needles: &[&str], log: impl Fn() -> String) {
+    wait_for(
+        deadline,
+        Duration::from_secs(5),
+        what,
+        || {
+            let text = log();
+            match needles.iter().find(|n| !text.contains(**n)) {
+                None => Ok(()),
+                Some(n) => Err(format!("no {n:?} in the log yet")),
+            }
+        },
+        &log,
+    );
+}
+
 /// `Err` if the call worked, with the output; `Ok` with stderr if it was refused.
 fn refused(out: &Output) -> Result<String, String> {
     if out.status.success() {
@@ -204,13 +197,7 @@ fn coordinators_honour_the_crl_and_rotate_certificates_on_sighup() {
         .unwrap_or_else(|e| panic!("{e}"));
     let pki = tmp.path().join("pki");
     let ips = net::alloc_ips(4);
-    let mut args: Vec<String> = vec!["certs".into(), "init".into(), pki.display().to_string()];
-    for (i, ip) in ips.iter().enumerate() {
-        args.push("--coordinator".into());
-        args.push(format!("{}@{ip}", i + 1));
-    }
-    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
-    ctl_local_ok(&args_ref);
+    pki_support::init_fleet(&pki, &ips, &[]);
     let mallory = issue_operator(&pki, "mallory");
     let alice = issue_operator(&pki, "alice");
     let revoke = |name: &str| {
@@ -242,18 +229,10 @@ fn coordinators_honour_the_crl_and_rotate_certificates_on_sighup() {
     let why = refused(&cluster.ctl_as(&mallory, &["status"]))
         .unwrap_or_else(|e| panic!("a revoked certificate: {e}"));
     eprintln!("revoked certificate refused as expected: {}", why.trim());
-    wait_for(
+    wait_for_log(
         &deadline,
-        Duration::from_secs(5),
         "the refusal of a revoked certificate in a node's log",
-        || {
-            let logs = cluster.all_logs();
-            if logs.contains("TLS handshake refused") && logs.contains("Revoked") {
-                Ok(())
-            } else {
-                Err("no log line yet".into())
-            }
-        },
+        &["TLS handshake refused", "Revoked"],
         || cluster.all_logs(),
     );
     let ok = cluster.ctl_as(&alice, &["status"]);
@@ -414,18 +393,10 @@ fn the_agent_listener_honours_the_crl_and_its_connection_cap() {
         "revoked certificate refused by the agent as expected: {}",
         why.trim()
     );
-    wait_for(
+    wait_for_log(
         &deadline,
-        Duration::from_secs(5),
         "the agent to log why it refused the revoked certificate",
-        || {
-            let log = agent.log_tail();
-            if log.contains("TLS handshake refused") && log.contains("Revoked") {
-                Ok(())
-            } else {
-                Err("no log line yet".into())
-            }
-        },
+        &["TLS handshake refused", "Revoked"],
         || agent.log_tail(),
     );
 
@@ -463,17 +434,10 @@ fn the_agent_listener_honours_the_crl_and_its_connection_cap() {
 
     // SIGHUP reloads and the agent keeps running.
     agent.signal(Signal::SIGHUP);
-    wait_for(
+    wait_for_log(
         &deadline,
-        Duration::from_secs(5),
         "the agent to log its reload",
-        || {
-            if agent.log_tail().contains("SIGHUP: reloaded") {
-                Ok(())
-            } else {
-                Err("not yet".into())
-            }
-        },
+        &["SIGHUP: reloaded"],
         || agent.log_tail(),
     );
     let st = agent.ctl_as(&op, &["status"]);
