@@ -1,6 +1,6 @@
 //! `hotdeploy-agent --config FILE`.
 
-use super::{check_addr, invalid, read_toml, ConfigError, LimitsConfig, TlsConfig};
+use super::{check_addr, invalid, parse_toml, read_text, ConfigError, LimitsConfig, TlsConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -216,20 +216,20 @@ impl Default for HooksConfig {
 impl AgentConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self = read_toml(path)?;
-        cfg.check(path)?;
+        Self::from_toml_str(&read_text(path)?, path)
+    }
+
+    /// Parses and checks config text; `origin` names it in errors (the file it was read from,
+    /// or a label such as `<config>`).
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = parse_toml(text, origin)?;
+        cfg.check(origin)?;
         Ok(cfg)
     }
 
-    /// Parses and checks config text (for tests and fuzzing).
+    /// [`AgentConfig::from_toml_str`] with the origin `<config>` (for tests).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let path = Path::new("<config>");
-        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        cfg.check(path)?;
-        Ok(cfg)
+        Self::from_toml_str(text, Path::new("<config>"))
     }
 
     /// The HAProxy server name of this host.

@@ -1,6 +1,9 @@
 //! `hotdeploy-coordinator --config FILE`.
 
-use super::{check_addr, invalid, read_toml, ConfigError, LimitsConfig, MaxUnavailable, TlsConfig};
+use super::{
+    check_addr, invalid, parse_toml, read_text, ConfigError, LimitsConfig, MaxUnavailable,
+    TlsConfig,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,8 +112,14 @@ pub struct FleetLockConfig {
 impl CoordinatorConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self = read_toml(path)?;
-        cfg.check(path)?;
+        Self::from_toml_str(&read_text(path)?, path)
+    }
+
+    /// Parses and checks config text; `origin` names it in errors (the file it was read from,
+    /// or a label such as `<config>`).
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = parse_toml(text, origin)?;
+        cfg.check(origin)?;
         Ok(cfg)
     }
 

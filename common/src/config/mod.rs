@@ -3,7 +3,9 @@
 //! Parsing is strict: unknown keys are refused (a typo must not silently fall back to a
 //! default), durations are human strings (`"500ms"`), and [`CoordinatorConfig::load`] /
 //! [`AgentConfig::load`] check the whole file before returning, so that a bad value fails at
-//! start with an error naming the key.
+//! start with an error naming the key. Each `load` reads the file and hands its text to
+//! `from_toml_str`, which does all the parsing and checking; tests and the `config` fuzz
+//! target call `from_toml_str` directly.
 
 mod agent;
 mod budget;
@@ -43,14 +45,21 @@ pub enum ConfigError {
     },
 }
 
-/// Reads and parses a TOML file into `T`.
-pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// Reads a config file's text.
+pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
+    })
+}
+
+/// Parses TOML text into `T`; `origin` (the file it came from, or a label) names it in errors.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_owned(),
         message: e.to_string(),
     })
 }
