@@ -30,14 +30,17 @@
 //! our reply before HAProxy reads it). Connections are capped and time-bounded, so a hostile
 //! client can hold neither memory nor tasks.
 
+use super::accept::{run_scripted, ScriptedClient};
 use super::RotationControl;
+use futures::FutureExt;
 use hotdeploy_common::proto::{Health, Rotation};
+use std::io;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// Most bytes read from a client (HAProxy's `agent-send` is one short line).
-const MAX_INPUT: u64 = 1024;
+pub const MAX_INPUT: u64 = 1024;
 
 /// The agent-check line (without the newline) for a rotation state and health.
 pub fn agent_check_reply(rotation: Rotation, health: Health) -> &'static str {
@@ -53,7 +56,7 @@ pub fn agent_check_reply(rotation: Rotation, health: Health) -> &'static str {
 pub(crate) async fn serve(listener: TcpListener, ctl: Arc<RotationControl>) {
     let timeout = ctl.io_timeout;
     super::accept::accept_bounded(listener, "agent-check", timeout, move |sock| {
-        let line = format!("{}\n", agent_check_reply(ctl.state(), ctl.health()));
+        let line = reply_line(ctl.state(), ctl.health());
         async move {
             let _ = answer(sock, line).await;
         }
@@ -61,12 +64,50 @@ pub(crate) async fn serve(listener: TcpListener, ctl: Arc<RotationControl>) {
     .await;
 }
 
-async fn answer(mut sock: TcpStream, line: String) -> std::io::Result<()> {
+fn reply_line(rotation: Rotation, health: Health) -> String {
+    format!("{}\n", agent_check_reply(rotation, health))
+}
+
+/// One connection: the line, a write-side shutdown, then a bounded read of the client's input.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, line: String) -> io::Result<()> {
     sock.write_all(line.as_bytes()).await?;
     sock.shutdown().await?;
     let mut sink = Vec::new();
     (&mut sock).take(MAX_INPUT).read_to_end(&mut sink).await?;
     Ok(())
+}
+
+/// What one scripted client got from the responder (see [`exchange`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// Everything the responder wrote.
+    pub reply: Vec<u8>,
+    /// How many of the client's bytes it read.
+    pub consumed: usize,
+}
+
+/// Plays `input` as one client's bytes (in reads of at most `chunk` bytes, then end-of-file) to
+/// the handler the responder runs on each accepted socket, for a host in `rotation` with
+/// `health`, under the same deadline. Public (and hidden) only for the `agent_check` fuzz target
+/// and its regression test, which must exercise the code a socket would; the daemon never
+/// calls it.
+#[doc(hidden)]
+pub fn exchange(
+    input: &[u8],
+    chunk: usize,
+    rotation: Rotation,
+    health: Health,
+) -> io::Result<Exchange> {
+    let mut client = ScriptedClient::new(input, chunk);
+    run_scripted(
+        super::IO_TIMEOUT,
+        answer(&mut client, reply_line(rotation, health)).map(|_| ()),
+    )?;
+    Ok(Exchange {
+        reply: client.output,
+        consumed: client.read,
+    })
 }
 
 #[cfg(test)]

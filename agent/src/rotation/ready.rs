@@ -11,7 +11,9 @@
 //! connection is closed after one response and cut off after the timeout in any case, and
 //! concurrent connections are capped. Request bodies are never read.
 
+use super::accept::{run_scripted, ScriptedClient};
 use super::RotationControl;
+use hotdeploy_common::config::RotationConfig;
 use hotdeploy_common::proto::{Health, Rotation};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -19,6 +21,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 /// hyper's smallest allowed read buffer; also our cap on a request head.
@@ -69,22 +73,47 @@ fn respond(ctl: &RotationControl, req: &Request<Incoming>) -> Response<Full<Byte
 pub(crate) async fn serve(listener: TcpListener, ctl: Arc<RotationControl>) {
     let timeout = ctl.io_timeout;
     super::accept::accept_bounded(listener, "readiness", timeout, move |sock| {
-        let ctl = ctl.clone();
-        async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let resp = respond(&ctl, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .max_buf_size(MAX_HEAD)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(sock), svc)
-                .await;
-        }
+        connection(sock, ctl.clone(), timeout)
     })
     .await;
+}
+
+/// Serves one connection: at most one request (hyper parses it), then closes.
+async fn connection<S>(sock: S, ctl: Arc<RotationControl>, timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let resp = respond(&ctl, &req);
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(sock), svc)
+        .await;
+}
+
+/// Plays `input` as one client's bytes (in reads of at most `chunk` bytes, then end-of-file) to
+/// the handler the endpoint runs on each accepted socket, for a host in `rotation` with
+/// `health`, under the same deadline; returns everything it wrote back. Public (and hidden) only
+/// for the `ready` fuzz target and its regression test, which must exercise the code a socket
+/// would; the daemon never calls it.
+#[doc(hidden)]
+pub fn exchange(
+    input: &[u8],
+    chunk: usize,
+    rotation: Rotation,
+    health: Health,
+) -> std::io::Result<Vec<u8>> {
+    let (_health_tx, health_rx) = tokio::sync::watch::channel(health);
+    let ctl = RotationControl::new(&RotationConfig::default(), "fuzz", rotation, health_rx);
+    let mut client = ScriptedClient::new(input, chunk);
+    let timeout = ctl.io_timeout;
+    run_scripted(timeout, connection(&mut client, ctl, timeout))?;
+    Ok(client.output)
 }
 
 #[cfg(test)]
