@@ -677,3 +677,73 @@ async fn http_errors_are_retryable_and_size_is_enforced_without_content_length()
     let err = fx.stage_spec("down", &spec).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
 }
+
+// ---- fuzzing regressions ----
+
+/// Every input under `fuzz/regressions/unpack/` (kept from fuzzing and its follow-ups), through
+/// `unpack` with the `unpack` fuzz target's 1 MiB limit: no panic, nothing written next to the
+/// destination, and the refusal the file's name announces before `--` (`too-large`, `unsafe`,
+/// `format`, or `ok` for an archive that must unpack).
+#[test]
+fn fuzz_regressions_unpack() {
+    const FUZZ_LIMIT: u64 = 1 << 20;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/unpack");
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no regression inputs in {}",
+        dir.display()
+    );
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let expected = name.split("--").next().unwrap();
+        let bytes = fs::read(&file).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        let result = unpack::unpack(&bytes[..], &dest, FUZZ_LIMIT);
+        let ok = matches!(
+            (expected, &result),
+            ("ok", Ok(_))
+                | ("too-large", Err(ArtifactError::TooLarge { .. }))
+                | ("unsafe", Err(ArtifactError::UnsafeEntry { .. }))
+                | ("format", Err(ArtifactError::Format { .. }))
+        );
+        assert!(ok, "{name}: expected {expected}, got {result:?}");
+        let next_to_dest: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(next_to_dest, ["dest"], "{name} wrote outside dest");
+    }
+}
+
+/// The metadata an entry brings (long names, pax headers) is capped per entry, and charged.
+#[test]
+fn entry_metadata_is_capped_and_charged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = "d/".repeat((unpack::MAX_ENTRY_METADATA / 2) as usize) + "f";
+    let bytes = zst(&tar_of(|b| add_file(b, &long, b"x", 0o644)));
+    let dest = tmp.path().join("a");
+    fs::create_dir(&dest).unwrap();
+    let err = unpack::unpack(&bytes[..], &dest, LIMIT).unwrap_err();
+    assert!(matches!(err, ArtifactError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("metadata"), "{err}");
+    assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
+
+    // Long names that fit the cap still count against the limit.
+    let raw = tar_of(|b| {
+        for i in 0..40 {
+            let deep = format!("{}/", "n".repeat(200)).repeat(10);
+            add_file(b, &format!("{i}/{deep}f"), b"", 0o644);
+        }
+    });
+    let dest = tmp.path().join("b");
+    fs::create_dir(&dest).unwrap();
+    let err = unpack::unpack(&raw[..], &dest, LIMIT).unwrap_err();
+    assert!(matches!(err, ArtifactError::TooLarge { .. }), "{err}");
+}

@@ -24,15 +24,25 @@
 //! - Sizes: every entry's header size (its data, even for types whose data is skipped) plus a
 //!   fixed per-entry charge counts against `max_bytes`; an entry that would pass the limit is
 //!   refused before it is written, and written bytes are counted again as they land.
+//! - Metadata: the tar crate reads an entry's GNU long name and long link, its pax extended
+//!   header and its sparse extension blocks into memory, whole, before it hands the entry over,
+//!   and none of them is an entry of its own. So the decoded stream is metered: past the end of
+//!   one entry's data, at most [`MAX_ENTRY_METADATA`] bytes (plus the next header) may be read
+//!   before the next entry arrives, or the archive is refused as too large; and what was read
+//!   is charged against `max_bytes` like the entries. (Unmetered, a 100 KB zstd artifact with a
+//!   3 GiB long name made the agent allocate gigabytes, whatever `max_bytes` said.)
 //!
 //! Kept: the executable bit (files become 0755 or 0644; directories 0755). Dropped: owners,
 //! other mode bits, mtimes, xattrs. Left out: old v7 tar archives without the `ustar` magic.
 
 use super::error::ArtifactError;
+use std::cell::Cell;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Cursor, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use tar::EntryType;
 
 /// Charged to the size budget per entry (a tar header's size), so that millions of empty files
@@ -42,6 +52,13 @@ const ENTRY_OVERHEAD: u64 = 512;
 const COPY_BUF: usize = 128 * 1024;
 /// How much of the stream is read ahead to detect the format: one tar header block.
 const SNIFF_LEN: usize = 512;
+/// The most metadata (long names and links, pax headers, sparse maps) one entry may bring. Real
+/// archives need a few KiB at most (PATH_MAX is 4 KiB); a MiB leaves room for large xattrs.
+pub const MAX_ENTRY_METADATA: u64 = 1 << 20;
+/// A tar block: headers are one, data is padded to a multiple.
+const BLOCK: u64 = 512;
+/// How much of an entry path error messages show.
+const SHOWN_PATH_CHARS: usize = 256;
 /// Where a ustar/GNU tar header holds its magic.
 const USTAR_MAGIC_AT: usize = 257;
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -109,6 +126,11 @@ pub fn unpack(
                 .map_err(|e| ArtifactError::format(format!("zstd: {e}")))?,
         ),
     };
+    let meter = Rc::new(Meter {
+        pos: Cell::new(0),
+        allowed: Cell::new(BLOCK + MAX_ENTRY_METADATA),
+        tripped: Cell::new(false),
+    });
     Unpacker {
         dest,
         limit: max_bytes,
@@ -116,7 +138,47 @@ pub fn unpack(
         stats: UnpackStats::default(),
         buf: vec![0; COPY_BUF],
     }
-    .run(decoded)
+    .run(
+        Metered {
+            inner: decoded,
+            meter: meter.clone(),
+        },
+        &meter,
+    )
+}
+
+/// How far the tar reader has got in the decoded stream, and how far it may go.
+struct Meter {
+    /// Decoded bytes handed to the tar reader so far.
+    pos: Cell<u64>,
+    /// Reading past this position fails.
+    allowed: Cell<u64>,
+    /// Whether a read failed for that reason.
+    tripped: Cell<bool>,
+}
+
+/// The decoded stream, read under a [`Meter`]. The tar reader reads exactly what it needs (a
+/// header, an entry's data, the padding it skips), so `pos` is its position in the archive.
+struct Metered<R> {
+    inner: R,
+    meter: Rc<Meter>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let m = &self.meter;
+        let room = m.allowed.get().saturating_sub(m.pos.get());
+        if room == 0 && !buf.is_empty() {
+            m.tripped.set(true);
+            return Err(io::Error::other(
+                "archive metadata before an entry exceeds its limit",
+            ));
+        }
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        m.pos.set(m.pos.get() + n as u64);
+        Ok(n)
+    }
 }
 
 struct Unpacker<'a> {
@@ -129,15 +191,39 @@ struct Unpacker<'a> {
 }
 
 impl Unpacker<'_> {
-    fn run(mut self, decoded: impl Read) -> Result<UnpackStats, ArtifactError> {
+    fn run(mut self, decoded: impl Read, meter: &Meter) -> Result<UnpackStats, ArtifactError> {
         let mut archive = tar::Archive::new(decoded);
-        let entries = archive
-            .entries()
-            .map_err(|e| ArtifactError::format(format!("tar: {e}")))?;
+        let tar_err = |e: io::Error| {
+            if meter.tripped.get() {
+                ArtifactError::TooLarge {
+                    what: "the metadata (long names, pax headers) of one archive entry".into(),
+                    limit: MAX_ENTRY_METADATA,
+                }
+            } else {
+                ArtifactError::format(format!("tar: {e}"))
+            }
+        };
+        let entries = archive.entries().map_err(tar_err)?;
         let mut seen = 0u64;
+        // Where the previous entry's (padded) data ended.
+        let mut prev_end = 0u64;
         for entry in entries {
-            let entry = entry.map_err(|e| ArtifactError::format(format!("tar: {e}")))?;
+            let entry = entry.map_err(tar_err)?;
             seen += 1;
+            let metadata = entry.raw_header_position().saturating_sub(prev_end);
+            if metadata > 0 {
+                let at = shown_path(&entry.path_bytes());
+                self.charge(
+                    || format!("the unpacked archive (at the metadata of entry {at:?})"),
+                    metadata,
+                )?;
+            }
+            prev_end = entry
+                .raw_file_position()
+                .saturating_add(entry.size().div_ceil(BLOCK).saturating_mul(BLOCK));
+            meter
+                .allowed
+                .set(prev_end.saturating_add(BLOCK + MAX_ENTRY_METADATA));
             self.entry(entry)?;
         }
         if seen == 0 {
@@ -160,7 +246,7 @@ impl Unpacker<'_> {
     }
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ArtifactError> {
-        let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let shown = shown_path(&entry.path_bytes());
         let size = entry.size();
         let ty = entry.header().entry_type();
         let limit = self.limit;
@@ -446,8 +532,23 @@ fn copy_bounded(
     }
 }
 
+/// An entry path as error messages show it: lossy UTF-8, cut to [`SHOWN_PATH_CHARS`], so that
+/// a hostile name cannot blow up a log line or a gRPC status.
+fn shown_path(raw: &[u8]) -> String {
+    let full = String::from_utf8_lossy(raw);
+    if full.chars().count() <= SHOWN_PATH_CHARS {
+        return full.into_owned();
+    }
+    let mut cut: String = full.chars().take(SHOWN_PATH_CHARS).collect();
+    cut.push('…');
+    cut
+}
+
 fn io_err(what: &str, path: &Path, e: io::Error) -> ArtifactError {
-    ArtifactError::io(format!("{what} {}", path.display()), e)
+    ArtifactError::io(
+        format!("{what} {}", shown_path(path.as_os_str().as_bytes())),
+        e,
+    )
 }
 
 fn display_rel(root: &Path, path: &Path) -> String {
