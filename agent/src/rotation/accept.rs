@@ -55,21 +55,31 @@ pub(crate) async fn accept_bounded<F, Fut>(
 }
 
 /// A client played from memory: it sends `input` in reads of at most `chunk` bytes, then
-/// end-of-file, and keeps everything written to it. Reads and writes never block.
+/// end-of-file, and keeps everything written to it. Writes never block; reads block once, when
+/// `input` is used up, before the end-of-file, so that the server gets to answer first. That is
+/// how a real client's FIN usually lands (after the server saw the request), and hyper, which
+/// treats a client's half-close as an abort, would otherwise never answer a scripted request.
 pub(crate) struct ScriptedClient<'a> {
     input: &'a [u8],
     chunk: usize,
     /// Bytes of `input` handed out so far.
     pub read: usize,
+    /// Whether the one blocked read before end-of-file has happened.
+    waited: bool,
     pub output: Vec<u8>,
 }
 
 impl AsyncRead for ScriptedClient<'_> {
     fn poll_read(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.read == self.input.len() && !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let n = self
             .chunk
             .min(buf.remaining())
@@ -107,6 +117,7 @@ impl<'a> ScriptedClient<'a> {
             input,
             chunk: chunk.max(1),
             read: 0,
+            waited: false,
             output: Vec::new(),
         }
     }

@@ -396,3 +396,80 @@ async fn failing_drain_hook_is_an_error() {
     let e = ctl.drain().await.unwrap_err().to_string();
     assert!(e.contains("drain_hook") && e.contains("lb api down"), "{e}");
 }
+
+/// The socket-free `exchange` functions the fuzz targets use answer as the sockets do, whatever
+/// the read size.
+#[test]
+fn exchanges_from_memory_answer_like_sockets() {
+    for chunk in [1, 3, 4096] {
+        let out = ready::exchange(
+            b"GET /ready HTTP/1.1\r\nhost: x\r\n\r\n",
+            chunk,
+            Rotation::InRotation,
+            Health::Healthy,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nready\n"), "{text}");
+
+        let out =
+            ready::exchange(b"GET /ready", chunk, Rotation::Draining, Health::Healthy).unwrap();
+        assert!(out.is_empty(), "{out:?}");
+
+        let input = vec![b'x'; 4000];
+        let ex = agent_check::exchange(&input, chunk, Rotation::Draining, Health::Healthy).unwrap();
+        assert_eq!(ex.reply, b"drain\n");
+        assert_eq!(ex.consumed as u64, agent_check::MAX_INPUT);
+    }
+    let out = ready::exchange(
+        b"BREW /ready HTCPCP/1.0\r\n\r\n",
+        64,
+        Rotation::InRotation,
+        Health::Healthy,
+    )
+    .unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// Every input under `fuzz/regressions/ready/`, decoded as the `ready` fuzz target decodes it
+/// (byte 0: rotation and health, byte 1: read size, then the request), through the same
+/// `exchange`: one HTTP/1.x response (hyper answers a 1.0 request in kind), 200 only when ready.
+#[test]
+fn fuzz_regressions_ready() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/ready");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no regression inputs in {}",
+        dir.display()
+    );
+    for file in files {
+        let data = std::fs::read(&file).unwrap();
+        let [sel, chunk, input @ ..] = &data[..] else {
+            panic!("{}: too short", file.display());
+        };
+        let rotation = Rotation::try_from(i32::from(sel & 3)).unwrap();
+        let health = Health::try_from(i32::from((sel >> 2) & 3)).unwrap();
+        let out = ready::exchange(input, usize::from(*chunk), rotation, health).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        let status = text.split_whitespace().take(2).collect::<Vec<_>>();
+        assert!(
+            matches!(status[..], ["HTTP/1.0" | "HTTP/1.1", _]),
+            "{}: {text:?}",
+            file.display()
+        );
+        assert_eq!(text.matches("HTTP/1.").count(), 1, "{text:?}");
+        if status[1] == "200" {
+            assert_eq!(readiness(rotation, health), Ok(()));
+        }
+    }
+}
