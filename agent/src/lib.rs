@@ -18,3 +18,5 @@ pub use verify::{ProbeError, Verifier, VerifyError, VerifyReport};
 pub mod rotation;
 pub use rotation::{RotationControl, RotationError};
 pub mod api;
+#[cfg(test)]
+mod fuzz_regressions;

@@ -687,18 +687,7 @@ async fn http_errors_are_retryable_and_size_is_enforced_without_content_length()
 #[test]
 fn fuzz_regressions_unpack() {
     const FUZZ_LIMIT: u64 = 1 << 20;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/unpack");
-    let mut files: Vec<_> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "no regression inputs in {}",
-        dir.display()
-    );
-    for file in files {
+    for file in crate::fuzz_regressions::inputs("unpack") {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let expected = name.split("--").next().unwrap();
         let bytes = fs::read(&file).unwrap();

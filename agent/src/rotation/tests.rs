@@ -441,18 +441,7 @@ fn exchanges_from_memory_answer_like_sockets() {
 /// `exchange`: one HTTP/1.x response (hyper answers a 1.0 request in kind), 200 only when ready.
 #[test]
 fn fuzz_regressions_ready() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/ready");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "no regression inputs in {}",
-        dir.display()
-    );
-    for file in files {
+    for file in crate::fuzz_regressions::inputs("ready") {
         let data = std::fs::read(&file).unwrap();
         let [sel, chunk, input @ ..] = &data[..] else {
             panic!("{}: too short", file.display());

@@ -19,16 +19,18 @@ pub fn client_tls(cfg: &TlsConfig) -> Result<Option<ClientTlsConfig>, TlsError> 
     let (Some(ca), Some(cert), Some(key)) = (&cfg.ca, &cfg.cert, &cfg.key) else {
         return Err(TlsError::Incomplete);
     };
-    material::roots(ca)?;
-    material::certs("cert", cert)?;
-    material::key(key)?;
+    let (ca_pem, cert_pem, key_pem) = (
+        material::read("ca", ca)?,
+        material::read("cert", cert)?,
+        material::read("key", key)?,
+    );
+    material::parse_roots(ca, &ca_pem)?;
+    material::parse_certs("cert", cert, &cert_pem)?;
+    material::parse_key(key, &key_pem)?;
     Ok(Some(
         ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(material::read("ca", ca)?))
-            .identity(Identity::from_pem(
-                material::read("cert", cert)?,
-                material::read("key", key)?,
-            )),
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .identity(Identity::from_pem(cert_pem, key_pem)),
     ))
 }
 

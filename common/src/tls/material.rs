@@ -52,8 +52,16 @@ pub(crate) fn certs(
     what: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(what, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_certs(what, path, &read(what, path)?)
+}
+
+/// Every certificate in `pem`, read from `path`; at least one.
+pub(crate) fn parse_certs(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(what, path, e))?;
     if certs.is_empty() {
@@ -64,8 +72,12 @@ pub(crate) fn certs(
 
 /// The private key in a PEM file.
 pub(crate) fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read("key", path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| pem_error("key", path, e))
+    parse_key(path, &read("key", path)?)
+}
+
+/// The private key in `pem`, read from `path`.
+pub(crate) fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| pem_error("key", path, e))
 }
 
 /// Every CRL in a PEM file; at least one.
@@ -82,8 +94,13 @@ pub(crate) fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'stat
 
 /// A root store of the CA certificates in `path`.
 pub(crate) fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    parse_roots(path, &read("ca", path)?)
+}
+
+/// A root store of the CA certificates in `pem`, read from `path`.
+pub(crate) fn parse_roots(path: &Path, pem: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
     let mut store = rustls::RootCertStore::empty();
-    for cert in certs("ca", path)? {
+    for cert in parse_certs("ca", path, pem)? {
         store
             .add(cert)
             .map_err(|e| pem_error("ca", path, format!("not a usable CA certificate: {e}")))?;
