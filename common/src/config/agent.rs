@@ -555,6 +555,14 @@ http = "http://127.0.0.31:8080/health"
     }
 
     #[test]
+    fn the_example_config_parses_with_its_health_table() {
+        let c = AgentConfig::parse(include_str!("../../../deploy/agent.toml")).unwrap();
+        assert_eq!(c.health.interval, Duration::from_secs(2));
+        assert_eq!(c.health.probe_timeout(), Duration::from_secs(2));
+        assert!(!c.health.has_own_probes());
+    }
+
+    #[test]
     fn bad_health_values_name_the_key() {
         for (extra, key) in [
             ("interval = \"0s\"", "health.interval"),
