@@ -302,6 +302,7 @@ fn a_frozen_agent_whose_slot_was_revoked_neither_drains_nor_restarts() {
     let app_pid = one_app_pid(web1);
 
     let stop_polling = AtomicBool::new(false);
+    let until = Instant::now() + deadline.bound(Duration::from_secs(150));
     let (out, ready_answers, seen) = std::thread::scope(|s| {
         let cli = s.spawn(|| deploy(web1, &fleet.v2));
         wait_for(
@@ -363,7 +364,6 @@ fn a_frozen_agent_whose_slot_was_revoked_neither_drains_nor_restarts() {
         let watched = Instant::now();
         // The poller ends on the flag (raised even if what follows panics) or its time bound.
         let stop_guard = RaiseOnDrop(&stop_polling);
-        let until = Instant::now() + deadline.bound(Duration::from_secs(150));
         let poller = s.spawn(|| {
             let mut answers = Vec::new();
             while keep_polling(&stop_polling, until) {
