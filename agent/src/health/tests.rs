@@ -251,3 +251,32 @@ async fn shutdown_ends_the_task_in_the_middle_of_a_hung_round() {
         .expect("the monitor did not stop when its shutdown sender was dropped")
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_exec_service_never_started_is_not_vouched_for() {
+    // The supervisor's flag before anything was started or adopted: not alive.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = hotdeploy_common::config::ServiceConfig {
+        name: "app".into(),
+        root: dir.path().to_path_buf(),
+        control: hotdeploy_common::config::ServiceControl::Exec,
+        exec: vec!["sleep".into(), "100".into()],
+        unit: None,
+        stop: Vec::new(),
+        start: Vec::new(),
+        stop_timeout: Duration::from_secs(5),
+        keep_releases: 5,
+        env: Default::default(),
+    };
+    let svc = crate::service::ServiceController::new(&cfg, dir.path(), Arc::new(|_| {}));
+    let fact = HealthFact::in_memory(Health::Healthy);
+    // The probes would pass: only the flag can make it unhealthy.
+    let m = start(
+        dir.path(),
+        Duration::from_secs(30),
+        &fact,
+        Some(svc.subscribe_alive()),
+    );
+    wait_health(&fact, Health::Unhealthy, Duration::from_secs(2)).await;
+    m.shutdown().await;
+}
