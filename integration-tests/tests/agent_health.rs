@@ -272,6 +272,33 @@ fn an_unresponsive_service_is_unhealthy_and_holds_the_budget(mode: Mode) {
         .acquire("web-1", "5s")
         .unwrap_or_else(|e| panic!("web-1 could not take a slot to repair itself: {e}"));
     fleet.release("web-1");
+    if mode == Mode::Exec {
+        // Drained, the agent-check line is `drain` and deliberately carries no `down`
+        // (HAProxy must not cut the sessions a drain protects), whatever the health. The
+        // drain's own slot is granted too: web-1 is already unavailable.
+        let out = web1.ctl(&["drain"]);
+        assert!(
+            out.status.success(),
+            "drain: {}\n{}",
+            show(&out),
+            fleet.logs()
+        );
+        assert_eq!(
+            agent_check_line(web1.agent_check_addr()).as_deref(),
+            Some("drain")
+        );
+        let out = web1.ctl(&["undrain"]);
+        assert!(
+            out.status.success(),
+            "undrain: {}\n{}",
+            show(&out),
+            fleet.logs()
+        );
+        assert_eq!(
+            agent_check_line(web1.agent_check_addr()).as_deref(),
+            Some("ready down")
+        );
+    }
 
     // Repair: the app answers again.
     let repaired_at = Instant::now();
