@@ -9,6 +9,7 @@ pub mod service;
 pub use service::{ChildRecord, ServiceController, ServiceError};
 pub mod deploy;
 pub mod failpoint;
+pub mod health;
 pub mod hooks;
 pub mod journal;
 pub mod link;

@@ -20,6 +20,8 @@
 //! - [`agents`] runs `hotdeploy-agent` supervising the sample app in `exec` mode.
 //! - [`haproxy`] runs a real HAProxy in front of the agents and observes it through its stats
 //!   socket.
+//! - [`nspawn`] boots a Debian container under `systemd-nspawn`: a real systemd as PID 1, for
+//!   the agent's `systemd` control mode (and anything else that must be tested under systemd).
 //!
 //! The harness panics with clear messages when something it needs is missing; the binaries in
 //! this crate (`sample-app`, `hd-pack`, `hd-load`) never panic in their long-running paths.
@@ -36,6 +38,7 @@ pub mod haproxy;
 pub mod http_probe;
 pub mod load;
 pub mod net;
+pub mod nspawn;
 pub mod pack;
 pub mod proc;
 pub mod toml_config;

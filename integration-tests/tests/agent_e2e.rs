@@ -22,23 +22,8 @@ use hotdeploy_integration_tests::agents::AgentProc;
 use hotdeploy_integration_tests::haproxy::{HaProxy, Observer};
 use hotdeploy_integration_tests::load::{LoadConfig, LoadGen, LoadReport};
 use hotdeploy_integration_tests::{http_probe, net};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
-
-/// One HAProxy-style agent-check exchange: the reply line, if the responder answers.
-fn agent_check_line(addr: SocketAddr) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .ok()?;
-    let _ = stream.write_all(b"\n");
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    let line = reply.trim().to_string();
-    (!line.is_empty()).then_some(line)
-}
 
 /// Two agents (web-1, web-2) behind HAProxy, both on v1, all `UP`.
 struct Fleet {
@@ -178,6 +163,7 @@ fn drain_and_undrain_show_in_haproxy_within_two_agent_intervals() {
     let deadline = Deadline::new("drain/undrain via agent-check", Duration::from_secs(60));
     let fleet = Fleet::start(&deadline, false, "1s", "8s");
     let observer = Observer::start(&fleet.haproxy);
+    let watched = Instant::now();
     let web1 = &fleet.agents[0];
 
     // The CLI returns only after drain_grace; HAProxy must see DRAIN well before that.
@@ -221,6 +207,7 @@ fn drain_and_undrain_show_in_haproxy_within_two_agent_intervals() {
     );
     wait_settled(&deadline, web1, Some("v1"), Duration::from_secs(5));
     let report = observer.stop();
+    assert_sampled(&report, watched.elapsed(), "drain and undrain");
     assert_eq!(
         report.max_not_up, 1,
         "only web-1 was to leave: {:?}",
@@ -245,6 +232,7 @@ fn deploy_under_load(use_socket: bool) {
     let web1 = &fleet.agents[0];
     let pid_before = one_app_pid(web1);
     let observer = Observer::start(&fleet.haproxy);
+    let watched = Instant::now();
     let load = fleet.load();
 
     let t0 = Instant::now();
@@ -254,6 +242,7 @@ fn deploy_under_load(use_socket: bool) {
     std::thread::sleep(Duration::from_millis(1500));
     let report = load.stop();
     let seen = observer.stop();
+    let watched = watched.elapsed();
     eprintln!(
         "deploy took {took:?}; load {} ok / {} failed, versions {:?}, p99 {} ms; observer {:?}",
         report.ok, report.failed, report.versions, report.latency_p99_ms, seen.changes
@@ -274,6 +263,7 @@ fn deploy_under_load(use_socket: bool) {
         "no request reached v2 after the deploy: {:?}",
         report.versions
     );
+    assert_sampled(&seen, watched, "a deploy under load");
     assert_eq!(
         seen.max_not_up, 1,
         "web-1 (only) must have left rotation: {:?}",
@@ -320,12 +310,14 @@ fn failed_verify_rolls_back_by_itself_under_load() {
     let fleet = Fleet::start(&deadline, false, "1s", "3s");
     let web1 = &fleet.agents[0];
     let observer = Observer::start(&fleet.haproxy);
+    let watched = Instant::now();
     let load = fleet.load();
 
     let out = deploy(web1, &fleet.bad);
     std::thread::sleep(Duration::from_millis(1000));
     let report = load.stop();
     let seen = observer.stop();
+    let watched = watched.elapsed();
     eprintln!(
         "load {} ok / {} failed, versions {:?}; observer {:?}",
         report.ok, report.failed, report.versions, seen.changes
@@ -346,6 +338,7 @@ fn failed_verify_rolls_back_by_itself_under_load() {
         "the broken release served traffic: {:?}",
         report.versions
     );
+    assert_sampled(&seen, watched, "a deploy that rolled back");
     assert!(seen.max_not_up <= 1, "{:?}", seen.changes);
 
     let s = wait_settled(&deadline, web1, Some("v1"), Duration::from_secs(10));
@@ -364,6 +357,7 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
     let mut fleet = Fleet::start(&deadline, false, "1s", "8s");
     let pid = one_app_pid(&fleet.agents[0]);
     let observer = Observer::start(&fleet.haproxy);
+    let watched = Instant::now();
     let load = fleet.load();
 
     let web1 = &mut fleet.agents[0];
@@ -378,10 +372,13 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
     // front ends: poll them as fast as possible while it starts.
     let (ready_addr, check_addr) = (web1.ready_addr(), web1.agent_check_addr());
     let stop_polling = AtomicBool::new(false);
+    // Every poll is bounded: by the flag (raised even if the restart panics) and by time.
+    let until = Instant::now() + deadline.bound(Duration::from_secs(40));
     let (ready_answers, check_answers) = std::thread::scope(|s| {
+        let stop_guard = RaiseOnDrop(&stop_polling);
         let ready = s.spawn(|| {
             let mut answers = Vec::new();
-            while !stop_polling.load(Ordering::SeqCst) {
+            while keep_polling(&stop_polling, until) {
                 if let Ok(r) = http_probe::get(ready_addr, "/ready", Duration::from_millis(500)) {
                     answers.push(r.status);
                 }
@@ -391,7 +388,7 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
         });
         let check = s.spawn(|| {
             let mut answers = Vec::new();
-            while !stop_polling.load(Ordering::SeqCst) {
+            while keep_polling(&stop_polling, until) {
                 if let Some(line) = agent_check_line(check_addr) {
                     answers.push(line);
                 }
@@ -401,7 +398,7 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
         });
         web1.restart();
         std::thread::sleep(Duration::from_millis(500));
-        stop_polling.store(true, Ordering::SeqCst);
+        drop(stop_guard);
         (
             ready
                 .join()
@@ -437,12 +434,14 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
     std::thread::sleep(Duration::from_millis(1500)); // more agent-checks, now answered again
     let report = load.stop();
     let seen = observer.stop();
+    let watched = watched.elapsed();
     eprintln!(
         "load {} ok / {} failed; observer {:?}",
         report.ok, report.failed, seen.changes
     );
 
     assert_no_failures(&report, &fleet.logs());
+    assert_sampled(&seen, watched, "an agent's kill -9 and restart");
     let web1 = &fleet.agents[0];
     assert_eq!(
         web1.app_pids(),

@@ -185,6 +185,7 @@ fn agent_registers_and_a_deploy_holds_a_slot_until_it_is_back_up() {
 
     let web1 = &fleet.agents[0];
     let observer = Observer::start(&fleet.haproxy);
+    let watched = Instant::now();
     let done = AtomicBool::new(false);
     let (out, seen_slot, status_at_release) = std::thread::scope(|s| {
         let cli = s.spawn(|| {
@@ -198,6 +199,7 @@ fn agent_registers_and_a_deploy_holds_a_slot_until_it_is_back_up() {
         while Instant::now() < until {
             let finished = done.load(Ordering::SeqCst);
             let Ok(held) = locks(&fleet.cluster) else {
+                std::thread::sleep(Duration::from_millis(50));
                 continue;
             };
             match (held.iter().find(|l| l["host"] == "web-1"), &seen_slot) {
@@ -219,6 +221,7 @@ fn agent_registers_and_a_deploy_holds_a_slot_until_it_is_back_up() {
         (out, seen_slot, status_at_release)
     });
     let seen = observer.stop();
+    assert_sampled(&seen, watched.elapsed(), "a deploy holding a slot");
 
     assert!(
         out.status.success(),
@@ -299,6 +302,7 @@ fn a_frozen_agent_whose_slot_was_revoked_neither_drains_nor_restarts() {
     let app_pid = one_app_pid(web1);
 
     let stop_polling = AtomicBool::new(false);
+    let until = Instant::now() + deadline.bound(Duration::from_secs(150));
     let (out, ready_answers, seen) = std::thread::scope(|s| {
         let cli = s.spawn(|| deploy(web1, &fleet.v2));
         wait_for(
@@ -357,9 +361,12 @@ fn a_frozen_agent_whose_slot_was_revoked_neither_drains_nor_restarts() {
         std::thread::sleep(Duration::from_millis(200));
 
         let observer = Observer::start(&fleet.haproxy);
+        let watched = Instant::now();
+        // The poller ends on the flag (raised even if what follows panics) or its time bound.
+        let stop_guard = RaiseOnDrop(&stop_polling);
         let poller = s.spawn(|| {
             let mut answers = Vec::new();
-            while !stop_polling.load(Ordering::SeqCst) {
+            while keep_polling(&stop_polling, until) {
                 answers.push(web1.ready_status());
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -371,10 +378,13 @@ fn a_frozen_agent_whose_slot_was_revoked_neither_drains_nor_restarts() {
             .unwrap_or_else(|_| panic!("deploy thread panicked"));
         // Several agent-checks after the end of the deploy.
         std::thread::sleep(4 * AGENT_INTER);
-        stop_polling.store(true, Ordering::SeqCst);
+        drop(stop_guard);
         let answers = poller.join().unwrap_or_else(|_| panic!("poller panicked"));
-        (out, answers, observer.stop())
+        let seen = observer.stop();
+        (out, answers, (seen, watched.elapsed()))
     });
+    let (seen, watched) = seen;
+    assert_sampled(&seen, watched, "a thawed, fenced agent");
 
     let text = format!(
         "{}\n{}",

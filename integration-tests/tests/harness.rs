@@ -607,3 +607,50 @@ fn haproxy_balances_sample_apps_and_the_observer_sees_a_drain() {
     assert_eq!(seen.max_not_up, 1, "{seen:?}");
     assert!(seen.samples > 10, "{seen:?}");
 }
+
+#[test]
+fn nspawn_container_runs_commands_and_units_and_is_torn_down() {
+    use hotdeploy_integration_tests::nspawn::{Container, SHARE};
+    let Some(c) = Container::boot_or_skip(
+        "harness",
+        "nspawn_container_runs_commands_and_units_and_is_torn_down",
+    ) else {
+        return;
+    };
+    // A real systemd is PID 1 inside.
+    let out = c.exec(&["cat", "/proc/1/comm"], SHORT * 5);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "systemd");
+    // Exit codes and output come back.
+    let out = c.sh("echo out; echo err >&2; exit 3");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "out");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "err");
+    // Files in: through the share, and into the container's own tree.
+    std::fs::write(c.share().join("hello"), b"hi").unwrap();
+    let out = c.exec(&["cat", &format!("{SHARE}/hello")], SHORT * 5);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi");
+    c.write_file(
+        "/etc/systemd/system/hd-sleep.service",
+        b"[Service]\nExecStart=/bin/sleep 600\n",
+        0o644,
+    );
+    c.systemctl_ok(&["daemon-reload"]);
+    c.systemctl_ok(&["start", "hd-sleep.service"]);
+    c.wait_unit("hd-sleep.service", "active", SHORT * 10)
+        .unwrap();
+    c.systemctl_ok(&["stop", "hd-sleep.service"]);
+    c.wait_unit("hd-sleep.service", "inactive", SHORT * 10)
+        .unwrap();
+    assert!(c.journal("hd-sleep.service", 20).contains("hd-sleep"));
+
+    // Teardown ends every process of the container.
+    let leader = c.leader_pid();
+    assert!(Path::new(&format!("/proc/{leader}")).exists());
+    c.shutdown();
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    };
+    assert!(gone(leader), "the container's PID 1 survived its teardown");
+}

@@ -6,14 +6,16 @@
 //!    upgrading) the agent never restarts the application;
 //! 3. the rotation front ends, starting out of rotation if the journal says the host was drained;
 //! 4. the engine, which claims the slots the journal holds, and recovery of an interrupted
-//!    deploy, in the background;
-//! 5. the coordinator link (if configured) and the gRPC server.
+//!    deploy, in the background (recovery takes the health fact before the monitor starts);
+//! 5. the health monitor ([`crate::health`]), the coordinator link (if configured) and the
+//!    gRPC server.
 //!
 //! [`Daemon::shutdown`] stops serving but leaves the supervised service running.
 
 use super::service::AgentService;
 use crate::artifact::ArtifactPolicy;
 use crate::deploy::{self, Engine, EngineParts, RealHost, SlotLock, Timing, View};
+use crate::health::{self, HealthMonitor};
 use crate::hooks::Hooks;
 use crate::journal::Journal;
 use crate::link::{Link, LinkConfig};
@@ -21,7 +23,7 @@ use crate::rotation::RotationControl;
 use crate::service::{ChildRecord, ServiceController};
 use crate::store::ReleaseStore;
 use crate::verify::Verifier;
-use hotdeploy_common::config::AgentConfig;
+use hotdeploy_common::config::{AgentConfig, ServiceControl};
 use hotdeploy_common::proto::agent_server::AgentServer;
 use hotdeploy_common::proto::{Health, HostReport, Rotation};
 use hotdeploy_common::tls::{ServerTls, TlsError};
@@ -62,6 +64,9 @@ pub struct Daemon {
     server_tls: Option<ServerTls>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Stops the health monitor (see [`HealthMonitor::run`]).
+    stop_health: watch::Sender<bool>,
+    monitor: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -108,21 +113,22 @@ impl Daemon {
             tracing::error!(error = %e, "current is unreadable");
             None
         });
-        if let Err(e) = service.adopt_or_start(child, current.as_deref()).await {
+        if let Err(e) = service
+            .adopt_or_start(child.clone(), current.as_deref())
+            .await
+        {
             tracing::error!(error = %e, "cannot start the service");
         }
 
-        // Rotation, fed by the health this agent computes. The front ends answer as soon as
-        // they listen, before the report task first runs: start from the health the journal,
-        // the store and the (adopted) service already give, so that a restarting agent never
-        // answers `maint` / `unprovisioned` for a host that is serving.
-        let verify_failed = journal
-            .hold()
-            .map_err(|e| fail("deploy journal")(e.to_string()))?
-            .is_some_and(|h| h.purpose == "deploy");
-        let alive = *service.subscribe_alive().borrow();
-        let (health_tx, health_rx) =
-            watch::channel(deploy::health(current.is_some(), alive, verify_failed));
+        // Health, from the journal: the front ends answer as soon as they listen, so a
+        // restarting agent must start from what it last established (an adopted service that
+        // was healthy is `healthy` from the first answer; one started afresh must prove itself).
+        let started_afresh = svc.control == ServiceControl::Exec
+            && service.child().is_some()
+            && service.child() != child;
+        let health = health::journaled_fact(&journal, &store, current.as_deref(), started_afresh)
+            .map_err(|e| fail("deploy journal")(e.to_string()))?;
+        let health_rx = health.subscribe();
         let drained =
             deploy::starts_drained(&journal).map_err(|e| fail("deploy journal")(e.to_string()))?;
         let initial = if drained {
@@ -173,14 +179,14 @@ impl Daemon {
             lock: link.clone().map(|l| Arc::new(l) as Arc<dyn SlotLock>),
             journal,
             timing: Timing::default(),
+            health: health.clone(),
         })
         .map_err(|e| fail("deploy engine")(e.to_string()))?;
 
         let mut tasks = vec![tokio::spawn(report_task(
             engine.subscribe(),
-            service.subscribe_alive(),
+            health.subscribe(),
             rotation.subscribe(),
-            health_tx,
             report_tx,
         ))];
         if let Some(t) = engine
@@ -189,6 +195,12 @@ impl Daemon {
         {
             tasks.push(t);
         }
+        // After recovery has taken the fact, so the monitor never judges a half-done deploy.
+        let alive = (svc.control == ServiceControl::Exec).then(|| service.subscribe_alive());
+        let (stop_health, stop_health_rx) = watch::channel(false);
+        let monitor = tokio::spawn(
+            HealthMonitor::new(&cfg.health, &cfg.verify, health, alive).run(stop_health_rx),
+        );
         if let Some(l) = &link {
             tasks.push(l.start());
         }
@@ -237,6 +249,8 @@ impl Daemon {
             server_tls,
             shutdown: Some(stop_tx),
             server,
+            stop_health,
+            monitor,
             tasks,
         })
     }
@@ -268,6 +282,14 @@ impl Daemon {
                 self.server.abort();
             }
         }
+        self.stop_health.send_replace(true);
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.monitor)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the health monitor did not stop within 5 s");
+            self.monitor.abort();
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -275,27 +297,20 @@ impl Daemon {
     }
 }
 
-/// Keeps the health (for the rotation front ends) and the host report (for the coordinators)
-/// up to date with the engine, the service and the rotation state.
+/// Keeps the host report (for the coordinators) up to date with the engine, the health fact and
+/// the rotation state. The link sends a changed report at once.
 async fn report_task(
     mut view: watch::Receiver<View>,
-    mut alive: watch::Receiver<bool>,
+    mut health: watch::Receiver<Health>,
     mut rotation: watch::Receiver<Rotation>,
-    health_tx: watch::Sender<Health>,
     report_tx: watch::Sender<HostReport>,
 ) {
     loop {
         let v = view.borrow_and_update().clone();
-        let is_alive = *alive.borrow_and_update();
+        let h = *health.borrow_and_update();
         let rot = *rotation.borrow_and_update();
-        let health = deploy::health(v.current.is_some(), is_alive, v.verify_failed);
-        health_tx.send_if_modified(|h| {
-            let changed = *h != health;
-            *h = health;
-            changed
-        });
         let report = HostReport {
-            health: health as i32,
+            health: h as i32,
             rotation: rot as i32,
             release: v.current.clone().unwrap_or_default(),
             phase: v.phase.clone(),
@@ -307,7 +322,7 @@ async fn report_task(
         });
         tokio::select! {
             r = view.changed() => if r.is_err() { return },
-            r = alive.changed() => if r.is_err() { return },
+            r = health.changed() => if r.is_err() { return },
             r = rotation.changed() => if r.is_err() { return },
         }
     }

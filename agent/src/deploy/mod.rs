@@ -26,10 +26,16 @@
 //! The engine orders effects; [`HostOps`] and [`SlotLock`] carry them out. [`recover`] finishes
 //! an interrupted deploy at start.
 //!
+//! Health: from its first disruptive step (the drain, or a first deploy's swap) until its end,
+//! a deploy owns the host's health fact and the monitor pauses (see [`crate::health`]). The
+//! engine sets only verdicts it established (a verify passed: `healthy`; neither release
+//! verified: `unhealthy`; a first deploy failed: `unprovisioned`) and hands the fact back when
+//! the deploy ends, `unhealthy` if it restarted the service without judging it. A first deploy
+//! therefore stays `unprovisioned` until its verify passes.
+//!
 //! Hooks: `before_drain` and `before_swap` are gates (a failure aborts the deploy before the
 //! step, safely); the others are notifications (a failure is logged and reported as progress).
 
-mod health;
 mod host;
 mod ops;
 mod progress;
@@ -38,15 +44,16 @@ mod run;
 #[cfg(test)]
 mod tests;
 
-pub use health::health;
 pub use host::RealHost;
 pub use ops::{
     ArtifactRef, Hook, HookCtx, HostOps, OpError, OpResult, ProgressFn, SlotLock, SlotRequest,
 };
 pub use progress::Progress;
 
+use crate::health::HealthFact;
 use crate::journal::{DeployKind, DeployRecord, Hold, Journal, JournalError, Outcome, Phase};
 use crate::link::LinkError;
+use hotdeploy_common::proto::Health;
 use hotdeploy_common::time::now_ms;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -121,6 +128,8 @@ pub struct EngineParts {
     pub lock: Option<Arc<dyn SlotLock>>,
     pub journal: Journal,
     pub timing: Timing,
+    /// The host's health, which deploys own while they run.
+    pub health: Arc<HealthFact>,
 }
 
 pub(crate) struct Inner {
@@ -129,6 +138,7 @@ pub(crate) struct Inner {
     lock: Option<Arc<dyn SlotLock>>,
     journal: Journal,
     timing: Timing,
+    health: Arc<HealthFact>,
     busy: Mutex<Option<String>>,
     view: watch::Sender<View>,
 }
@@ -230,6 +240,7 @@ impl Engine {
                 lock: parts.lock,
                 journal: parts.journal,
                 timing: parts.timing,
+                health: parts.health,
                 busy: Mutex::new(None),
                 view,
             }),
@@ -270,7 +281,13 @@ impl Engine {
             return Ok(None);
         }
         let guard = self.claim(format!("recovery of the deploy of {}", rec.to))?;
-        let run = run::Run::new(self.inner.clone(), rec, Progress::none());
+        // The service may be disrupted: the health is the engine's from now on, before the
+        // monitor's first round.
+        let disrupted = rec.phase.may_be_drained();
+        let mut run = run::Run::new(self.inner.clone(), rec, Progress::none());
+        if disrupted {
+            run.recovering();
+        }
         Ok(Some(tokio::spawn(async move {
             let _guard = guard;
             recover::recover(run).await;
@@ -288,7 +305,12 @@ impl Engine {
         self.check_hold()?;
         let from = self.inner.ops.current()?;
         let view = self.view();
-        if from.as_deref() == Some(params.release.as_str()) && !view.verify_failed {
+        // The live release, verified and healthy: nothing to do. An unhealthy host gets the
+        // full deploy (restart and verify): that is how it is repaired.
+        if from.as_deref() == Some(params.release.as_str())
+            && !view.verify_failed
+            && self.inner.health.get() == Health::Healthy
+        {
             let rec = DeployRecord::new(
                 DeployKind::Deploy,
                 &params.rollout,

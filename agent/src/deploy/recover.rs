@@ -90,6 +90,7 @@ async fn resume_swapped(run: &mut Run) -> Result<Verdict, Stop> {
             if phase < Phase::Verifying {
                 run.fence(Phase::Restarted).await?;
                 run.enter(Phase::Restarted, format!("restarting on {to} (recovery)"))?;
+                run.mark_restarted();
                 if let Err(e) = run.eng.ops.restart(&to).await {
                     return run.roll_back(format!("restart on {to} failed: {e}")).await;
                 }

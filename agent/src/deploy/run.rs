@@ -2,8 +2,10 @@
 
 use super::{Hook, HookCtx, Inner, Progress, SlotRequest};
 use crate::failpoint::failpoint;
+use crate::health::EngineClaim;
 use crate::journal::{DeployRecord, Hold, Outcome, Phase};
 use crate::link::LinkError;
+use hotdeploy_common::proto::Health;
 use hotdeploy_common::time::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +34,63 @@ pub(super) struct Run {
     pub(super) eng: Arc<Inner>,
     pub(super) rec: DeployRecord,
     pub(super) progress: Progress,
+    /// The host's health, once the deploy has disrupted (or is about to disrupt) the service.
+    health: Option<EngineClaim>,
+    /// A verdict on the service was set through `health`.
+    judged: bool,
+    /// The service was (or may have been) restarted by this deploy.
+    restarted: bool,
 }
 
 impl Run {
     pub(super) fn new(eng: Arc<Inner>, rec: DeployRecord, progress: Progress) -> Self {
-        Self { eng, rec, progress }
+        Self {
+            eng,
+            rec,
+            progress,
+            health: None,
+            judged: false,
+            restarted: false,
+        }
+    }
+
+    /// Recovery of a deploy that may have disrupted the service: the health is the engine's
+    /// until the recovery ends.
+    pub(super) fn recovering(&mut self) {
+        self.claim_health();
+        if self.rec.phase >= Phase::Restarted {
+            self.restarted = true;
+        }
+    }
+
+    /// The service is about to be restarted.
+    pub(super) fn mark_restarted(&mut self) {
+        self.restarted = true;
+    }
+
+    /// Takes the health fact from the monitor (once).
+    fn claim_health(&mut self) {
+        if self.health.is_none() {
+            self.health = Some(self.eng.health.claim());
+        }
+    }
+
+    /// Sets a verdict on the service that this deploy established.
+    fn judge(&mut self, health: Health) {
+        self.claim_health();
+        if let Some(c) = &self.health {
+            c.set(health);
+        }
+        self.judged = true;
+    }
+
+    /// Hands the health back to the monitor: as judged, or `unhealthy` if the service was
+    /// restarted and never judged (a first deploy stays `unprovisioned`).
+    fn release_health(&mut self) {
+        if let Some(c) = self.health.take() {
+            let unjudged = !self.judged && self.restarted && self.rec.from.is_some();
+            c.release(unjudged.then_some(Health::Unhealthy));
+        }
     }
 
     /// Makes `phase` durable, then shows it.
@@ -216,6 +270,7 @@ impl Run {
         self.fence(Phase::Draining)
             .await
             .map_err(unconfirmed_aborts)?;
+        self.claim_health();
         self.rec.drained_at_ms = Some(now_ms());
         self.enter(Phase::Draining, "leaving rotation")?;
         let took = self
@@ -256,6 +311,7 @@ impl Run {
             return Err(stop);
         }
         self.enter(Phase::Restarted, format!("restarting on {to}"))?;
+        self.restarted = true;
         if let Err(e) = self.eng.ops.restart(&to).await {
             return self.roll_back(format!("restart on {to} failed: {e}")).await;
         }
@@ -271,8 +327,12 @@ impl Run {
         if let Err(e) = self.verify().await {
             return self.roll_back(format!("verify of {to} failed: {e}")).await;
         }
-        if let Err(e) = self.eng.ops.set_previous(from) {
-            tracing::warn!(error = %e, "cannot move previous");
+        self.judge(Health::Healthy);
+        // A re-deploy of the live release (repairing an unhealthy host) keeps `previous`.
+        if from != to {
+            if let Err(e) = self.eng.ops.set_previous(from) {
+                tracing::warn!(error = %e, "cannot move previous");
+            }
         }
         self.notify(Hook::AfterVerify, &to).await;
         self.back_in_rotation(Outcome::Succeeded, String::new())
@@ -283,6 +343,8 @@ impl Run {
     /// unprovisioned again.
     async fn first_deploy(&mut self) -> Result<Verdict, Stop> {
         let to = self.rec.to.clone();
+        // Not healthy until verified: the fact stays `unprovisioned`, and the engine's.
+        self.claim_health();
         self.enter(Phase::Swapped, format!("first release: current → {to}"))?;
         if let Err(e) = self.eng.ops.set_current(&to) {
             return Err(Stop::Failed(format!("swap to {to} failed: {e}")));
@@ -296,6 +358,7 @@ impl Run {
     pub(super) async fn first_start(&mut self) -> Result<Verdict, Stop> {
         let to = self.rec.to.clone();
         self.enter(Phase::Restarted, format!("starting {to}"))?;
+        self.restarted = true;
         if let Err(e) = self.eng.ops.restart(&to).await {
             return Ok(self.undo_first(format!("start of {to} failed: {e}")).await);
         }
@@ -310,6 +373,7 @@ impl Run {
         if let Err(e) = self.verify().await {
             return Ok(self.undo_first(format!("verify of {to} failed: {e}")).await);
         }
+        self.judge(Health::Healthy);
         self.notify(Hook::AfterVerify, &to).await;
         self.enter(Phase::Released, format!("{to} is live"))?;
         Ok((Outcome::Succeeded, String::new()))
@@ -325,6 +389,7 @@ impl Run {
             Err(e) => tracing::warn!(error = %e, "cannot remove current"),
         }
         self.eng.update(|v| v.verify_failed = false);
+        self.judge(Health::Unprovisioned);
         (Outcome::Failed, format!("{reason}; service stopped"))
     }
 
@@ -347,6 +412,7 @@ impl Run {
                 .set_current(&from)
                 .map_err(|e| format!("swap back failed: {e}"))?;
             self.set_current_view(Some(&from));
+            self.restarted = true;
             self.eng
                 .ops
                 .restart(&from)
@@ -357,6 +423,7 @@ impl Run {
         .await;
         match r {
             Ok(()) => {
+                self.judge(Health::Healthy);
                 self.back_in_rotation(
                     Outcome::RolledBack,
                     format!("{reason}; rolled back to {from}"),
@@ -365,6 +432,7 @@ impl Run {
             }
             Err(e) => {
                 self.eng.update(|v| v.verify_failed = true);
+                self.judge(Health::Unhealthy);
                 self.keep_slot("deploy");
                 Ok((
                     Outcome::Failed,
@@ -462,6 +530,7 @@ impl Run {
 
     /// Records the outcome and sends the last progress message.
     fn conclude(mut self, outcome: Outcome, error: String) -> Verdict {
+        self.release_health();
         let now = now_ms();
         self.rec.outcome = Some(outcome);
         self.rec.error = (!error.is_empty()).then(|| error.clone());

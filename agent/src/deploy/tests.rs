@@ -1,6 +1,7 @@
 //! Engine tests with a fake host and a fake lock that record every effect in order.
 
 use super::*;
+use crate::health::{HealthFact, Owner};
 use crate::journal::{DeployKind, DeployRecord, Journal, Outcome, Phase};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -15,6 +16,9 @@ struct State {
     verify: VecDeque<bool>,
     stale_at: Option<String>,
     block_stage: Option<Arc<tokio::sync::Notify>>,
+    /// The engine's health fact, and what it said at each effect ("effect: Owner health").
+    fact: Option<Arc<HealthFact>>,
+    seen: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -32,7 +36,26 @@ impl Fake {
         f
     }
     fn log(&self, e: impl Into<String>) {
-        self.0.lock().unwrap().log.push(e.into());
+        let mut s = self.0.lock().unwrap();
+        let e = e.into();
+        if let Some(f) = s.fact.clone() {
+            let snap = f.snapshot();
+            s.seen
+                .push(format!("{e}: {:?} {}", snap.owner, snap.health.label()));
+        }
+        s.log.push(e);
+    }
+    /// What the health fact said when `effect` happened.
+    fn health_at(&self, effect: &str) -> String {
+        let s = self.0.lock().unwrap();
+        let prefix = format!("{effect}: ");
+        s.seen
+            .iter()
+            .find_map(|x| x.strip_prefix(&prefix).map(str::to_owned))
+            .unwrap_or_else(|| panic!("{effect} missing from {:?}", s.seen))
+    }
+    fn fact(&self) -> Arc<HealthFact> {
+        self.0.lock().unwrap().fact.clone().unwrap()
     }
     fn effects(&self) -> Vec<String> {
         self.0.lock().unwrap().log.clone()
@@ -162,12 +185,24 @@ fn engine(fake: &Fake, dir: &std::path::Path, with_lock: bool) -> Engine {
 }
 
 fn engine_on(fake: &Fake, journal: Journal, with_lock: bool) -> Engine {
+    let health = {
+        let mut s = fake.0.lock().unwrap();
+        let initial = if s.current.is_some() {
+            Health::Healthy
+        } else {
+            Health::Unprovisioned
+        };
+        s.fact
+            .get_or_insert_with(|| HealthFact::in_memory(initial))
+            .clone()
+    };
     Engine::new(EngineParts {
         host_id: "web-1".into(),
         ops: Arc::new(fake.clone()),
         lock: with_lock.then(|| Arc::new(fake.clone()) as Arc<dyn SlotLock>),
         journal,
         timing: Timing::default(),
+        health,
     })
     .unwrap()
 }
@@ -566,4 +601,162 @@ async fn recovery_finishes_a_rollback_and_an_undrain() {
     assert_eq!(core(&fake.effects()), ["undrain", "release 7", "gc"]);
     assert_eq!(eng.view().last_outcome, Some(Outcome::Succeeded));
     assert_eq!(eng.view().phase, "idle");
+}
+
+// ---- Health: who owns the fact, and what a deploy hands back (crate::health) ----
+
+/// A fake whose health fact starts at `health`.
+fn fake_at(current: Option<&str>, verify: &[bool], health: Health) -> Fake {
+    let fake = Fake::with(current, None, verify);
+    fake.0.lock().unwrap().fact = Some(HealthFact::in_memory(health));
+    fake
+}
+
+async fn run_deploy(eng: &Engine, id: &str) -> (Outcome, String) {
+    eng.deploy(params(id, "aa"), Progress::none())
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_first_deploy_is_unprovisioned_until_its_verify_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(None, &[true], Health::Unprovisioned);
+    let eng = engine(&fake, dir.path(), true);
+    assert_eq!(run_deploy(&eng, "v1").await.0, Outcome::Succeeded);
+    // `current` is set, the service started and probed: still not healthy until verified.
+    assert_eq!(fake.health_at("set_current v1"), "Engine unprovisioned");
+    assert_eq!(fake.health_at("restart v1"), "Engine unprovisioned");
+    assert_eq!(fake.health_at("verify ok"), "Engine unprovisioned");
+    let after = fake.fact().snapshot();
+    assert_eq!(
+        (after.owner, after.health),
+        (Owner::Monitor, Health::Healthy)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_first_deploy_stays_unprovisioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(None, &[false], Health::Unprovisioned);
+    let eng = engine(&fake, dir.path(), false);
+    assert_eq!(run_deploy(&eng, "v1").await.0, Outcome::Failed);
+    let after = fake.fact().snapshot();
+    assert_eq!(
+        (after.owner, after.health),
+        (Owner::Monitor, Health::Unprovisioned)
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_owns_the_health_from_its_drain_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v1"), &[true], Health::Healthy);
+    let eng = engine(&fake, dir.path(), true);
+    assert_eq!(run_deploy(&eng, "v2").await.0, Outcome::Succeeded);
+    // Staging and waiting for a slot disrupt nothing: the monitor keeps probing.
+    assert_eq!(fake.health_at("stage v2"), "Monitor healthy");
+    assert_eq!(fake.health_at("acquire deploy"), "Monitor healthy");
+    for step in [
+        "drain",
+        "set_current v2",
+        "restart v2",
+        "verify ok",
+        "undrain",
+    ] {
+        assert_eq!(fake.health_at(step), "Engine healthy", "at {step}");
+    }
+    let after = fake.fact().snapshot();
+    assert_eq!(
+        (after.owner, after.health),
+        (Owner::Monitor, Health::Healthy)
+    );
+}
+
+#[tokio::test]
+async fn neither_release_verifying_hands_back_unhealthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v1"), &[false, false], Health::Healthy);
+    let eng = engine(&fake, dir.path(), true);
+    assert_eq!(run_deploy(&eng, "v2").await.0, Outcome::Failed);
+    let after = fake.fact().snapshot();
+    assert_eq!(
+        (after.owner, after.health),
+        (Owner::Monitor, Health::Unhealthy)
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_that_verifies_hands_back_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v1"), &[false, true], Health::Healthy);
+    let eng = engine(&fake, dir.path(), true);
+    assert_eq!(run_deploy(&eng, "v2").await.0, Outcome::RolledBack);
+    assert_eq!(fake.fact().get(), Health::Healthy);
+}
+
+#[tokio::test]
+async fn a_service_restarted_and_never_judged_is_handed_back_unhealthy() {
+    // Verify of v2 failed, then the rollback's fence found the token stale: the service runs
+    // the unverified v2 and the engine stops there.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v1"), &[false], Health::Healthy);
+    fake.0.lock().unwrap().stale_at = Some("rolling_back".into());
+    let eng = engine(&fake, dir.path(), true);
+    assert_eq!(run_deploy(&eng, "v2").await.0, Outcome::Fenced);
+    let after = fake.fact().snapshot();
+    assert_eq!(
+        (after.owner, after.health),
+        (Owner::Monitor, Health::Unhealthy)
+    );
+    // Fenced before anything was restarted: the health is left as it was.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v1"), &[true], Health::Healthy);
+    fake.0.lock().unwrap().stale_at = Some("restarted".into());
+    let eng = engine(&fake, dir.path(), true);
+    assert_eq!(run_deploy(&eng, "v2").await.0, Outcome::Fenced);
+    assert_eq!(fake.fact().get(), Health::Healthy);
+}
+
+#[tokio::test]
+async fn redeploying_the_live_release_repairs_an_unhealthy_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v1"), &[true], Health::Unhealthy);
+    fake.0.lock().unwrap().previous = Some("v0".into());
+    let eng = engine(&fake, dir.path(), true);
+    assert_eq!(run_deploy(&eng, "v1").await.0, Outcome::Succeeded);
+    let e = core(&fake.effects());
+    assert!(e.contains(&"restart v1".to_owned()), "not repaired: {e:?}");
+    assert!(e.contains(&"verify ok".to_owned()), "{e:?}");
+    assert!(
+        !e.iter().any(|x| x.starts_with("set_previous")),
+        "previous moved to the live release: {e:?}"
+    );
+    assert_eq!(fake.fact().get(), Health::Healthy);
+    // Healthy now: the same deploy again is a no-op.
+    let before = fake.effects().len();
+    assert_eq!(run_deploy(&eng, "v1").await.0, Outcome::Succeeded);
+    assert_eq!(fake.effects().len(), before, "{:?}", fake.effects());
+}
+
+#[tokio::test]
+async fn recovery_takes_the_health_before_the_monitor_can_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v2"), &[true], Health::Healthy);
+    let j = Journal::open(dir.path(), "web-1").unwrap();
+    let mut rec = DeployRecord::new(DeployKind::Deploy, "", Some("v1".into()), "v2", 1);
+    rec.phase = Phase::Verifying;
+    rec.token = 7;
+    j.put_deploy(&rec).unwrap();
+    let eng = engine_on(&fake, j, true);
+    let task = eng.start_recovery().unwrap().unwrap();
+    // Not a single poll of the recovery task yet: the claim is already taken.
+    assert_eq!(fake.fact().snapshot().owner, Owner::Engine);
+    task.await.unwrap();
+    let after = fake.fact().snapshot();
+    assert_eq!(
+        (after.owner, after.health),
+        (Owner::Monitor, Health::Healthy)
+    );
 }

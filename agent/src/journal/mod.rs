@@ -13,7 +13,9 @@
 //!   persisted before it is used, so a seq is never reused across restarts for a new write;
 //! - the supervised child (pid and start time), so that a restarted agent adopts it instead of
 //!   starting a second copy of the service;
-//! - a [`Hold`]: a slot held outside a deploy (an operator's drain, maintenance, a broken host).
+//! - a [`Hold`]: a slot held outside a deploy (an operator's drain, maintenance, a broken host);
+//! - the last health this host established (see [`crate::health`]), so that a restarted agent
+//!   neither hides a bad state nor invents a good one.
 //!
 //! Everything is small JSON under a handful of keys; sled gives atomic single-key writes and a
 //! durable `flush`, which is all the journal needs.
@@ -34,6 +36,7 @@ const KEY_SEQ: &str = "meta/seq";
 const KEY_DEPLOY: &str = "deploy";
 const KEY_CHILD: &str = "child";
 const KEY_HOLD: &str = "hold";
+const KEY_HEALTH: &str = "health";
 
 /// The journal cannot be read or written. Always fatal for the step at hand: the agent must not
 /// act on a phase it could not make durable.
@@ -153,6 +156,16 @@ impl Journal {
             Some(c) => self.put(KEY_CHILD, c),
             None => self.remove(KEY_CHILD),
         }
+    }
+
+    /// The last health record (see [`crate::health::HealthRecord`]).
+    pub fn health<T: DeserializeOwned>(&self) -> Result<Option<T>, JournalError> {
+        self.get(KEY_HEALTH)
+    }
+
+    /// Records the host's health.
+    pub fn set_health<T: Serialize>(&self, health: &T) -> Result<(), JournalError> {
+        self.put(KEY_HEALTH, health)
     }
 
     fn get<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, JournalError> {

@@ -13,6 +13,8 @@ struct Seen {
     acquire_writes: Vec<(String, u64)>,
     released: Vec<u64>,
     registered: u32,
+    /// The health of every heartbeat received, with when it arrived.
+    beats: Vec<(Instant, i32)>,
 }
 
 /// A fake coordinator: a follower pointing at `leader`, or the leader itself.
@@ -71,8 +73,11 @@ impl Coordinator for Fake {
         self.follower()?;
         let mut incoming = r.into_inner();
         let slot = self.slot();
+        let seen = self.seen.clone();
         let out = async_stream::stream! {
-            while let Ok(Some(_)) = incoming.message().await {
+            while let Ok(Some(hb)) = incoming.message().await {
+                let health = hb.report.map(|r| r.health).unwrap_or_default();
+                seen.lock().unwrap().beats.push((Instant::now(), health));
                 yield Ok(HeartbeatResponse { slot: slot.clone(), leader: 2 });
             }
         };
@@ -304,4 +309,65 @@ impl Drop for AbortTask {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+#[tokio::test]
+async fn a_change_of_health_goes_up_at_once_not_at_the_next_beat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seen, leader) = fakes(0);
+    let (addr, _l) = serve(leader).await;
+    let journal = Journal::open(dir.path(), "web-1").unwrap();
+    let healthy = HostReport {
+        health: Health::Healthy as i32,
+        ..Default::default()
+    };
+    let (tx, rx) = watch::channel(healthy.clone());
+    let cfg = LinkConfig {
+        host_id: "web-1".into(),
+        groups: vec!["web".into()],
+        address: "127.0.0.1:1".into(),
+        coordinators: vec![addr],
+        tls: TlsConfig {
+            insecure: true,
+            ..Default::default()
+        },
+    };
+    let link = Link::new(cfg, journal, rx).unwrap();
+    let _t = AbortTask(link.start());
+    let beats = || seen.lock().unwrap().beats.len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while beats() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(beats() >= 2, "no heartbeats");
+    // Right after a beat: the next timed one is a whole second away.
+    let n = beats();
+    while beats() == n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let changed_at = Instant::now();
+    tx.send_replace(HostReport {
+        health: Health::Unhealthy as i32,
+        ..healthy
+    });
+    let until = changed_at + Duration::from_secs(3);
+    let arrived = loop {
+        let got = seen
+            .lock()
+            .unwrap()
+            .beats
+            .iter()
+            .find(|(_, h)| *h == Health::Unhealthy as i32)
+            .map(|(t, _)| *t);
+        if let Some(t) = got {
+            break t;
+        }
+        assert!(Instant::now() < until, "the unhealthy report never went up");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let took = arrived.saturating_duration_since(changed_at);
+    assert!(
+        took < Duration::from_millis(500),
+        "the change went up only after {took:?}: with the next beat, not at once"
+    );
 }

@@ -93,7 +93,8 @@ impl ServiceController {
         root: &Path,
         on_child: Arc<dyn Fn(Option<ChildRecord>) + Send + Sync>,
     ) -> Arc<Self> {
-        let (alive, _) = watch::channel(true);
+        // Nothing runs until a process is started or adopted: no health is vouched for before.
+        let (alive, _) = watch::channel(false);
         Arc::new(Self {
             cfg: cfg.clone(),
             root: root.to_path_buf(),
@@ -201,7 +202,9 @@ impl ServiceController {
             .clone()
     }
 
-    /// `false` while the `exec` child is dead or being restarted after dying on its own.
+    /// `exec` mode: `true` once a process was started or adopted, `false` before that and while
+    /// it is dead or being restarted after dying on its own (a requested stop is not a death).
+    /// Meaningless in the other modes, where it stays `false`.
     pub fn subscribe_alive(&self) -> watch::Receiver<bool> {
         self.shared.alive.subscribe()
     }

@@ -73,7 +73,12 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(cfg: &VerifyConfig) -> Self {
-        let probe_timeout = (cfg.interval * 4).min(MAX_PROBE_TIMEOUT);
+        Self::with_probe_timeout(cfg, (cfg.interval * 4).min(MAX_PROBE_TIMEOUT))
+    }
+
+    /// A verifier whose every probe attempt is bounded by `probe_timeout` (the health monitor
+    /// runs [`Verifier::probe_once`] with `[health] probe_timeout`).
+    pub fn with_probe_timeout(cfg: &VerifyConfig, probe_timeout: Duration) -> Self {
         let http = match &cfg.http {
             None => Ok(None),
             Some(url) => HttpProbe::new(

@@ -31,6 +31,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub verify: VerifyConfig,
     #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
     pub artifact: ArtifactConfig,
     #[serde(default)]
     pub hooks: HooksConfig,
@@ -159,6 +161,135 @@ impl Default for VerifyConfig {
             timeout: Duration::from_secs(60),
             settle: Duration::from_secs(2),
         }
+    }
+}
+
+/// `[health]`: probing the service between deploys (DESIGN §3, §4).
+///
+/// Every `interval` the agent runs one round of probes (each bounded by `probe_timeout`); after
+/// `unhealthy_after` consecutive failed rounds the host reports `unhealthy`, and after
+/// `healthy_after` consecutive good rounds it reports `healthy` again. The probes are the
+/// `[verify]` ones unless this table names its own (`http`, `tcp`, `exec`): then exactly those,
+/// with this table's `expect_status` and `body_contains`. See [`HealthConfig::probes`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Consecutive failed rounds before the host is `unhealthy`.
+    pub unhealthy_after: u32,
+    /// Consecutive good rounds before an unhealthy host is `healthy` again.
+    pub healthy_after: u32,
+    /// The most one probe may take; a probe still running then has failed. Default: the
+    /// interval.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Option<Duration>,
+    /// Own probes (any of the three replaces all of `[verify]`'s).
+    pub http: Option<String>,
+    pub tcp: Option<String>,
+    pub exec: Vec<String>,
+    /// With own probes: the `http` probe's expected status [200] and body substring.
+    pub expect_status: Option<u16>,
+    pub body_contains: Option<String>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            unhealthy_after: 3,
+            healthy_after: 2,
+            probe_timeout: None,
+            http: None,
+            tcp: None,
+            exec: Vec::new(),
+            expect_status: None,
+            body_contains: None,
+        }
+    }
+}
+
+/// The probes the health monitor runs, resolved from `[health]` and `[verify]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthProbes {
+    pub http: Option<String>,
+    pub tcp: Option<String>,
+    pub exec: Vec<String>,
+    pub expect_status: u16,
+    pub body_contains: Option<String>,
+}
+
+impl HealthConfig {
+    /// Whether the table names probes of its own.
+    pub fn has_own_probes(&self) -> bool {
+        self.http.is_some() || self.tcp.is_some() || !self.exec.is_empty()
+    }
+
+    /// The probes to run: this table's own if it names any, else `verify`'s.
+    pub fn probes(&self, verify: &VerifyConfig) -> HealthProbes {
+        if self.has_own_probes() {
+            HealthProbes {
+                http: self.http.clone(),
+                tcp: self.tcp.clone(),
+                exec: self.exec.clone(),
+                expect_status: self.expect_status.unwrap_or(200),
+                body_contains: self.body_contains.clone(),
+            }
+        } else {
+            HealthProbes {
+                http: verify.http.clone(),
+                tcp: verify.tcp.clone(),
+                exec: verify.exec.clone(),
+                expect_status: verify.expect_status,
+                body_contains: verify.body_contains.clone(),
+            }
+        }
+    }
+
+    /// The per-probe timeout in force: `probe_timeout`, or the interval.
+    pub fn probe_timeout(&self) -> Duration {
+        self.probe_timeout.unwrap_or(self.interval)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.interval.is_zero() {
+            return Err(invalid(path, "health.interval", "must be positive"));
+        }
+        if self.probe_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(invalid(path, "health.probe_timeout", "must be positive"));
+        }
+        for (key, n) in [
+            ("health.unhealthy_after", self.unhealthy_after),
+            ("health.healthy_after", self.healthy_after),
+        ] {
+            if n == 0 {
+                return Err(invalid(path, key, "must be at least 1"));
+            }
+        }
+        if !self.has_own_probes() {
+            for (key, set) in [
+                ("health.expect_status", self.expect_status.is_some()),
+                ("health.body_contains", self.body_contains.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        path,
+                        key,
+                        "only applies to [health]'s own http probe; set health.http too, or \
+                         set it in [verify]",
+                    ));
+                }
+            }
+        }
+        if let Some(u) = &self.http {
+            if !u.starts_with("http://") {
+                return Err(invalid(path, "health.http", "must be an http:// URL"));
+            }
+        }
+        if let Some(t) = &self.tcp {
+            check_addr(path, "health.tcp", t)?;
+        }
+        Ok(())
     }
 }
 
@@ -345,6 +476,7 @@ impl AgentConfig {
                 "interval and timeout must be positive",
             ));
         }
+        self.health.check(path)?;
         if self.artifact.require_signature && self.artifact.trusted_keys.is_empty() {
             return Err(invalid(
                 path,
@@ -386,6 +518,66 @@ http = "http://127.0.0.31:8080/health"
         assert_eq!(c.rotation.drain_grace, Duration::from_secs(2));
         assert_eq!(c.verify.success_threshold, 3);
         assert_eq!(c.haproxy_server(), "web-1");
+    }
+
+    #[test]
+    fn no_health_table_means_the_verify_probes_at_the_defaults() {
+        let c = AgentConfig::parse(MIN).unwrap();
+        assert_eq!(c.health.interval, Duration::from_secs(2));
+        assert_eq!(c.health.unhealthy_after, 3);
+        assert_eq!(c.health.healthy_after, 2);
+        assert_eq!(c.health.probe_timeout(), Duration::from_secs(2));
+        let p = c.health.probes(&c.verify);
+        assert_eq!(p.http.as_deref(), Some("http://127.0.0.31:8080/health"));
+        assert_eq!(p.expect_status, 200);
+        assert!(p.tcp.is_none() && p.exec.is_empty());
+    }
+
+    #[test]
+    fn health_table_keys() {
+        let c = AgentConfig::parse(&format!(
+            "{MIN}[health]\ninterval = \"500ms\"\nunhealthy_after = 5\nhealthy_after = 1\n\
+             probe_timeout = \"250ms\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.health.interval, Duration::from_millis(500));
+        assert_eq!(c.health.unhealthy_after, 5);
+        assert_eq!(c.health.healthy_after, 1);
+        assert_eq!(c.health.probe_timeout(), Duration::from_millis(250));
+        // Without probe_timeout, the interval bounds a probe.
+        let c = AgentConfig::parse(&format!("{MIN}[health]\ninterval = \"700ms\"\n")).unwrap();
+        assert_eq!(c.health.probe_timeout(), Duration::from_millis(700));
+        // Own probes replace all of [verify]'s.
+        let c = AgentConfig::parse(&format!("{MIN}[health]\ntcp = \"127.0.0.31:8080\"\n")).unwrap();
+        let p = c.health.probes(&c.verify);
+        assert_eq!(p.tcp.as_deref(), Some("127.0.0.31:8080"));
+        assert!(p.http.is_none(), "{p:?}");
+    }
+
+    #[test]
+    fn the_example_config_parses_with_its_health_table() {
+        let c = AgentConfig::parse(include_str!("../../../deploy/agent.toml")).unwrap();
+        assert_eq!(c.health.interval, Duration::from_secs(2));
+        assert_eq!(c.health.probe_timeout(), Duration::from_secs(2));
+        assert!(!c.health.has_own_probes());
+    }
+
+    #[test]
+    fn bad_health_values_name_the_key() {
+        for (extra, key) in [
+            ("interval = \"0s\"", "health.interval"),
+            ("probe_timeout = \"0s\"", "health.probe_timeout"),
+            ("unhealthy_after = 0", "health.unhealthy_after"),
+            ("healthy_after = 0", "health.healthy_after"),
+            ("http = \"ftp://x\"", "health.http"),
+            ("tcp = \"nowhere\"", "health.tcp"),
+            ("expect_status = 204", "health.expect_status"),
+            ("interval = \"soon\"", "interval"),
+            ("unhealthy_afer = 3", "unhealthy_afer"),
+        ] {
+            let e = AgentConfig::parse(&format!("{MIN}[health]\n{extra}\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ mod limits;
 mod tls;
 
 pub use agent::{
-    AgentConfig, ArtifactConfig, HooksConfig, RotationConfig, ServiceConfig, ServiceControl,
-    VerifyConfig,
+    AgentConfig, ArtifactConfig, HealthConfig, HealthProbes, HooksConfig, RotationConfig,
+    ServiceConfig, ServiceControl, VerifyConfig,
 };
 pub use budget::{BudgetError, MaxUnavailable};
 pub use coordinator::{

@@ -15,13 +15,15 @@
 
 use hotdeploy_integration_tests::agents::{AgentOpts, AgentProc};
 use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts};
-use hotdeploy_integration_tests::haproxy::{HaProxy, HaServer};
+use hotdeploy_integration_tests::haproxy::{HaProxy, HaServer, ObserverReport};
 use hotdeploy_integration_tests::net::{self, AGENT_CHECK_PORT, APP_PORT, HAPROXY_PORT};
 use hotdeploy_integration_tests::pack::{self, ArtifactFormat};
 use serde_json::Value;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// HAProxy's `agent-inter` in the harness config.
@@ -309,4 +311,45 @@ pub fn host_entry(cluster: &Cluster, host: &str) -> Result<Value, String> {
     v.as_array()
         .and_then(|a| a.iter().find(|h| h["host"] == host).cloned())
         .ok_or_else(|| format!("{host} not in hosts list: {v}"))
+}
+
+/// One HAProxy-style agent-check exchange: the reply line, if the responder answers.
+pub fn agent_check_line(addr: SocketAddr) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    let _ = stream.write_all(b"\n");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let line = reply.trim().to_string();
+    (!line.is_empty()).then_some(line)
+}
+
+/// Raises a stop flag when dropped, so pollers in a `std::thread::scope` that loop on it end
+/// even when the scope's body panics (the scope joins them before the panic propagates).
+pub struct RaiseOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for RaiseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether a scoped poller should go on: its flag is down and its time bound not reached.
+pub fn keep_polling(stop: &AtomicBool, until: Instant) -> bool {
+    !stop.load(Ordering::SeqCst) && Instant::now() < until
+}
+
+/// An observer that took no samples proves nothing: insists that `report` polled HAProxy at
+/// least 10 times, and at least once per 500 ms of `watched` (it polls every 50 ms).
+pub fn assert_sampled(report: &ObserverReport, watched: Duration, what: &str) {
+    let want = (watched.as_millis() / 500).max(10) as u64;
+    assert!(
+        report.samples >= want,
+        "the HAProxy observer took {} samples ({} errors) in {watched:?} of {what}; at least \
+         {want} are needed before its verdict means anything",
+        report.samples,
+        report.errors
+    );
 }
