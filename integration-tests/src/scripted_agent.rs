@@ -169,6 +169,13 @@ struct Shared {
     assignment: watch::Sender<Option<Assignment>>,
 }
 
+/// A number unique to each agent started by this process.
+fn next_instance() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -205,7 +212,9 @@ impl ScriptedAgent {
         let shared = Arc::new(Shared {
             host: host.to_string(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
-            client: CoordClient::new(endpoints, &format!("scripted/{host}")),
+            // A fresh client id per start, as a real agent's journal keeps its seqs: a second
+            // agent for the same host must not have its writes answered from the first's.
+            client: CoordClient::new(endpoints, &format!("scripted/{host}/{}", next_instance())),
             script,
             journal,
             facts,
