@@ -92,15 +92,19 @@ impl Fleet {
     }
 
     fn wait_hosts(&self, n: usize) {
-        wait_until(Duration::from_secs(30), &format!("{n} hosts registered"), || {
-            let hosts = self.cluster.try_ctl_json(&["hosts", "list"])?;
-            let count = hosts.as_array().map(Vec::len).unwrap_or(0);
-            if count >= n {
-                Ok(())
-            } else {
-                Err(format!("{count} hosts: {hosts}"))
-            }
-        });
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{n} hosts registered"),
+            || {
+                let hosts = self.cluster.try_ctl_json(&["hosts", "list"])?;
+                let count = hosts.as_array().map(Vec::len).unwrap_or(0);
+                if count >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{count} hosts: {hosts}"))
+                }
+            },
+        );
     }
 
     fn ctl(&self, args: &[&str]) -> Output {
@@ -170,9 +174,22 @@ fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> Result<(), St
 }
 
 /// `rollout start GROUP --release R --artifact file:///releases/R.tar.gz --sha256 SHA EXTRA`.
-fn start_args<'a>(group: &'a str, release: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+fn start_args<'a>(
+    group: &'a str,
+    release: &'a str,
+    url: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
     let mut args = vec![
-        "rollout", "start", group, "--release", release, "--artifact", url, "--sha256", SHA,
+        "rollout",
+        "start",
+        group,
+        "--release",
+        release,
+        "--artifact",
+        url,
+        "--sha256",
+        SHA,
     ];
     args.extend_from_slice(extra);
     args
@@ -213,7 +230,13 @@ fn web_hosts(n: usize) -> Vec<(String, Vec<String>, String)> {
 
 fn as_refs(v: &[(String, Vec<String>, String)]) -> Vec<(&str, Vec<&str>, &str)> {
     v.iter()
-        .map(|(h, g, r)| (h.as_str(), g.iter().map(String::as_str).collect(), r.as_str()))
+        .map(|(h, g, r)| {
+            (
+                h.as_str(),
+                g.iter().map(String::as_str).collect(),
+                r.as_str(),
+            )
+        })
         .collect()
 }
 
@@ -221,7 +244,10 @@ fn as_refs(v: &[(String, Vec<String>, String)]) -> Vec<(&str, Vec<&str>, &str)> 
 fn web_fleet(budget: &str, n: usize, script: impl Fn(&str) -> Script) -> Fleet {
     let hosts = web_hosts(n);
     let refs = as_refs(&hosts);
-    let hosts: Vec<(&str, &[&str], &str)> = refs.iter().map(|(h, g, r)| (*h, g.as_slice(), *r)).collect();
+    let hosts: Vec<(&str, &[&str], &str)> = refs
+        .iter()
+        .map(|(h, g, r)| (*h, g.as_slice(), *r))
+        .collect();
     Fleet::start(&[("web", budget)], &hosts, script)
 }
 
@@ -241,7 +267,12 @@ fn a_start_is_idempotent_by_id_even_through_another_coordinator() {
     // Through one follower alone: it answers UNAVAILABLE with the leader's address, and the
     // CLI retries there; the machine sees a second start with the same id.
     let leader = fleet.cluster.wait_leader(ELECTION, None);
-    let follower = fleet.cluster.ids().into_iter().find(|&i| i != leader).unwrap_or(1);
+    let follower = fleet
+        .cluster
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .unwrap_or(1);
     let through = fleet.cluster.ctl_at(
         &fleet.cluster.addr(follower).to_string(),
         &args,
@@ -266,7 +297,11 @@ fn a_start_is_idempotent_by_id_even_through_another_coordinator() {
     let u3 = url("v3");
     let other = fleet.ctl(&start_args("web", "v3", &u3, &["--id", "up-1"]));
     assert_eq!(other.status.code(), Some(1), "{}", output_text(&other));
-    assert!(stderr(&other).contains("already used"), "{}", output_text(&other));
+    assert!(
+        stderr(&other).contains("already used"),
+        "{}",
+        output_text(&other)
+    );
     let done = fleet.watch("up-1");
     assert_eq!(done.status.code(), Some(0), "{}", output_text(&done));
     assert!(fleet.all_on("v2"), "{:?}", fleet.releases());
@@ -288,27 +323,48 @@ fn canaries_go_first_then_a_batch_at_once_and_watch_streams_every_change() {
         &["--id", "r1", "--canary", "1", "--batch", "2"],
     ));
     // `start -o json` prints the status object.
-    for key in ["id", "group", "release", "state", "succeeded", "failed", "pending", "hosts"] {
-        assert!(started.get(key).is_some(), "{key} missing: {}", pretty(&started));
+    for key in [
+        "id",
+        "group",
+        "release",
+        "state",
+        "succeeded",
+        "failed",
+        "pending",
+        "hosts",
+    ] {
+        assert!(
+            started.get(key).is_some(),
+            "{key} missing: {}",
+            pretty(&started)
+        );
     }
     assert_eq!(started["id"], "r1");
     assert_eq!(started["release"], "v2");
     assert_eq!(started["batch"], 2);
     // A gRPC watcher counts what the stream sends, while the CLI's watch follows it too.
     let addrs = fleet.cluster.coordinator_addrs();
-    let watcher = fleet.rt.spawn(async move { watch_messages(&addrs, "r1").await });
+    let watcher = fleet
+        .rt
+        .spawn(async move { watch_messages(&addrs, "r1").await });
     let watched = fleet.watch("r1");
     assert_eq!(watched.status.code(), Some(0), "{}", output_text(&watched));
     let lines = stdout(&watched);
     for needle in ["web-1: waiting", "web-3: draining", "rollout r1: completed"] {
-        assert!(lines.contains(needle), "{needle:?} not in the watch output:\n{lines}");
+        assert!(
+            lines.contains(needle),
+            "{needle:?} not in the watch output:\n{lines}"
+        );
     }
     deadline.check("the gRPC watch ended");
     let (messages, last_state) = fleet
         .rt
         .block_on(watcher)
         .unwrap_or_else(|e| panic!("watcher: {e}"));
-    assert!(messages >= 20, "the stream sent only {messages} updates for 5 hosts");
+    assert!(
+        messages >= 20,
+        "the stream sent only {messages} updates for 5 hosts"
+    );
     assert_eq!(last_state, RolloutState::Completed as i32);
 
     let journal = fleet.journal();
@@ -355,7 +411,10 @@ fn canaries_go_first_then_a_batch_at_once_and_watch_streams_every_change() {
     for key in ["id", "group", "release", "state", "created_at_ms"] {
         assert!(item.get(key).is_some(), "{key} missing: {}", pretty(&list));
     }
-    assert_eq!((item["release"].as_str(), item["state"].as_str()), (Some("v2"), Some("completed")));
+    assert_eq!(
+        (item["release"].as_str(), item["state"].as_str()),
+        (Some("v2"), Some("completed"))
+    );
     fleet.stop();
 }
 
@@ -398,45 +457,101 @@ fn max_failures_halts_the_rollout_and_no_other_host_is_touched() {
     let u = url("v3");
     let halted = fleet.cluster.ctl_at(
         &fleet.cluster.endpoints(),
-        &start_args("web", "v3", &u, &["--id", "bad", "--canary", "1", "--max-failures", "1", "--watch"]),
+        &start_args(
+            "web",
+            "v3",
+            &u,
+            &[
+                "--id",
+                "bad",
+                "--canary",
+                "1",
+                "--max-failures",
+                "1",
+                "--watch",
+            ],
+        ),
         WATCH,
     );
-    assert_eq!(halted.status.code(), Some(3), "a halt exits 3: {}", output_text(&halted));
+    assert_eq!(
+        halted.status.code(),
+        Some(3),
+        "a halt exits 3: {}",
+        output_text(&halted)
+    );
     let journal = fleet.journal();
-    assert_eq!(journal.grants("bad"), vec!["web-1"], "{:?}", journal.events());
+    assert_eq!(
+        journal.grants("bad"),
+        vec!["web-1"],
+        "{:?}",
+        journal.events()
+    );
     drop(journal);
     let status = fleet.status("bad");
     assert_eq!(status["state"], "halted", "{}", pretty(&status));
     let reason = status["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("(max_failures 1)") && reason.contains("verify failed"), "{reason}");
+    assert!(
+        reason.contains("(max_failures 1)") && reason.contains("verify failed"),
+        "{reason}"
+    );
     let canary = host_of(&status, "web-1");
     assert_eq!(canary["phase"], "rolled_back", "{canary}");
-    assert!(canary["error"].as_str().unwrap_or_default().contains("answered 500"), "{canary}");
+    assert!(
+        canary["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("answered 500"),
+        "{canary}"
+    );
     for h in ["web-2", "web-3", "web-4"] {
         let s = host_of(&status, h);
         assert_eq!(s["phase"], "staged", "untouched: {s}");
         assert!(
-            s["waiting_on"].as_str().unwrap_or_default().contains("rollout halted"),
+            s["waiting_on"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("rollout halted"),
             "{s}"
         );
     }
-    assert!(fleet.all_on("v1"), "every host still on v1: {:?}", fleet.releases());
+    assert!(
+        fleet.all_on("v1"),
+        "every host still on v1: {:?}",
+        fleet.releases()
+    );
 
     // A staging failure is counted, with its error, and here does not halt (max_failures 2).
     deadline.check("a rollout with a staging failure");
     let u4 = url("v4");
     let out = fleet.cluster.ctl_at(
         &fleet.cluster.endpoints(),
-        &start_args("web", "v4", &u4, &["--id", "four", "--max-failures", "2", "--watch"]),
+        &start_args(
+            "web",
+            "v4",
+            &u4,
+            &["--id", "four", "--max-failures", "2", "--watch"],
+        ),
         WATCH,
     );
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let status = fleet.status("four");
-    assert_eq!((status["succeeded"].as_u64(), status["failed"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        (status["succeeded"].as_u64(), status["failed"].as_u64()),
+        (Some(3), Some(1))
+    );
     let failed = host_of(&status, "web-3");
     assert_eq!(failed["phase"], "failed", "{failed}");
-    assert!(failed["error"].as_str().unwrap_or_default().contains("sha256 mismatch"), "{failed}");
-    assert_eq!(failed["release"], "v1", "a staging failure touches nothing: {failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sha256 mismatch"),
+        "{failed}"
+    );
+    assert_eq!(
+        failed["release"], "v1",
+        "a staging failure touches nothing: {failed}"
+    );
     fleet.stop();
 }
 
@@ -446,18 +561,36 @@ fn pause_resume_and_abort_with_rollback() {
     let deadline = Deadline::new("pause resume abort", Duration::from_secs(240));
     let fleet = web_fleet("1", 3, |_| Script::slow(Duration::from_millis(250)));
     let u = url("v2");
-    let out = fleet.ctl(&start_args("web", "v2", &u, &["--id", "p1", "--canary", "1", "--pause-after-canary"]));
+    let out = fleet.ctl(&start_args(
+        "web",
+        "v2",
+        &u,
+        &["--id", "p1", "--canary", "1", "--pause-after-canary"],
+    ));
     assert!(out.status.success(), "{}", output_text(&out));
     let paused = fleet.wait_state("p1", "paused", Duration::from_secs(60));
     assert!(
-        paused["reason"].as_str().unwrap_or_default().contains("paused after the canary hosts web-1"),
+        paused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("paused after the canary hosts web-1"),
         "{}",
         pretty(&paused)
     );
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(fleet.journal().grants("p1"), vec!["web-1"], "nothing after the canary while paused");
+    assert_eq!(
+        fleet.journal().grants("p1"),
+        vec!["web-1"],
+        "nothing after the canary while paused"
+    );
     let w2 = host_of(&fleet.status("p1"), "web-2").clone();
-    assert!(w2["waiting_on"].as_str().unwrap_or_default().contains("rollout paused"), "{w2}");
+    assert!(
+        w2["waiting_on"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rollout paused"),
+        "{w2}"
+    );
     let resumed = fleet.json(&["rollout", "resume", "p1"]);
     assert_eq!(resumed["state"], "running", "{}", pretty(&resumed));
     let done = fleet.watch("p1");
@@ -480,8 +613,18 @@ fn pause_resume_and_abort_with_rollback() {
     let paused = fleet.json(&["rollout", "pause", "p2"]);
     assert_eq!(paused["state"], "paused", "{}", pretty(&paused));
     let aborted = fleet.json(&["rollout", "abort", "p2", "--rollback"]);
-    assert_eq!(aborted["aborted"]["state"], "aborted", "{}", pretty(&aborted));
-    assert_eq!(aborted["rollback"]["id"], "p2-rollback", "{}", pretty(&aborted));
+    assert_eq!(
+        aborted["aborted"]["state"],
+        "aborted",
+        "{}",
+        pretty(&aborted)
+    );
+    assert_eq!(
+        aborted["rollback"]["id"],
+        "p2-rollback",
+        "{}",
+        pretty(&aborted)
+    );
     assert_eq!(aborted["rollback"]["kind"], "rollback");
     assert_eq!(aborted["rollback"]["release"], "v2");
     let rb = fleet.watch("p2-rollback");
@@ -494,19 +637,35 @@ fn pause_resume_and_abort_with_rollback() {
         }
     });
     let watched = fleet.watch("p2");
-    assert_eq!(watched.status.code(), Some(3), "watching an aborted rollout exits 3");
+    assert_eq!(
+        watched.status.code(),
+        Some(3),
+        "watching an aborted rollout exits 3"
+    );
     let audit = fleet.json(&["audit", "list"]);
     let actions: Vec<(String, String)> = audit
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|e| (e["action"].as_str().unwrap_or("").to_string(), e["actor"].as_str().unwrap_or("").to_string()))
+                .map(|e| {
+                    (
+                        e["action"].as_str().unwrap_or("").to_string(),
+                        e["actor"].as_str().unwrap_or("").to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
-    for action in ["start_rollout", "pause_rollout", "resume_rollout", "abort_rollout"] {
+    for action in [
+        "start_rollout",
+        "pause_rollout",
+        "resume_rollout",
+        "abort_rollout",
+    ] {
         assert!(
-            actions.iter().any(|(a, actor)| a == action && actor == "insecure"),
+            actions
+                .iter()
+                .any(|(a, actor)| a == action && actor == "insecure"),
             "{action} not audited: {actions:?}"
         );
     }
@@ -525,13 +684,21 @@ fn supersede_replaces_an_active_rollout_and_nothing_else_does() {
     let refused = fleet.ctl(&start_args("web", "v3", &u3, &["--id", "s2"]));
     assert_eq!(refused.status.code(), Some(1), "{}", output_text(&refused));
     let e = stderr(&refused);
-    assert!(e.contains("s1") && e.contains("--supersede") && e.contains("FailedPrecondition"), "{e}");
+    assert!(
+        e.contains("s1") && e.contains("--supersede") && e.contains("FailedPrecondition"),
+        "{e}"
+    );
     let replaced = fleet.cluster.ctl_at(
         &fleet.cluster.endpoints(),
         &start_args("web", "v3", &u3, &["--id", "s2", "--supersede", "--watch"]),
         WATCH,
     );
-    assert_eq!(replaced.status.code(), Some(0), "{}", output_text(&replaced));
+    assert_eq!(
+        replaced.status.code(),
+        Some(0),
+        "{}",
+        output_text(&replaced)
+    );
     let s1 = fleet.status("s1");
     assert_eq!(s1["state"], "aborted", "{}", pretty(&s1));
     assert_eq!(s1["reason"], "superseded by s2");
@@ -544,7 +711,11 @@ fn supersede_replaces_an_active_rollout_and_nothing_else_does() {
         }
     });
     // Never two hosts out at once, across the two rollouts.
-    assert!(fleet.journal().max_holding() <= 1, "{:?}", fleet.journal().events());
+    assert!(
+        fleet.journal().max_holding() <= 1,
+        "{:?}",
+        fleet.journal().events()
+    );
     fleet.stop();
 }
 
@@ -570,30 +741,75 @@ fn a_one_host_group_and_bad_input_are_refused_at_once() {
         e.contains("single provisioned host") && e.contains("--allow-zero-available true"),
         "{e}"
     );
-    assert!(t0.elapsed() < Duration::from_secs(10), "refused at once, not after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "refused at once, not after {:?}",
+        t0.elapsed()
+    );
     for (args, code, needle) in [
         (start_args("db", "v2", &u, &[]), 1, "unknown group \"db\""),
-        (start_args("web", "v2", &u, &["--batch", "2"]), 1, "budget of 1"),
-        (start_args("web", "v2", &u, &["--canary", "3"]), 1, "canary 3"),
+        (
+            start_args("web", "v2", &u, &["--batch", "2"]),
+            1,
+            "budget of 1",
+        ),
+        (
+            start_args("web", "v2", &u, &["--canary", "3"]),
+            1,
+            "canary 3",
+        ),
         (start_args("web", "v2", &u, &["--batch", "0"]), 2, "--batch"),
         (start_args("web", "v2", "/tmp/v2.tar", &[]), 2, "file:///"),
         (start_args("web", "v/2", &u, &[]), 2, "release"),
-        (start_args("web", "v2", &u, &["--id", "no spaces"]), 2, "rollout"),
         (
-            vec!["rollout", "start", "web", "--release", "v2", "--artifact", &u, "--sha256", "abc"],
+            start_args("web", "v2", &u, &["--id", "no spaces"]),
+            2,
+            "rollout",
+        ),
+        (
+            vec![
+                "rollout",
+                "start",
+                "web",
+                "--release",
+                "v2",
+                "--artifact",
+                &u,
+                "--sha256",
+                "abc",
+            ],
             2,
             "sha256",
         ),
-        (start_args("web", "v2", &u, &["--progress-deadline", "soon"]), 2, "progress-deadline"),
+        (
+            start_args("web", "v2", &u, &["--progress-deadline", "soon"]),
+            2,
+            "progress-deadline",
+        ),
         (vec!["rollout", "status", "nope"], 1, "nope"),
         (vec!["rollout", "resume", "nope"], 1, "unknown rollout"),
     ] {
         let out = fleet.ctl(&args);
-        assert_eq!(out.status.code(), Some(code), "{}: {}", args.join(" "), output_text(&out));
-        assert!(stderr(&out).contains(needle), "{needle:?} not in: {}", output_text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}: {}",
+            args.join(" "),
+            output_text(&out)
+        );
+        assert!(
+            stderr(&out).contains(needle),
+            "{needle:?} not in: {}",
+            output_text(&out)
+        );
     }
     let list = fleet.json(&["rollout", "list"]);
-    assert_eq!(list, Value::Array(vec![]), "nothing was started: {}", pretty(&list));
+    assert_eq!(
+        list,
+        Value::Array(vec![]),
+        "nothing was started: {}",
+        pretty(&list)
+    );
     fleet.stop();
 }
 
@@ -629,7 +845,9 @@ fn a_rollout_survives_a_leader_kill_and_its_watch_follows_it() {
     let new = fleet.cluster.wait_leader(ELECTION, Some(old));
     assert_ne!(new, old);
     deadline.check("the watch ends");
-    let watched = watch.join().unwrap_or_else(|_| panic!("watch thread panicked"));
+    let watched = watch
+        .join()
+        .unwrap_or_else(|_| panic!("watch thread panicked"));
     assert_eq!(
         watched.status.code(),
         Some(0),
@@ -642,7 +860,11 @@ fn a_rollout_survives_a_leader_kill_and_its_watch_follows_it() {
     assert_eq!(status["succeeded"], 4);
     assert!(fleet.all_on("v2"), "{:?}", fleet.releases());
     let journal = fleet.journal();
-    assert!(journal.max_holding() <= 1, "over the budget: {:?}", journal.events());
+    assert!(
+        journal.max_holding() <= 1,
+        "over the budget: {:?}",
+        journal.events()
+    );
     let hosts: BTreeSet<String> = journal.grants("k1").into_iter().collect();
     assert_eq!(hosts.len(), 4, "{:?}", journal.events());
     drop(journal);
@@ -656,7 +878,11 @@ fn a_first_install_takes_no_slot_and_hosts_that_join_or_return_are_caught_up() {
     let deadline = Deadline::new("first install and catch-up", Duration::from_secs(240));
     let mut fleet = Fleet::start(
         &[("web", "1")],
-        &[("web-1", &["web"], ""), ("web-2", &["web"], ""), ("web-3", &["web"], "")],
+        &[
+            ("web-1", &["web"], ""),
+            ("web-2", &["web"], ""),
+            ("web-3", &["web"], ""),
+        ],
         |_| Script::default(),
     );
     let u = url("v1");
@@ -685,40 +911,58 @@ fn a_first_install_takes_no_slot_and_hosts_that_join_or_return_are_caught_up() {
     fleet.add("web-4", &["web"], "", Script::default());
     let catch_up = |fleet: &Fleet, host: &str| {
         let mut found = String::new();
-        wait_until(Duration::from_secs(60), &format!("{host} caught up"), || {
-            let list = fleet.cluster.try_ctl_json(&["rollout", "list"])?;
-            let c = list.as_array().and_then(|a| {
-                a.iter().rev().find(|r| {
-                    r["kind"] == "catch_up" && r["state"] == "completed" && r["release"] == "v1"
-                })
-            });
-            let on = fleet.agents.iter().any(|a| a.host() == host && a.release() == "v1");
-            match c {
-                Some(c) if on => {
-                    found = c["id"].as_str().unwrap_or_default().to_string();
-                    Ok(())
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{host} caught up"),
+            || {
+                let list = fleet.cluster.try_ctl_json(&["rollout", "list"])?;
+                let c = list.as_array().and_then(|a| {
+                    a.iter().rev().find(|r| {
+                        r["kind"] == "catch_up" && r["state"] == "completed" && r["release"] == "v1"
+                    })
+                });
+                let on = fleet
+                    .agents
+                    .iter()
+                    .any(|a| a.host() == host && a.release() == "v1");
+                match c {
+                    Some(c) if on => {
+                        found = c["id"].as_str().unwrap_or_default().to_string();
+                        Ok(())
+                    }
+                    _ => Err(pretty(&list)),
                 }
-                _ => Err(pretty(&list)),
-            }
-        });
+            },
+        );
         found
     };
     let first = catch_up(&fleet, "web-4");
     let status = fleet.status(&first);
-    assert_eq!(status["hosts"].as_array().map(Vec::len), Some(1), "{}", pretty(&status));
+    assert_eq!(
+        status["hosts"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        pretty(&status)
+    );
     assert_eq!(status["hosts"][0]["host"], "web-4");
     // web-2 comes back with another release: it is brought back to v1, under the lock.
     deadline.check("a host comes back on another release");
     fleet.remove("web-2");
     fleet.add("web-2", &["web"], "v0", Script::default());
     wait_until(Duration::from_secs(60), "web-2 back on v1", || {
-        let on = fleet.agents.iter().any(|a| a.host() == "web-2" && a.release() == "v1");
+        let on = fleet
+            .agents
+            .iter()
+            .any(|a| a.host() == "web-2" && a.release() == "v1");
         if on {
             Ok(())
         } else {
             let list = fleet.cluster.try_ctl_json(&["rollout", "list"]);
             let hosts = fleet.cluster.try_ctl_json(&["hosts", "list"]);
-            Err(format!("{:?}\nrollouts: {list:?}\nhosts: {hosts:?}", fleet.releases()))
+            Err(format!(
+                "{:?}\nrollouts: {list:?}\nhosts: {hosts:?}",
+                fleet.releases()
+            ))
         }
     });
     let grants: Vec<(String, Did)> = fleet
@@ -727,7 +971,11 @@ fn a_first_install_takes_no_slot_and_hosts_that_join_or_return_are_caught_up() {
         .into_iter()
         .filter(|(h, d)| h == "web-2" && matches!(d, Did::Granted { .. }))
         .collect();
-    assert_eq!(grants.len(), 1, "a provisioned host catches up under the lock: {grants:?}");
+    assert_eq!(
+        grants.len(),
+        1,
+        "a provisioned host catches up under the lock: {grants:?}"
+    );
     fleet.stop();
 }
 
@@ -766,9 +1014,16 @@ fn only_operators_may_use_the_rollout_rpcs() {
     ];
     for args in &calls {
         let out = cluster.ctl_as(&agent, args);
-        assert_eq!(out.status.code(), Some(1), "{}: {}", args.join(" "), output_text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: {}",
+            args.join(" "),
+            output_text(&out)
+        );
         assert!(
-            stderr(&out).contains("PermissionDenied") && stderr(&out).contains("operator certificate"),
+            stderr(&out).contains("PermissionDenied")
+                && stderr(&out).contains("operator certificate"),
             "{}: {}",
             args.join(" "),
             output_text(&out)
@@ -782,7 +1037,11 @@ fn only_operators_may_use_the_rollout_rpcs() {
     // The operator gets past the role check: the group has no hosts yet.
     let out = cluster.ctl(&start);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    assert!(stderr(&out).contains("no registered hosts"), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("no registered hosts"),
+        "{}",
+        output_text(&out)
+    );
     let list = cluster.ctl_json(&["rollout", "list"]);
     assert_eq!(list, Value::Array(vec![]));
 }

@@ -601,6 +601,12 @@ impl StateMachine {
             }
             None => Vec::new(),
         };
+        // Joins or comes back: new, heard again after being unreachable, or reporting another
+        // release than last known (a rebuilt host). A session restart after a leader change
+        // is none of these, so it does not trigger a catch-up.
+        let returning = self.hosts.get(&id).is_none_or(|h| {
+            h.reachability == Reachability::Unreachable || h.release != report.release
+        });
         self.unindex(&id, &old_groups);
         self.index(&id, &groups);
         let host = self.hosts.entry(id.clone()).or_insert_with(|| Host {
@@ -620,7 +626,8 @@ impl StateMachine {
         host.reachability = Reachability::Reachable;
         host.apply_report(report);
         let host_id = host.id.clone();
-        self.rollouts.on_register(&ctx.at(), &host_id, fleet!(self));
+        self.rollouts
+            .on_register(&ctx.at(), &host_id, returning, fleet!(self));
         Ok(Answer::Done)
     }
 

@@ -6,11 +6,12 @@
 //! any host). So a host in two groups never flaps between two releases, and a canary that
 //! rolled back never makes its release desired.
 //!
-//! When a host joins or comes back (a `Register` or `MarkReachable` is applied) reporting a
-//! release other than its desired one, while reachable, holding no slot and with no step in an
-//! active rollout, the machine makes a one-host `catch_up` rollout for it. Only those two
-//! commands trigger it: a host an operator deployed by hand is not fought over on every
-//! report. The latest catch-up of a host to a release that failed is not repeated until a
+//! When a host joins or comes back reporting a release other than its desired one, while
+//! reachable, holding no slot and with no step in an active rollout, the machine makes a
+//! one-host `catch_up` rollout for it. "Joins or comes back" is: a `Register` of a new host, of
+//! one that was unreachable, or of one reporting another release than last known (a rebuilt
+//! host); or a `MarkReachable`. A re-register after a leader change is none of these, and no
+//! report while connected is either: a host an operator deployed by hand is not fought over. The latest catch-up of a host to a release that failed is not repeated until a
 //! rollout succeeds on the host, so a broken host is not redeployed in a loop.
 
 use super::model::{Policy, ReleaseSpec, RolloutKind, DEFAULT_PROGRESS_DEADLINE_MS};

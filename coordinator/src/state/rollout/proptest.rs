@@ -15,7 +15,8 @@
 //!   done, first installs without a slot aside, plus hosts holding a slot for it);
 //! - **canaries first:** a non-canary step is admitted only once every canary step is done;
 //! - **one at a time:** at most one active operator/rollback rollout per group, and one
-//!   non-terminal step per host across active rollouts;
+//!   non-terminal step per host across active rollouts; a start aborts another rollout only
+//!   when it asks to supersede (catch-ups aside);
 //! - **states:** a running rollout has fewer failures than `max_failures`, a completed one
 //!   has nothing pending, and a terminal rollout never becomes active again (a halted one may
 //!   still be aborted);
@@ -541,6 +542,22 @@ fn check(
                     rollout,
                     r.state,
                     step.map(|s| s.phase)
+                );
+            }
+        }
+    }
+    // Only a start that asks to supersede aborts an operator's or a rollback rollout.
+    if let Command::StartRollout { spec } = command {
+        if !spec.supersede {
+            for r in after.rollouts() {
+                let was_active = before.rollout(&r.id).is_some_and(|o| o.state.is_active());
+                prop_assert!(
+                    !(was_active
+                        && r.kind != RolloutKind::CatchUp
+                        && r.state == RolloutState::Aborted),
+                    "start of {} without supersede aborted {}",
+                    spec.id,
+                    r.id
                 );
             }
         }

@@ -275,10 +275,11 @@ impl Rollouts {
         r.progressed(at.at_ms);
     }
 
-    /// `host` registered (joined, or came back). It gets a step in an active rollout of a
-    /// group it is in and has none in (unless busy in another), loses a step not yet admitted
-    /// in a group it left, and otherwise may be caught up to its desired release.
-    pub fn on_register(&mut self, at: &At, host: &str, fleet: Fleet<'_>) {
+    /// `host` registered. It gets a step in an active rollout of a group it is in and has none
+    /// in (unless busy in another), loses a step not yet admitted in a group it left, and, if
+    /// it is `returning` (new, back from unreachable, or on another release than last known),
+    /// may be caught up to its desired release.
+    pub fn on_register(&mut self, at: &At, host: &str, returning: bool, fleet: Fleet<'_>) {
         let Some(h) = fleet.host(host) else { return };
         for id in self.active_ids() {
             let Some(r) = self.by_id.get_mut(&id) else {
@@ -328,7 +329,9 @@ impl Rollouts {
                 self.record_success(&id, host);
             }
         }
-        self.maybe_catch_up(at, host, fleet);
+        if returning {
+            self.maybe_catch_up(at, host, fleet);
+        }
     }
 
     /// `host` is reachable again: it may be caught up to its desired release.

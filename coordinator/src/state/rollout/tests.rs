@@ -988,7 +988,25 @@ fn a_failed_canary_does_not_make_its_release_desired() {
     assert_eq!(w.state("bad"), RolloutState::Halted);
     assert_eq!(w.sm.desired_release("web-1").unwrap().release.id, "v1");
     let n = w.sm.rollouts().len();
+    // A re-register after a leader change is not a return: nothing happens.
     w.register("web-1", &["web"], on("old")).unwrap();
+    assert_eq!(w.sm.rollouts().len(), n);
+    // Back from being unreachable, it is brought to its desired release.
+    w.apply(
+        "leader",
+        Command::MarkUnreachable {
+            host: "web-1".into(),
+        },
+    )
+    .unwrap();
+    w.apply(
+        "leader",
+        Command::MarkReachable {
+            host: "web-1".into(),
+            report: on("old"),
+        },
+    )
+    .unwrap();
     let c = w.sm.rollouts().last().map(|r| (*r).clone()).unwrap();
     assert_eq!(w.sm.rollouts().len(), n + 1);
     assert_eq!(c.release.id, "v1", "brought back to v1, not to the bad v2");
