@@ -327,11 +327,24 @@ async fn the_heartbeat_stream_pushes_an_assignment_the_moment_it_changes() {
 #[tokio::test]
 async fn a_host_not_admitted_is_refused_a_slot_at_once() {
     let mut n = one_node().await;
-    web(&mut n.client, 2).await;
+    web(&mut n.client, 3).await;
     n.client
         .start_rollout(start_req("r1", "v2"))
         .await
         .expect("start");
+    // The budget is used up, so a caller that got past the rollout's gate would wait for it.
+    n.client
+        .acquire_slot(AcquireSlotRequest {
+            write: write(6),
+            host: "web-3".into(),
+            purpose: "maintenance".into(),
+            reason: "disk".into(),
+            rollout: String::new(),
+            wait_ms: 0,
+            canary: false,
+        })
+        .await
+        .expect("maintenance slot");
     let t0 = Instant::now();
     let e = n
         .client
@@ -423,9 +436,10 @@ async fn watch_streams_each_change_and_ends_when_the_rollout_does() {
         .expect("outcome");
     let mut phases = Vec::new();
     let mut last = None;
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), stream.message())
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Some(m) = tokio::time::timeout_at(end, stream.message())
         .await
-        .expect("no message for 10 s")
+        .expect("the stream did not end within 20 s of the outcome")
         .expect("stream")
     {
         let r = m.rollout.expect("rollout");
