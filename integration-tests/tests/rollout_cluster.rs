@@ -314,7 +314,8 @@ fn canaries_go_first_then_a_batch_at_once_and_watch_streams_every_change() {
     let deadline = Deadline::new("canary and batch", Duration::from_secs(180));
     // Deploy phases of 500 ms: two hosts of a batch overlap for about two seconds, far more
     // than the admission of the second takes (one commit), even on a loaded machine.
-    let fleet = web_fleet("2", 5, |_| Script::slow(Duration::from_millis(500)));
+    // Budget 3, batch 2: the batch, not the lock, is what holds it to two at once here.
+    let fleet = web_fleet("3", 5, |_| Script::slow(Duration::from_millis(500)));
     let u = url("v2");
     let started = fleet.json(&start_args(
         "web",
@@ -389,7 +390,7 @@ fn canaries_go_first_then_a_batch_at_once_and_watch_streams_every_change() {
     assert_eq!(
         journal.max_holding(),
         2,
-        "at most (and, here, exactly) batch 2 hosts at once"
+        "at most (and, here, exactly) batch 2 hosts at once, under a budget of 3"
     );
     drop(journal);
     let status = fleet.status("r1");
@@ -415,7 +416,60 @@ fn canaries_go_first_then_a_batch_at_once_and_watch_streams_every_change() {
         (item["release"].as_str(), item["state"].as_str()),
         (Some("v2"), Some("completed"))
     );
+    // On a terminal the watch draws progress bars: one overall, one per host.
+    let bars = watch_on_a_terminal(&fleet.cluster, "r1");
+    assert_eq!(bars.status.code(), Some(0), "{}", output_text(&bars));
+    let screen = strip_ansi(&stdout(&bars));
+    assert!(
+        screen.contains("5/5") && screen.contains("completed"),
+        "no overall bar:\n{screen}"
+    );
+    for i in 1..=5 {
+        assert!(
+            screen.contains(&format!("web-{i}")),
+            "no bar for web-{i}:\n{screen}"
+        );
+    }
+    assert!(screen.contains("[===="), "no bar drawn:\n{screen}");
+    assert!(
+        !screen.contains("] web-1: "),
+        "plain lines on a terminal:\n{screen}"
+    );
     fleet.stop();
+}
+
+/// `text` without ANSI escape sequences (colours, cursor moves).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `hotdeployctl rollout watch ID` with its stdout on a pseudo-terminal (util-linux `script`).
+fn watch_on_a_terminal(cluster: &Cluster, id: &str) -> Output {
+    let ctl = hotdeploy_integration_tests::bins::ctl();
+    let line = format!(
+        "{} --endpoints {} --insecure rollout watch {id}",
+        ctl.display(),
+        cluster.endpoints()
+    );
+    let mut command = std::process::Command::new("script");
+    command.args(["-qec", &line, "/dev/null"]);
+    hotdeploy_integration_tests::proc::run_with_timeout(command, Duration::from_secs(60))
 }
 
 /// Counts the `WatchRollout` messages for `id` until the stream ends; returns the count and

@@ -206,8 +206,10 @@ impl View for Lines {
 /// Progress bars on a terminal: one per host, one overall.
 pub(crate) struct Bars {
     multi: MultiProgress,
-    overall: ProgressBar,
+    /// Made at the first update, when the number of hosts is known.
+    overall: Option<ProgressBar>,
     hosts: BTreeMap<String, ProgressBar>,
+    overall_style: ProgressStyle,
     host_style: ProgressStyle,
 }
 
@@ -233,15 +235,11 @@ fn rank(p: StepPhase) -> u64 {
 
 impl Bars {
     pub(crate) fn new() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
-        let overall = multi.add(ProgressBar::new(0));
-        overall.set_style(style(
-            "{prefix:>20.bold} [{bar:30.green/white}] {pos}/{len} {msg}",
-        ));
         Self {
-            multi,
-            overall,
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+            overall: None,
             hosts: BTreeMap::new(),
+            overall_style: style("{prefix:>20.bold} [{bar:30.green/white}] {pos}/{len} {msg}"),
             host_style: style("{prefix:>20} [{bar:30.cyan/blue}] {msg}"),
         }
     }
@@ -250,25 +248,34 @@ impl Bars {
 impl View for Bars {
     fn show(&mut self, r: &RolloutInfo) {
         let done = r.succeeded + r.failed;
-        self.overall.set_prefix(r.id.clone());
-        self.overall.set_length(r.hosts.len() as u64);
-        self.overall.set_position(done);
+        let overall = self.overall.get_or_insert_with(|| {
+            let b = ProgressBar::with_draw_target(
+                Some(r.hosts.len() as u64),
+                ProgressDrawTarget::hidden(),
+            );
+            b.set_style(self.overall_style.clone());
+            b.set_prefix(r.id.clone());
+            self.multi.add(b)
+        });
+        overall.set_length(r.hosts.len() as u64);
+        overall.set_position(done);
         let reason = if r.reason.is_empty() {
             String::new()
         } else {
             format!(" — {}", r.reason)
         };
-        self.overall.set_message(format!(
+        overall.set_message(format!(
             "{} · {}{reason}",
             state_of(r.state).label(),
             counts(r)
         ));
         for h in &r.hosts {
             let bar = self.hosts.entry(h.host.clone()).or_insert_with(|| {
-                let b = self.multi.add(ProgressBar::new(HOST_STEPS));
+                let b =
+                    ProgressBar::with_draw_target(Some(HOST_STEPS), ProgressDrawTarget::hidden());
                 b.set_style(self.host_style.clone());
                 b.set_prefix(h.host.clone());
-                b
+                self.multi.add(b)
             });
             let phase = phase_of(h.phase);
             bar.set_position(rank(phase));
@@ -286,6 +293,8 @@ impl View for Bars {
         for bar in self.hosts.values() {
             bar.abandon();
         }
-        self.overall.abandon();
+        if let Some(overall) = &self.overall {
+            overall.abandon();
+        }
     }
 }
