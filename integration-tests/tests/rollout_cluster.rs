@@ -9,6 +9,7 @@
 //! - `max_failures` halts a rollout and no other host takes a slot; a staging failure is
 //!   counted and shown with its error;
 //! - pause, resume, abort, and abort `--rollback`;
+//! - a deploy whose slot is force-released is driven again, and the rollout does not wedge;
 //! - supersede;
 //! - a one-host group is refused at once, and bad input gets a clear error and exit code;
 //! - a rollout survives `kill -9` of the leader, and a watch follows it across;
@@ -787,6 +788,9 @@ fn a_one_host_group_and_bad_input_are_refused_at_once() {
         |_| Script::default(),
     );
     let u = url("v2");
+    let sig_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let bad_sig = sig_dir.path().join("v2.sig").display().to_string();
+    std::fs::write(&bad_sig, "not base64!\n").unwrap_or_else(|e| panic!("{e}"));
     let t0 = Instant::now();
     let lone = fleet.ctl(&start_args("solo", "v2", &u, &[]));
     assert_eq!(lone.status.code(), Some(1), "{}", output_text(&lone));
@@ -839,6 +843,16 @@ fn a_one_host_group_and_bad_input_are_refused_at_once() {
             start_args("web", "v2", &u, &["--progress-deadline", "soon"]),
             2,
             "progress-deadline",
+        ),
+        (
+            start_args("web", "v2", &u, &["--signature", "/nonexistent/v2.sig"]),
+            1,
+            "cannot read signature file",
+        ),
+        (
+            start_args("web", "v2", &u, &["--signature", &bad_sig]),
+            1,
+            "signature must be base64",
         ),
         (vec!["rollout", "status", "nope"], 1, "nope"),
         (vec!["rollout", "resume", "nope"], 1, "unknown rollout"),
@@ -1030,6 +1044,68 @@ fn a_first_install_takes_no_slot_and_hosts_that_join_or_return_are_caught_up() {
         1,
         "a provisioned host catches up under the lock: {grants:?}"
     );
+    fleet.stop();
+}
+
+#[test]
+fn a_deploy_whose_slot_is_force_released_is_driven_again() {
+    let _serial = serial();
+    let _deadline = Deadline::new("fenced deploy", Duration::from_secs(180));
+    let fleet = web_fleet("1", 2, |_| Script::slow(Duration::from_millis(800)));
+    let u = url("v2");
+    let out = fleet.ctl(&start_args("web", "v2", &u, &["--id", "f1"]));
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_until(
+        Duration::from_secs(60),
+        "web-1 deploying under its slot",
+        || {
+            let s = fleet.cluster.try_ctl_json(&["rollout", "status", "f1"])?;
+            if host_of(&s, "web-1")["phase"] == "draining"
+                || host_of(&s, "web-1")["phase"] == "swapping"
+            {
+                Ok(())
+            } else {
+                Err(pretty(&s))
+            }
+        },
+    );
+    let revoked = fleet.ctl(&["locks", "release", "web-1", "--force"]);
+    assert!(revoked.status.success(), "{}", output_text(&revoked));
+    let done = fleet.watch("f1");
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "the rollout did not wedge: {}",
+        output_text(&done)
+    );
+    let status = fleet.status("f1");
+    let w1 = host_of(&status, "web-1");
+    assert_eq!(
+        (w1["phase"].as_str(), w1["attempt"].as_u64()),
+        (Some("succeeded"), Some(2)),
+        "{w1}"
+    );
+    let events: Vec<String> = status["events"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|e| e["message"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        events
+            .iter()
+            .any(|m| m.contains("force-released") && m.contains("driven again as attempt 2")),
+        "{events:?}"
+    );
+    let grants = fleet.journal().grants("f1");
+    assert_eq!(
+        grants.iter().filter(|h| *h == "web-1").count(),
+        2,
+        "{grants:?}"
+    );
+    assert!(fleet.all_on("v2"), "{:?}", fleet.releases());
     fleet.stop();
 }
 
