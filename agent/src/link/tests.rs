@@ -63,7 +63,7 @@ impl Coordinator for Fake {
     ) -> Result<Response<RegisterResponse>, Status> {
         self.follower()?;
         self.seen.lock().unwrap().registered += 1;
-        Ok(Response::new(RegisterResponse { slot: None }))
+        Ok(Response::new(RegisterResponse::default()))
     }
     type HeartbeatStream = Beats;
     async fn heartbeat(
@@ -78,7 +78,7 @@ impl Coordinator for Fake {
             while let Ok(Some(hb)) = incoming.message().await {
                 let health = hb.report.map(|r| r.health).unwrap_or_default();
                 seen.lock().unwrap().beats.push((Instant::now(), health));
-                yield Ok(HeartbeatResponse { slot: slot.clone(), leader: 2 });
+                yield Ok(HeartbeatResponse { slot: slot.clone(), leader: 2, ..Default::default() });
             }
         };
         Ok(Response::new(Box::pin(out)))
@@ -174,6 +174,56 @@ impl Coordinator for Fake {
         &self,
         _r: Request<ListAuditRequest>,
     ) -> Result<Response<ListAuditResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn report_step(
+        &self,
+        _r: Request<ReportStepRequest>,
+    ) -> Result<Response<ReportStepResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn start_rollout(
+        &self,
+        _r: Request<StartRolloutRequest>,
+    ) -> Result<Response<StartRolloutResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn get_rollout(
+        &self,
+        _r: Request<GetRolloutRequest>,
+    ) -> Result<Response<GetRolloutResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_rollouts(
+        &self,
+        _r: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    type WatchRolloutStream =
+        Pin<Box<dyn futures::Stream<Item = Result<WatchRolloutResponse, Status>> + Send>>;
+    async fn watch_rollout(
+        &self,
+        _r: Request<WatchRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn pause_rollout(
+        &self,
+        _r: Request<PauseRolloutRequest>,
+    ) -> Result<Response<PauseRolloutResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn resume_rollout(
+        &self,
+        _r: Request<ResumeRolloutRequest>,
+    ) -> Result<Response<ResumeRolloutResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn abort_rollout(
+        &self,
+        _r: Request<AbortRolloutRequest>,
+    ) -> Result<Response<AbortRolloutResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }

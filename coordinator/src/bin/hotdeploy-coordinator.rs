@@ -76,10 +76,12 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
     tokio::spawn(liveness.clone().run());
     tokio::spawn(seed_groups(node.clone(), cfg.clone()));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let progress = tokio::spawn(hotdeploy_coordinator::progress::run(node.clone(), stopping));
     let svc = CoordinatorService::new(node.clone(), liveness);
     tokio::spawn(notify_systemd());
     tracing::info!(listen = %cfg.listen, "serving");
-    service::serve(
+    let served = service::serve(
         listener,
         server_tls,
         cfg.limits.max_connections,
@@ -87,7 +89,10 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         peer,
         shutdown_signal(),
     )
-    .await?;
+    .await;
+    let _ = stop.send(true);
+    let _ = progress.await;
+    served?;
     tracing::info!("shut down");
     Ok(())
 }

@@ -7,9 +7,10 @@
 
 use super::auth::{authorize, Need};
 use super::convert::{group_to_wire, host_to_wire, report_from_wire, slot_to_wire, write_id};
-use super::leader::{ensure_leader, node_status, not_leader, read_barrier, state_status, write};
+use super::leader::{ensure_leader, node_status, read_barrier, state_status, write};
 use super::members;
 use super::waiters::Waiters;
+use super::{heartbeat, rollout};
 use crate::liveness::Liveness;
 use crate::raft::RaftNode;
 use crate::state::{Answer, Command, Proposal, Reachability, Rotation};
@@ -82,7 +83,7 @@ fn check_purpose(p: &str) -> Result<(), Status> {
 
 /// The slot the state machine says `host` holds. One read guard: never take a second read
 /// lock while holding one (a queued writer in between would deadlock std's RwLock).
-fn held_slot(node: &RaftNode, host: &str) -> Option<Slot> {
+pub(super) fn held_slot(node: &RaftNode, host: &str) -> Option<Slot> {
     let st = node.state();
     let token = st.host(host)?.slot?;
     st.slots()
@@ -91,7 +92,8 @@ fn held_slot(node: &RaftNode, host: &str) -> Option<Slot> {
         .map(slot_to_wire)
 }
 
-type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
+pub(super) type HeartbeatStream =
+    Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
@@ -124,6 +126,7 @@ impl Coordinator for CoordinatorService {
         self.liveness.observe(&r.host, report);
         Ok(Response::new(RegisterResponse {
             slot: held_slot(&self.node, &r.host),
+            assignment: rollout::assignment_of(&self.node, &r.host),
         }))
     }
 
@@ -135,31 +138,12 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<HeartbeatStream>, Status> {
         ensure_leader(&self.node)?;
         let role = hotdeploy_common::tls::caller_role(&req);
-        let mut inbound = req.into_inner();
-        let node = self.node.clone();
-        let liveness = self.liveness.clone();
-        let out = async_stream::try_stream! {
-            while let Some(hb) = inbound.message().await? {
-                check_name("host", &hb.host, check_host)?;
-                match &role {
-                    Some(hotdeploy_common::tls::Role::Insecure) | Some(hotdeploy_common::tls::Role::Operator(_)) => {}
-                    Some(hotdeploy_common::tls::Role::Agent(h)) if *h == hb.host => {}
-                    other => {
-                        tracing::warn!(audit = true, caller = ?other, host = %hb.host, "heartbeat refused");
-                        Err(Status::permission_denied(format!("heartbeat for {} needs that host's agent certificate", hb.host)))?;
-                    }
-                }
-                if !node.status().is_leader() {
-                    Err(not_leader(&node))?;
-                }
-                if node.state().host(&hb.host).is_none() {
-                    Err(Status::not_found(format!("host {} is not registered; register first", hb.host)))?;
-                }
-                liveness.observe(&hb.host, report_from_wire(hb.report.as_ref()));
-                yield HeartbeatResponse { slot: held_slot(&node, &hb.host), leader: node.status().leader };
-            }
-        };
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(heartbeat::serve(
+            self.node.clone(),
+            self.liveness.clone(),
+            role,
+            req.into_inner(),
+        )))
     }
 
     async fn acquire_slot(
@@ -179,6 +163,13 @@ impl Coordinator for CoordinatorService {
         let actor = authorize(&req, "AcquireSlot", Need::Host(&r.host))?;
         let r = req.into_inner();
         ensure_leader(&self.node)?;
+        // A rollout's gate answers at once (paused, not admitted): no budget will change it.
+        let canary = {
+            let st = self.node.state();
+            st.check_rollout_gate(&r.host, &purpose, &r.rollout)
+                .map_err(|e| state_status(&e))?;
+            r.canary || st.is_canary(&r.host, &r.rollout)
+        };
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
         let groups = self
@@ -187,7 +178,7 @@ impl Coordinator for CoordinatorService {
             .host(&r.host)
             .map(|h| h.groups.clone())
             .unwrap_or_default();
-        let ticket = self.waiters.enqueue(&r.host, &purpose, &groups, r.canary);
+        let ticket = self.waiters.enqueue(&r.host, &purpose, &groups, canary);
         let mut applied = self.node.subscribe_applied();
         let mut queue = self.waiters.subscribe();
         let write = write_id(r.write);
@@ -519,5 +510,82 @@ impl Coordinator for CoordinatorService {
         )
         .await?;
         Ok(Response::new(RemoveHostResponse {}))
+    }
+
+    // ---- rollouts: the logic is in `rollout.rs` ----
+
+    async fn report_step(
+        &self,
+        req: Request<ReportStepRequest>,
+    ) -> Result<Response<ReportStepResponse>, Status> {
+        check_name("host", &req.get_ref().host, check_host)?;
+        let actor = authorize(&req, "ReportStep", Need::Host(&req.get_ref().host))?;
+        rollout::report_step(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(ReportStepResponse {}))
+    }
+
+    async fn start_rollout(
+        &self,
+        req: Request<StartRolloutRequest>,
+    ) -> Result<Response<StartRolloutResponse>, Status> {
+        let actor = authorize(&req, "StartRollout", Need::Operator)?;
+        let r = rollout::start(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<GetRolloutRequest>,
+    ) -> Result<Response<GetRolloutResponse>, Status> {
+        authorize(&req, "GetRollout", Need::Operator)?;
+        let r = rollout::get(&self.node, &req.get_ref().id).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn list_rollouts(
+        &self,
+        req: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        authorize(&req, "ListRollouts", Need::Operator)?;
+        let r = rollout::list(&self.node, &req.get_ref().group).await?;
+        Ok(Response::new(r))
+    }
+
+    type WatchRolloutStream = rollout::WatchStream;
+
+    async fn watch_rollout(
+        &self,
+        req: Request<WatchRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        authorize(&req, "WatchRollout", Need::Operator)?;
+        let s = rollout::watch(&self.node, req.into_inner().id).await?;
+        Ok(Response::new(s))
+    }
+
+    async fn pause_rollout(
+        &self,
+        req: Request<PauseRolloutRequest>,
+    ) -> Result<Response<PauseRolloutResponse>, Status> {
+        let actor = authorize(&req, "PauseRollout", Need::Operator)?;
+        let r = rollout::pause(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn resume_rollout(
+        &self,
+        req: Request<ResumeRolloutRequest>,
+    ) -> Result<Response<ResumeRolloutResponse>, Status> {
+        let actor = authorize(&req, "ResumeRollout", Need::Operator)?;
+        let r = rollout::resume(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn abort_rollout(
+        &self,
+        req: Request<AbortRolloutRequest>,
+    ) -> Result<Response<AbortRolloutResponse>, Status> {
+        let actor = authorize(&req, "AbortRollout", Need::Operator)?;
+        let r = rollout::abort(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(r))
     }
 }

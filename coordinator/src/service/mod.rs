@@ -3,12 +3,19 @@
 //! One listener serves the public `Coordinator` API, the `RaftPeer` transport, gRPC health
 //! (`grpc.health.v1`) and server reflection (so `grpcurl` works). Writes go through raft;
 //! reads of replicated state go through a ReadIndex barrier at the leader.
+//!
+//! Files: `coordinator` (the thin handlers), `heartbeat` (the agents' stream), `rollout` (the
+//! rollout RPCs' logic) and `rollout_wire` (its conversions), `members`, `waiters` (the
+//! AcquireSlot queue), `leader` (routing and statuses), `auth`, `convert`.
 
 mod auth;
 mod convert;
 mod coordinator;
+mod heartbeat;
 mod leader;
 mod members;
+mod rollout;
+mod rollout_wire;
 mod waiters;
 
 pub use coordinator::CoordinatorService;

@@ -13,12 +13,13 @@
 //! kind of command only once every member knows it, so an unknown version here means that rule
 //! was broken, and applying a guess would fork the replicas.
 //!
-//! Left out: rollouts and FleetLock lock-only hosts; their commands come with those features.
+//! Left out: FleetLock lock-only hosts; their commands come with that feature.
 
 use super::error::StateError;
 use super::group::{GroupSeed, GroupView};
 use super::host::Report;
 use super::lock::Slot;
+use super::rollout::{RolloutSpec, StepReport};
 use hotdeploy_common::config::MaxUnavailable;
 use serde::{Deserialize, Serialize};
 
@@ -159,6 +160,35 @@ pub enum Command {
     RemoveMember {
         id: u64,
     },
+    /// An operator starts a rollout (idempotent by id; see `rollout/start.rs`).
+    StartRollout {
+        spec: RolloutSpec,
+    },
+    PauseRollout {
+        id: String,
+    },
+    ResumeRollout {
+        id: String,
+    },
+    /// With `rollback`, also starts a rollout of the previous release.
+    AbortRollout {
+        id: String,
+        rollback: bool,
+    },
+    /// An agent reports on its step; an outcome carries its host report too.
+    ReportStep {
+        host: String,
+        rollout: String,
+        attempt: u32,
+        report: StepReport,
+        error: String,
+        host_report: Option<Report>,
+    },
+    /// Leader-proposed: halts the rollout if, at this entry's `at_ms`, it has made no progress
+    /// for its deadline.
+    CheckProgress {
+        rollout: String,
+    },
 }
 
 /// A successful command's answer.
@@ -173,6 +203,11 @@ pub enum Answer {
     },
     /// The group after a policy change.
     Group(GroupView),
+    /// The rollout a rollout command acted on, and the rollback rollout an abort started.
+    Rollout {
+        id: String,
+        rollback: Option<String>,
+    },
 }
 
 /// What applying a command gives back: the same on every replica.

@@ -13,6 +13,7 @@
 //! succeed without anyone changing anything ([`StateError::is_retryable`]). Only the budget
 //! refusals are retryable: slots are released and hosts come back on their own.
 
+use super::rollout::RolloutError;
 use hotdeploy_common::config::BudgetError;
 use hotdeploy_common::NameError;
 use serde::{Deserialize, Serialize};
@@ -145,6 +146,9 @@ pub enum StateError {
          this is a bug in the raft driver"
     )]
     AlreadyApplied { index: u64, applied: u64 },
+
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
 }
 
 impl StateError {
@@ -166,6 +170,7 @@ impl StateError {
             | Self::GroupsChangeWhileHolding { .. }
             | Self::SeqTooOld { .. } => Code::FailedPrecondition,
             Self::AlreadyApplied { .. } => Code::Internal,
+            Self::Rollout(e) => e.code(),
         }
     }
 

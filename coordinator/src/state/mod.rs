@@ -13,9 +13,10 @@
 //! - `session`: dedup of retried client writes by `(client_id, seq)`;
 //! - `audit`: the bounded trail of operator actions;
 //! - `error`: [`StateError`], with gRPC codes and retryability;
+//! - `rollout/`: rollouts, their per-host steps, admission and desired releases;
 //! - `machine`: [`StateMachine`], which applies commands and holds it all together.
 //!
-//! Left out for now: rollouts, desired releases and FleetLock lock-only hosts.
+//! Left out for now: FleetLock lock-only hosts.
 
 mod audit;
 mod command;
@@ -24,6 +25,7 @@ mod group;
 mod host;
 mod lock;
 mod machine;
+mod rollout;
 mod session;
 
 #[cfg(test)]
@@ -38,3 +40,8 @@ pub use group::{GroupSeed, GroupView};
 pub use host::{Health, Host, Reachability, Report, Rotation};
 pub use lock::Slot;
 pub use machine::{StateMachine, MAINTENANCE};
+pub use rollout::{
+    check_release_spec, Assignment, Event as RolloutEvent, PhaseTime, Policy, ReleaseSpec, Rollout,
+    RolloutError, RolloutKind, RolloutSpec, RolloutState, Step, StepPhase, StepReport, Unavailable,
+    Wait, DEFAULT_PROGRESS_DEADLINE_MS,
+};
