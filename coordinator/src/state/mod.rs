@@ -13,7 +13,9 @@
 //! - `session`: dedup of retried client writes by `(client_id, seq)`;
 //! - `audit`: the bounded trail of operator actions;
 //! - `error`: [`StateError`], with gRPC codes and retryability;
-//! - `machine`: [`StateMachine`], which applies commands and holds it all together.
+//! - `machine`: [`StateMachine`], which applies commands and holds it all together;
+//! - `replicated`: the [`crate::raft::Replicated`] trait over the machine: what the raft driver
+//!   calls, and the only place that turns raft's entries and membership changes into commands.
 //!
 //! Left out for now: rollouts, desired releases and FleetLock lock-only hosts.
 
@@ -24,6 +26,7 @@ mod group;
 mod host;
 mod lock;
 mod machine;
+mod replicated;
 mod session;
 
 #[cfg(test)]
@@ -32,9 +35,9 @@ mod proptest;
 mod tests;
 
 pub use audit::AuditEvent;
-pub use command::{Answer, Command, Proposal, Response, WriteId, FORMAT_VERSION};
+pub use command::{Answer, Command, DecodeError, Proposal, Response, WriteId, FORMAT_VERSION};
 pub use error::StateError;
 pub use group::{GroupSeed, GroupView};
 pub use host::{Health, Host, Reachability, Report, Rotation};
-pub use lock::Slot;
+pub use lock::{GrantChecker, Outlook, Slot};
 pub use machine::{StateMachine, MAINTENANCE};
