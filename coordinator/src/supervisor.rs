@@ -127,3 +127,152 @@ pub async fn supervise(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::Liveness;
+    use crate::raft::test_node;
+    use crate::service::{self, CoordinatorService};
+    use crate::state::{Command, Proposal};
+    use std::sync::{Arc, Mutex};
+    use tonic_health::pb::health_check_response::ServingStatus as Wire;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    #[derive(Clone, Default)]
+    struct Recorder {
+        events: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Recorder {
+        fn count(&self, what: &str) -> usize {
+            self.events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| **e == what)
+                .count()
+        }
+    }
+
+    impl Notifier for Recorder {
+        fn ready(&self) {
+            self.events.lock().unwrap().push("ready");
+        }
+
+        fn watchdog(&self) {
+            self.events.lock().unwrap().push("watchdog");
+        }
+
+        fn watchdog_interval(&self) -> Option<Duration> {
+            Some(Duration::from_millis(40))
+        }
+    }
+
+    async fn health(addr: std::net::SocketAddr) -> i32 {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = HealthClient::new(channel);
+        client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status
+    }
+
+    async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !ok().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// READY=1 only once the server accepts connections; then health and the watchdog follow
+    /// the raft loop: a stuck loop is NOT_SERVING and starves the watchdog, and recovers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ready_health_and_watchdog_follow_the_raft_loop() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_node::config(dir.path(), &addr.to_string());
+        let (node, peer) = test_node::start_with_peer(&cfg).await;
+        let reporter = HealthReporter::new();
+        let notifier = Recorder::default();
+        let (serving, is_serving) = tokio::sync::oneshot::channel();
+        tokio::spawn(supervise(
+            node.progress(),
+            reporter.clone(),
+            notifier.clone(),
+            async {
+                let _ = is_serving.await;
+            },
+            Duration::from_millis(700),
+            std::future::pending::<()>(),
+        ));
+        // The raft loop runs, but nothing serves yet: no READY.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(notifier.count("ready"), 0, "READY before the server serves");
+        let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
+        tokio::spawn(service::serve(
+            listener,
+            None,
+            64,
+            CoordinatorService::new(node.clone(), liveness),
+            peer,
+            reporter,
+            serving,
+            std::future::pending::<()>(),
+        ));
+        until("READY", async || notifier.count("ready") == 1).await;
+        assert_eq!(health(addr).await, Wire::Serving as i32);
+        until("watchdog pings", async || notifier.count("watchdog") >= 3).await;
+
+        // Stall the raft loop: hold the state's read lock while an entry must be applied.
+        let held = node.clone();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _guard = held.state();
+            locked.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        is_locked.recv().unwrap();
+        let stalled = node.clone();
+        tokio::spawn(async move {
+            let p = Proposal::new(None, 1, "operator/t", Command::RemoveMember { id: 9 });
+            let _ = stalled.propose(p, Duration::from_secs(30)).await;
+        });
+        until("NOT_SERVING", async || {
+            health(addr).await == Wire::NotServing as i32
+        })
+        .await;
+        let pings = notifier.count("watchdog");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            notifier.count("watchdog"),
+            pings,
+            "the watchdog was fed while the raft loop was stuck"
+        );
+
+        holder.join().unwrap();
+        until("SERVING again", async || {
+            health(addr).await == Wire::Serving as i32
+        })
+        .await;
+        let pings = notifier.count("watchdog");
+        until("pings again", async || {
+            notifier.count("watchdog") > pings + 2
+        })
+        .await;
+    }
+}

@@ -287,12 +287,17 @@ pub(crate) mod test_node {
 
     /// Bootstraps (if blank) and starts node 1 alone, and waits until it leads.
     pub(crate) async fn start(cfg: &CoordinatorConfig) -> RaftNode {
+        start_with_peer(cfg).await.0
+    }
+
+    /// [`start`], also returning the peer service to serve.
+    pub(crate) async fn start_with_peer(cfg: &CoordinatorConfig) -> (RaftNode, PeerServer) {
         let tls = hotdeploy_common::tls::ClientTls::load(&cfg.tls).expect("plaintext client");
         let storage = RaftNode::open_storage(cfg).expect("storage");
         if storage.is_blank() {
             bootstrap::initialize::<StateMachine>(&storage, &[cfg.id]).expect("bootstrap");
         }
-        let (node, _peer) = RaftNode::start(cfg, storage, tls).await.expect("start");
+        let (node, peer) = RaftNode::start(cfg, storage, tls).await.expect("start");
         let mut status = node.subscribe_status();
         tokio::time::timeout(
             Duration::from_secs(20),
@@ -301,6 +306,50 @@ pub(crate) mod test_node {
         .await
         .expect("a single node leads within 20 s")
         .expect("status");
-        node
+        (node, peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `applied` watch starts where the restored node is (its snapshot), not at 0: a read
+    /// barrier must not wait for entries that are already applied.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_applied_watch_starts_at_the_snapshot_index() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three voters, of which only this node runs: it never leads, so it applies nothing new.
+        let text = format!(
+            "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"{}\"\n[peers]\n1 = \"127.0.0.1:1\"\n\
+             2 = \"127.0.0.1:2\"\n3 = \"127.0.0.1:3\"\n[tls]\ninsecure = true\n",
+            dir.path().join("data").display()
+        );
+        let cfg = CoordinatorConfig::from_toml_str(&text, std::path::Path::new("t.toml")).unwrap();
+        let storage = RaftNode::open_storage(&cfg).unwrap();
+        bootstrap::initialize::<StateMachine>(&storage, &[1, 2, 3]).unwrap();
+        // A log of 40 entries, snapshotted at 41 (as after 40 applied commands).
+        let mut entries = Vec::new();
+        for index in 2..=41 {
+            let mut e = raft::prelude::Entry::default();
+            e.index = index;
+            e.term = 2;
+            entries.push(e);
+        }
+        let mut hs = storage.hard_state();
+        hs.term = 2;
+        hs.commit = 41;
+        storage.append_and_persist(&entries, Some(&hs)).unwrap();
+        let mut sm = StateMachine::new();
+        sm.skip(41);
+        let cs = storage.conf_state();
+        storage
+            .create_snapshot(41, &cs, sm.snapshot().unwrap())
+            .unwrap();
+        let tls = hotdeploy_common::tls::ClientTls::load(&cfg.tls).unwrap();
+        let (node, _peer) = RaftNode::start(&cfg, storage, tls).await.unwrap();
+        assert_eq!(*node.subscribe_applied().borrow(), 41);
+        assert_eq!(node.status().applied, 41);
+        assert_eq!(node.state().applied_index(), 41);
     }
 }
