@@ -713,3 +713,35 @@ fn decode_conf_change(e: &Entry) -> Result<ConfChangeV2, String> {
     v2.context = c.context;
     Ok(v2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateMachine;
+
+    fn snapshot(index: u64, term: u64, data: Vec<u8>) -> Snapshot {
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap
+    }
+
+    /// An empty payload is the empty state only for an earlier version's bootstrap snapshot;
+    /// anywhere else it is refused, never read as an empty state machine.
+    #[test]
+    fn an_empty_snapshot_is_refused_except_at_bootstrap() {
+        let err = restore::<StateMachine>(&snapshot(57, 3, vec![])).unwrap_err();
+        assert!(matches!(err, Fatal::Restore { index: 57, .. }), "{err}");
+        assert!(err.to_string().contains("holds no state"), "{err}");
+        let empty = restore::<StateMachine>(&snapshot(BOOTSTRAP_INDEX, BOOTSTRAP_TERM, vec![]));
+        assert_eq!(empty.unwrap(), StateMachine::default());
+        let garbage = restore::<StateMachine>(&snapshot(57, 3, b"{}".to_vec())).unwrap_err();
+        assert!(
+            matches!(garbage, Fatal::Restore { index: 57, .. }),
+            "{garbage}"
+        );
+    }
+}
