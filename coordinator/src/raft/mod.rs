@@ -331,10 +331,11 @@ mod tests {
         // A log of 40 entries, snapshotted at 41 (as after 40 applied commands).
         let mut entries = Vec::new();
         for index in 2..=41 {
-            let mut e = raft::prelude::Entry::default();
-            e.index = index;
-            e.term = 2;
-            entries.push(e);
+            entries.push(raft::prelude::Entry {
+                index,
+                term: 2,
+                ..Default::default()
+            });
         }
         let mut hs = storage.hard_state();
         hs.term = 2;
