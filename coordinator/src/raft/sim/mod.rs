@@ -44,7 +44,7 @@ use tokio::sync::oneshot;
 
 /// Simulated milliseconds per tick (the production default).
 pub(crate) const TICK_MS: u64 = 100;
-/// Base election timeout in ticks; each node adds an offset drawn from the seed.
+/// Base election timeout in ticks; raft draws each timeout from [base, 2 × base).
 const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
 /// Deliveries processed in one call before the simulator declares a livelock.

@@ -126,9 +126,7 @@ impl Run {
         }
         self.converge()
     }
-}
 
-impl Run {
     /// Two groups (budgets 1 and 2), no faults yet.
     fn setup(&mut self) -> Result<(), String> {
         let leader = self.sim.elect();
