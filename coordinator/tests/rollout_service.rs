@@ -42,16 +42,34 @@ async fn one_node() -> OneNode {
     );
     let cfg = CoordinatorConfig::from_toml_str(&toml, Path::new("test.toml")).expect("config");
     let tls = ClientTls::load(&cfg.tls).expect("client tls");
-    let (node, peer) = RaftNode::start(&cfg, tls).await.expect("raft node");
+    let storage = RaftNode::open_storage(&cfg).expect("storage");
+    hotdeploy_coordinator::raft::bootstrap::initialize::<hotdeploy_coordinator::state::StateMachine>(
+        &storage,
+        &[cfg.id],
+    )
+    .expect("bootstrap");
+    let (node, peer) = RaftNode::start(&cfg, storage, tls)
+        .await
+        .expect("raft node");
     let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
     tokio::spawn(liveness.clone().run());
     let (stop_clock, clock) = watch::channel(false);
     tokio::spawn(hotdeploy_coordinator::progress::run(node.clone(), clock));
     let svc = CoordinatorService::new(node.clone(), liveness);
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(service::serve(listener, None, 64, svc, peer, async {
-        let _ = stopped.await;
-    }));
+    let (serving, _is_serving) = oneshot::channel();
+    tokio::spawn(service::serve(
+        listener,
+        None,
+        64,
+        svc,
+        peer,
+        tonic_health::server::HealthReporter::new(),
+        serving,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let end = Instant::now() + Duration::from_secs(20);
     while !node.status().is_leader() {
         assert!(Instant::now() < end, "the one node never became leader");

@@ -2,23 +2,26 @@
 //!
 //! Each handler does the same four things in order: check the input (names, sizes), check the
 //! caller's role, route to the leader, and then either propose a command through raft or read
-//! the state machine after a ReadIndex barrier. The only waiting done here is `AcquireSlot`'s:
-//! the leader holds the call until the grant fits the budget or the caller's deadline passes.
+//! the state machine after a ReadIndex barrier. `AcquireSlot` may wait on the leader until the
+//! grant fits the budget or the caller's deadline passes; that wait lives in `acquire.rs`, and
+//! the handler only maps its outcome to an answer.
 
+use super::acquire::{self, AcquireOutcome, AcquireRequest};
 use super::auth::{authorize, Need};
 use super::convert::{group_to_wire, host_to_wire, report_from_wire, slot_to_wire, write_id};
-use super::leader::{ensure_leader, node_status, read_barrier, state_status, write};
+use super::leader::{
+    ensure_leader, node_status, not_leader, read_barrier, state_status, write, WRITE_TIMEOUT,
+};
 use super::members;
 use super::waiters::Waiters;
 use super::{heartbeat, rollout};
 use crate::liveness::Liveness;
 use crate::raft::RaftNode;
-use crate::state::{Answer, Command, Proposal, Reachability, Rotation};
+use crate::state::{Answer, Command, Reachability, Rotation};
 use hotdeploy_common::config::MaxUnavailable;
 use hotdeploy_common::names::{check_group, check_host};
 use hotdeploy_common::proto::coordinator_server::Coordinator;
 use hotdeploy_common::proto::*;
-use hotdeploy_common::time::now_ms;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +33,6 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Free-text fields are bounded: they are replicated and shown in tables.
 const MAX_REASON: usize = 1024;
 const MAX_SHORT: usize = 128;
-/// How often a waiting acquire re-checks even without a state change (leadership, deadline).
-const RECHECK: Duration = Duration::from_millis(500);
 
 pub struct CoordinatorService {
     node: RaftNode,
@@ -113,8 +114,9 @@ impl Coordinator for CoordinatorService {
             check_name("group", g, check_group)?;
         }
         check_len("address", &r.address, MAX_SHORT)?;
-        let actor = authorize(&req, "Register", Need::Host(&r.host))?;
+        let actor = authorize(&req, "Register", Need::Agent(&r.host))?;
         let r = req.into_inner();
+        let write_id = write_id(r.write)?;
         let report = report_from_wire(r.report.as_ref());
         let cmd = Command::Register {
             host: r.host.clone(),
@@ -122,7 +124,7 @@ impl Coordinator for CoordinatorService {
             address: r.address,
             report: report.clone(),
         };
-        write(&self.node, write_id(r.write), &actor, cmd).await?;
+        write(&self.node, write_id, &actor, cmd).await?;
         self.liveness.observe(&r.host, report);
         Ok(Response::new(RegisterResponse {
             slot: held_slot(&self.node, &r.host),
@@ -171,74 +173,30 @@ impl Coordinator for CoordinatorService {
             r.canary || st.is_canary(&r.host, &r.rollout)
         };
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
-        let deadline = tokio::time::Instant::now() + wait;
-        let groups = self
-            .node
-            .state()
-            .host(&r.host)
-            .map(|h| h.groups.clone())
-            .unwrap_or_default();
-        let ticket = self.waiters.enqueue(&r.host, &purpose, &groups, canary);
-        let mut applied = self.node.subscribe_applied();
-        let mut queue = self.waiters.subscribe();
-        let write = write_id(r.write);
-        loop {
-            ensure_leader(&self.node)?;
-            let verdict = {
-                let st = self.node.state();
-                match st.check_grant(&r.host, &purpose) {
-                    Ok(()) => Ok(self
-                        .waiters
-                        .my_turn(&ticket, |h, p| st.check_grant(h, p).is_ok())),
-                    Err(e) => Err(e),
-                }
-            };
-            match verdict {
-                Ok(true) => {
-                    let cmd = Command::Acquire {
-                        host: r.host.clone(),
-                        purpose: purpose.clone(),
-                        reason: r.reason.clone(),
-                        rollout: r.rollout.clone(),
-                    };
-                    let p = Proposal::new(write.clone(), now_ms(), &actor, cmd);
-                    match self.node.propose(p, super::leader::WRITE_TIMEOUT).await {
-                        Ok(Ok(Answer::Slot(s))) => {
-                            return Ok(Response::new(AcquireSlotResponse {
-                                slot: Some(slot_to_wire(&s)),
-                            }))
-                        }
-                        Ok(Ok(other)) => {
-                            return Err(Status::internal(format!(
-                                "unexpected answer to Acquire: {other:?}"
-                            )))
-                        }
-                        Ok(Err(e))
-                            if e.is_retryable() && tokio::time::Instant::now() < deadline =>
-                        {
-                            tracing::debug!(host = %r.host, "grant lost a race: {e}");
-                        }
-                        Ok(Err(e)) => return Err(state_status(&e)),
-                        Err(e) => return Err(node_status(&self.node, e)),
-                    }
-                }
-                Ok(false) => {}
-                Err(e) if !e.is_retryable() => return Err(state_status(&e)),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(state_status(&e)),
-                Err(_) => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Status::resource_exhausted(format!(
-                    "no slot for {} within {wait:?}: other waiters are ahead",
-                    r.host
-                )));
-            }
-            tokio::select! {
-                _ = applied.changed() => {}
-                _ = queue.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = tokio::time::sleep(RECHECK) => {}
-            }
+        let request = AcquireRequest {
+            write: write_id(r.write)?,
+            host: r.host,
+            purpose,
+            reason: r.reason,
+            rollout: r.rollout,
+            canary,
+            actor,
+            wait,
+        };
+        let host = request.host.clone();
+        match acquire::acquire(&self.node, &self.waiters, request, WRITE_TIMEOUT).await {
+            AcquireOutcome::Granted(s) => Ok(Response::new(AcquireSlotResponse {
+                slot: Some(slot_to_wire(&s)),
+            })),
+            AcquireOutcome::Refused(e) => Err(state_status(&e)),
+            AcquireOutcome::QueueTimeout { waited } => Err(Status::resource_exhausted(format!(
+                "no slot for {host} within {waited:?}: other waiters are ahead"
+            ))),
+            AcquireOutcome::NotLeader => Err(not_leader(&self.node)),
+            AcquireOutcome::NodeFailed(e) => Err(node_status(&self.node, e)),
+            AcquireOutcome::Unexpected(other) => Err(Status::internal(format!(
+                "unexpected answer to Acquire: {other:?}"
+            ))),
         }
     }
 
@@ -251,7 +209,7 @@ impl Coordinator for CoordinatorService {
         let r = req.into_inner();
         write(
             &self.node,
-            write_id(r.write),
+            write_id(r.write)?,
             &actor,
             Command::Release {
                 host: r.host,
@@ -276,7 +234,7 @@ impl Coordinator for CoordinatorService {
             token: r.token,
             phase: r.phase,
         };
-        write(&self.node, write_id(r.write), &actor, cmd).await?;
+        write(&self.node, write_id(r.write)?, &actor, cmd).await?;
         Ok(Response::new(ReportPhaseResponse {}))
     }
 
@@ -406,7 +364,7 @@ impl Coordinator for CoordinatorService {
             max_unavailable,
             allow_zero_available: r.allow_zero_available,
         };
-        match write(&self.node, write_id(r.write), &actor, cmd).await? {
+        match write(&self.node, write_id(r.write)?, &actor, cmd).await? {
             Answer::Group(g) => Ok(Response::new(SetGroupPolicyResponse {
                 group: Some(group_to_wire(&g)),
             })),
@@ -441,7 +399,7 @@ impl Coordinator for CoordinatorService {
         check_name("host", &r.host, check_host)?;
         match write(
             &self.node,
-            write_id(r.write),
+            write_id(r.write)?,
             &actor,
             Command::ForceRelease { host: r.host },
         )
@@ -501,7 +459,7 @@ impl Coordinator for CoordinatorService {
         check_name("host", &r.host, check_host)?;
         write(
             &self.node,
-            write_id(r.write),
+            write_id(r.write)?,
             &actor,
             Command::RemoveHost {
                 host: r.host,

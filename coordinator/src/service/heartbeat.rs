@@ -7,6 +7,7 @@
 //! speed depends on the next host being told the moment a slot frees. Heartbeats are kept in
 //! the leader's memory (liveness) and never logged.
 
+use super::auth::{self, Need};
 use super::convert::report_from_wire;
 use super::coordinator::{held_slot, HeartbeatStream};
 use super::leader::not_leader;
@@ -49,17 +50,7 @@ pub(crate) fn serve(
                     let Some(hb) = msg? else { break };
                     check_host(&hb.host)
                         .map_err(|e| Status::invalid_argument(format!("host: {e}")))?;
-                    match &role {
-                        Some(Role::Insecure) | Some(Role::Operator(_)) => {}
-                        Some(Role::Agent(h)) if *h == hb.host => {}
-                        other => {
-                            tracing::warn!(audit = true, caller = ?other, host = %hb.host, "heartbeat refused");
-                            Err(Status::permission_denied(format!(
-                                "heartbeat for {} needs that host's agent certificate",
-                                hb.host
-                            )))?;
-                        }
-                    }
+                    auth::check(role.as_ref(), "Heartbeat", Need::Agent(&hb.host))?;
                     if !node.status().is_leader() {
                         Err(not_leader(&node))?;
                     }

@@ -120,7 +120,7 @@ pub(crate) async fn start(
         supersede: req.supersede,
         progress_deadline_ms: req.progress_deadline_ms,
     };
-    let write_id = super::convert::write_id(req.write);
+    let write_id = super::convert::write_id(req.write)?;
     let answer = propose(node, write_id, actor, Command::StartRollout { spec }).await?;
     let (id, _) = rollout_answer(answer, "StartRollout")?;
     Ok(StartRolloutResponse {
@@ -160,7 +160,7 @@ pub(crate) async fn pause(
     req: PauseRolloutRequest,
 ) -> Result<PauseRolloutResponse, Status> {
     check_id(&req.id)?;
-    let write_id = super::convert::write_id(req.write);
+    let write_id = super::convert::write_id(req.write)?;
     let answer = propose(node, write_id, actor, Command::PauseRollout { id: req.id }).await?;
     let (id, _) = rollout_answer(answer, "PauseRollout")?;
     Ok(PauseRolloutResponse {
@@ -175,7 +175,7 @@ pub(crate) async fn resume(
     req: ResumeRolloutRequest,
 ) -> Result<ResumeRolloutResponse, Status> {
     check_id(&req.id)?;
-    let write_id = super::convert::write_id(req.write);
+    let write_id = super::convert::write_id(req.write)?;
     let answer = propose(node, write_id, actor, Command::ResumeRollout { id: req.id }).await?;
     let (id, _) = rollout_answer(answer, "ResumeRollout")?;
     Ok(ResumeRolloutResponse {
@@ -190,7 +190,7 @@ pub(crate) async fn abort(
     req: AbortRolloutRequest,
 ) -> Result<AbortRolloutResponse, Status> {
     check_id(&req.id)?;
-    let write_id = super::convert::write_id(req.write);
+    let write_id = super::convert::write_id(req.write)?;
     let command = Command::AbortRollout {
         id: req.id,
         rollback: req.rollback,
@@ -231,7 +231,7 @@ pub(crate) async fn report_step(
         error: req.error.chars().take(MAX_ERROR).collect(),
         host_report: host_report_from_wire(req.host_report.as_ref()),
     };
-    propose(node, super::convert::write_id(req.write), actor, command).await?;
+    propose(node, super::convert::write_id(req.write)?, actor, command).await?;
     Ok(())
 }
 

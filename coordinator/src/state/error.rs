@@ -2,7 +2,8 @@
 //!
 //! A refusal is an *answer*, not a failure of the node: it is the same on every replica, it is
 //! cached in the client's session like a success (a retried `(client_id, seq)` gets the same
-//! refusal back), and it is snapshotted with the session. So [`StateError`] is plain data:
+//! refusal back), and it is snapshotted with the session. Retryable refusals are the exception:
+//! they are not cached, so a retry of the same write is judged afresh (see `session.rs`). So [`StateError`] is plain data:
 //! `Clone`, `PartialEq` and serde, with owned strings only. For that reason a name error is
 //! stored as its rendered parts ([`StateError::InvalidName`]) rather than as
 //! `hotdeploy_common::NameError`, whose `&'static str` fields cannot be deserialized.

@@ -109,9 +109,9 @@ impl StateMachine {
             });
         }
         self.applied = index;
-        if proposal.version != FORMAT_VERSION {
+        if proposal.version == 0 || proposal.version > FORMAT_VERSION {
             return Err(StateError::Decode(format!(
-                "command format version {} is not {FORMAT_VERSION}",
+                "command format version {} is not one of 1..={FORMAT_VERSION}",
                 proposal.version
             )));
         }
@@ -133,6 +133,28 @@ impl StateMachine {
         response
     }
 
+    /// Applies the internal commands of one raft entry that is not a proposal (a membership
+    /// change may name several nodes), in order, with `actor` and `at_ms` from the entry.
+    pub(super) fn apply_internal(
+        &mut self,
+        index: u64,
+        at_ms: u64,
+        actor: &str,
+        commands: Vec<Command>,
+    ) -> Vec<Response> {
+        if index <= self.applied {
+            return vec![Err(StateError::AlreadyApplied {
+                index,
+                applied: self.applied,
+            })];
+        }
+        self.applied = index;
+        commands
+            .into_iter()
+            .map(|command| self.execute(index, at_ms, actor, command))
+            .collect()
+    }
+
     /// Records that raft entry `index` carried no proposal (an empty entry of a new leader, a
     /// conf change, an entry that did not decode), so that the applied index follows the log.
     pub fn skip(&mut self, index: u64) {
@@ -145,14 +167,13 @@ impl StateMachine {
 
     /// The whole state, applied index included, as serde_json.
     ///
-    /// Serializing cannot fail for these types; if it ever did, the empty result would be
-    /// refused by [`StateMachine::restore`] rather than restore an empty state.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// Serializing these types does not fail; should it ever, the error is returned (and stops
+    /// the raft node), never an empty snapshot that would stand for an empty state.
+    pub fn snapshot(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(&SnapshotOut {
             format: SNAPSHOT_FORMAT,
             state: self,
         })
-        .unwrap_or_default()
     }
 
     /// The inverse of [`StateMachine::snapshot`]. Refuses an unknown format and an inconsistent
@@ -205,6 +226,11 @@ impl StateMachine {
     /// Would `Acquire{host, purpose}` be granted now? `Ok(())` also for a re-entrant acquire.
     pub fn check_grant(&self, host: &str, purpose: &str) -> Result<(), StateError> {
         self.grant_check(host, purpose).map(|_| ())
+    }
+
+    /// Judges many acquires at this instant at once (the leader's queue of waiters).
+    pub fn grant_checker(&self) -> lock::GrantChecker<'_> {
+        lock::GrantChecker::new(&self.hosts, &self.groups, &self.slots)
     }
 
     /// Raft member id → peer address.

@@ -14,7 +14,9 @@
 //! - `audit`: the bounded trail of operator actions;
 //! - `error`: [`StateError`], with gRPC codes and retryability;
 //! - `rollout/`: rollouts, their per-host steps, admission and desired releases;
-//! - `machine`: [`StateMachine`], which applies commands and holds it all together.
+//! - `machine`: [`StateMachine`], which applies commands and holds it all together;
+//! - `replicated`: the [`crate::raft::Replicated`] trait over the machine: what the raft driver
+//!   calls, and the only place that turns raft's entries and membership changes into commands.
 //!
 //! Left out for now: FleetLock lock-only hosts.
 
@@ -25,6 +27,7 @@ mod group;
 mod host;
 mod lock;
 mod machine;
+mod replicated;
 mod rollout;
 mod session;
 
@@ -34,11 +37,11 @@ mod proptest;
 mod tests;
 
 pub use audit::AuditEvent;
-pub use command::{Answer, Command, Proposal, Response, WriteId, FORMAT_VERSION};
+pub use command::{Answer, Command, DecodeError, Proposal, Response, WriteId, FORMAT_VERSION};
 pub use error::StateError;
 pub use group::{GroupSeed, GroupView};
 pub use host::{Health, Host, Reachability, Report, Rotation};
-pub use lock::Slot;
+pub use lock::{GrantChecker, Outlook, Slot};
 pub use machine::{StateMachine, MAINTENANCE};
 pub use rollout::{
     check_release_spec, Assignment, Event as RolloutEvent, PhaseTime, Policy, ReleaseSpec, Rollout,

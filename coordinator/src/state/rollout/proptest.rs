@@ -658,7 +658,7 @@ fn check(
         }
     }
     prop_assert_eq!(after.check_consistency(), Ok(()));
-    let restored = StateMachine::restore(&after.snapshot());
+    let restored = StateMachine::restore(&after.snapshot().expect("snapshot"));
     prop_assert_eq!(restored.as_ref(), Ok(after));
     Ok(())
 }

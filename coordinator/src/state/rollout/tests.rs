@@ -1085,10 +1085,11 @@ fn rollouts_survive_a_snapshot_and_an_old_snapshot_loads_without_them() {
     })
     .unwrap();
     w.stage_all("r1");
-    let restored = StateMachine::restore(&w.sm.snapshot()).unwrap();
+    let restored = StateMachine::restore(&w.sm.snapshot().expect("snapshot")).unwrap();
     assert_eq!(restored, w.sm);
     // A snapshot written before rollouts existed has no `rollouts` key.
-    let mut json: serde_json::Value = serde_json::from_slice(&w.sm.snapshot()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&w.sm.snapshot().expect("snapshot")).unwrap();
     json["state"].as_object_mut().unwrap().remove("rollouts");
     let old = StateMachine::restore(&serde_json::to_vec(&json).unwrap()).unwrap();
     assert!(old.rollouts().is_empty());
