@@ -17,6 +17,7 @@ mod logger;
 mod node;
 mod peer_service;
 mod proposals;
+mod sled_files;
 mod status;
 mod storage;
 mod transport;
@@ -24,7 +25,7 @@ mod transport;
 pub use error::NodeError;
 pub use peer_service::PeerService;
 pub use status::{NodeStatus, Role};
-pub use storage::{SledStorage, StorageError};
+pub use storage::{SledStorage, StorageError, SyncCounts, SyncError};
 
 use crate::state::{Command, Proposal, Response, StateMachine};
 use hotdeploy_common::config::{ClusterState, CoordinatorConfig};

@@ -117,13 +117,16 @@
 //!   slow followers. A follower that falls behind the latest snapshot gets that snapshot.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 use sha2::{Digest, Sha256};
+
+use super::sled_files::SledFiles;
+pub use super::sled_files::{SyncCounts, SyncError};
 
 /// Prefix of log entry keys. `e` sorts before `m` and `s`, so entries form one contiguous run.
 const ENTRY_PREFIX: &[u8] = b"e/";
@@ -190,6 +193,13 @@ pub enum StorageError {
         op: &'static str,
         #[source]
         source: sled::Error,
+    },
+    /// A file sled wrote could not be made durable (`fdatasync`/`fsync`; see `sled_files`).
+    #[error("raft storage: {op}: {source}")]
+    Sync {
+        op: &'static str,
+        #[source]
+        source: SyncError,
     },
     /// A stored value could not be decoded: the store is damaged or from another program.
     #[error("raft storage: cannot decode {what}: {source}")]
@@ -370,6 +380,8 @@ fn snapshot_from(record: &SnapshotRecord, payload: &[u8]) -> Snapshot {
 
 struct Inner {
     db: sled::Db,
+    /// sled's files and their syncing: every durable write ends in [`durable_flush`].
+    files: Mutex<SledFiles>,
     /// [`SNAPSHOT_TREE`]: snapshot payloads only.
     snapshots: sled::Tree,
     /// Writers hold the write side across batch + flush + cache update, so a reader that combines
@@ -474,10 +486,12 @@ fn new_snapshot(pos: LogPosition, conf_state: ConfState, data: Vec<u8>) -> Snaps
     snap
 }
 
-/// Writes `payload` under `record`'s key in the `snapshots` tree and flushes (fsync). sled's
-/// flush covers every tree of the `Db`: they share one log.
+/// Writes `payload` under `record`'s key in the `snapshots` tree and makes it durable. sled's
+/// flush covers every tree of the `Db`: they share one log (and the payload, being large, one
+/// blob file of its own, which [`durable_flush`] syncs).
 fn write_payload(
     db: &sled::Db,
+    files: &Mutex<SledFiles>,
     snapshots: &sled::Tree,
     record: &SnapshotRecord,
     payload: &[u8],
@@ -485,9 +499,18 @@ fn write_payload(
     snapshots
         .insert(record.payload_key(), payload)
         .map_err(sled_err("writing a snapshot payload"))?;
-    db.flush()
-        .map_err(sled_err("flushing (fsync) a snapshot payload"))?;
-    Ok(())
+    durable_flush(db, files, "making a snapshot payload durable")
+}
+
+/// sled's `flush` (its buffers written, `sync_file_range`), then `fdatasync`/`fsync` of every
+/// file it wrote ([`SledFiles::sync`]): what makes a write durable against power loss.
+fn durable_flush(db: &sled::Db, files: &Mutex<SledFiles>, op: &'static str) -> Result<()> {
+    db.flush().map_err(sled_err(op))?;
+    files
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .sync()
+        .map_err(|source| StorageError::Sync { op, source })
 }
 
 /// The payload `record` names, checked against its length and sha256. A missing or mismatched
@@ -571,7 +594,11 @@ impl SledStorage {
                 path: path.clone(),
                 source,
             })?;
-        let record = Self::load_snapshot_record(&db, &snapshots)?;
+        let files = Mutex::new(SledFiles::open(&path).map_err(|source| StorageError::Sync {
+            op: "syncing the raft storage on open",
+            source,
+        })?);
+        let record = Self::load_snapshot_record(&db, &files, &snapshots)?;
         let meta = Self::load_meta(&db, record)?;
         if let Some(record) = &meta.snapshot {
             read_payload(&snapshots, record)?;
@@ -580,8 +607,7 @@ impl SledStorage {
         // a deletion that did not reach disk. Only after the live payload checked out.
         let removed = remove_payloads_except(&snapshots, meta.snapshot.as_ref())?;
         if removed > 0 {
-            db.flush()
-                .map_err(sled_err("flushing (fsync) the raft storage"))?;
+            durable_flush(&db, &files, "deleting unreferenced snapshot payloads")?;
             tracing::info!(
                 removed,
                 "deleted snapshot payloads that no stored snapshot references"
@@ -598,6 +624,7 @@ impl SledStorage {
         Ok(SledStorage {
             inner: Arc::new(Inner {
                 db,
+                files,
                 snapshots,
                 meta: RwLock::new(meta),
             }),
@@ -630,6 +657,7 @@ impl SledStorage {
     /// and flushed (the same order as [`SledStorage::create_snapshot`]).
     fn load_snapshot_record(
         db: &sled::Db,
+        files: &Mutex<SledFiles>,
         snapshots: &sled::Tree,
     ) -> Result<Option<SnapshotRecord>> {
         let Some(v) = db
@@ -642,11 +670,10 @@ impl SledStorage {
             StoredSnapshot::Record(record) => Ok(Some(record)),
             StoredSnapshot::Legacy(snap) => {
                 let record = SnapshotRecord::new(snap.get_metadata().clone(), &snap.data);
-                write_payload(db, snapshots, &record, &snap.data)?;
+                write_payload(db, files, snapshots, &record, &snap.data)?;
                 db.insert(KEY_SNAPSHOT, record.encode()?)
                     .map_err(sled_err("migrating m/snapshot"))?;
-                db.flush()
-                    .map_err(sled_err("flushing (fsync) the raft storage"))?;
+                durable_flush(db, files, "migrating m/snapshot")?;
                 tracing::info!(
                     index = record.metadata.index,
                     bytes = record.payload_len,
@@ -755,7 +782,13 @@ impl SledStorage {
         op: &'static str,
     ) -> Result<()> {
         let encoded = record.encode()?;
-        write_payload(&self.inner.db, &self.inner.snapshots, record, payload)?;
+        write_payload(
+            &self.inner.db,
+            &self.inner.files,
+            &self.inner.snapshots,
+            record,
+            payload,
+        )?;
         batch.insert(KEY_SNAPSHOT, encoded);
         self.commit_batch(batch, op)
     }
@@ -784,12 +817,23 @@ impl SledStorage {
 
     fn flush_if(&self, sync: bool) -> Result<()> {
         if sync {
-            self.inner
-                .db
-                .flush()
-                .map_err(sled_err("flushing (fsync) the raft storage"))?;
+            durable_flush(
+                &self.inner.db,
+                &self.inner.files,
+                "making the raft storage durable",
+            )?;
         }
         Ok(())
+    }
+
+    /// How many `fdatasync`/`fsync` calls the storage made since it was opened (the durability
+    /// diagnostics and tests read it).
+    pub fn sync_counts(&self) -> SyncCounts {
+        self.inner
+            .files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counts()
     }
 
     /// True when nothing was ever written: no hard state, no conf state, no entries and no
