@@ -20,6 +20,10 @@
 //! - [`agents`] runs `hotdeploy-agent` supervising the sample app in `exec` mode.
 //! - [`haproxy`] runs a real HAProxy in front of the agents and observes it through its stats
 //!   socket.
+//! - [`test_lock`] keeps tests that must run one at a time apart across test processes (nextest
+//!   runs each test in its own).
+//! - [`strace`] counts a running process's syscalls (`strace -f -c -p`): the evidence that a
+//!   node syncs what it acknowledges.
 //!
 //! The harness panics with clear messages when something it needs is missing; the binaries in
 //! this crate (`sample-app`, `hd-pack`, `hd-load`) never panic in their long-running paths.
@@ -38,4 +42,6 @@ pub mod load;
 pub mod net;
 pub mod pack;
 pub mod proc;
+pub mod strace;
+pub mod test_lock;
 pub mod toml_config;

@@ -30,6 +30,7 @@ use super::machine::{self, Machine};
 use super::report::Target;
 use super::setup::{self, GroupSpec};
 use super::stats::{ratio, Summary};
+use super::syscalls::{SyscallWindow, Traced, Tracing};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::time::Duration;
@@ -56,6 +57,11 @@ pub struct LockOpts {
     /// Also measure N clients doing two `Register` writes per operation (our write path
     /// without the acquire queue).
     pub diagnose: bool,
+    /// Also count every node's sync syscalls per committed entry under strace, after the
+    /// measured phases (`--syscalls`).
+    pub syscalls: bool,
+    /// Lock pairs in each syscall window (1 client, then N clients).
+    pub syscall_pairs: usize,
 }
 
 /// One system's results.
@@ -73,6 +79,8 @@ pub struct SystemRun {
     pub rss_kib: Vec<Option<u64>>,
     /// With `--diagnose` (ours only): N clients, two `Register` writes per operation.
     pub register_pairs: Option<Summary>,
+    /// With `--syscalls`: sync calls per committed entry, 1 client then N clients.
+    pub syscalls: Vec<SyscallWindow>,
 }
 
 /// The whole `hd-bench lock` result.
@@ -197,6 +205,53 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         };
         anyhow::Ok((one, many, register_pairs))
     })?;
+    let syscalls = if opts.syscalls {
+        let nodes = || -> Result<Vec<Traced>> {
+            cluster
+                .ids()
+                .into_iter()
+                .map(|id| {
+                    let pid = setup::node_pid(&cluster, id)
+                        .with_context(|| format!("no pid for node {id}"))?;
+                    Ok(Traced {
+                        node: format!("node {id}"),
+                        role: if id == leader { "leader" } else { "follower" }.into(),
+                        pid,
+                    })
+                })
+                .collect()
+        };
+        let mut windows = Vec::new();
+        for clients in [1, opts.clients] {
+            let per_client = (opts.syscall_pairs / clients).max(10);
+            eprintln!(
+                "hd-bench lock: syscalls: hotdeploy, {clients} client(s), {per_client} pairs each, under strace"
+            );
+            let pairers = (0..clients)
+                .map(|i| {
+                    Ok(Pairer::Hotdeploy {
+                        client: HdClient::new(leader_addr, &format!("bench-sys{clients}-{i}"))?
+                            .with_acquire_wait(opts.acquire_wait_ms),
+                        host: host(i),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut admin = HdClient::new(leader_addr, "bench-sys-admin")?;
+            let before = rt.block_on(admin.status())?.commit_index;
+            let tracing = Tracing::attach(nodes()?, cluster.dir())?;
+            rt.block_on(driver::run(pairers, 0, per_client))?;
+            let after = rt.block_on(admin.status())?.commit_index;
+            windows.push(tracing.finish(
+                "hotdeploy",
+                clients,
+                clients * per_client,
+                after.saturating_sub(before),
+            )?);
+        }
+        windows
+    } else {
+        Vec::new()
+    };
     let after = cluster.wait_leader(setup::ELECTION_TIMEOUT, None);
     if after != leader {
         eprintln!(
@@ -216,6 +271,7 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         clients: opts.clients,
         rss_kib,
         register_pairs,
+        syscalls,
     })
 }
 
@@ -244,6 +300,11 @@ fn run_etcd(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         let (many, _) = driver::run(clients, opts.warmup, opts.per_client).await?;
         anyhow::Ok((one, many))
     })?;
+    let syscalls = if opts.syscalls {
+        etcd_syscalls(rt, opts, &cluster)?
+    } else {
+        Vec::new()
+    };
     let rss_kib = etcd_cluster::member_rss_kib(&cluster);
     drop(cluster);
     Ok(SystemRun {
@@ -253,5 +314,57 @@ fn run_etcd(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         clients: opts.clients,
         rss_kib,
         register_pairs: None,
+        syscalls,
     })
+}
+
+/// The `--syscalls` windows on etcd: the same pairs as ours, under strace.
+fn etcd_syscalls(
+    rt: &Runtime,
+    opts: &LockOpts,
+    cluster: &EtcdCluster,
+) -> Result<Vec<SyscallWindow>> {
+    let leader = rt.block_on(cluster.leader(Duration::from_secs(30)))?;
+    let nodes = || -> Vec<Traced> {
+        cluster
+            .client_addrs()
+            .into_iter()
+            .zip(cluster.pids())
+            .enumerate()
+            .map(|(i, (addr, pid))| Traced {
+                node: format!("e{}", i + 1),
+                role: if addr == leader { "leader" } else { "follower" }.into(),
+                pid,
+            })
+            .collect()
+    };
+    let mut windows = Vec::new();
+    for clients in [1, opts.clients] {
+        let per_client = (opts.syscall_pairs / clients).max(10);
+        eprintln!(
+            "hd-bench lock: syscalls: etcd, {clients} client(s), {per_client} pairs each, under strace"
+        );
+        let pairers = rt.block_on(async {
+            let mut v = Vec::with_capacity(clients);
+            for i in 0..clients {
+                let name = format!("bench-sys-{clients}-{i:02}");
+                v.push(Pairer::Etcd(
+                    EtcdLocker::new(leader, &name, ETCD_LEASE_TTL_S).await?,
+                ));
+            }
+            anyhow::Ok(v)
+        })?;
+        let mut admin = super::etcd_client::EtcdClient::new(leader)?;
+        let before = rt.block_on(admin.raft_index())?;
+        let tracing = Tracing::attach(nodes(), cluster.dir())?;
+        rt.block_on(driver::run(pairers, 0, per_client))?;
+        let after = rt.block_on(admin.raft_index())?;
+        windows.push(tracing.finish(
+            "etcd",
+            clients,
+            clients * per_client,
+            after.saturating_sub(before),
+        )?);
+    }
+    Ok(windows)
 }

@@ -2,7 +2,7 @@
 //! has a command in the README and a results table in BENCHMARKS.md).
 //!
 //! Three questions are asked of a real 3-node cluster on loopback, built in release mode, with
-//! fsync on (sled flushes every Ready):
+//! every Ready that must be durable `fdatasync`ed (see `coordinator/src/raft/sled_files.rs`):
 //!
 //! - [`lock`]: how long one acquire + release round trip of the deploy lock takes, from 1 client
 //!   and from 32 concurrent clients, and how many pairs per second the cluster sustains. The
@@ -27,6 +27,8 @@
 //! - [`machine`] describes the machine the numbers came from.
 //! - [`report`] prints the human tables; the JSON is the serde form of each report struct.
 //! - [`cleanup`] kills every child when the bench is interrupted by a signal.
+//! - [`syscalls`] counts each node's `fdatasync`/`fsync` per committed entry under strace
+//!   (`lock --syscalls`).
 //!
 //! Every process is owned by a harness guard ([`crate::proc::ChildGuard`], through
 //! [`crate::cluster::Cluster`] or [`etcd_cluster::EtcdCluster`]), so a bench that fails halfway
@@ -45,3 +47,4 @@ pub mod memory;
 pub mod report;
 pub mod setup;
 pub mod stats;
+pub mod syscalls;
