@@ -206,6 +206,8 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         anyhow::Ok((one, many, register_pairs))
     })?;
     let syscalls = if opts.syscalls {
+        // The clients' lazy channels need the runtime's context.
+        let _runtime = rt.enter();
         let nodes = || -> Result<Vec<Traced>> {
             cluster
                 .ids()
@@ -324,6 +326,7 @@ fn etcd_syscalls(
     opts: &LockOpts,
     cluster: &EtcdCluster,
 ) -> Result<Vec<SyscallWindow>> {
+    let _runtime = rt.enter();
     let leader = rt.block_on(cluster.leader(Duration::from_secs(30)))?;
     let nodes = || -> Vec<Traced> {
         cluster
