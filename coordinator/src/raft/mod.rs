@@ -55,6 +55,40 @@ pub struct RaftNode {
 /// The peer gRPC service to mount next to the public API.
 pub type PeerServer = RaftPeerServer<peer_service::PeerService>;
 
+/// Starts the raft thread with its current-thread runtime, and returns that runtime's handle
+/// and where to send the node it is to run. The runtime lives and dies on that thread: if the
+/// node never comes (start-up failed), the thread ends and drops it there.
+fn spawn_raft_thread(
+    id: u64,
+) -> anyhow::Result<(tokio::runtime::Handle, std::sync::mpsc::SyncSender<Node>)> {
+    let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+    let (node_tx, node_rx) = std::sync::mpsc::sync_channel::<Node>(1);
+    std::thread::Builder::new()
+        .name(format!("raft-{id}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = handle_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = handle_tx.send(Ok(rt.handle().clone()));
+            if let Ok(node) = node_rx.recv() {
+                rt.block_on(node.run());
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the raft thread: {e}"))?;
+    let handle = handle_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the raft thread ended at start"))?
+        .map_err(|e| anyhow::anyhow!("cannot build the raft node's runtime: {e}"))?;
+    Ok((handle, node_tx))
+}
+
 impl RaftNode {
     /// Opens storage, bootstraps or restarts, and spawns the node task. Returns the handle and
     /// the peer service to serve.
@@ -95,6 +129,12 @@ impl RaftNode {
         let cluster_id = Arc::new(AtomicU64::new(storage.cluster_id().unwrap_or(0)));
         let (tx, rx) = mpsc::channel(INBOX);
         let pinned: HashMap<u64, String> = peers.clone().into_iter().collect();
+        // The node task gets a thread and a runtime of its own: it blocks in fdatasync once per
+        // Ready that must be durable, which on a small machine would otherwise stall one of the
+        // few runtime workers serving gRPC. The outbound peer streams run on that runtime too:
+        // a message the node sends reaches its socket on the same thread, without a hand-off to
+        // the main runtime's workers (see `transport`).
+        let (raft_rt, start_node) = spawn_raft_thread(cfg.id)?;
         let transport = transport::Transport::new(
             cfg.id,
             cfg.listen.clone(),
@@ -102,6 +142,7 @@ impl RaftNode {
             client_tls,
             pinned,
             tx.clone(),
+            raft_rt,
         );
         let state = Arc::new(RwLock::new(StateMachine::new()));
         let (status_tx, status_rx) = watch::channel(NodeStatus {
@@ -131,23 +172,9 @@ impl RaftNode {
         {
             transport.ensure_peer(id, &addr);
         }
-        // The node task gets a thread of its own: it blocks in fsync once per Ready, which on
-        // a small machine would otherwise stall one of the few runtime workers serving gRPC.
-        std::thread::Builder::new()
-            .name(format!("raft-{}", cfg.id))
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(node.run()),
-                    Err(e) => {
-                        tracing::error!("cannot start the raft node's runtime: {e}");
-                        std::process::exit(1);
-                    }
-                }
-            })
-            .map_err(|e| anyhow::anyhow!("cannot start the raft thread: {e}"))?;
+        start_node
+            .send(node)
+            .map_err(|_| anyhow::anyhow!("the raft thread ended before its node started"))?;
         let peer = peer_service::PeerService {
             cluster_id,
             storage,

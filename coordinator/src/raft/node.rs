@@ -182,7 +182,7 @@ impl Node {
                     }
                 }
             }
-            self.on_ready();
+            self.on_ready().await;
         }
     }
 
@@ -240,14 +240,22 @@ impl Node {
         }
     }
 
-    fn on_ready(&mut self) {
+    async fn on_ready(&mut self) {
         if !self.raw.has_ready() {
             self.publish_status();
             return;
         }
         let mut rd = self.raw.ready();
-        // 1. Messages that need no persistence first (leader's appends, heartbeats).
-        self.transport.send(rd.take_messages());
+        // 1. Messages that need no persistence first (leader's appends, heartbeats). The peer
+        //    streams run on this thread: before it blocks in fdatasync (step 4), yield once so
+        //    that they put these on the wire, and the followers persist while the leader does.
+        let messages = rd.take_messages();
+        let blocks = !rd.entries().is_empty() || rd.must_sync() || !rd.snapshot().is_empty();
+        let yield_first = !messages.is_empty() && blocks;
+        self.transport.send(messages);
+        if yield_first {
+            tokio::task::yield_now().await;
+        }
         // 2. A snapshot from the leader.
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
@@ -264,8 +272,14 @@ impl Node {
             "append entries",
             self.storage.persist_ready(rd.entries(), hs.as_ref(), sync),
         );
-        // 5. Messages that must follow persistence (votes, append responses).
-        self.transport.send(rd.take_persisted_messages());
+        // 5. Messages that must follow persistence (votes, append responses); on the wire before
+        //    the light ready's work (they are what the leader is waiting for).
+        let persisted = rd.take_persisted_messages();
+        let answered = !persisted.is_empty();
+        self.transport.send(persisted);
+        if answered {
+            tokio::task::yield_now().await;
+        }
         for rs in rd.take_read_states() {
             self.answer_read(&rs.request_ctx, rs.index);
         }

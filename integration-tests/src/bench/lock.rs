@@ -22,6 +22,7 @@
 //! (1-client p50 no slower than etcd, 0.5x stretch; N-client throughput at least etcd's, 2x
 //! stretch).
 
+use super::costs::{self, NodeCost};
 use super::driver::{self, Pairer};
 use super::etcd_client::EtcdLocker;
 use super::etcd_cluster::{self, EtcdCluster};
@@ -81,6 +82,11 @@ pub struct SystemRun {
     pub register_pairs: Option<Summary>,
     /// With `--syscalls`: sync calls per committed entry, 1 client then N clients.
     pub syscalls: Vec<SyscallWindow>,
+    /// Context switches and CPU per committed entry, each node, during the 1-client phase
+    /// (warm-up included).
+    pub costs_one_client: Vec<NodeCost>,
+    /// The same during the N-client phase.
+    pub costs_many_clients: Vec<NodeCost>,
 }
 
 /// The whole `hd-bench lock` result.
@@ -158,7 +164,15 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
     let (cluster, leader) = setup::start_cluster(&groups);
     let leader_addr = cluster.addr(leader);
     eprintln!("hd-bench lock: hotdeploy leader is node {leader} at {leader_addr}");
-    let (one, many, register_pairs) = rt.block_on(async {
+    let procs: Vec<(String, String, u32)> = cluster
+        .ids()
+        .into_iter()
+        .filter_map(|id| {
+            let role = if id == leader { "leader" } else { "follower" };
+            Some((format!("node {id}"), role.to_string(), cluster.pid(id)?))
+        })
+        .collect();
+    let (one, many, register_pairs, costs_one, costs_many) = rt.block_on(async {
         let mut admin = HdClient::new(leader_addr, "bench-admin")?;
         setup::check_groups(&mut admin, &groups).await?;
         for (i, g) in groups.iter().enumerate() {
@@ -172,7 +186,10 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
                 .with_acquire_wait(opts.acquire_wait_ms),
             host: host(0),
         }];
+        let before = admin.status().await?.commit_index;
+        let window = costs::Window::start(procs.clone());
         let (one, _) = driver::run(single, opts.warmup, opts.ops).await?;
+        let costs_one = window.finish(admin.status().await?.commit_index - before);
         eprintln!(
             "hd-bench lock: hotdeploy, {} clients, {} pairs each",
             opts.clients, opts.per_client
@@ -185,7 +202,10 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
                 host: host(i),
             });
         }
+        let before = admin.status().await?.commit_index;
+        let window = costs::Window::start(procs.clone());
         let (many, _) = driver::run(clients, opts.warmup, opts.per_client).await?;
+        let costs_many = window.finish(admin.status().await?.commit_index - before);
         let register_pairs = if opts.diagnose {
             eprintln!(
                 "hd-bench lock: diagnostic: hotdeploy, {} clients, 2 x Register each",
@@ -203,7 +223,7 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         } else {
             None
         };
-        anyhow::Ok((one, many, register_pairs))
+        anyhow::Ok((one, many, register_pairs, costs_one, costs_many))
     })?;
     let syscalls = if opts.syscalls {
         // The clients' lazy channels need the runtime's context.
@@ -274,20 +294,36 @@ fn run_hotdeploy(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         rss_kib,
         register_pairs,
         syscalls,
+        costs_one_client: costs_one,
+        costs_many_clients: costs_many,
     })
 }
 
 fn run_etcd(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
     eprintln!("hd-bench lock: starting 3 etcd members");
     let cluster = EtcdCluster::start(3)?;
-    let (one, many) = rt.block_on(async {
+    let (one, many, costs_one, costs_many) = rt.block_on(async {
         let leader = cluster.leader(Duration::from_secs(30)).await?;
         eprintln!("hd-bench lock: etcd leader serves clients at {leader}");
+        let procs: Vec<(String, String, u32)> = cluster
+            .client_addrs()
+            .into_iter()
+            .zip(cluster.pids())
+            .enumerate()
+            .map(|(i, (addr, pid))| {
+                let role = if addr == leader { "leader" } else { "follower" };
+                (format!("e{}", i + 1), role.to_string(), pid)
+            })
+            .collect();
+        let mut admin = super::etcd_client::EtcdClient::new(leader)?;
         eprintln!("hd-bench lock: etcd, 1 client, {} pairs", opts.ops);
         let single = vec![Pairer::Etcd(
             EtcdLocker::new(leader, "bench-lock-00", ETCD_LEASE_TTL_S).await?,
         )];
+        let before = admin.raft_index().await?;
+        let window = costs::Window::start(procs.clone());
         let (one, _) = driver::run(single, opts.warmup, opts.ops).await?;
+        let costs_one = window.finish(admin.raft_index().await? - before);
         eprintln!(
             "hd-bench lock: etcd, {} clients, {} pairs each",
             opts.clients, opts.per_client
@@ -299,8 +335,11 @@ fn run_etcd(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
                 EtcdLocker::new(leader, &name, ETCD_LEASE_TTL_S).await?,
             ));
         }
+        let before = admin.raft_index().await?;
+        let window = costs::Window::start(procs.clone());
         let (many, _) = driver::run(clients, opts.warmup, opts.per_client).await?;
-        anyhow::Ok((one, many))
+        let costs_many = window.finish(admin.raft_index().await? - before);
+        anyhow::Ok((one, many, costs_one, costs_many))
     })?;
     let syscalls = if opts.syscalls {
         etcd_syscalls(rt, opts, &cluster)?
@@ -317,6 +356,8 @@ fn run_etcd(rt: &Runtime, opts: &LockOpts) -> Result<SystemRun> {
         rss_kib,
         register_pairs: None,
         syscalls,
+        costs_one_client: costs_one,
+        costs_many_clients: costs_many,
     })
 }
 

@@ -27,6 +27,8 @@
 //! - [`machine`] describes the machine the numbers came from.
 //! - [`report`] prints the human tables; the JSON is the serde form of each report struct.
 //! - [`cleanup`] kills every child when the bench is interrupted by a signal.
+//! - [`costs`] reads each node's context switches and CPU time per committed entry from
+//!   `/proc` (the write path's hand-offs and work, barely moved by the machine's load).
 //! - [`syscalls`] counts each node's `fdatasync`/`fsync` per committed entry under strace
 //!   (`lock --syscalls`).
 //!
@@ -35,6 +37,7 @@
 //! still kills what it started. Every loop is bounded by a count or a deadline.
 
 pub mod cleanup;
+pub mod costs;
 pub mod driver;
 pub mod etcd_client;
 pub mod etcd_cluster;

@@ -166,6 +166,10 @@ pub fn lock_table(r: &LockReport) -> String {
     if let Some(etcd) = &r.etcd {
         let _ = writeln!(out, "RSS after the run, MiB: etcd [{}]", rss(etcd));
     }
+    costs_table(
+        &mut out,
+        std::iter::once(&r.hotdeploy).chain(r.etcd.as_ref()),
+    );
     let windows: Vec<_> = std::iter::once(&r.hotdeploy)
         .chain(r.etcd.as_ref())
         .flat_map(|run| &run.syscalls)
@@ -175,6 +179,37 @@ pub fn lock_table(r: &LockReport) -> String {
     }
     targets_table(&mut out, &r.targets);
     out
+}
+
+/// Context switches and CPU per committed entry, per node and phase.
+fn costs_table<'a>(out: &mut String, runs: impl Iterator<Item = &'a SystemRun>) {
+    let _ = writeln!(
+        out,
+        "\nper committed entry, from /proc (warm-up included; ctx = context switches)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>7} {:<18} {:>8} {:>8}",
+        "system", "clients", "node", "ctx", "cpu µs"
+    );
+    for run in runs {
+        for (clients, costs) in [
+            (1, &run.costs_one_client),
+            (run.clients, &run.costs_many_clients),
+        ] {
+            for c in costs {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:>7} {:<18} {:>8.1} {:>8.0}",
+                    run.system,
+                    clients,
+                    format!("{} ({})", c.node, c.role),
+                    c.ctx_switches_per_entry,
+                    c.cpu_us_per_entry
+                );
+            }
+        }
+    }
 }
 
 /// `--syscalls`: sync calls per committed entry, per node.
