@@ -41,6 +41,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// The node task's inbox size. Proposals beyond it wait (backpressure on clients).
 const INBOX: usize = 4096;
 
+/// How often the leader looks for members to record (see `RaftNode::record_members`).
+const RECORD_MEMBERS_EVERY: Duration = Duration::from_millis(200);
+
 /// A handle on the local raft node. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftNode {
@@ -289,13 +292,19 @@ impl RaftNode {
     /// Leader only: records in the replicated state every member that has acknowledged the log
     /// (with its advertised address), so that a wiped member is recognised when it tries to
     /// bootstrap again (see `bootstrap`).
+    ///
+    /// It looks every [`RECORD_MEMBERS_EVERY`] rather than on every status change: the status
+    /// changes with every commit, and a task woken per entry costs the write path a thread
+    /// wake-up on the leader (`hd-bench lock` counts context switches per entry).
     async fn record_members(self) {
-        let mut status = self.status.clone();
+        let mut tick = tokio::time::interval(RECORD_MEMBERS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if status.changed().await.is_err() {
+            tick.tick().await;
+            if self.tx.is_closed() {
                 return;
             }
-            let st = status.borrow_and_update().clone();
+            let st = self.status();
             if !st.is_leader() {
                 continue;
             }
