@@ -7,8 +7,9 @@
 //! 1. send `messages`;
 //! 2. apply the snapshot (storage first, then the state machine);
 //! 3. apply the committed entries to the state machine and answer their proposers;
-//! 4. append the entries and hard state in one sled batch, then flush (when raft says it must:
-//!    new entries, term or vote; a commit index alone is written without an fsync);
+//! 4. append the entries and hard state in one sled batch, then make them durable (sled's flush
+//!    and `fdatasync`, see `sled_files`; when raft says it must: new entries, term or vote; a
+//!    commit index alone is written without a sync);
 //! 5. send `persisted_messages`;
 //! 6. `advance`, then handle the light ready the same way.
 //!
@@ -42,7 +43,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub(crate) const SNAPSHOT_EVERY: u64 = 1000;
 
 /// Inbox messages processed per loop turn before handling Ready, so that a burst of proposals
-/// is batched into one append + fsync.
+/// is batched into one append + sync.
 const BATCH: usize = 256;
 
 /// What the node task is asked to do.

@@ -67,10 +67,10 @@ const LOG_FILE: &str = "db";
 /// sled's blob directory, inside the database directory.
 const BLOB_DIR: &str = "blobs";
 
-/// How many sync calls [`SledFiles`] made, by kind. Cumulative since the storage was opened.
+/// How many sync calls the raft storage made, by kind. Cumulative since the storage was opened.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SyncCounts {
-    /// Calls of [`SledFiles::sync`] (one per durable storage write).
+    /// Durable storage writes (each one sync of sled's files).
     pub syncs: u64,
     /// `fdatasync` of sled's log file `db`.
     pub log_fdatasyncs: u64,

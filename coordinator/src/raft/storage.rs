@@ -5,8 +5,10 @@
 //!
 //! [`SledStorage`] implements [`raft::Storage`] for raft-rs 0.7. The Ready loop (DESIGN §2)
 //! persists through it: [`SledStorage::append_and_persist`] writes a Ready's entries and hard
-//! state in one sled batch and then flushes (fsync), so a crash leaves either all of a Ready or
-//! none of it. [`SledStorage::create_snapshot`] records the serialized state machine at `applied`
+//! state in one sled batch and then makes it durable (sled's flush, then `fdatasync`/`fsync` of
+//! every file sled wrote: see `sled_files`, because sled's flush alone is only a
+//! `sync_file_range`), so a crash, power loss included, leaves either all of a Ready or none of
+//! it. [`SledStorage::create_snapshot`] records the serialized state machine at `applied`
 //! and compacts the log in that same batch, and [`SledStorage::apply_snapshot`] installs a
 //! snapshot received from the leader.
 //!
@@ -60,6 +62,8 @@
 //!
 //! # Invariants
 //!
+//! ("Flush" below always means `durable_flush`: sled's `flush`, then the syncs.)
+//!
 //! - The log is contiguous: `e/` holds exactly the indices `truncated.index + 1 ..= last_index`.
 //!   [`SledStorage::open`] checks both ends and refuses a store that breaks this.
 //! - `first_index() == truncated.index + 1`, and `term(truncated.index)` answers from
@@ -69,7 +73,8 @@
 //!   machine from `m/snapshot` finds the log starting right after it.
 //! - The stored commit is never below the stored snapshot's index, so a restart with
 //!   `Config.applied = snapshot.index` never trips raft-rs's `applied > commit` panic.
-//! - Every write is one atomic write on the main tree followed by `flush()`: a `sled::Batch`,
+//! - Every write is one atomic write on the main tree made durable by `durable_flush` (sled's
+//!   `flush()`, then the syncs of `sled_files`): a `sled::Batch`,
 //!   or a plain insert when it touches one key (sled's batch costs extra synced log records; a
 //!   one-key write is atomic anyway). A snapshot payload is written and flushed just before,
 //!   see above. Only after both succeed is the in-memory [`Meta`] cache updated, under a write
@@ -380,7 +385,7 @@ fn snapshot_from(record: &SnapshotRecord, payload: &[u8]) -> Snapshot {
 
 struct Inner {
     db: sled::Db,
-    /// sled's files and their syncing: every durable write ends in [`durable_flush`].
+    /// sled's files and their syncing: every durable write ends in `durable_flush`.
     files: Mutex<SledFiles>,
     /// [`SNAPSHOT_TREE`]: snapshot payloads only.
     snapshots: sled::Tree,
@@ -488,7 +493,7 @@ fn new_snapshot(pos: LogPosition, conf_state: ConfState, data: Vec<u8>) -> Snaps
 
 /// Writes `payload` under `record`'s key in the `snapshots` tree and makes it durable. sled's
 /// flush covers every tree of the `Db`: they share one log (and the payload, being large, one
-/// blob file of its own, which [`durable_flush`] syncs).
+/// blob file of its own, which `durable_flush` syncs).
 fn write_payload(
     db: &sled::Db,
     files: &Mutex<SledFiles>,
@@ -503,7 +508,7 @@ fn write_payload(
 }
 
 /// sled's `flush` (its buffers written, `sync_file_range`), then `fdatasync`/`fsync` of every
-/// file it wrote ([`SledFiles::sync`]): what makes a write durable against power loss.
+/// file it wrote (`SledFiles::sync`): what makes a write durable against power loss.
 fn durable_flush(db: &sled::Db, files: &Mutex<SledFiles>, op: &'static str) -> Result<()> {
     db.flush().map_err(sled_err(op))?;
     files
@@ -762,7 +767,7 @@ impl SledStorage {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies `batch` atomically, then fsyncs. The caller holds the meta write lock and updates
+    /// Applies `batch` atomically, then makes it durable. The caller holds the meta write lock and updates
     /// the cache only if this returns `Ok`.
     fn commit_batch(&self, batch: sled::Batch, op: &'static str) -> Result<()> {
         self.apply_batch(batch, op, true)
@@ -799,7 +804,7 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Applies `batch` atomically, and fsyncs it when `sync` is set. Without `sync` the batch
+    /// Applies `batch` atomically, and makes it durable when `sync` is set. Without `sync` the batch
     /// is still atomic and reaches disk with sled's next flush (or the next synced batch).
     fn apply_batch(&self, batch: sled::Batch, op: &'static str, sync: bool) -> Result<()> {
         self.inner.db.apply_batch(batch).map_err(sled_err(op))?;
@@ -948,7 +953,7 @@ impl SledStorage {
         self.persist_ready(entries, hard_state, true)
     }
 
-    /// Like [`SledStorage::append_and_persist`], but fsyncs only when `sync` is set: pass
+    /// Like [`SledStorage::append_and_persist`], but syncs only when `sync` is set: pass
     /// raft's `Ready::must_sync()`, which is false when neither entries nor the term or vote
     /// changed. A commit index alone need not be durable before raft moves on: after a crash it
     /// is learned again from the leader, and snapshots raise the stored commit to what they
@@ -1019,7 +1024,7 @@ impl SledStorage {
     }
 
     /// Sets the commit index of the stored hard state (a light ready's `commit_index`). The
-    /// commit never moves backwards: a lower value is ignored. Not fsynced on its own (see
+    /// commit never moves backwards: a lower value is ignored. Not synced on its own (see
     /// [`SledStorage::persist_ready`]): it reaches disk with the next synced batch.
     pub fn set_commit(&self, commit: u64) -> Result<()> {
         let mut hs = self.hard_state();

@@ -9,7 +9,7 @@
 //! `wait_ms` 5 s by default, as agents call it: the leader queues acquires first come, first
 //! served, so a concurrent acquire that may not wait is refused while an earlier one commits)
 //! then `ReleaseSlot` with the granted token, two raft writes, each acknowledged after the
-//! leader and one follower fsynced it and the leader applied it.
+//! leader and one follower made it durable (`fdatasync`) and the leader applied it.
 //!
 //! **etcd.** 3 members on their own loopback IPs ([`super::etcd_cluster`]), default fsync. Each
 //! client has its own connection to the etcd leader (found with `Maintenance.Status`), grants
