@@ -758,7 +758,9 @@ fn the_test_lock_keeps_test_processes_apart() {
     }
     let tmp = temp_dir("hd-t-lock-");
     let mut children: Vec<_> = (0..2)
-        .map(|_| {
+        .map(|i| {
+            // Their libtest lines must not reach this run's output (scripts/test counts them).
+            let log = std::fs::File::create(tmp.path().join(format!("child{i}.log"))).unwrap();
             Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",
@@ -769,6 +771,8 @@ fn the_test_lock_keeps_test_processes_apart() {
                 ])
                 .env(LOCK_ROLE_ENV, tmp.path())
                 .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
                 .spawn()
                 .unwrap()
         })

@@ -18,9 +18,9 @@
 //!
 //! Each system is started, measured with 1 client and then N clients, and torn down before the
 //! other starts, so they never share the CPUs. The report holds both systems' summaries side by
-//! side, the ratios ours/etcd (p50 with 1 client; throughput with N clients), and the targets
-//! (1-client p50 no slower than etcd, 0.5x stretch; N-client throughput at least etcd's, 2x
-//! stretch).
+//! side, the ratios ours/etcd (p50 with 1 client; throughput with N clients), and the targets of
+//! issue 9 at equal durability (1-client p50 at most 0.5x etcd's; N-client throughput at least
+//! 2x etcd's), with parity as a second line.
 
 use super::costs::{self, NodeCost};
 use super::driver::{self, Pairer};
@@ -124,13 +124,27 @@ pub fn run(rt: &Runtime, opts: &LockOpts) -> Result<LockReport> {
     let tput_ratio = etcd
         .as_ref()
         .and_then(|e| ratio(hotdeploy.many_clients.per_s, e.many_clients.per_s));
+    // Issue 9's targets, at equal durability (both sides fdatasync every Ready that must be
+    // durable: `--syscalls` shows it). Parity (1.0) is shown as the secondary goal.
     let targets = vec![
-        Target::at_most("1-client p50 latency, ours/etcd", p50_ratio, 1.0, Some(0.5)),
+        Target::at_most("1-client p50 latency, ours/etcd", p50_ratio, 0.5, None),
         Target::at_least(
             &format!("{}-client throughput, ours/etcd", opts.clients),
             tput_ratio,
+            2.0,
+            None,
+        ),
+        Target::at_most(
+            "1-client p50 latency, ours/etcd (parity)",
+            p50_ratio,
             1.0,
-            Some(2.0),
+            None,
+        ),
+        Target::at_least(
+            &format!("{}-client throughput, ours/etcd (parity)", opts.clients),
+            tput_ratio,
+            1.0,
+            None,
         ),
     ];
     Ok(LockReport {
