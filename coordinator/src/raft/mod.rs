@@ -41,7 +41,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// The node task's inbox size. Proposals beyond it wait (backpressure on clients).
 const INBOX: usize = 4096;
 
-/// How often the leader looks for members to record (see `RaftNode::record_members`).
+/// How often the leader looks for members to record once every member is (see
+/// `RaftNode::record_members`).
 const RECORD_MEMBERS_EVERY: Duration = Duration::from_millis(200);
 
 /// A handle on the local raft node. Cheap to clone.
@@ -153,6 +154,7 @@ impl RaftNode {
             ..Default::default()
         });
         let (applied_tx, applied_rx) = watch::channel(0);
+        let (leadership_tx, leadership_rx) = watch::channel((0, Role::Follower));
         let node_cfg = NodeConfig {
             id: cfg.id,
             tick: Duration::from_millis(cfg.raft.tick_ms),
@@ -166,6 +168,7 @@ impl RaftNode {
             rx,
             state.clone(),
             status_tx,
+            leadership_tx,
             applied_tx,
         )?;
         for (id, addr) in state
@@ -197,7 +200,7 @@ impl RaftNode {
             state,
             transport,
         };
-        tokio::spawn(handle.clone().record_members());
+        tokio::spawn(handle.clone().record_members(leadership_rx));
         Ok((handle, server))
     }
 
@@ -293,39 +296,57 @@ impl RaftNode {
     /// (with its advertised address), so that a wiped member is recognised when it tries to
     /// bootstrap again (see `bootstrap`).
     ///
-    /// It looks every [`RECORD_MEMBERS_EVERY`] rather than on every status change: the status
-    /// changes with every commit, and a task woken per entry costs the write path a thread
-    /// wake-up on the leader (`hd-bench lock` counts context switches per entry).
-    async fn record_members(self) {
-        let mut tick = tokio::time::interval(RECORD_MEMBERS_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// It looks when this node's leadership changes, and while it leads with a member of the
+    /// configuration not recorded yet, at every status change, so that a founding member is
+    /// recorded right after its first acknowledgement. Otherwise it looks every
+    /// [`RECORD_MEMBERS_EVERY`] only: the status changes with every commit, and a task woken
+    /// per entry costs the leader's write path a thread wake-up (`hd-bench lock` counts context
+    /// switches per entry). A member added later is recorded by its conf change, which carries
+    /// its address; the slow look catches one that acknowledges only later.
+    async fn record_members(self, mut leadership: watch::Receiver<(u64, Role)>) {
+        let mut status = self.status.clone();
         loop {
-            tick.tick().await;
-            if self.tx.is_closed() {
+            let st = status.borrow_and_update().clone();
+            let unrecorded = st.is_leader() && self.record_acknowledged(&st).await;
+            let woken = if unrecorded {
+                status.changed().await.is_ok()
+            } else {
+                tokio::select! {
+                    changed = leadership.changed() => changed.is_ok(),
+                    _ = tokio::time::sleep(RECORD_MEMBERS_EVERY) => !self.tx.is_closed(),
+                }
+            };
+            if !woken {
                 return;
             }
-            let st = self.status();
-            if !st.is_leader() {
+        }
+    }
+
+    /// Proposes `SetMember` for every member that acknowledged the log and is not recorded;
+    /// returns whether a member of the configuration is still unrecorded afterwards.
+    async fn record_acknowledged(&self, st: &NodeStatus) -> bool {
+        let known = self.state().members().clone();
+        for (id, matched) in &st.matched {
+            if *matched == 0 || known.contains_key(id) {
                 continue;
             }
-            let known = self.state().members().clone();
-            for (id, matched) in &st.matched {
-                if *matched == 0 || known.contains_key(id) {
-                    continue;
-                }
-                let Some(address) = self.address_of(*id) else {
-                    continue;
-                };
-                let p = Proposal::new(
-                    None,
-                    hotdeploy_common::time::now_ms(),
-                    "leader",
-                    Command::SetMember { id: *id, address },
-                );
-                if let Err(e) = self.propose(p, Duration::from_secs(5)).await {
-                    tracing::debug!("recording member {id}: {e}");
-                }
+            let Some(address) = self.address_of(*id) else {
+                continue;
+            };
+            let p = Proposal::new(
+                None,
+                hotdeploy_common::time::now_ms(),
+                "leader",
+                Command::SetMember { id: *id, address },
+            );
+            if let Err(e) = self.propose(p, Duration::from_secs(5)).await {
+                tracing::debug!("recording member {id}: {e}");
             }
         }
+        let known = self.state().members().clone();
+        st.voters
+            .iter()
+            .chain(&st.learners)
+            .any(|id| !known.contains_key(id))
     }
 }

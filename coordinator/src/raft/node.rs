@@ -86,6 +86,9 @@ pub(crate) struct Node {
     next_read: u64,
     transport: Transport,
     status: watch::Sender<NodeStatus>,
+    /// (leader id, role) on every change of either: for tasks that care about leadership
+    /// only, and would otherwise wake on every status change (one per commit).
+    leadership: watch::Sender<(u64, Role)>,
     applied_tx: watch::Sender<u64>,
     inbox: mpsc::Receiver<Msg>,
     tick: Duration,
@@ -104,6 +107,7 @@ impl Node {
         inbox: mpsc::Receiver<Msg>,
         state: Arc<RwLock<StateMachine>>,
         status: watch::Sender<NodeStatus>,
+        leadership: watch::Sender<(u64, Role)>,
         applied_tx: watch::Sender<u64>,
     ) -> anyhow::Result<Self> {
         let mut applied = 0;
@@ -154,6 +158,7 @@ impl Node {
             next_read: 1,
             transport,
             status,
+            leadership,
             applied_tx,
             inbox,
             tick: cfg.tick,
@@ -514,6 +519,12 @@ impl Node {
             matched,
             active,
         };
+        let leadership = (status.leader, status.role);
+        self.leadership.send_if_modified(|old| {
+            let changed = *old != leadership;
+            *old = leadership;
+            changed
+        });
         self.status.send_if_modified(|old| {
             if *old != status {
                 *old = status;
