@@ -85,9 +85,11 @@ fn every_node_fdatasyncs_each_entry_it_acknowledges() {
                 .unwrap_or_else(|e| panic!("release h1: {e:?}"));
         }
     });
-    let entries = commit() - before;
-    // Let the followers learn the last commit and persist the last entries' acknowledgements.
+    // Let the followers learn the last commit and persist the last entries' acknowledgements,
+    // and the leader publish its commit index (it answers a write when it applies the entry,
+    // and updates its status a moment later).
     std::thread::sleep(Duration::from_millis(500));
+    let entries = commit() - before;
     deadline.check("detach strace");
     assert!(
         entries >= 2 * PAIRS as u64,

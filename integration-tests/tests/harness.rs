@@ -373,7 +373,9 @@ fn load_generator_counts_failures_against_a_closed_port() {
     });
     let report = load.wait(Duration::from_secs(10));
     assert_eq!(report.ok, 0, "{report:?}");
-    assert!(report.failed >= 20, "{report:?}");
+    // Enough samples to show that every one is counted as failed. Not 40 (50/s for 800 ms):
+    // the rate a starved machine sustains is not what this test is about.
+    assert!(report.failed >= 5, "{report:?}");
     assert_eq!(report.requests, report.failed);
     assert!(report.errors.contains_key("connect"), "{report:?}");
     assert!(!report.error_samples.is_empty());
