@@ -302,7 +302,9 @@ impl RaftNode {
     /// [`RECORD_MEMBERS_EVERY`] only: the status changes with every commit, and a task woken
     /// per entry costs the leader's write path a thread wake-up (`hd-bench lock` counts context
     /// switches per entry). A member added later is recorded by its conf change, which carries
-    /// its address; the slow look catches one that acknowledges only later.
+    /// its address; the slow look catches one that acknowledges only later. (While a founding
+    /// member is down and so unrecorded, the leader looks at every status change, as it always
+    /// did before.)
     async fn record_members(self, mut leadership: watch::Receiver<(u64, Role)>) {
         let mut status = self.status.clone();
         loop {
