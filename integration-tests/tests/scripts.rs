@@ -4,6 +4,8 @@
 //!   (Debian's PATH for a user who is not root), instead of reporting HAProxy missing.
 //! - `test-summary` turns a run's runner output into the one line `scripts/test` ends with, so
 //!   that the doc-tests' `0 passed` is not the last word of a run of hundreds of tests.
+//! - `.config/nextest.toml` puts every test file that takes the coordinator cluster lock in the
+//!   test group that runs them one at a time.
 
 // Test helpers panic on setup failures, like the tests themselves.
 #![allow(clippy::unwrap_used)]
@@ -128,4 +130,99 @@ fn the_test_script_ends_with_the_summary() {
         ],
         "scripts/test must print the summary last and fail when anything failed"
     );
+}
+
+/// A `binary(...)` term of a nextest filter, in the two forms `.config/nextest.toml` uses.
+#[derive(Debug)]
+enum BinaryTerm {
+    Exact(String),
+    Prefix(String),
+}
+
+impl BinaryTerm {
+    fn matches(&self, binary: &str) -> bool {
+        match self {
+            BinaryTerm::Exact(name) => binary == name,
+            BinaryTerm::Prefix(prefix) => binary.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// The `binary(...)` terms of `filter`; panics on a form this test does not understand.
+fn binary_terms(filter: &str) -> Vec<BinaryTerm> {
+    filter
+        .split("binary(")
+        .skip(1)
+        .map(|rest| {
+            let term = &rest[..rest.find(')').expect("an unclosed binary( term")];
+            if let Some(prefix) = term
+                .strip_prefix("/^")
+                .and_then(|t| t.strip_suffix('/'))
+                .filter(|t| t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            {
+                BinaryTerm::Prefix(prefix.to_string())
+            } else if term.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                BinaryTerm::Exact(term.to_string())
+            } else {
+                panic!("binary({term}) in the nextest filter: a form this test cannot read")
+            }
+        })
+        .collect()
+}
+
+/// A test file whose tests take the coordinator cluster lock (`common::serial()`, one such test
+/// at a time across processes) must be in nextest's group `coordinator-cluster`
+/// (`max-threads = 1`), and that override must come first (nextest's first match wins):
+/// otherwise nextest starts it beside another cluster test, and it spends its own timeout
+/// waiting for the lock.
+#[test]
+fn every_test_file_that_takes_the_cluster_lock_is_in_the_coordinator_cluster_group() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config_path = root.join("../.config/nextest.toml");
+    let config: toml::Value =
+        toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    assert_eq!(
+        config["test-groups"]["coordinator-cluster"]["max-threads"].as_integer(),
+        Some(1),
+        "{}",
+        config_path.display()
+    );
+    let overrides = config["profile"]["default"]["overrides"]
+        .as_array()
+        .expect("[[profile.default.overrides]]");
+    let first_grouped = overrides
+        .iter()
+        .find(|o| o.get("test-group").is_some())
+        .expect("an override with a test group");
+    assert_eq!(
+        first_grouped["test-group"].as_str(),
+        Some("coordinator-cluster"),
+        "the coordinator-cluster override must be the first with a test group"
+    );
+    let filter = first_grouped["filter"].as_str().expect("a filter");
+    let terms = binary_terms(filter);
+
+    // The call that takes the lock, spelled in two pieces so that this file does not match.
+    let call = ["= serial", "();"].concat();
+    let mut lockers = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && std::fs::read_to_string(&path).unwrap().contains(&call)
+        {
+            lockers.push(path.file_stem().unwrap().to_string_lossy().to_string());
+        }
+    }
+    lockers.sort();
+    assert!(
+        lockers.len() >= 6 && lockers.iter().any(|l| l == "rollout_cluster"),
+        "found too few test files that take the lock: {lockers:?}"
+    );
+    for binary in &lockers {
+        assert!(
+            terms.iter().any(|t| t.matches(binary)),
+            "tests/{binary}.rs takes the cluster lock (serial()) but is not in the \
+             coordinator-cluster group: filter {filter:?} ({terms:?})"
+        );
+    }
 }
