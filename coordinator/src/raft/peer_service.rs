@@ -6,6 +6,11 @@
 //! certificate of that coordinator id. Raft payloads are decoded only after these checks:
 //! raft 0.7's protobuf 2.x decoder is not meant for untrusted input.
 //!
+//! Snapshots arrive on `SendSnapshot` in chunks (see `transport`): the first chunk's head is
+//! checked like any frame, the data is collected up to the length it announced (at most
+//! [`MAX_SNAPSHOT_BYTES`]), and the whole MsgSnapshot is handed to the raft node before the
+//! call is answered. The sender reports the snapshot delivered only on that answer.
+//!
 //! `ClusterInfo` (what a blank node asks before it bootstraps) answers coordinators only: the
 //! member list and commit index are the cluster's business. [`BlankPeerService`] is what a blank
 //! node serves while it waits to bootstrap: `ClusterInfo` says "no cluster yet", and raft
@@ -16,16 +21,22 @@ use super::status::NodeStatus;
 use super::transport::Transport;
 use crate::state::StateMachine;
 use hotdeploy_common::proto::raft_peer_server::RaftPeer;
-use hotdeploy_common::proto::{ClusterInfoRequest, ClusterInfoResponse, PeerAck, PeerFrame};
+use hotdeploy_common::proto::{
+    ClusterInfoRequest, ClusterInfoResponse, PeerAck, PeerFrame, SnapshotChunk,
+};
 use hotdeploy_common::tls::{caller_role, Role};
 use protobuf::Message as _;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::storage::SledStorage;
+
+/// The largest snapshot (its data, all chunks together) a node accepts: far above any real
+/// state (a few MB for 10,000 hosts), while bounding what a sender can make it allocate.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
 pub struct PeerService {
     pub(crate) cluster_id: Arc<AtomicU64>,
@@ -56,6 +67,55 @@ impl PeerService {
             "cluster id mismatch: this node is in cluster {ours:016x}, the sender in {theirs:016x}"
         )))
     }
+
+    /// Checks one frame of a stream whose caller has `role` and whose earlier frames came from
+    /// `sender`, and decodes its raft message (see the module docs).
+    fn check_frame(
+        &self,
+        role: &Option<Role>,
+        sender: &mut Option<u64>,
+        frame: &PeerFrame,
+    ) -> Result<Message, Status> {
+        match role {
+            Some(Role::Insecure) => {}
+            Some(Role::Coordinator(id)) if *id == frame.from => {}
+            r => {
+                let who = r
+                    .as_ref()
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "no role".into());
+                tracing::warn!(audit = true, caller = %who, claimed = frame.from, "peer frame refused: sender id differs from its certificate");
+                return Err(Status::permission_denied(format!(
+                    "peer {who} may not send raft messages as coordinator {}",
+                    frame.from
+                )));
+            }
+        }
+        if sender.is_some_and(|s| s != frame.from) {
+            return Err(Status::invalid_argument(
+                "sender id changed within one stream",
+            ));
+        }
+        *sender = Some(frame.from);
+        self.check_cluster(frame.cluster_id)?;
+        let msg = Message::parse_from_bytes(&frame.message)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        if msg.from != frame.from {
+            return Err(Status::invalid_argument(format!(
+                "raft message from {} inside a frame from {}",
+                msg.from, frame.from
+            )));
+        }
+        self.transport.learn(frame.from, &frame.from_address);
+        Ok(msg)
+    }
+
+    async fn step(&self, msg: Message) -> Result<(), Status> {
+        self.node
+            .send(Msg::Step(Box::new(msg)))
+            .await
+            .map_err(|_| Status::unavailable("raft node stopped"))
+    }
 }
 
 #[tonic::async_trait]
@@ -68,41 +128,74 @@ impl RaftPeer for PeerService {
         let mut stream = request.into_inner();
         let mut sender: Option<u64> = None;
         while let Some(frame) = stream.message().await? {
-            match (&role, sender) {
-                (Some(Role::Insecure), _) => {}
-                (Some(Role::Coordinator(id)), _) if *id == frame.from => {}
-                (r, _) => {
-                    let who = r
-                        .as_ref()
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| "no role".into());
-                    tracing::warn!(audit = true, caller = %who, claimed = frame.from, "peer frame refused: sender id differs from its certificate");
-                    return Err(Status::permission_denied(format!(
-                        "peer {who} may not send raft messages as coordinator {}",
-                        frame.from
-                    )));
-                }
-            }
-            if sender.is_some_and(|s| s != frame.from) {
+            // A whole snapshot in one frame (a sender of an earlier version) is still accepted.
+            let msg = self.check_frame(&role, &mut sender, &frame)?;
+            self.step(msg).await?;
+        }
+        Ok(Response::new(PeerAck {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<PeerAck>, Status> {
+        let role = caller_role(&request);
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("snapshot stream without a chunk"))?;
+        let head = first
+            .head
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no head"))?;
+        let mut msg = self.check_frame(&role, &mut None, head)?;
+        if msg.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(format!(
+                "SendSnapshot carries {:?}, not a snapshot",
+                msg.get_msg_type()
+            )));
+        }
+        if first.data_len > MAX_SNAPSHOT_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "a snapshot of {} bytes exceeds this node's limit of {MAX_SNAPSHOT_BYTES} bytes",
+                first.data_len
+            )));
+        }
+        let index = msg.get_snapshot().get_metadata().index;
+        let expected = first.data_len as usize;
+        let mut data = Vec::with_capacity(expected);
+        let mut chunk = Some(first);
+        let mut chunks = 0u64;
+        while let Some(c) = chunk {
+            if chunks > 0 && c.head.is_some() {
                 return Err(Status::invalid_argument(
-                    "sender id changed within one stream",
+                    "a later snapshot chunk has a head",
                 ));
             }
-            sender = Some(frame.from);
-            self.check_cluster(frame.cluster_id)?;
-            let msg = Message::parse_from_bytes(&frame.message)
-                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
-            if msg.from != frame.from {
+            chunks += 1;
+            if data.len() + c.data.len() > expected {
                 return Err(Status::invalid_argument(format!(
-                    "raft message from {} inside a frame from {}",
-                    msg.from, frame.from
+                    "snapshot at index {index}: more than the {expected} bytes announced"
                 )));
             }
-            self.transport.learn(frame.from, &frame.from_address);
-            if self.node.send(Msg::Step(Box::new(msg))).await.is_err() {
-                return Err(Status::unavailable("raft node stopped"));
-            }
+            data.extend_from_slice(&c.data);
+            chunk = stream.message().await?;
         }
+        if data.len() != expected {
+            return Err(Status::invalid_argument(format!(
+                "snapshot at index {index}: {} of the {expected} bytes announced arrived",
+                data.len()
+            )));
+        }
+        msg.mut_snapshot().data = data.into();
+        tracing::info!(
+            index,
+            bytes = expected,
+            from = msg.from,
+            "snapshot received; handing it to raft"
+        );
+        self.step(msg).await?;
         Ok(Response::new(PeerAck {}))
     }
 
@@ -142,6 +235,9 @@ fn check_coordinator<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
+/// Why a blank node refuses raft traffic.
+const BLANK: &str = "this node is blank and waiting for a quorum of its peers before it bootstraps";
+
 /// The peer service of a blank node waiting to bootstrap: it has no cluster yet.
 pub struct BlankPeerService {
     pub id: u64,
@@ -159,9 +255,14 @@ impl RaftPeer for BlankPeerService {
         &self,
         _request: Request<Streaming<PeerFrame>>,
     ) -> Result<Response<PeerAck>, Status> {
-        Err(Status::unavailable(
-            "this node is blank and waiting for a quorum of its peers before it bootstraps",
-        ))
+        Err(Status::unavailable(BLANK))
+    }
+
+    async fn send_snapshot(
+        &self,
+        _request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<PeerAck>, Status> {
+        Err(Status::unavailable(BLANK))
     }
 
     async fn cluster_info(
