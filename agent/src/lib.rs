@@ -2,6 +2,7 @@
 //! one service (DESIGN §4).
 
 pub mod artifact;
+pub(crate) mod cmd;
 pub mod store;
 pub use artifact::{ArtifactError, ArtifactPolicy, ArtifactSpec};
 pub use store::{ReleaseEntry, ReleaseStore, StoreError};

@@ -31,7 +31,7 @@ pub use agent_check::agent_check_reply;
 pub use haproxy::{HaproxyClient, HaproxyError, ServerStat};
 pub use ready::readiness;
 
-use crate::service::cmd;
+use crate::cmd;
 use hotdeploy_common::config::RotationConfig;
 use hotdeploy_common::proto::{Health, Rotation};
 use std::net::SocketAddr;

@@ -21,14 +21,13 @@
 //!
 //! All operations are serialized by one async mutex: a restart never interleaves with a stop.
 
-pub(crate) mod cmd;
 mod exec;
 mod proc;
 
 #[cfg(test)]
 mod tests;
 
-use cmd::run as run_command;
+use crate::cmd::run as run_command;
 
 use exec::{Proc, Running, Shared, SpawnSpec};
 use hotdeploy_common::config::{ServiceConfig, ServiceControl};
