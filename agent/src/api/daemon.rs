@@ -2,14 +2,25 @@
 //!
 //! Start-up order matters:
 //! 1. the release store (crash debris removed) and the journal;
-//! 2. the service: the journaled child is *adopted* if it still runs, so that restarting (or
-//!    upgrading) the agent never restarts the application;
-//! 3. the rotation front ends, starting out of rotation if the journal says the host was drained;
-//! 4. the engine, which claims the slots the journal holds, and recovery of an interrupted
-//!    deploy, in the background;
+//! 2. the service: the journaled child is *adopted* if it still runs (or, the record lost or
+//!    unreadable, the service found running from the release store), so that restarting (or
+//!    upgrading) the agent never restarts the application. Nothing is started when a deploy in
+//!    progress may have swapped `current` to a release not verified yet: recovery starts it,
+//!    under a fence;
+//! 3. the rotation front ends, starting out of rotation if the journal says the host was
+//!    drained, and the state asserted to HAProxy (a server HAProxy still holds out is reported
+//!    out until an undrain confirms it back);
+//! 4. the engine, which claims the slots the journal holds, recovery of an interrupted deploy,
+//!    and reconciliation of the slot the coordinators list, in the background;
 //! 5. the coordinator link (if configured) and the gRPC server.
 //!
-//! [`Daemon::shutdown`] stops serving but leaves the supervised service running.
+//! An unusable `current` link does not stop the start: it is logged, reported (`unhealthy`,
+//! and in `Status`), and deploys are refused until it is repaired.
+//!
+//! One [`CancellationToken`] is the shutdown signal of every long-lived task: the gRPC server,
+//! the rotation front ends, the coordinator link, the engine's tasks, the report task and the
+//! exec supervisors. [`Daemon::shutdown`] cancels it and waits (bounded) for them to end; it
+//! leaves the supervised service running.
 
 use super::service::AgentService;
 use crate::artifact::ArtifactPolicy;
@@ -18,6 +29,7 @@ use crate::hooks::Hooks;
 use crate::journal::Journal;
 use crate::link::{Link, LinkConfig};
 use crate::rotation::RotationControl;
+use crate::service::ServiceHooks;
 use crate::service::{ChildRecord, ServiceController};
 use crate::store::ReleaseStore;
 use crate::verify::Verifier;
@@ -29,8 +41,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// The agent could not start.
 #[derive(Debug, Error)]
@@ -60,10 +73,14 @@ pub struct Daemon {
     pub link: Option<Link>,
     /// The API listener's TLS settings (`None`: plaintext), reloaded by [`Daemon::reload_tls`].
     server_tls: Option<ServerTls>,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// The shutdown signal of every long-lived task (see the module docs).
+    shutdown: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// How long [`Daemon::shutdown`] waits for each kind of task.
+const STOP_BOUND: Duration = Duration::from_secs(10);
 
 impl Daemon {
     /// Starts everything; returns once the gRPC server listens.
@@ -91,9 +108,14 @@ impl Daemon {
         let policy = ArtifactPolicy::from_config(&cfg.artifact)
             .map_err(|e| fail("[artifact]")(e.to_string()))?;
 
-        // The service: adopt the journaled child rather than start a second copy.
+        let shutdown = CancellationToken::new();
+
+        // The service: adopt the running service rather than start a second copy.
         let child: Option<ChildRecord> = journal.child().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "journaled child unreadable; not adopting");
+            tracing::warn!(
+                error = %e,
+                "journaled child unreadable; looking for the service in the release store"
+            );
             None
         });
         let j = journal.clone();
@@ -103,12 +125,45 @@ impl Daemon {
                     tracing::error!(error = %e, "cannot journal the supervised child");
                 }
             });
-        let service = ServiceController::new(svc, &svc.root, on_child);
-        let current = store.current().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "current is unreadable");
-            None
+        let j = journal.clone();
+        let on_release: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |id: &str| {
+            if let Err(e) = j.set_service_release(Some(id)) {
+                tracing::error!(error = %e, "cannot journal the service's release");
+            }
         });
-        if let Err(e) = service.adopt_or_start(child, current.as_deref()).await {
+        let hooks = ServiceHooks {
+            on_child,
+            on_release,
+            last_release: journal.service_release().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "journaled service release unreadable");
+                None
+            }),
+            shutdown: shutdown.clone(),
+        };
+        let service = ServiceController::with_hooks(svc, &svc.root, hooks);
+        let (current, current_broken) = match store.current() {
+            Ok(c) => (c, false),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "the `current` link is unusable: not starting the service, refusing deploys \
+                     until it is repaired"
+                );
+                (None, true)
+            }
+        };
+        let unverified = deploy::current_may_be_unverified(&journal)
+            .map_err(|e| fail("deploy journal")(e.to_string()))?;
+        let started = if unverified {
+            tracing::warn!(
+                "a deploy was in progress and `current` may not be verified: the service is \
+                 started by recovery, under a fence, not now"
+            );
+            service.adopt(child, None).await.map(|_| ())
+        } else {
+            service.adopt_or_start(child, current.as_deref()).await
+        };
+        if let Err(e) = started {
             tracing::error!(error = %e, "cannot start the service");
         }
 
@@ -119,10 +174,13 @@ impl Daemon {
         let verify_failed = journal
             .hold()
             .map_err(|e| fail("deploy journal")(e.to_string()))?
-            .is_some_and(|h| h.purpose == "deploy");
+            .is_some_and(|h| h.kind.service_failed());
         let alive = *service.subscribe_alive().borrow();
-        let (health_tx, health_rx) =
-            watch::channel(deploy::health(current.is_some(), alive, verify_failed));
+        let (health_tx, health_rx) = watch::channel(deploy::health(
+            current.is_some() || current_broken,
+            alive,
+            verify_failed || current_broken,
+        ));
         let drained =
             deploy::starts_drained(&journal).map_err(|e| fail("deploy journal")(e.to_string()))?;
         let initial = if drained {
@@ -137,9 +195,10 @@ impl Daemon {
             health_rx.clone(),
         );
         rotation
-            .serve()
+            .serve(shutdown.clone())
             .await
             .map_err(|e| fail("rotation front ends")(e.to_string()))?;
+        rotation.reassert(drained).await;
 
         // The link and the engine.
         let (report_tx, report_rx) = watch::channel(HostReport::default());
@@ -173,6 +232,7 @@ impl Daemon {
             lock: link.clone().map(|l| Arc::new(l) as Arc<dyn SlotLock>),
             journal,
             timing: Timing::default(),
+            shutdown: shutdown.clone(),
         })
         .map_err(|e| fail("deploy engine")(e.to_string()))?;
 
@@ -182,15 +242,14 @@ impl Daemon {
             rotation.subscribe(),
             health_tx,
             report_tx,
+            shutdown.clone(),
         ))];
-        if let Some(t) = engine
+        engine
             .start_recovery()
-            .map_err(|e| fail("recovery")(e.to_string()))?
-        {
-            tasks.push(t);
-        }
+            .map_err(|e| fail("recovery")(e.to_string()))?;
+        engine.start_reconcile();
         if let Some(l) = &link {
-            tasks.push(l.start());
+            tasks.push(l.start(shutdown.clone()));
         }
 
         // gRPC.
@@ -211,7 +270,7 @@ impl Daemon {
             health: health_rx,
         };
         let server_tls = ServerTls::load(&cfg.tls).map_err(|e| fail("[tls]")(e.to_string()))?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let stop = shutdown.clone();
         let incoming = hotdeploy_common::tls::incoming(
             listener,
             server_tls.clone(),
@@ -223,9 +282,7 @@ impl Daemon {
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .max_concurrent_streams(MAX_STREAMS)
                 .add_service(AgentServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop_rx.await;
-                }),
+                .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
         );
         tracing::info!(%addr, host = %cfg.host_id, "agent serving");
         Ok(Daemon {
@@ -235,10 +292,16 @@ impl Daemon {
             rotation,
             link,
             server_tls,
-            shutdown: Some(stop_tx),
+            shutdown,
             server,
             tasks,
         })
+    }
+
+    /// The shutdown signal every long-lived task of this agent follows; a task added to the
+    /// agent ends when it is cancelled (see [`Daemon::shutdown`]).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// Re-reads the `[tls]` files for the API listener and the coordinator link. New
@@ -253,23 +316,25 @@ impl Daemon {
         Ok(())
     }
 
-    /// Stops serving, gracefully. The supervised service keeps running: an agent restart or
-    /// upgrade must not take it down.
+    /// Stops serving, gracefully: cancels the shutdown token, then waits (each bounded by
+    /// [`STOP_BOUND`]) for the gRPC server, the engine's tasks and the others to end. The
+    /// supervised service keeps running: an agent restart or upgrade must not take it down.
+    /// A deploy under way stops at its next step; recovery resumes it at the next start.
     pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.server).await {
+        self.shutdown.cancel();
+        match tokio::time::timeout(STOP_BOUND, &mut self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
-            Err(_) => {
-                tracing::warn!("gRPC server did not stop within 10 s");
-                self.server.abort();
-            }
+            Err(_) => tracing::warn!("gRPC server did not stop within {STOP_BOUND:?}"),
         }
-        for t in &self.tasks {
-            t.abort();
+        if !self.engine.wait_stopped(STOP_BOUND).await {
+            tracing::warn!("engine tasks did not stop within {STOP_BOUND:?}");
+        }
+        for t in self.tasks.drain(..) {
+            if tokio::time::timeout(STOP_BOUND, t).await.is_err() {
+                tracing::warn!("a task did not stop within {STOP_BOUND:?}");
+            }
         }
         tracing::info!("agent stopped; the service is left running");
     }
@@ -283,12 +348,19 @@ async fn report_task(
     mut rotation: watch::Receiver<Rotation>,
     health_tx: watch::Sender<Health>,
     report_tx: watch::Sender<HostReport>,
+    shutdown: CancellationToken,
 ) {
     loop {
         let v = view.borrow_and_update().clone();
         let is_alive = *alive.borrow_and_update();
         let rot = *rotation.borrow_and_update();
-        let health = deploy::health(v.current.is_some(), is_alive, v.verify_failed);
+        // An unusable `current` link: something is installed, and it is broken.
+        let broken = v.problem.is_some();
+        let health = deploy::health(
+            v.current.is_some() || broken,
+            is_alive,
+            v.verify_failed || broken,
+        );
         health_tx.send_if_modified(|h| {
             let changed = *h != health;
             *h = health;
@@ -309,6 +381,7 @@ async fn report_task(
             r = view.changed() => if r.is_err() { return },
             r = alive.changed() => if r.is_err() { return },
             r = rotation.changed() => if r.is_err() { return },
+            _ = shutdown.cancelled() => return,
         }
     }
 }
