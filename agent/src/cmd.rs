@@ -240,16 +240,27 @@ mod tests {
     /// returns within the deadline plus the bounded wait after SIGKILL.
     #[tokio::test]
     async fn timeout_kills_a_program_that_left_its_group() {
-        // Python joins the test's own process group, so SIGKILL to its original group misses it.
-        let script = "import os, time; os.setpgid(0, os.getpgid(os.getppid())); time.sleep(30)";
-        let argv = vec!["python3".to_string(), "-c".to_string(), script.to_string()];
+        // Python joins the test's own process group, so SIGKILL to its original group misses
+        // it; the marker says it got that far before the deadline.
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("left");
+        let script = "import os, sys, time\n\
+                      os.setpgid(0, os.getpgid(os.getppid()))\n\
+                      open(sys.argv[1], 'w').write('left')\n\
+                      time.sleep(60)";
+        let argv = vec![
+            "python3".to_string(),
+            "-c".to_string(),
+            script.to_string(),
+            marker.display().to_string(),
+        ];
         let t0 = std::time::Instant::now();
-        let e = run(&argv, &[], None, Duration::from_millis(500))
-            .await
-            .unwrap_err();
+        let timeout = Duration::from_secs(3);
+        let e = run(&argv, &[], None, timeout).await.unwrap_err();
         assert!(matches!(e, CmdError::Timeout { .. }), "{e}");
+        assert!(marker.exists(), "the program never left its group");
         assert!(
-            t0.elapsed() < Duration::from_millis(500) + KILL_WAIT,
+            t0.elapsed() < timeout + KILL_WAIT,
             "run waited {:?}",
             t0.elapsed()
         );
