@@ -35,9 +35,10 @@
 //!
 //! **At start** ([`RotationControl::reassert`]) the agent asserts its state to HAProxy rather
 //! than trusting it: a host the journal says is drained is set to `state drain`; otherwise, a
-//! server that HAProxy still has in `DRAIN` or `MAINT` (left so by a previous agent whose
-//! journal was lost, say) is reported `out_of_rotation` until an undrain confirms it back, and a
-//! server HAProxy cannot be asked about is reported out until it can. Without the socket the
+//! server that HAProxy does not have `UP` (still in `DRAIN` or `MAINT`, left so by a previous
+//! agent whose journal was lost, say; or `DOWN`, which may hide an admin drain) is reported
+//! `out_of_rotation` until an undrain confirms it back, and a server HAProxy cannot be asked
+//! about is reported out until it can. Without the socket the
 //! front ends advertise the journal's state at once, and the state counts as confirmed after
 //! `undrain_grace`.
 //!
@@ -271,21 +272,24 @@ impl RotationControl {
             if let Err(e) = h.set_state(backend, &self.server, "drain").await {
                 tracing::warn!(error = %e, "cannot re-assert the drain to HAProxy at start");
             }
+        } else if self.health() == Health::Unprovisioned {
+            // Nothing is installed: HAProxy has the server in MAINT through the agent-check,
+            // as it should; there is no rotation to assert.
         } else {
             match h.server_stat(backend, &self.server).await {
-                Ok(stat) if held_out(&stat.status) => {
-                    tracing::warn!(
-                        server = %self.server,
-                        status = %stat.status,
-                        "HAProxy holds this server out of rotation (left so by a previous \
-                         agent?): out of rotation until an undrain confirms it back"
-                    );
-                    self.set_state(Rotation::OutOfRotation);
-                }
-                Ok(_) => {
+                Ok(stat) if is_up(&stat.status) => {
                     if let Err(e) = h.set_state(backend, &self.server, "ready").await {
                         tracing::warn!(error = %e, "cannot re-assert `ready` to HAProxy at start");
                     }
+                }
+                Ok(stat) => {
+                    tracing::warn!(
+                        server = %self.server,
+                        status = %stat.status,
+                        "HAProxy does not have this server UP (left drained by a previous \
+                         agent?): out of rotation until an undrain confirms it back"
+                    );
+                    self.set_state(Rotation::OutOfRotation);
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -436,10 +440,11 @@ impl RotationControl {
     }
 }
 
-/// Whether HAProxy's `status` says the server is held out by an admin or agent drain, or
-/// maintenance (rather than, say, down by its health checks).
-fn held_out(status: &str) -> bool {
-    status.starts_with("DRAIN") || status.starts_with("MAINT")
+/// Whether HAProxy's `status` says the server takes traffic: `UP` (perhaps going down,
+/// `UP 1/2`) or `no check`. A `DOWN` server may also be in admin drain (the status does not
+/// say), so anything else counts as out until an undrain confirms it.
+fn is_up(status: &str) -> bool {
+    status.starts_with("UP") || status == "no check"
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, RotationError> {

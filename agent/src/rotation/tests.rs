@@ -553,12 +553,19 @@ async fn a_failed_undrain_is_reverted() {
     );
 }
 
-/// Item 3: at start, a server that HAProxy still holds in DRAIN or MAINT (a previous agent's
-/// doing) is not reported in rotation; one that is UP is, and gets `state ready` re-asserted;
+/// Item 3: at start, a server that HAProxy does not have UP (in DRAIN or MAINT, a previous
+/// agent's doing, or DOWN, which may hide an admin drain) is not reported in rotation; one
+/// that is UP is, and gets `state ready` re-asserted;
 /// a host the journal says is drained gets `state drain` re-asserted.
 #[tokio::test]
 async fn reassert_at_start_trusts_haproxy_over_a_lost_journal() {
-    for status in ["DRAIN", "MAINT", "DRAIN (agent)"] {
+    for status in [
+        "DRAIN",
+        "MAINT",
+        "DRAIN (agent)",
+        "DOWN",
+        "MAINT (resolution)",
+    ] {
         let fake = FakeHaproxy::start(&[0], &[status]);
         let ctl = control(&fake.cfg(Duration::from_secs(1)), "web-1");
         ctl.reassert(false).await;
