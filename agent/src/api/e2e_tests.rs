@@ -464,3 +464,71 @@ async fn after_a_reboot_current_is_not_started_outside_a_fence() {
     assert!(coord.state().report_calls > 0, "no restart fence was tried");
     daemon.shutdown().await;
 }
+
+/// Item 11: an agent whose journal's child record is unreadable does not start a second copy
+/// of a service that still runs: it finds it running from the release store and adopts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_child_record_does_not_start_a_second_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let daemon = Daemon::start(config(tmp.path(), port, "", ""))
+        .await
+        .unwrap();
+    let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    let (o, e, _) = deploy(&mut client, tmp.path(), "v1", false).await;
+    assert_eq!(o, Outcome::Succeeded, "{e}");
+    let pid = daemon.service.child().unwrap().pid;
+    drop(client);
+    daemon.shutdown().await; // the service keeps running
+    let kill = scopeguard(pid);
+    {
+        let j = crate::journal::Journal::open(&tmp.path().join("data"), "web-1").unwrap();
+        j.corrupt_child().unwrap();
+        assert!(j.child::<crate::service::ChildRecord>().is_err());
+    }
+    let daemon = Daemon::start(config(tmp.path(), port, "", ""))
+        .await
+        .unwrap();
+    assert_eq!(daemon.service.child().map(|c| c.pid), Some(pid));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let releases = std::fs::canonicalize(tmp.path().join("srv/releases")).unwrap();
+    let copies: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c.starts_with(&releases))
+                && std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "))
+        })
+        .collect();
+    assert_eq!(copies, vec![pid], "a second copy was started");
+    assert_eq!(app_version(port).await.as_deref(), Some("v1"));
+    daemon.service.stop().await.unwrap();
+    daemon.shutdown().await;
+    drop(kill);
+}
+
+/// SIGKILLs process group `pid` when dropped, whatever happens to the test, if that process is
+/// still the one it was (same start time).
+fn scopeguard(pid: i32) -> impl Drop {
+    fn start_time(pid: i32) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(19).map(str::to_owned)
+    }
+    struct Kill(i32, Option<String>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if self.1.is_some() && start_time(self.0) == self.1 {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(self.0),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    Kill(pid, start_time(pid))
+}

@@ -175,6 +175,19 @@ impl Journal {
         }
     }
 
+    /// Test-only: overwrites the child record with bytes that do not parse.
+    #[cfg(test)]
+    pub(crate) fn corrupt_child(&self) -> Result<(), JournalError> {
+        self.db
+            .insert(KEY_CHILD, &b"{not json"[..])
+            .map_err(|source| JournalError::Io {
+                op: "write",
+                key: KEY_CHILD,
+                source,
+            })?;
+        self.flush(KEY_CHILD)
+    }
+
     /// The release the service was last (re)started on (`command` mode's `stop` is run with it).
     pub fn service_release(&self) -> Result<Option<String>, JournalError> {
         self.get(KEY_SERVICE_RELEASE)
