@@ -188,8 +188,13 @@ where
             cancel.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            let input = open()?;
-            copy_stream(&url, input, &dest, limit, &progress, &cancel)
+            let r =
+                open().and_then(|input| copy_stream(&url, input, &dest, limit, &progress, &cancel));
+            if r.is_err() {
+                // Also when the caller gave up long ago: leave no download behind.
+                let _ = std::fs::remove_file(&dest);
+            }
+            r
         })
     };
     let started = Instant::now();
