@@ -11,9 +11,18 @@
 //! - the agent's client id for coordinator writes, stable per data_dir
 //!   (`agent/<host>/<random>`, drawn at first start), and the write counter: every write id is
 //!   persisted before it is used, so a seq is never reused across restarts for a new write;
-//! - the supervised child (pid and start time), so that a restarted agent adopts it instead of
-//!   starting a second copy of the service;
-//! - a [`Hold`]: a slot held outside a deploy (an operator's drain, maintenance, a broken host).
+//! - the supervised child (pid, start time, boot id), so that a restarted agent adopts it
+//!   instead of starting a second copy of the service, and the release the service was last
+//!   started on (what `command` mode's `stop` stops);
+//! - a [`Hold`]: a slot held outside a deploy, of a [`HoldKind`] that says why (an operator's
+//!   drain or maintenance; a host a deploy left out: verify failed, undrain failed,
+//!   interrupted);
+//! - whether the journal is new ([`Journal::is_new`]): created at this start and not yet
+//!   reconciled with the slot the coordinators say the host holds, so that a lost journal can be
+//!   rebuilt from that slot.
+//!
+//! Slot purposes are typed ([`Purpose`]); the coordinators keep them as strings, and the mapping
+//! ([`Purpose::wire`], [`Purpose::from_wire`]) is the only place a purpose string is spelled.
 //!
 //! Everything is small JSON under a handful of keys; sled gives atomic single-key writes and a
 //! durable `flush`, which is all the journal needs.
