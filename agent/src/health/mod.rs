@@ -35,6 +35,13 @@
 //!   good one. A service the restarted agent had to start afresh (not adopted) starts
 //!   `unhealthy` and must prove itself.
 //!
+//! What the host *reports* is the fact with two overrides the engine knows of, applied in one
+//! place ([`reported`]): an unusable `current` link and a failed verify with nothing verified
+//! since are `unhealthy`, whatever the probes say.
+//!
+//! The monitor is one of the agent's long-lived tasks: it ends when the agent's shutdown token
+//! is cancelled, even in the middle of a probe round.
+//!
 //! Left out on purpose: the monitor never restarts or repairs anything. A broken service is
 //! repaired by a deploy (which needs no extra budget: the host is already unavailable) or by
 //! whatever supervises it (the `exec` supervisor's backoff, systemd's `Restart=`).
@@ -44,13 +51,15 @@ mod initial;
 mod journaled;
 mod monitor;
 mod record;
+mod reported;
 #[cfg(test)]
 mod tests;
 mod tracker;
 
 pub use fact::{EngineClaim, HealthFact, Owner, Snapshot};
 pub use initial::{initial, StartFacts};
-pub use journaled::journaled_fact;
+pub use journaled::{journaled_fact, AtStart};
 pub use monitor::HealthMonitor;
 pub use record::{HealthRecord, HostHealth};
+pub use reported::reported;
 pub use tracker::Tracker;
