@@ -31,6 +31,7 @@ pub struct AgentService {
     pub rotation: Arc<RotationControl>,
     pub service: Arc<ServiceController>,
     pub link: Option<Link>,
+    /// The health this host reports (`health::reported`, kept by the daemon's report task).
     pub health: watch::Receiver<Health>,
 }
 
