@@ -5,7 +5,8 @@
 //! return cannot be confirmed (the app fails HAProxy's health checks, so HAProxy never has the
 //! server `UP`) must never make the agent report `in_rotation`, neither while it waits nor after
 //! it gives up: the undrain is reverted (`/ready` 503, HAProxy told `state drain`), the host
-//! keeps reporting that it is out, and a later undrain, once the app is healthy, brings it back.
+//! keeps reporting that it is out, and a later undrain, once the app is healthy again (as the
+//! agent's own health probes see it), brings it back.
 
 mod agent_support;
 
@@ -129,8 +130,21 @@ fn an_unconfirmed_undrain_is_never_reported_in_rotation_and_is_reverted() {
         "HAProxy was not told to drain web-1 again (srv_admin_state {admin:#x})\n{state}"
     );
 
-    // Healthy again: the next undrain brings it back.
+    // Healthy again: once the agent's own probes (`[health]`) have seen it so, and so the
+    // agent-check answers `up` again, the next undrain brings it back. (While the agent reports
+    // its service unhealthy, HAProxy keeps the server DOWN and no undrain can be confirmed.)
     std::fs::remove_file(&fail_health).unwrap_or_else(|e| panic!("FAIL_HEALTH: {e}"));
+    wait_for(
+        &deadline,
+        Duration::from_secs(20),
+        "the agent to see its service healthy again",
+        || match status(&agent) {
+            Ok(s) if s["health"] == "healthy" => Ok(()),
+            Ok(s) => Err(format!("status {s}")),
+            Err(e) => Err(e),
+        },
+        logs,
+    );
     let out = agent.ctl(&["undrain"]);
     assert!(out.status.success(), "undrain: {}\n{}", show(&out), logs());
     let s = wait_settled(&deadline, &agent, Some("v1"), Duration::from_secs(10));

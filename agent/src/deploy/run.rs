@@ -69,10 +69,12 @@ impl Run {
     }
 
     /// Recovery of a deploy that may have disrupted the service: the health is the engine's
-    /// until the recovery ends.
+    /// until the recovery ends (or, with nothing left to judge, until it returns to rotation).
+    /// From `restarted` to `rolling_back` the service may run a release nobody judged yet; at
+    /// `undraining` the verdict was reached before the crash, and the journaled fact holds it.
     pub(super) fn recovering(&mut self) {
         self.claim_health();
-        if self.rec.phase >= Phase::Restarted {
+        if self.rec.phase >= Phase::Restarted && self.rec.phase < Phase::Undraining {
             self.restarted = true;
         }
     }
@@ -566,6 +568,14 @@ impl Run {
                     tracing::warn!(error = %e, "cannot start the service on {id}");
                 }
             }
+        }
+        // Nothing left for this deploy to judge (it set a verdict, or restarted nothing it has
+        // not handed over as unproven): the monitor's probes decide from here, so that what the
+        // load balancer is told while the host returns is the service's state now, not a value
+        // from before the deploy (say, `unhealthy` from a lost journal, which would keep the
+        // return from ever being confirmed).
+        if !self.judged {
+            self.release_health();
         }
         if drained {
             let mut last = None;

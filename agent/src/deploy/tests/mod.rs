@@ -967,3 +967,26 @@ async fn an_old_release_started_after_a_reboot_must_prove_itself() {
         (Owner::Monitor, Health::Unhealthy)
     );
 }
+
+/// A deploy that ends before anything was restarted (here a recovery from `draining`, on a host
+/// whose health was unproven, as after a lost journal) has no verdict to give: it hands the
+/// fact back to the monitor *before* returning to rotation, so that the probes, not the stale
+/// value, decide what the load balancer sees while the return is confirmed. A deploy that
+/// judged the service keeps its verdict through the undrain (see
+/// `a_deploy_owns_the_health_from_its_drain_to_its_end`).
+#[tokio::test]
+async fn an_abort_hands_the_health_back_before_it_returns_to_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v1"), &[], Health::Unhealthy);
+    let j = Journal::open(dir.path(), "web-1").unwrap();
+    let mut rec = DeployRecord::new(DeployKind::Deploy, "", Some("v1".into()), "v2", 1);
+    rec.phase = Phase::Draining;
+    rec.token = 7;
+    j.put_deploy(&rec).unwrap();
+    let eng = engine_on(&fake, j, true);
+    let task = eng.start_recovery().unwrap().unwrap();
+    assert_eq!(fake.fact().snapshot().owner, Owner::Engine);
+    task.await.unwrap();
+    assert_eq!(core(&fake.effects()), ["undrain", "release 7"]);
+    assert_eq!(fake.health_at("undrain"), "Monitor unhealthy");
+}
