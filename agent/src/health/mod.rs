@@ -23,7 +23,9 @@
 //!   when a verify passed, `unhealthy` when neither release verified, `unprovisioned` when a
 //!   first deploy failed. When the deploy ends the claim is released, with `unhealthy` if the
 //!   service was restarted but never judged (fenced, unconfirmed); the monitor resumes from the
-//!   value it is handed, its counts reset. Each claim and release bumps a *handover* number, so
+//!   value it is handed, its counts reset. A deploy with no verdict of its own (aborted before
+//!   the swap) releases it before it returns to rotation, so the probes decide what the load
+//!   balancer sees during the undrain. Each claim and release bumps a *handover* number, so
 //!   the monitor notices a whole deploy that happened between two of its looks.
 //!
 //! Invariants:
