@@ -7,7 +7,7 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invalid {kind} name {value:?}: {rule}")]
 pub struct NameError {
-    /// What was being named: "host", "group" or "release".
+    /// What was being named: "host", "group", "release" or "rollout".
     pub kind: &'static str,
     /// The offending value (truncated to 80 characters).
     pub value: String,
@@ -54,6 +54,15 @@ pub fn check_group(value: &str) -> Result<(), NameError> {
 
 /// Checks a release id. It becomes a directory name, so `.` and `..` are refused too.
 pub fn check_release(value: &str) -> Result<(), NameError> {
+    check_id("release", value)
+}
+
+/// Checks a rollout id: the same charset as release ids.
+pub fn check_rollout(value: &str) -> Result<(), NameError> {
+    check_id("rollout", value)
+}
+
+fn check_id(kind: &'static str, value: &str) -> Result<(), NameError> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value != "."
@@ -64,7 +73,7 @@ pub fn check_release(value: &str) -> Result<(), NameError> {
     if ok {
         Ok(())
     } else {
-        Err(err("release", value, RELEASE_RULE))
+        Err(err(kind, value, RELEASE_RULE))
     }
 }
 
@@ -98,6 +107,9 @@ mod tests {
         }
         for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
             assert!(check_release(bad).is_err(), "{bad}");
+            let e = check_rollout(bad).unwrap_err();
+            assert_eq!(e.kind, "rollout");
         }
+        assert!(check_rollout("web-v2-3f9a").is_ok());
     }
 }

@@ -47,3 +47,57 @@ impl Reachability {
         }
     }
 }
+
+impl RolloutState {
+    /// The lower-case name used in JSON and tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            RolloutState::Unspecified => "unknown",
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Completed => "completed",
+            RolloutState::Halted => "halted",
+            RolloutState::Aborted => "aborted",
+        }
+    }
+}
+
+impl RolloutKind {
+    /// The lower-case name used in JSON and tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            RolloutKind::Unspecified => "unknown",
+            RolloutKind::Operator => "operator",
+            RolloutKind::Rollback => "rollback",
+            RolloutKind::CatchUp => "catch_up",
+        }
+    }
+}
+
+impl StepPhase {
+    /// The lower-case name used in JSON and tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            StepPhase::Unspecified => "unknown",
+            StepPhase::Pending => "pending",
+            StepPhase::Staging => "staging",
+            StepPhase::Staged => "staged",
+            StepPhase::Waiting => "waiting",
+            StepPhase::Draining => "draining",
+            StepPhase::Swapping => "swapping",
+            StepPhase::Verifying => "verifying",
+            StepPhase::RollingBack => "rolling_back",
+            StepPhase::Succeeded => "succeeded",
+            StepPhase::Failed => "failed",
+            StepPhase::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Whether the step is done (succeeded, failed or rolled back).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StepPhase::Succeeded | StepPhase::Failed | StepPhase::RolledBack
+        )
+    }
+}

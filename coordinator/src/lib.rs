@@ -1,16 +1,24 @@
 //! The hotdeploy coordinator: a Raft-replicated, quorum-aware deploy lock.
 //!
+//! # Layout
+//!
 //! Layers, from the pure core outwards (the same split as toydb):
 //! - [`state`]: the replicated state machine. Deterministic: no I/O, no clock, no randomness.
-//!   Hosts, groups, slots of the lock, client sessions; `apply(index, command)`.
-//! - [`raft`]: the node driver. One task owns raft-rs's `RawNode` and runs the Ready loop over
-//!   sled storage and a tonic peer transport.
+//!   Hosts, groups, slots of the lock, rollouts, client sessions; `apply(index, command)`.
+//! - [`raft`]: the node driver. One thread owns raft-rs's `RawNode` and runs the Ready loop over
+//!   sled storage and a tonic peer transport; a deterministic in-process simulator drives the
+//!   same loop in tests. It reaches the state machine only through [`raft::Replicated`].
 //! - [`service`]: the gRPC services. Writes go through raft; reads use ReadIndex.
 //! - [`liveness`]: leader-only heartbeat tracking; proposes reachability changes only.
+//! - [`supervisor`]: READY=1, the systemd watchdog and `grpc.health.v1`, from the raft loop's
+//!   own progress.
+//! - [`progress`]: leader-only rollout progress deadlines; proposes `CheckProgress` only.
 //! - [`ctl`]: the `hotdeployctl` command line.
 
 pub mod ctl;
 pub mod liveness;
+pub mod progress;
 pub mod raft;
 pub mod service;
 pub mod state;
+pub mod supervisor;

@@ -10,6 +10,12 @@
 //! A new leader knows no heartbeats yet, so it gives every host a fresh grace period of
 //! `unreachable_after` from the moment it took office before marking anything unreachable.
 //! At most one proposal per host is in flight at a time.
+//!
+//! A report the state machine refuses (say, a release id that is not a valid name) changes
+//! nothing, so the next heartbeat would find the facts still different and propose it again:
+//! one log entry per heartbeat, forever. The refused report is remembered per host (in memory,
+//! like the heartbeats) and not proposed again until the agent reports something else; the
+//! refusal is logged once.
 
 use crate::raft::RaftNode;
 use crate::state::{Command, Proposal, Reachability, Report};
@@ -28,6 +34,8 @@ pub struct Liveness {
     cfg: LivenessConfig,
     seen: Mutex<HashMap<String, Instant>>,
     inflight: Mutex<HashSet<String>>,
+    /// The last report the state machine refused, per host.
+    refused: Mutex<HashMap<String, Report>>,
     /// When this node last became leader; `None` while it is not.
     leader_since: Mutex<Option<Instant>>,
 }
@@ -39,6 +47,7 @@ impl Liveness {
             cfg,
             seen: Mutex::default(),
             inflight: Mutex::default(),
+            refused: Mutex::default(),
             leader_since: Mutex::default(),
         })
     }
@@ -50,6 +59,9 @@ impl Liveness {
             return;
         }
         lock(&self.seen).insert(host.to_owned(), Instant::now());
+        if lock(&self.refused).get(host) == Some(&report) {
+            return;
+        }
         let command = {
             let st = self.node.state();
             let Some(h) = st.host(host) else { return };
@@ -85,10 +97,25 @@ impl Liveness {
         }
         let this = self.clone();
         let host = host.to_owned();
+        let report = match &command {
+            Command::UpdateReport { report, .. } | Command::MarkReachable { report, .. } => {
+                Some(report.clone())
+            }
+            _ => None,
+        };
         tokio::spawn(async move {
             let p = Proposal::new(None, now_ms(), "leader", command);
-            if let Err(e) = this.node.propose(p, PROPOSE_TIMEOUT).await {
-                tracing::debug!(%host, "liveness proposal failed: {e}");
+            match this.node.propose(p, PROPOSE_TIMEOUT).await {
+                Ok(Ok(_)) => {
+                    lock(&this.refused).remove(&host);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%host, "the report of {host} was refused: {e}; it is not proposed again until it changes");
+                    if let Some(report) = report {
+                        lock(&this.refused).insert(host.clone(), report);
+                    }
+                }
+                Err(e) => tracing::debug!(%host, "liveness proposal failed: {e}"),
             }
             lock(&this.inflight).remove(&host);
         });
@@ -112,6 +139,7 @@ impl Liveness {
                 (false, _) => {
                     *ls = None;
                     lock(&self.seen).clear();
+                    lock(&self.refused).clear();
                     return;
                 }
                 (true, None) => {
@@ -146,4 +174,79 @@ impl Liveness {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::test_node;
+    use crate::state::{Health, Rotation};
+    use hotdeploy_common::config::MaxUnavailable;
+
+    fn report(release: &str) -> Report {
+        Report {
+            health: Health::Healthy,
+            rotation: Rotation::InRotation,
+            release: release.into(),
+            phase: String::new(),
+        }
+    }
+
+    /// A report the state machine refuses is proposed once, not on every heartbeat.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_report_is_not_proposed_again_on_every_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_node::config(dir.path(), "127.0.0.1:1");
+        let node = test_node::start(&cfg).await;
+        let propose = |command| {
+            node.propose(
+                Proposal::new(None, now_ms(), "operator/test", command),
+                Duration::from_secs(10),
+            )
+        };
+        propose(Command::SetGroupPolicy {
+            group: "web".into(),
+            max_unavailable: Some(MaxUnavailable::parse("1").unwrap()),
+            allow_zero_available: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        propose(Command::Register {
+            host: "web-1".into(),
+            groups: vec!["web".into()],
+            address: String::new(),
+            report: report("v1"),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let liveness = Liveness::new(node.clone(), LivenessConfig::default());
+        let before = node.state().applied_index();
+        // "bad release!" is not a valid release id: the machine refuses the UpdateReport.
+        for _ in 0..30 {
+            liveness.observe("web-1", report("bad release!"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let entries = node.state().applied_index() - before;
+        assert!(
+            (1..=2).contains(&entries),
+            "30 heartbeats with a refused report made {entries} log entries"
+        );
+        assert_eq!(node.state().host("web-1").unwrap().release, "v1");
+        // A new, valid report is proposed at once.
+        liveness.observe("web-1", report("v2"));
+        let mut applied = node.subscribe_applied();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            applied.wait_for(|_| {
+                node.state()
+                    .host("web-1")
+                    .is_some_and(|h| h.release == "v2")
+            }),
+        )
+        .await
+        .expect("the valid report applies")
+        .unwrap();
+    }
 }

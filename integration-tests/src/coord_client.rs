@@ -105,6 +105,11 @@ impl CoordClient {
         self
     }
 
+    /// The endpoints this client tries, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints.clone()
+    }
+
     /// This client's id in its writes.
     pub fn client_id(&self) -> &str {
         &self.client_id

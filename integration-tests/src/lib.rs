@@ -17,6 +17,8 @@
 //! - [`load`] is a steady-rate keep-alive HTTP load generator that counts every failure.
 //! - [`toml_config`] writes the daemons' TOML config files, keyed exactly as DESIGN §6.
 //! - [`cluster`] runs N coordinators, optionally with a fault proxy between every pair.
+//! - [`scripted_agent`] plays agents over gRPC, following the rollout protocol, for tests of
+//!   the coordinator side of rollouts.
 //! - [`agents`] runs `hotdeploy-agent` supervising the sample app in `exec` mode.
 //! - [`haproxy`] runs a real HAProxy in front of the agents and observes it through its stats
 //!   socket.
@@ -41,4 +43,5 @@ pub mod net;
 pub mod nspawn;
 pub mod pack;
 pub mod proc;
+pub mod scripted_agent;
 pub mod toml_config;

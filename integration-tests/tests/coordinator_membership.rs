@@ -77,6 +77,7 @@ fn role_of(status: &Value, id: u64) -> Option<String> {
 fn adding_and_removing_members_keeps_the_lock_working() {
     let _serial = serial();
     let deadline = Deadline::new("members add/remove", Duration::from_secs(120));
+    let started_ms = hotdeploy_common::time::now_ms();
     let rt = runtime();
 
     let mut cluster = Cluster::start(3, &[("web", "2")], pseudo_host_opts());
@@ -272,6 +273,35 @@ fn adding_and_removing_members_keeps_the_lock_working() {
     let own = cluster.status_of(four).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(leader_of(&own), Some(leader), "{}", pretty(&own));
     assert_eq!(own["hosts"]["total"], 2, "{}", pretty(&own));
+
+    // The audit trail names who changed the membership, and when (not "raft" at time 0). On a
+    // plaintext cluster the caller's identity is `insecure`.
+    let audit = ctl_at_ok(
+        &cluster,
+        &remaining_endpoints,
+        &["-o", "json", "audit", "list"],
+        Duration::from_secs(30),
+    );
+    let events: Value = serde_json::from_slice(&audit).unwrap_or_else(|e| panic!("audit: {e}"));
+    let events = events.as_array().cloned().unwrap_or_default();
+    let by_operator = |action: &str, id: u64| {
+        events.iter().any(|e| {
+            e["action"] == action
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&format!("member {id}")))
+                && e["actor"] == "insecure"
+                && e["at_ms"].as_u64().is_some_and(|t| t >= started_ms)
+        })
+    };
+    assert!(
+        by_operator("set_member", four),
+        "no set_member 4 by the operator: {events:?}"
+    );
+    assert!(
+        by_operator("remove_member", removed),
+        "no remove_member {removed} by the operator: {events:?}"
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@
 //! - **Refusals:** a client with no certificate, a plaintext client, a certificate from another
 //!   CA and an expired certificate are refused at the handshake; the agent certificate of
 //!   `web-1` may not acquire a slot for `web-2`, change a budget, force-release a slot or
-//!   remove a host (PERMISSION_DENIED); the operator certificate may make every admin call.
+//!   remove a host (PERMISSION_DENIED); the operator certificate may make every admin call, but
+//!   may not register or heartbeat as a host; `ClusterInfo` answers coordinators only; an
+//!   over-long write `client_id` is refused, not cut.
 //! - **Signed releases:** with `require_signature = true`, an unsigned artifact and one signed
 //!   with an untrusted key fail and swap nothing; a correctly signed one deploys.
 
@@ -16,10 +18,15 @@ mod pki_support;
 
 use agent_support::*;
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
-use hotdeploy_common::proto::StatusRequest;
+use hotdeploy_common::proto::raft_peer_client::RaftPeerClient;
+use hotdeploy_common::proto::{
+    AcquireSlotRequest, ClusterInfoRequest, HeartbeatRequest, RegisterRequest, StatusRequest,
+    WriteId,
+};
 use hotdeploy_common::tls_pki::{Subject, Validity};
 use hotdeploy_integration_tests::agents::AgentProc;
 use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts, CtlAuth};
+use hotdeploy_integration_tests::coord_client::healthy_report;
 use hotdeploy_integration_tests::net;
 use hotdeploy_integration_tests::pack::{self, ArtifactFormat};
 use pki_support::{ctl_local, ctl_local_ok};
@@ -61,11 +68,32 @@ fn assert_refused(what: &str, out: &Output) {
 /// A `Status` call over TLS that trusts `ca` and presents `identity` (cert, key files), or no
 /// client certificate. The error is the status with its whole source chain (the TLS reason).
 fn raw_status(addr: SocketAddr, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<(), String> {
+    raw_call(addr, ca, identity, |channel| async move {
+        CoordinatorClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .map(|_| ())
+    })
+    .map_err(|(code, e)| format!("{code:?}: {e}"))
+}
+
+/// One call over TLS (see [`raw_status`]); the error is the status code and its source chain.
+fn raw_call<T, F, Fut>(
+    addr: SocketAddr,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    call: F,
+) -> Result<T, (tonic::Code, String)>
+where
+    F: FnOnce(tonic::transport::Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        .map_err(|e| (tonic::Code::Unknown, e.to_string()))?;
+    let local = |e: String| (tonic::Code::Unknown, e);
+    let read = |p: &Path| std::fs::read(p).map_err(|e| local(format!("{}: {e}", p.display())));
     rt.block_on(async {
         let mut tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
@@ -76,20 +104,28 @@ fn raw_status(addr: SocketAddr, ca: &Path, identity: Option<(&Path, &Path)>) -> 
             ));
         }
         let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| local(e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
             .tls_config(tls)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| local(e.to_string()))?
             .connect()
             .await
-            .map_err(|e| chain(&e))?;
-        CoordinatorClient::new(channel)
-            .status(StatusRequest {})
-            .await
-            .map(|_| ())
-            .map_err(|s| format!("{:?}: {}", s.code(), chain(&s)))
+            .map_err(|e| local(chain(&e)))?;
+        call(channel).await.map_err(|s| (s.code(), chain(&s)))
     })
+}
+
+/// Asserts that a raw call was refused with `code`.
+fn assert_code<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, (tonic::Code, String)>,
+    code: tonic::Code,
+) {
+    match result {
+        Err((c, e)) if c == code => eprintln!("{what}: refused as expected: {e}"),
+        other => panic!("{what} must be refused with {code:?}, got {other:?}"),
+    }
 }
 
 /// An error and its sources, `: `-separated.
@@ -411,6 +447,111 @@ fn mtls_fleet_works_and_refuses_what_it_must() {
     assert!(
         !group.to_string().contains("\"max_unavailable\":3"),
         "a refused budget change took effect: {group}"
+    );
+
+    // Only a host's own agent may be that host: an operator may not register it or heartbeat
+    // for it (it could make a down host look healthy and free budget it still uses).
+    let leader = cluster.wait_leader(deadline.bound(Duration::from_secs(20)), None);
+    let addr = cluster.addr(leader);
+    let operator_id = (pki.join("operator.pem"), pki.join("operator-key.pem"));
+    let operator_id = Some((operator_id.0.as_path(), operator_id.1.as_path()));
+    assert_code(
+        "an operator registering web-1",
+        raw_call(addr, &ca, operator_id, |ch| async move {
+            CoordinatorClient::new(ch)
+                .register(RegisterRequest {
+                    host: "web-1".into(),
+                    groups: vec!["web".into()],
+                    address: "127.0.0.1:1".into(),
+                    report: Some(healthy_report("v2")),
+                    write: None,
+                })
+                .await
+        }),
+        tonic::Code::PermissionDenied,
+    );
+    assert_code(
+        "an operator heartbeating as web-1",
+        raw_call(addr, &ca, operator_id, |ch| async move {
+            let beat = HeartbeatRequest {
+                host: "web-1".into(),
+                report: Some(healthy_report("v2")),
+            };
+            let mut answers = CoordinatorClient::new(ch)
+                .heartbeat(tokio_stream::iter(vec![beat]))
+                .await?
+                .into_inner();
+            answers
+                .message()
+                .await
+                .and_then(|m| m.ok_or_else(|| tonic::Status::ok("no answer")))
+        }),
+        tonic::Code::PermissionDenied,
+    );
+    // ClusterInfo (what a blank node asks before it bootstraps) answers coordinators only.
+    let web1_id = (pki.join("agent-web-1.pem"), pki.join("agent-web-1-key.pem"));
+    for (what, who) in [
+        ("an operator asking ClusterInfo", operator_id),
+        (
+            "an agent asking ClusterInfo",
+            Some((web1_id.0.as_path(), web1_id.1.as_path())),
+        ),
+    ] {
+        assert_code(
+            what,
+            raw_call(addr, &ca, who, |ch| async move {
+                RaftPeerClient::new(ch)
+                    .cluster_info(ClusterInfoRequest { from: 9 })
+                    .await
+            }),
+            tonic::Code::PermissionDenied,
+        );
+    }
+    let coord_id = (
+        pki.join(format!("coordinator-{leader}.pem")),
+        pki.join(format!("coordinator-{leader}-key.pem")),
+    );
+    let info = raw_call(
+        addr,
+        &ca,
+        Some((coord_id.0.as_path(), coord_id.1.as_path())),
+        |ch| async move {
+            RaftPeerClient::new(ch)
+                .cluster_info(ClusterInfoRequest { from: leader })
+                .await
+        },
+    )
+    .unwrap_or_else(|e| panic!("a coordinator asking ClusterInfo: {e:?}"))
+    .into_inner();
+    assert_ne!(info.cluster_id, 0);
+    assert_eq!(info.members.len(), 3, "{info:?}");
+    // An over-long client id is refused, not cut (cutting would merge distinct sessions).
+    assert_code(
+        "an over-long write client_id",
+        raw_call(
+            addr,
+            &ca,
+            Some((web1_id.0.as_path(), web1_id.1.as_path())),
+            |ch| async move {
+                CoordinatorClient::new(ch)
+                    .acquire_slot(AcquireSlotRequest {
+                        host: "web-1".into(),
+                        purpose: "maintenance".into(),
+                        reason: "x".into(),
+                        write: Some(WriteId {
+                            client_id: format!("agent/web-1/{}", "x".repeat(200)),
+                            seq: 1,
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+            },
+        ),
+        tonic::Code::InvalidArgument,
+    );
+    assert!(
+        locks(&cluster).unwrap_or_else(|e| panic!("{e}")).is_empty(),
+        "a refused acquire took a slot"
     );
 
     // The operator certificate may make every admin call.

@@ -167,6 +167,7 @@ async fn a_full_send_queue_does_not_stall_reading_answers() {
         .send(Ok(HeartbeatResponse {
             slot: Some(slot(5, "drain", "")),
             leader: 1,
+            ..Default::default()
         }))
         .await
         .unwrap();

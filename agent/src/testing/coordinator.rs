@@ -151,6 +151,7 @@ impl Coordinator for FakeCoordinator {
         s.registered += 1;
         Ok(Response::new(RegisterResponse {
             slot: s.held.clone(),
+            ..Default::default()
         }))
     }
     type HeartbeatStream = Beats;
@@ -169,7 +170,7 @@ impl Coordinator for FakeCoordinator {
                     s.beats.push((tokio::time::Instant::now(), health));
                     s.held.clone()
                 };
-                yield Ok(HeartbeatResponse { slot, leader: 1 });
+                yield Ok(HeartbeatResponse { slot, leader: 1, ..Default::default() });
             }
         };
         Ok(Response::new(Box::pin(out)))
@@ -313,6 +314,56 @@ impl Coordinator for FakeCoordinator {
         &self,
         _r: Request<ListAuditRequest>,
     ) -> Result<Response<ListAuditResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn report_step(
+        &self,
+        _r: Request<ReportStepRequest>,
+    ) -> Result<Response<ReportStepResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn start_rollout(
+        &self,
+        _r: Request<StartRolloutRequest>,
+    ) -> Result<Response<StartRolloutResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn get_rollout(
+        &self,
+        _r: Request<GetRolloutRequest>,
+    ) -> Result<Response<GetRolloutResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_rollouts(
+        &self,
+        _r: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    type WatchRolloutStream =
+        Pin<Box<dyn futures::Stream<Item = Result<WatchRolloutResponse, Status>> + Send>>;
+    async fn watch_rollout(
+        &self,
+        _r: Request<WatchRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn pause_rollout(
+        &self,
+        _r: Request<PauseRolloutRequest>,
+    ) -> Result<Response<PauseRolloutResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn resume_rollout(
+        &self,
+        _r: Request<ResumeRolloutRequest>,
+    ) -> Result<Response<ResumeRolloutResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn abort_rollout(
+        &self,
+        _r: Request<AbortRolloutRequest>,
+    ) -> Result<Response<AbortRolloutResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }

@@ -1,21 +1,27 @@
 //! `hotdeploy-coordinator --config FILE`: one node of the coordinator cluster.
 //!
-//! Start-up order: parse and check the config (a bad one exits 2 with the key named), open
-//! storage and start raft, seed groups when this node leads a brand-new cluster, serve gRPC,
-//! then tell systemd READY=1 and keep its watchdog fed. SIGHUP re-reads the `[tls]` files.
+//! Start-up order: parse and check the config (a bad one exits 2 with the key named), bind the
+//! listener, open storage; a blank node with `initial_cluster_state = "new"` then asks its peers
+//! before it bootstraps, answering theirs meanwhile (`ClusterInfo` only); start raft, seed
+//! groups when this node leads a brand-new cluster, serve gRPC. The supervisor tells systemd
+//! READY=1 once the server accepts connections and the raft loop runs, and feeds the watchdog
+//! (and reports `grpc.health.v1` SERVING) only while the raft loop keeps turning. SIGHUP re-reads
+//! the `[tls]` files.
 
 use anyhow::Context;
 use clap::Parser;
-use hotdeploy_common::config::CoordinatorConfig;
+use hotdeploy_common::config::{ClusterState, CoordinatorConfig};
 use hotdeploy_common::time::now_ms;
 use hotdeploy_common::tls::{ClientTls, ServerTls};
 use hotdeploy_coordinator::liveness::Liveness;
-use hotdeploy_coordinator::raft::RaftNode;
+use hotdeploy_coordinator::raft::{bootstrap, RaftNode};
 use hotdeploy_coordinator::service::{self, CoordinatorService};
-use hotdeploy_coordinator::state::{Command, GroupSeed, Proposal};
+use hotdeploy_coordinator::state::{Command, GroupSeed, Proposal, StateMachine};
+use hotdeploy_coordinator::supervisor::{self, Systemd};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,29 +73,86 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let server_tls = ServerTls::load(&cfg.tls)?;
     let client_tls = ClientTls::load(&cfg.tls)?;
     tokio::spawn(reload_on_sighup(server_tls.clone(), client_tls.clone()));
-    let (node, peer) = RaftNode::start(&cfg, client_tls).await?;
-    // Bound only now: before this a peer's bootstrap check must find the port closed (and move
-    // on at once), not open but unanswered.
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let storage = RaftNode::open_storage(&cfg)?;
+    if storage.is_blank() && cfg.initial_cluster_state == ClusterState::New {
+        // Answer the peers' ClusterInfo while asking them: a brand-new cluster's nodes each wait
+        // for a quorum of the others to answer.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let blank = tokio::spawn(service::serve_blank(
+            clone_listener(&listener)?,
+            server_tls.clone(),
+            cfg.limits.max_connections,
+            cfg.id,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let result = tokio::select! {
+            r = bootstrap::bootstrap_new::<StateMachine>(&cfg, &storage, &client_tls) => r,
+            _ = shutdown_signal() => {
+                tracing::info!("shut down while waiting to bootstrap");
+                return Ok(());
+            }
+        };
+        let _ = stop.send(());
+        if let Ok(Err(e)) = blank.await {
+            tracing::warn!("the bootstrap-time peer service: {e:#}");
+        }
+        result?;
+    }
+    let (node, peer) = RaftNode::start(&cfg, storage, client_tls).await?;
     let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
     tokio::spawn(liveness.clone().run());
     tokio::spawn(seed_groups(node.clone(), cfg.clone()));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let progress = tokio::spawn(hotdeploy_coordinator::progress::run(node.clone(), stopping));
     let svc = CoordinatorService::new(node.clone(), liveness);
-    tokio::spawn(notify_systemd());
+    let health = tonic_health::server::HealthReporter::new();
+    let (serving, is_serving) = tokio::sync::oneshot::channel();
+    tokio::spawn(supervisor::supervise(
+        node.progress(),
+        health.clone(),
+        Systemd,
+        async {
+            let _ = is_serving.await;
+        },
+        supervisor::LIVE_WITHIN,
+        std::future::pending::<()>(),
+    ));
     tracing::info!(listen = %cfg.listen, "serving");
-    service::serve(
+    let served = service::serve(
         listener,
         server_tls,
         cfg.limits.max_connections,
         svc,
         peer,
+        health,
+        serving,
         shutdown_signal(),
     )
-    .await?;
+    .await;
+    let _ = stop.send(true);
+    let _ = progress.await;
+    served?;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// A second handle on the same listening socket (for the bootstrap-time server, which is
+/// stopped before the real one starts on the first).
+fn clone_listener(listener: &TcpListener) -> anyhow::Result<TcpListener> {
+    use std::os::fd::AsFd;
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate the listening socket")?;
+    let std = std::net::TcpListener::from(fd);
+    std.set_nonblocking(true)
+        .context("cannot make the listening socket non-blocking")?;
+    TcpListener::from_std(std).context("cannot reuse the listening socket")
 }
 
 /// When this node leads a cluster that has no groups yet, proposes the config's `[groups]`.
@@ -131,20 +194,6 @@ async fn seed_groups(node: RaftNode, cfg: CoordinatorConfig) {
         }
         if status.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// READY=1 once serving, and the watchdog if systemd asked for one.
-async fn notify_systemd() {
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        let mut tick = tokio::time::interval(Duration::from_micros(usec / 2));
-        loop {
-            tick.tick().await;
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
     }
 }

@@ -1,8 +1,9 @@
 //! A coordinator client for the CLI: tries each endpoint in turn and follows leader hints.
 //!
 //! Writes carry a `(client_id, seq)` made once per command, so a retry at another node after a
-//! leader change is applied at most once. Only UNAVAILABLE is retried (no leader, not the
-//! leader, connection refused); every other status is the answer.
+//! leader change is applied at most once. UNAVAILABLE is retried (no leader, not the leader,
+//! connection refused), and so is ABORTED (another membership change is in progress: raft takes
+//! one at a time), after a short pause; every other status is the answer.
 
 use super::GlobalOpts;
 use anyhow::anyhow;
@@ -18,6 +19,8 @@ use tonic::{Code, Response, Status};
 const RETRY_FOR: Duration = Duration::from_secs(30);
 /// Deadline of one attempt (AcquireSlot with --wait gets its wait on top).
 const ATTEMPT: Duration = Duration::from_secs(15);
+/// Pause before retrying an ABORTED call (a membership change still being applied).
+const ABORTED_PAUSE: Duration = Duration::from_millis(200);
 
 pub struct Coord {
     endpoints: Vec<String>,
@@ -136,6 +139,12 @@ impl Coord {
                         .filter(|h| *h != addr);
                     last = Some(s);
                 }
+                Ok(Err(s)) if s.code() == Code::Aborted => {
+                    tracing::debug!("{what}: {}; retrying", s.message());
+                    hint = Some(addr);
+                    last = Some(s);
+                    tokio::time::sleep(ABORTED_PAUSE).await;
+                }
                 Ok(Err(s)) => return Err(status_error(what, &s)),
                 Err(_) => {
                     last = Some(Status::unavailable(format!(
@@ -144,5 +153,55 @@ impl Coord {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn opts() -> GlobalOpts {
+        GlobalOpts {
+            endpoints: vec!["127.0.0.1:1".into()],
+            ca: None,
+            cert: None,
+            key: None,
+            insecure: true,
+            output: Default::default(),
+        }
+    }
+
+    /// "another membership change is in progress" (ABORTED) is retried until it goes through;
+    /// a deterministic refusal is not.
+    #[tokio::test]
+    async fn aborted_calls_are_retried() {
+        let coord = Coord::new(&opts()).unwrap();
+        let calls = Arc::new(AtomicU64::new(0));
+        let answer = coord
+            .call("members add", Duration::ZERO, |_client| {
+                let calls = calls.clone();
+                async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                        Err(Status::aborted(
+                            "another membership change is in progress; retry once it has applied",
+                        ))
+                    } else {
+                        Ok(Response::new(7u32))
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+        let refused = coord
+            .call("members remove", Duration::ZERO, |_client| async {
+                Err::<Response<u32>, _>(Status::failed_precondition("no quorum left"))
+            })
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("no quorum left"), "{refused}");
     }
 }

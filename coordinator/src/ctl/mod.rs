@@ -2,7 +2,8 @@
 //!
 //! Every subcommand but `certs` and `release` (local files only) talks to a running daemon over
 //! gRPC; none opens a data_dir. Output is a table for people or, with `-o json`, the stable JSON
-//! documented in docs/api.md. Exit codes: 0 success, 1 failure, 2 usage (clap's own), 3 a watched rollout that halted or was aborted.
+//! documented in docs/api.md. Exit codes: 0 success, 1 failure, 2 usage (clap's own), 3 a
+//! watched rollout that halted or was aborted.
 
 pub mod agent;
 mod audit;
@@ -15,6 +16,7 @@ mod locks;
 mod members;
 mod output;
 mod release;
+mod rollout;
 mod status;
 
 pub use connect::{channel_to, GlobalOpts, Output};
@@ -48,6 +50,9 @@ pub enum Command {
     /// Slots of the deploy lock.
     #[command(subcommand)]
     Locks(locks::LocksCmd),
+    /// Rollouts: upgrade a whole group to a release, a budget's worth of hosts at a time.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCmd),
     /// The replicated audit trail of operator actions.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -69,6 +74,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Hosts(c) => hosts::run(c, &cli.global).await,
         Command::Groups(c) => groups::run(c, &cli.global).await,
         Command::Locks(c) => locks::run(c, &cli.global).await,
+        Command::Rollout(c) => rollout::run(c, &cli.global).await,
         Command::Audit(c) => audit::run(c, &cli.global).await,
         Command::Agent(args) => agent::run(args, &cli.global).await,
         Command::Certs(c) => certs::run(c, &cli.global),

@@ -1,5 +1,13 @@
-//! Errors of the node driver, as seen by the services that propose and read through it.
+//! Errors of the node driver: [`NodeError`], what services see when a proposal or a read does
+//! not go through, and [`Fatal`], what stops the node.
+//!
+//! A `NodeError` is about one request and says whether trying again may help. A `Fatal` is
+//! about the node: its storage failed, or it met a committed entry or snapshot it cannot apply.
+//! Carrying on after one would let this replica diverge or lose state, so the node stops and the
+//! process exits (systemd restarts it; a fatal entry stops it again, until it is upgraded).
 
+use super::replicated::{EntryError, SnapshotError};
+use super::storage::StorageError;
 use thiserror::Error;
 
 /// Why a proposal or a read did not go through.
@@ -12,13 +20,20 @@ pub enum NodeError {
     /// the same (client_id, seq); the state machine dedups it.
     #[error("leadership changed while the request was pending; retry")]
     LeadershipLost,
-    /// Raft dropped the proposal (for example during a leader transfer or a pending conf change).
+    /// Raft dropped the proposal (for example during a leader transfer).
     #[error("proposal dropped by raft: {0}")]
     Dropped(String),
+    /// Raft accepts one membership change at a time, and one is still being applied.
+    #[error("another membership change is in progress; retry once it has applied")]
+    MembershipChangeInProgress,
+    /// A ReadIndex request was not confirmed by a quorum in time (no leader, a new leader that
+    /// has not committed in its term yet, or lost messages).
+    #[error("the leader could not confirm a read within {ticks} ticks; retry")]
+    ReadUnconfirmed { ticks: u64 },
     /// The request took longer than its deadline.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
-    /// The node task has stopped (fatal storage error or shutdown).
+    /// The node task has stopped (fatal error or shutdown).
     #[error("raft node stopped")]
     Stopped,
 }
@@ -27,5 +42,54 @@ impl NodeError {
     /// Whether the same request may succeed if tried again (here or at the leader).
     pub fn is_retryable(&self) -> bool {
         !matches!(self, NodeError::Stopped)
+    }
+}
+
+/// What stops the node.
+#[derive(Debug, Error)]
+pub enum Fatal {
+    #[error("storage error ({what}): {source}")]
+    Storage {
+        what: &'static str,
+        #[source]
+        source: StorageError,
+    },
+    /// A committed entry this binary cannot apply.
+    #[error("committed entry (index {index}, term {term}) cannot be applied: {source}")]
+    Entry {
+        index: u64,
+        term: u64,
+        #[source]
+        source: EntryError,
+    },
+    /// A committed conf change that does not decode.
+    #[error("committed conf change (index {index}, term {term}) does not decode: {detail}")]
+    ConfChange {
+        index: u64,
+        term: u64,
+        detail: String,
+    },
+    /// The state machine could not be serialized for a snapshot.
+    #[error("cannot snapshot the state machine at index {index}: {source}")]
+    Snapshot {
+        index: u64,
+        #[source]
+        source: SnapshotError,
+    },
+    /// A snapshot (stored, or sent by the leader) could not be restored.
+    #[error("the snapshot at index {index} cannot be restored: {source}")]
+    Restore {
+        index: u64,
+        #[source]
+        source: SnapshotError,
+    },
+    /// A thread panicked while holding the state machine's lock.
+    #[error("the state machine's lock is poisoned (a thread panicked while holding it)")]
+    Poisoned,
+}
+
+impl Fatal {
+    pub(crate) fn storage(what: &'static str) -> impl FnOnce(StorageError) -> Fatal {
+        move |source| Fatal::Storage { what, source }
     }
 }

@@ -1,35 +1,58 @@
 //! The raft node: storage, transport, proposals and the Ready loop, behind one handle.
 //!
-//! [`RaftNode::start`] opens sled storage, decides how a blank node starts (see `bootstrap`),
-//! restores the state machine, and spawns the task that owns raft-rs's `RawNode` (`node`). The
-//! services hold a [`RaftNode`] to propose writes, change membership, wait for linearizable
-//! reads (ReadIndex), and read the in-memory state machine.
+//! Start-up is in three steps, so that the binary can serve `ClusterInfo` to its peers while a
+//! blank node waits to bootstrap: [`RaftNode::open_storage`], then for a blank node
+//! [`bootstrap::bootstrap_new`] (see `bootstrap`), then [`RaftNode::start`], which restores the
+//! state machine and spawns the thread that owns raft-rs's `RawNode`. The services hold a
+//! [`RaftNode`] to propose writes, change membership, wait for linearizable reads (ReadIndex),
+//! and read the in-memory state machine.
+//!
+//! Files, one job each:
+//! - `core`: the Ready loop over `RawNode`, storage and the state machine; shared by the
+//!   production node and the deterministic simulator (`sim`, tests only);
+//! - `replicated`: the [`Replicated`] trait, all the core knows about the state machine;
+//! - `node`: the production loop (a thread, an inbox, a ticker) around the core;
+//! - `proposals`, `reads`: pending proposals and ReadIndex requests;
+//! - `conf_context`: what a membership change carries (address, actor, time);
+//! - `storage`, `transport`, `peer_service`: sled, and the peer gRPC streams both ways;
+//! - `bootstrap`: how a blank node starts; `progress`: the loop's heartbeat; `status`, `error`.
 //!
 //! Invariants:
-//! - only the node task mutates the state machine, and only by applying committed entries;
+//! - only the node thread mutates the state machine, and only by applying committed entries;
 //! - a proposal is answered only when its own entry (same index and term) is applied;
 //! - a read is served only after the node has applied up to the leader's commit index at the
 //!   time of the read (ReadIndex, `ReadOnlyOption::Safe`).
 
-mod bootstrap;
+pub mod bootstrap;
+mod conf_context;
+mod core;
 mod error;
 mod logger;
 mod node;
 mod peer_service;
+mod progress;
 mod proposals;
+mod reads;
+mod replicated;
+#[cfg(test)]
+pub(crate) mod sim;
 mod status;
 mod storage;
 mod transport;
 
-pub use error::NodeError;
-pub use peer_service::PeerService;
+pub use conf_context::{membership_change, ConfContext};
+pub use error::{Fatal, NodeError};
+pub use peer_service::{BlankPeerService, PeerService};
+pub use progress::Progress;
+pub use replicated::{EntryError, MemberChange, MembershipChange, Replicated, SnapshotError};
 pub use status::{NodeStatus, Role};
 pub use storage::{SledStorage, StorageError};
 
-use crate::state::{Command, Proposal, Response, StateMachine};
-use hotdeploy_common::config::{ClusterState, CoordinatorConfig};
+use crate::state::{Proposal, Response, StateMachine};
+use core::{Core, CoreConfig};
+use hotdeploy_common::config::CoordinatorConfig;
 use hotdeploy_common::proto::raft_peer_server::RaftPeerServer;
-use node::{Msg, Node, NodeConfig};
+use node::{Msg, Node, Outputs};
 use raft::prelude::ConfChangeV2;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
@@ -49,51 +72,37 @@ pub struct RaftNode {
     applied: watch::Receiver<u64>,
     state: Arc<RwLock<StateMachine>>,
     transport: transport::Transport,
+    progress: Progress,
 }
 
 /// The peer gRPC service to mount next to the public API.
 pub type PeerServer = RaftPeerServer<peer_service::PeerService>;
 
 impl RaftNode {
-    /// Opens storage, bootstraps or restarts, and spawns the node task. Returns the handle and
-    /// the peer service to serve.
-    pub async fn start(
-        cfg: &CoordinatorConfig,
-        client_tls: hotdeploy_common::tls::ClientTls,
-    ) -> anyhow::Result<(Self, PeerServer)> {
+    /// Opens (or creates) the raft storage under `data_dir`.
+    pub fn open_storage(cfg: &CoordinatorConfig) -> anyhow::Result<SledStorage> {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data_dir {}: {e}", cfg.data_dir.display())
         })?;
-        let storage = SledStorage::open(&cfg.data_dir).map_err(|e| {
-            anyhow::anyhow!("cannot open storage in {}: {e}", cfg.data_dir.display())
-        })?;
-        let peers = cfg.peer_map();
+        SledStorage::open(&cfg.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot open storage in {}: {e}", cfg.data_dir.display()))
+    }
+
+    /// Restores the state machine from `storage` and spawns the node thread. A blank storage
+    /// waits to be sent a snapshot by a leader (`initial_cluster_state = "existing"`); a blank
+    /// node that is to found a cluster must have been through [`bootstrap::bootstrap_new`].
+    /// Returns the handle and the peer service to serve.
+    pub async fn start(
+        cfg: &CoordinatorConfig,
+        storage: SledStorage,
+        client_tls: hotdeploy_common::tls::ClientTls,
+    ) -> anyhow::Result<(Self, PeerServer)> {
         if storage.is_blank() {
-            match cfg.initial_cluster_state {
-                ClusterState::New => {
-                    bootstrap::check_peers_before_bootstrap(cfg.id, &peers, &client_tls).await?;
-                    let mut voters: Vec<u64> = peers.keys().copied().collect();
-                    if voters.is_empty() {
-                        voters.push(cfg.id);
-                    }
-                    let cid = bootstrap::cluster_id_for(&voters);
-                    storage.initialize(&voters, cid)?;
-                    tracing::info!(
-                        ?voters,
-                        cluster_id = format!("{cid:016x}"),
-                        "bootstrapped a new cluster"
-                    );
-                }
-                ClusterState::Existing => {
-                    tracing::info!(
-                        "blank node waiting to be added with `hotdeployctl members add`"
-                    );
-                }
-            }
+            tracing::info!("blank node waiting to be added with `hotdeployctl members add`");
         }
         let cluster_id = Arc::new(AtomicU64::new(storage.cluster_id().unwrap_or(0)));
         let (tx, rx) = mpsc::channel(INBOX);
-        let pinned: HashMap<u64, String> = peers.clone().into_iter().collect();
+        let pinned: HashMap<u64, String> = cfg.peer_map().into_iter().collect();
         let transport = transport::Transport::new(
             cfg.id,
             cfg.listen.clone(),
@@ -102,51 +111,47 @@ impl RaftNode {
             pinned,
             tx.clone(),
         );
-        let state = Arc::new(RwLock::new(StateMachine::new()));
-        let (status_tx, status_rx) = watch::channel(NodeStatus {
-            id: cfg.id,
-            ..Default::default()
-        });
-        let (applied_tx, applied_rx) = watch::channel(0);
-        let node_cfg = NodeConfig {
-            id: cfg.id,
-            tick: Duration::from_millis(cfg.raft.tick_ms),
-            election_ticks: cfg.raft.election_ticks,
-            heartbeat_ticks: cfg.raft.heartbeat_ticks,
-        };
-        let node = Node::new(
-            &node_cfg,
-            storage.clone(),
-            transport.clone(),
-            rx,
-            state.clone(),
-            status_tx,
-            applied_tx,
-        )?;
-        for (id, addr) in state
+        let core_cfg = CoreConfig::new(cfg.id, cfg.raft.election_ticks, cfg.raft.heartbeat_ticks);
+        let core = Core::<StateMachine>::new(core_cfg, storage.clone())?;
+        let state = core.state();
+        // Both watches start where the restored node is: the applied index is the snapshot's,
+        // not 0, so a read barrier does not wait for entries that are already applied.
+        let (status_tx, status_rx) = watch::channel(core.status());
+        let (applied_tx, applied_rx) = watch::channel(core.applied());
+        let progress = Progress::new();
+        let members = state
             .read()
             .map(|s| s.members().clone())
-            .unwrap_or_default()
-        {
+            .unwrap_or_default();
+        for (id, addr) in members {
             transport.ensure_peer(id, &addr);
         }
-        // The node task gets a thread of its own: it blocks in fsync once per Ready, which on
-        // a small machine would otherwise stall one of the few runtime workers serving gRPC.
-        std::thread::Builder::new()
-            .name(format!("raft-{}", cfg.id))
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(node.run()),
-                    Err(e) => {
-                        tracing::error!("cannot start the raft node's runtime: {e}");
-                        std::process::exit(1);
-                    }
+        let node = Node::new(
+            core,
+            transport.clone(),
+            rx,
+            Duration::from_millis(cfg.raft.tick_ms),
+            Outputs {
+                status: status_tx,
+                applied: applied_tx,
+                progress: progress.clone(),
+            },
+        );
+        // The node gets a thread of its own: it blocks in fsync once per Ready, which on a
+        // small machine would otherwise stall one of the few runtime workers serving gRPC.
+        node::spawn_raft_thread(format!("raft-{}", cfg.id), move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(node.run()),
+                Err(e) => {
+                    tracing::error!("cannot start the raft node's runtime: {e}");
+                    std::process::exit(1);
                 }
-            })
-            .map_err(|e| anyhow::anyhow!("cannot start the raft thread: {e}"))?;
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the raft thread: {e}"))?;
         let peer = peer_service::PeerService {
             cluster_id,
             storage,
@@ -165,8 +170,8 @@ impl RaftNode {
             applied: applied_rx,
             state,
             transport,
+            progress,
         };
-        tokio::spawn(handle.clone().record_members());
         Ok((handle, server))
     }
 
@@ -233,6 +238,11 @@ impl RaftNode {
         self.applied.clone()
     }
 
+    /// The raft loop's heartbeat, for health reporting.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
     /// The in-memory state machine. Do not hold the guard across an await.
     pub fn state(&self) -> RwLockReadGuard<'_, StateMachine> {
         match self.state.read() {
@@ -257,38 +267,90 @@ impl RaftNode {
             .map(|id| (*id, self.address_of(*id).unwrap_or_default()))
             .collect()
     }
+}
 
-    /// Leader only: records in the replicated state every member that has acknowledged the log
-    /// (with its advertised address), so that a wiped member is recognised when it tries to
-    /// bootstrap again (see `bootstrap`).
-    async fn record_members(self) {
-        let mut status = self.status.clone();
-        loop {
-            if status.changed().await.is_err() {
-                return;
-            }
-            let st = status.borrow_and_update().clone();
-            if !st.is_leader() {
-                continue;
-            }
-            let known = self.state().members().clone();
-            for (id, matched) in &st.matched {
-                if *matched == 0 || known.contains_key(id) {
-                    continue;
-                }
-                let Some(address) = self.address_of(*id) else {
-                    continue;
-                };
-                let p = Proposal::new(
-                    None,
-                    hotdeploy_common::time::now_ms(),
-                    "leader",
-                    Command::SetMember { id: *id, address },
-                );
-                if let Err(e) = self.propose(p, Duration::from_secs(5)).await {
-                    tracing::debug!("recording member {id}: {e}");
-                }
-            }
+/// A one-node cluster in a temp dir, for in-process tests of the services.
+#[cfg(test)]
+pub(crate) mod test_node {
+    use super::*;
+    use std::path::Path;
+
+    /// The config of node 1, alone, plaintext, listening on `listen`.
+    pub(crate) fn config(dir: &Path, listen: &str) -> CoordinatorConfig {
+        let text = format!(
+            "id = 1\nlisten = \"{listen}\"\ndata_dir = \"{}\"\n[peers]\n1 = \"{listen}\"\n\
+             [tls]\ninsecure = true\n[raft]\ntick_ms = 20\n",
+            dir.join("data").display()
+        );
+        CoordinatorConfig::from_toml_str(&text, Path::new("test.toml")).expect("test config")
+    }
+
+    /// Bootstraps (if blank) and starts node 1 alone, and waits until it leads.
+    pub(crate) async fn start(cfg: &CoordinatorConfig) -> RaftNode {
+        start_with_peer(cfg).await.0
+    }
+
+    /// [`start`], also returning the peer service to serve.
+    pub(crate) async fn start_with_peer(cfg: &CoordinatorConfig) -> (RaftNode, PeerServer) {
+        let tls = hotdeploy_common::tls::ClientTls::load(&cfg.tls).expect("plaintext client");
+        let storage = RaftNode::open_storage(cfg).expect("storage");
+        if storage.is_blank() {
+            bootstrap::initialize::<StateMachine>(&storage, &[cfg.id]).expect("bootstrap");
         }
+        let (node, peer) = RaftNode::start(cfg, storage, tls).await.expect("start");
+        let mut status = node.subscribe_status();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            status.wait_for(|s| s.is_leader() && s.applied >= s.commit),
+        )
+        .await
+        .expect("a single node leads within 20 s")
+        .expect("status");
+        (node, peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `applied` watch starts where the restored node is (its snapshot), not at 0: a read
+    /// barrier must not wait for entries that are already applied.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_applied_watch_starts_at_the_snapshot_index() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three voters, of which only this node runs: it never leads, so it applies nothing new.
+        let text = format!(
+            "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"{}\"\n[peers]\n1 = \"127.0.0.1:1\"\n\
+             2 = \"127.0.0.1:2\"\n3 = \"127.0.0.1:3\"\n[tls]\ninsecure = true\n",
+            dir.path().join("data").display()
+        );
+        let cfg = CoordinatorConfig::from_toml_str(&text, std::path::Path::new("t.toml")).unwrap();
+        let storage = RaftNode::open_storage(&cfg).unwrap();
+        bootstrap::initialize::<StateMachine>(&storage, &[1, 2, 3]).unwrap();
+        // A log of 40 entries, snapshotted at 41 (as after 40 applied commands).
+        let mut entries = Vec::new();
+        for index in 2..=41 {
+            entries.push(raft::prelude::Entry {
+                index,
+                term: 2,
+                ..Default::default()
+            });
+        }
+        let mut hs = storage.hard_state();
+        hs.term = 2;
+        hs.commit = 41;
+        storage.append_and_persist(&entries, Some(&hs)).unwrap();
+        let mut sm = StateMachine::new();
+        sm.skip(41);
+        let cs = storage.conf_state();
+        storage
+            .create_snapshot(41, &cs, sm.snapshot().unwrap())
+            .unwrap();
+        let tls = hotdeploy_common::tls::ClientTls::load(&cfg.tls).unwrap();
+        let (node, _peer) = RaftNode::start(&cfg, storage, tls).await.unwrap();
+        assert_eq!(*node.subscribe_applied().borrow(), 41);
+        assert_eq!(node.status().applied, 41);
+        assert_eq!(node.state().applied_index(), 41);
     }
 }

@@ -5,6 +5,11 @@
 //! message's `from` must match the frame's sender, and, under mTLS, the sender must hold the
 //! certificate of that coordinator id. Raft payloads are decoded only after these checks:
 //! raft 0.7's protobuf 2.x decoder is not meant for untrusted input.
+//!
+//! `ClusterInfo` (what a blank node asks before it bootstraps) answers coordinators only: the
+//! member list and commit index are the cluster's business. [`BlankPeerService`] is what a blank
+//! node serves while it waits to bootstrap: `ClusterInfo` says "no cluster yet", and raft
+//! traffic is refused as unavailable.
 
 use super::node::Msg;
 use super::status::NodeStatus;
@@ -103,8 +108,9 @@ impl RaftPeer for PeerService {
 
     async fn cluster_info(
         &self,
-        _request: Request<ClusterInfoRequest>,
+        request: Request<ClusterInfoRequest>,
     ) -> Result<Response<ClusterInfoResponse>, Status> {
+        check_coordinator(&request)?;
         let st = self.status.borrow().clone();
         let members = self
             .state
@@ -116,6 +122,58 @@ impl RaftPeer for PeerService {
             commit_index: st.commit,
             node: st.id,
             members,
+        }))
+    }
+}
+
+/// Only coordinators (or anyone on a plaintext listener) may ask about the cluster.
+fn check_coordinator<T>(request: &Request<T>) -> Result<(), Status> {
+    match caller_role(request) {
+        Some(Role::Insecure) | Some(Role::Coordinator(_)) => Ok(()),
+        other => {
+            let who = other
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "no role".into());
+            tracing::warn!(audit = true, caller = %who, call = "ClusterInfo", "permission denied");
+            Err(Status::permission_denied(format!(
+                "ClusterInfo needs a coordinator certificate; caller is {who}"
+            )))
+        }
+    }
+}
+
+/// The peer service of a blank node waiting to bootstrap: it has no cluster yet.
+pub struct BlankPeerService {
+    pub id: u64,
+}
+
+impl BlankPeerService {
+    pub fn server(id: u64) -> hotdeploy_common::proto::raft_peer_server::RaftPeerServer<Self> {
+        hotdeploy_common::proto::raft_peer_server::RaftPeerServer::new(Self { id })
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for BlankPeerService {
+    async fn send(
+        &self,
+        _request: Request<Streaming<PeerFrame>>,
+    ) -> Result<Response<PeerAck>, Status> {
+        Err(Status::unavailable(
+            "this node is blank and waiting for a quorum of its peers before it bootstraps",
+        ))
+    }
+
+    async fn cluster_info(
+        &self,
+        request: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        check_coordinator(&request)?;
+        Ok(Response::new(ClusterInfoResponse {
+            cluster_id: 0,
+            commit_index: 0,
+            node: self.id,
+            members: Vec::new(),
         }))
     }
 }

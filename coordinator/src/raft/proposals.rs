@@ -6,20 +6,22 @@
 //! proposal was overwritten, so the waiter gets [`NodeError::LeadershipLost`] and retries with
 //! the same (client_id, seq). On losing leadership every waiter fails the same way: their
 //! entries may still commit, which dedup makes harmless.
+//!
+//! Every waiter is answered: a waiter is never simply dropped, because a dropped reply reads as
+//! "raft node stopped" to the caller.
 
 use super::NodeError;
-use crate::state::Response;
 use std::collections::BTreeMap;
 use tokio::sync::oneshot;
 
-/// Who waits for an entry.
-pub(crate) enum Waiter {
-    Command(oneshot::Sender<Result<Response, NodeError>>),
+/// Who waits for an entry; `A` is the state machine's answer.
+pub(crate) enum Waiter<A> {
+    Command(oneshot::Sender<Result<A, NodeError>>),
     ConfChange(oneshot::Sender<Result<(), NodeError>>),
 }
 
-impl Waiter {
-    fn fail(self, e: NodeError) {
+impl<A> Waiter<A> {
+    pub(crate) fn fail(self, e: NodeError) {
         match self {
             Waiter::Command(tx) => drop(tx.send(Err(e))),
             Waiter::ConfChange(tx) => drop(tx.send(Err(e))),
@@ -28,13 +30,20 @@ impl Waiter {
 }
 
 /// Pending proposals by log index.
-#[derive(Default)]
-pub(crate) struct Pending {
-    by_index: BTreeMap<u64, (u64, Waiter)>,
+pub(crate) struct Pending<A> {
+    by_index: BTreeMap<u64, (u64, Waiter<A>)>,
 }
 
-impl Pending {
-    pub(crate) fn insert(&mut self, index: u64, term: u64, w: Waiter) {
+impl<A> Default for Pending<A> {
+    fn default() -> Self {
+        Self {
+            by_index: BTreeMap::new(),
+        }
+    }
+}
+
+impl<A> Pending<A> {
+    pub(crate) fn insert(&mut self, index: u64, term: u64, w: Waiter<A>) {
         if let Some((_, old)) = self.by_index.insert(index, (term, w)) {
             // A new entry at an index we were waiting on: the old one was overwritten.
             old.fail(NodeError::LeadershipLost);
@@ -43,7 +52,7 @@ impl Pending {
 
     /// Takes the waiter for the entry applied at `index` with `term`. A waiter with another
     /// term is failed here and `None` is returned.
-    pub(crate) fn take(&mut self, index: u64, term: u64) -> Option<Waiter> {
+    pub(crate) fn take(&mut self, index: u64, term: u64) -> Option<Waiter<A>> {
         // Anything below `index` that is still here can never be answered.
         while let Some((&i, _)) = self.by_index.first_key_value() {
             if i >= index {
@@ -68,5 +77,11 @@ impl Pending {
         for (_, (_, w)) in std::mem::take(&mut self.by_index) {
             w.fail(e.clone());
         }
+    }
+
+    /// Number of pending proposals.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_index.len()
     }
 }

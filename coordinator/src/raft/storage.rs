@@ -1356,5 +1356,34 @@ fn commit_only(meta: &Meta, hs: &HardState) -> bool {
 }
 
 #[cfg(test)]
+impl SledStorage {
+    /// A blank storage in a temporary sled database (in memory where the OS has a tmpfs), which
+    /// sled deletes when the last handle is dropped: for the deterministic simulator, which
+    /// opens thousands of them. No background flusher thread.
+    pub(crate) fn open_temporary() -> Result<Self> {
+        let path = PathBuf::from("(temporary)");
+        let open_err = |source| StorageError::Open {
+            path: path.clone(),
+            source,
+        };
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .cache_capacity(8 << 20)
+            .open()
+            .map_err(open_err)?;
+        let snapshots = db.open_tree(SNAPSHOT_TREE).map_err(open_err)?;
+        let meta = Self::load_meta(&db, None)?;
+        Ok(SledStorage {
+            inner: Arc::new(Inner {
+                db,
+                snapshots,
+                meta: RwLock::new(meta),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
 #[path = "storage_tests.rs"]
 mod tests;

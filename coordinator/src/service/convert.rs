@@ -2,15 +2,21 @@
 //!
 //! The state machine has its own enums (it must not depend on generated code to stay pure and
 //! stable across proto changes); this file is the only place that maps them.
+//!
+//! Missing data is never read as good news: a report that is absent, or a health the agent left
+//! `UNSPECIFIED` (or a value this binary does not know), is `unhealthy`, never `unprovisioned`.
+//! An unprovisioned host counts in no budget, so defaulting to it would free budget on a
+//! malformed report.
 
 use crate::state::{self, GroupView, Host, Slot};
 use hotdeploy_common::proto;
+use tonic::Status;
 
 pub(crate) fn health_from_wire(h: i32) -> state::Health {
     match proto::Health::try_from(h).unwrap_or(proto::Health::Unspecified) {
         proto::Health::Healthy => state::Health::Healthy,
-        proto::Health::Unhealthy => state::Health::Unhealthy,
-        proto::Health::Unprovisioned | proto::Health::Unspecified => state::Health::Unprovisioned,
+        proto::Health::Unprovisioned => state::Health::Unprovisioned,
+        proto::Health::Unhealthy | proto::Health::Unspecified => state::Health::Unhealthy,
     }
 }
 
@@ -33,7 +39,7 @@ pub(crate) fn report_from_wire(r: Option<&proto::HostReport>) -> state::Report {
             phase: r.phase.chars().take(32).collect(),
         },
         None => state::Report {
-            health: state::Health::Unprovisioned,
+            health: state::Health::Unhealthy,
             rotation: state::Rotation::OutOfRotation,
             release: String::new(),
             phase: String::new(),
@@ -101,10 +107,64 @@ pub(crate) fn host_to_wire(h: &Host, last_seen_ms: Option<u64>) -> proto::HostIn
     }
 }
 
-pub(crate) fn write_id(w: Option<proto::WriteId>) -> Option<state::WriteId> {
-    w.filter(|w| !w.client_id.is_empty())
-        .map(|w| state::WriteId {
-            client_id: w.client_id.chars().take(128).collect(),
-            seq: w.seq,
-        })
+/// The longest `client_id` a write may carry. Sessions are keyed by it and replicated.
+pub(crate) const MAX_CLIENT_ID: usize = 128;
+
+/// The write id of a request: `None` without one; an over-long client id is refused (cutting it
+/// would merge distinct clients' sessions).
+pub(crate) fn write_id(w: Option<proto::WriteId>) -> Result<Option<state::WriteId>, Status> {
+    let Some(w) = w.filter(|w| !w.client_id.is_empty()) else {
+        return Ok(None);
+    };
+    if w.client_id.len() > MAX_CLIENT_ID {
+        return Err(Status::invalid_argument(format!(
+            "write.client_id is {} bytes; at most {MAX_CLIENT_ID} allowed",
+            w.client_id.len()
+        )));
+    }
+    Ok(Some(state::WriteId {
+        client_id: w.client_id,
+        seq: w.seq,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_or_unspecified_health_is_unhealthy() {
+        assert_eq!(report_from_wire(None).health, state::Health::Unhealthy);
+        assert_eq!(
+            health_from_wire(proto::Health::Unspecified as i32),
+            state::Health::Unhealthy
+        );
+        assert_eq!(health_from_wire(99), state::Health::Unhealthy);
+        assert_eq!(
+            health_from_wire(proto::Health::Unprovisioned as i32),
+            state::Health::Unprovisioned
+        );
+        let empty = proto::HostReport::default();
+        assert_eq!(
+            report_from_wire(Some(&empty)).health,
+            state::Health::Unhealthy
+        );
+    }
+
+    #[test]
+    fn an_over_long_client_id_is_refused_not_cut() {
+        let w = |id: &str| {
+            Some(proto::WriteId {
+                client_id: id.to_string(),
+                seq: 3,
+            })
+        };
+        let ok = "c".repeat(MAX_CLIENT_ID);
+        assert_eq!(write_id(w(&ok)).unwrap().unwrap().client_id, ok);
+        let err = write_id(w(&"c".repeat(MAX_CLIENT_ID + 1))).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("129 bytes"), "{}", err.message());
+        assert_eq!(write_id(w("")).unwrap(), None);
+        assert_eq!(write_id(None).unwrap(), None);
+    }
 }

@@ -2,22 +2,26 @@
 //!
 //! Each handler does the same four things in order: check the input (names, sizes), check the
 //! caller's role, route to the leader, and then either propose a command through raft or read
-//! the state machine after a ReadIndex barrier. The only waiting done here is `AcquireSlot`'s:
-//! the leader holds the call until the grant fits the budget or the caller's deadline passes.
+//! the state machine after a ReadIndex barrier. `AcquireSlot` may wait on the leader until the
+//! grant fits the budget or the caller's deadline passes; that wait lives in `acquire.rs`, and
+//! the handler only maps its outcome to an answer.
 
+use super::acquire::{self, AcquireOutcome, AcquireRequest};
 use super::auth::{authorize, Need};
 use super::convert::{group_to_wire, host_to_wire, report_from_wire, slot_to_wire, write_id};
-use super::leader::{ensure_leader, node_status, not_leader, read_barrier, state_status, write};
+use super::leader::{
+    ensure_leader, node_status, not_leader, read_barrier, state_status, write, WRITE_TIMEOUT,
+};
 use super::members;
 use super::waiters::Waiters;
+use super::{heartbeat, rollout};
 use crate::liveness::Liveness;
 use crate::raft::RaftNode;
-use crate::state::{Answer, Command, Proposal, Reachability, Rotation};
+use crate::state::{Answer, Command, Reachability, Rotation};
 use hotdeploy_common::config::MaxUnavailable;
 use hotdeploy_common::names::{check_group, check_host};
 use hotdeploy_common::proto::coordinator_server::Coordinator;
 use hotdeploy_common::proto::*;
-use hotdeploy_common::time::now_ms;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +33,6 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Free-text fields are bounded: they are replicated and shown in tables.
 const MAX_REASON: usize = 1024;
 const MAX_SHORT: usize = 128;
-/// How often a waiting acquire re-checks even without a state change (leadership, deadline).
-const RECHECK: Duration = Duration::from_millis(500);
 
 pub struct CoordinatorService {
     node: RaftNode,
@@ -82,7 +84,7 @@ fn check_purpose(p: &str) -> Result<(), Status> {
 
 /// The slot the state machine says `host` holds. One read guard: never take a second read
 /// lock while holding one (a queued writer in between would deadlock std's RwLock).
-fn held_slot(node: &RaftNode, host: &str) -> Option<Slot> {
+pub(super) fn held_slot(node: &RaftNode, host: &str) -> Option<Slot> {
     let st = node.state();
     let token = st.host(host)?.slot?;
     st.slots()
@@ -91,7 +93,8 @@ fn held_slot(node: &RaftNode, host: &str) -> Option<Slot> {
         .map(slot_to_wire)
 }
 
-type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
+pub(super) type HeartbeatStream =
+    Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
@@ -111,8 +114,9 @@ impl Coordinator for CoordinatorService {
             check_name("group", g, check_group)?;
         }
         check_len("address", &r.address, MAX_SHORT)?;
-        let actor = authorize(&req, "Register", Need::Host(&r.host))?;
+        let actor = authorize(&req, "Register", Need::Agent(&r.host))?;
         let r = req.into_inner();
+        let write_id = write_id(r.write)?;
         let report = report_from_wire(r.report.as_ref());
         let cmd = Command::Register {
             host: r.host.clone(),
@@ -120,10 +124,11 @@ impl Coordinator for CoordinatorService {
             address: r.address,
             report: report.clone(),
         };
-        write(&self.node, write_id(r.write), &actor, cmd).await?;
+        write(&self.node, write_id, &actor, cmd).await?;
         self.liveness.observe(&r.host, report);
         Ok(Response::new(RegisterResponse {
             slot: held_slot(&self.node, &r.host),
+            assignment: rollout::assignment_of(&self.node, &r.host),
         }))
     }
 
@@ -135,31 +140,12 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<HeartbeatStream>, Status> {
         ensure_leader(&self.node)?;
         let role = hotdeploy_common::tls::caller_role(&req);
-        let mut inbound = req.into_inner();
-        let node = self.node.clone();
-        let liveness = self.liveness.clone();
-        let out = async_stream::try_stream! {
-            while let Some(hb) = inbound.message().await? {
-                check_name("host", &hb.host, check_host)?;
-                match &role {
-                    Some(hotdeploy_common::tls::Role::Insecure) | Some(hotdeploy_common::tls::Role::Operator(_)) => {}
-                    Some(hotdeploy_common::tls::Role::Agent(h)) if *h == hb.host => {}
-                    other => {
-                        tracing::warn!(audit = true, caller = ?other, host = %hb.host, "heartbeat refused");
-                        Err(Status::permission_denied(format!("heartbeat for {} needs that host's agent certificate", hb.host)))?;
-                    }
-                }
-                if !node.status().is_leader() {
-                    Err(not_leader(&node))?;
-                }
-                if node.state().host(&hb.host).is_none() {
-                    Err(Status::not_found(format!("host {} is not registered; register first", hb.host)))?;
-                }
-                liveness.observe(&hb.host, report_from_wire(hb.report.as_ref()));
-                yield HeartbeatResponse { slot: held_slot(&node, &hb.host), leader: node.status().leader };
-            }
-        };
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(heartbeat::serve(
+            self.node.clone(),
+            self.liveness.clone(),
+            role,
+            req.into_inner(),
+        )))
     }
 
     async fn acquire_slot(
@@ -179,75 +165,38 @@ impl Coordinator for CoordinatorService {
         let actor = authorize(&req, "AcquireSlot", Need::Host(&r.host))?;
         let r = req.into_inner();
         ensure_leader(&self.node)?;
+        // A rollout's gate answers at once (paused, not admitted): no budget will change it.
+        let canary = {
+            let st = self.node.state();
+            st.check_rollout_gate(&r.host, &purpose, &r.rollout)
+                .map_err(|e| state_status(&e))?;
+            r.canary || st.is_canary(&r.host, &r.rollout)
+        };
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
-        let deadline = tokio::time::Instant::now() + wait;
-        let groups = self
-            .node
-            .state()
-            .host(&r.host)
-            .map(|h| h.groups.clone())
-            .unwrap_or_default();
-        let ticket = self.waiters.enqueue(&r.host, &purpose, &groups, r.canary);
-        let mut applied = self.node.subscribe_applied();
-        let mut queue = self.waiters.subscribe();
-        let write = write_id(r.write);
-        loop {
-            ensure_leader(&self.node)?;
-            let verdict = {
-                let st = self.node.state();
-                match st.check_grant(&r.host, &purpose) {
-                    Ok(()) => Ok(self
-                        .waiters
-                        .my_turn(&ticket, |h, p| st.check_grant(h, p).is_ok())),
-                    Err(e) => Err(e),
-                }
-            };
-            match verdict {
-                Ok(true) => {
-                    let cmd = Command::Acquire {
-                        host: r.host.clone(),
-                        purpose: purpose.clone(),
-                        reason: r.reason.clone(),
-                        rollout: r.rollout.clone(),
-                    };
-                    let p = Proposal::new(write.clone(), now_ms(), &actor, cmd);
-                    match self.node.propose(p, super::leader::WRITE_TIMEOUT).await {
-                        Ok(Ok(Answer::Slot(s))) => {
-                            return Ok(Response::new(AcquireSlotResponse {
-                                slot: Some(slot_to_wire(&s)),
-                            }))
-                        }
-                        Ok(Ok(other)) => {
-                            return Err(Status::internal(format!(
-                                "unexpected answer to Acquire: {other:?}"
-                            )))
-                        }
-                        Ok(Err(e))
-                            if e.is_retryable() && tokio::time::Instant::now() < deadline =>
-                        {
-                            tracing::debug!(host = %r.host, "grant lost a race: {e}");
-                        }
-                        Ok(Err(e)) => return Err(state_status(&e)),
-                        Err(e) => return Err(node_status(&self.node, e)),
-                    }
-                }
-                Ok(false) => {}
-                Err(e) if !e.is_retryable() => return Err(state_status(&e)),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(state_status(&e)),
-                Err(_) => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Status::resource_exhausted(format!(
-                    "no slot for {} within {wait:?}: other waiters are ahead",
-                    r.host
-                )));
-            }
-            tokio::select! {
-                _ = applied.changed() => {}
-                _ = queue.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = tokio::time::sleep(RECHECK) => {}
-            }
+        let request = AcquireRequest {
+            write: write_id(r.write)?,
+            host: r.host,
+            purpose,
+            reason: r.reason,
+            rollout: r.rollout,
+            canary,
+            actor,
+            wait,
+        };
+        let host = request.host.clone();
+        match acquire::acquire(&self.node, &self.waiters, request, WRITE_TIMEOUT).await {
+            AcquireOutcome::Granted(s) => Ok(Response::new(AcquireSlotResponse {
+                slot: Some(slot_to_wire(&s)),
+            })),
+            AcquireOutcome::Refused(e) => Err(state_status(&e)),
+            AcquireOutcome::QueueTimeout { waited } => Err(Status::resource_exhausted(format!(
+                "no slot for {host} within {waited:?}: other waiters are ahead"
+            ))),
+            AcquireOutcome::NotLeader => Err(not_leader(&self.node)),
+            AcquireOutcome::NodeFailed(e) => Err(node_status(&self.node, e)),
+            AcquireOutcome::Unexpected(other) => Err(Status::internal(format!(
+                "unexpected answer to Acquire: {other:?}"
+            ))),
         }
     }
 
@@ -260,7 +209,7 @@ impl Coordinator for CoordinatorService {
         let r = req.into_inner();
         write(
             &self.node,
-            write_id(r.write),
+            write_id(r.write)?,
             &actor,
             Command::Release {
                 host: r.host,
@@ -285,7 +234,7 @@ impl Coordinator for CoordinatorService {
             token: r.token,
             phase: r.phase,
         };
-        write(&self.node, write_id(r.write), &actor, cmd).await?;
+        write(&self.node, write_id(r.write)?, &actor, cmd).await?;
         Ok(Response::new(ReportPhaseResponse {}))
     }
 
@@ -415,7 +364,7 @@ impl Coordinator for CoordinatorService {
             max_unavailable,
             allow_zero_available: r.allow_zero_available,
         };
-        match write(&self.node, write_id(r.write), &actor, cmd).await? {
+        match write(&self.node, write_id(r.write)?, &actor, cmd).await? {
             Answer::Group(g) => Ok(Response::new(SetGroupPolicyResponse {
                 group: Some(group_to_wire(&g)),
             })),
@@ -450,7 +399,7 @@ impl Coordinator for CoordinatorService {
         check_name("host", &r.host, check_host)?;
         match write(
             &self.node,
-            write_id(r.write),
+            write_id(r.write)?,
             &actor,
             Command::ForceRelease { host: r.host },
         )
@@ -510,7 +459,7 @@ impl Coordinator for CoordinatorService {
         check_name("host", &r.host, check_host)?;
         write(
             &self.node,
-            write_id(r.write),
+            write_id(r.write)?,
             &actor,
             Command::RemoveHost {
                 host: r.host,
@@ -519,5 +468,82 @@ impl Coordinator for CoordinatorService {
         )
         .await?;
         Ok(Response::new(RemoveHostResponse {}))
+    }
+
+    // ---- rollouts: the logic is in `rollout.rs` ----
+
+    async fn report_step(
+        &self,
+        req: Request<ReportStepRequest>,
+    ) -> Result<Response<ReportStepResponse>, Status> {
+        check_name("host", &req.get_ref().host, check_host)?;
+        let actor = authorize(&req, "ReportStep", Need::Host(&req.get_ref().host))?;
+        rollout::report_step(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(ReportStepResponse {}))
+    }
+
+    async fn start_rollout(
+        &self,
+        req: Request<StartRolloutRequest>,
+    ) -> Result<Response<StartRolloutResponse>, Status> {
+        let actor = authorize(&req, "StartRollout", Need::Operator)?;
+        let r = rollout::start(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<GetRolloutRequest>,
+    ) -> Result<Response<GetRolloutResponse>, Status> {
+        authorize(&req, "GetRollout", Need::Operator)?;
+        let r = rollout::get(&self.node, &req.get_ref().id).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn list_rollouts(
+        &self,
+        req: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        authorize(&req, "ListRollouts", Need::Operator)?;
+        let r = rollout::list(&self.node, &req.get_ref().group).await?;
+        Ok(Response::new(r))
+    }
+
+    type WatchRolloutStream = rollout::WatchStream;
+
+    async fn watch_rollout(
+        &self,
+        req: Request<WatchRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        authorize(&req, "WatchRollout", Need::Operator)?;
+        let s = rollout::watch(&self.node, req.into_inner().id).await?;
+        Ok(Response::new(s))
+    }
+
+    async fn pause_rollout(
+        &self,
+        req: Request<PauseRolloutRequest>,
+    ) -> Result<Response<PauseRolloutResponse>, Status> {
+        let actor = authorize(&req, "PauseRollout", Need::Operator)?;
+        let r = rollout::pause(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn resume_rollout(
+        &self,
+        req: Request<ResumeRolloutRequest>,
+    ) -> Result<Response<ResumeRolloutResponse>, Status> {
+        let actor = authorize(&req, "ResumeRollout", Need::Operator)?;
+        let r = rollout::resume(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn abort_rollout(
+        &self,
+        req: Request<AbortRolloutRequest>,
+    ) -> Result<Response<AbortRolloutResponse>, Status> {
+        let actor = authorize(&req, "AbortRollout", Need::Operator)?;
+        let r = rollout::abort(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(r))
     }
 }

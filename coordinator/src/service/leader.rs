@@ -4,7 +4,8 @@
 //! the leader's address in the `x-hotdeploy-leader` metadata (and its id in
 //! `x-hotdeploy-leader-id`); clients retry there. Errors keep their meaning on the wire:
 //! deterministic state errors carry their own codes (FAILED_PRECONDITION, NOT_FOUND, ...), and
-//! anything that may succeed on retry is UNAVAILABLE or RESOURCE_EXHAUSTED.
+//! anything that may succeed on retry is UNAVAILABLE, ABORTED (another membership change is in
+//! progress) or RESOURCE_EXHAUSTED.
 
 use crate::raft::{NodeError, RaftNode};
 use crate::state::{Answer, Command, Proposal, StateError, WriteId};
@@ -55,6 +56,8 @@ pub(crate) fn node_status(node: &RaftNode, e: NodeError) -> Status {
     match e {
         NodeError::NotLeader { .. } => not_leader(node),
         NodeError::Stopped => Status::internal("raft node stopped"),
+        // A concurrency conflict, not an outage: clients retry it (ABORTED).
+        e @ NodeError::MembershipChangeInProgress => Status::aborted(e.to_string()),
         other => Status::unavailable(other.to_string()),
     }
 }

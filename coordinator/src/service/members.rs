@@ -1,11 +1,19 @@
 //! Membership changes (DESIGN §2): `members add` joins a node as a learner, waits until it has
 //! caught up with the leader's log, then promotes it to voter; `members remove` removes it.
-//! Both are ConfChangeV2 entries; the new member's address rides in the change's context, so
-//! every node learns how to reach it when the change applies.
+//! Both are ConfChangeV2 entries whose context carries the new member's address (so every node
+//! learns how to reach it when the change applies) and the operator and time (so the audit
+//! event names who did it, and when).
+//!
+//! Raft takes one change at a time; a second one while the first is being applied is answered
+//! ABORTED, "another membership change is in progress", which `hotdeployctl` retries. A removal
+//! that would leave the remaining voters without a reachable quorum is refused before it is
+//! proposed: the cluster would stop committing anything, that removal included.
 
 use super::leader::{ensure_leader, node_status};
-use crate::raft::RaftNode;
-use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use crate::raft::{membership_change, ConfContext, RaftNode};
+use hotdeploy_common::time::now_ms;
+use raft::prelude::{ConfChangeType, ConfChangeV2};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tonic::Status;
 
@@ -14,14 +22,40 @@ use tonic::Status;
 const CATCH_UP: Duration = Duration::from_secs(60);
 const CONF_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn change(kind: ConfChangeType, id: u64, address: &str) -> ConfChangeV2 {
-    let mut single = ConfChangeSingle::default();
-    single.set_change_type(kind);
-    single.node_id = id;
-    let mut cc = ConfChangeV2::default();
-    cc.mut_changes().push(single);
-    cc.context = address.as_bytes().to_vec().into();
-    cc
+fn change(kind: ConfChangeType, id: u64, address: &str, actor: &str) -> ConfChangeV2 {
+    let context = ConfContext {
+        address: address.to_string(),
+        actor: actor.to_string(),
+        at_ms: now_ms(),
+    };
+    membership_change(kind, id, &context)
+}
+
+/// Whether removing voter `id` leaves voters of which a majority is reachable (`active`, as the
+/// leader sees it). `Err` says why not.
+pub(crate) fn check_remaining_quorum(
+    voters: &[u64],
+    active: &BTreeMap<u64, bool>,
+    id: u64,
+) -> Result<(), String> {
+    if !voters.contains(&id) {
+        return Ok(());
+    }
+    let remaining: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+    let reachable: Vec<u64> = remaining
+        .iter()
+        .copied()
+        .filter(|v| active.get(v).copied().unwrap_or(false))
+        .collect();
+    let need = remaining.len() / 2 + 1;
+    if reachable.len() >= need {
+        return Ok(());
+    }
+    Err(format!(
+        "removing node {id} would leave voters {remaining:?}, of which only {reachable:?} \
+         are reachable; a quorum needs {need}. Bring the others back first (or remove an \
+         unreachable node instead)"
+    ))
 }
 
 fn check_address(address: &str) -> Result<(), Status> {
@@ -60,7 +94,7 @@ pub(crate) async fn add(
     tracing::info!(audit = true, %actor, id, %address, "adding member as learner");
     if !st.learners.contains(&id) {
         node.conf_change(
-            change(ConfChangeType::AddLearnerNode, id, address),
+            change(ConfChangeType::AddLearnerNode, id, address, actor),
             CONF_TIMEOUT,
         )
         .await
@@ -82,9 +116,12 @@ pub(crate) async fn add(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    node.conf_change(change(ConfChangeType::AddNode, id, address), CONF_TIMEOUT)
-        .await
-        .map_err(|e| node_status(node, e))?;
+    node.conf_change(
+        change(ConfChangeType::AddNode, id, address, actor),
+        CONF_TIMEOUT,
+    )
+    .await
+    .map_err(|e| node_status(node, e))?;
     tracing::info!(audit = true, %actor, id, "member promoted to voter");
     Ok(())
 }
@@ -100,8 +137,40 @@ pub(crate) async fn remove(node: &RaftNode, actor: &str, id: u64) -> Result<(), 
             "cannot remove the last voting member",
         ));
     }
+    check_remaining_quorum(&st.voters, &st.active, id).map_err(Status::failed_precondition)?;
     tracing::info!(audit = true, %actor, id, "removing member");
-    node.conf_change(change(ConfChangeType::RemoveNode, id, ""), CONF_TIMEOUT)
-        .await
-        .map_err(|e| node_status(node, e))
+    node.conf_change(
+        change(ConfChangeType::RemoveNode, id, "", actor),
+        CONF_TIMEOUT,
+    )
+    .await
+    .map_err(|e| node_status(node, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_must_leave_a_reachable_quorum() {
+        let voters = [1, 2, 3];
+        let all = BTreeMap::from([(1, true), (2, true), (3, true)]);
+        assert_eq!(check_remaining_quorum(&voters, &all, 2), Ok(()));
+        // Node 3 is down: removing 2 leaves {1, 3} with only 1 reachable.
+        let three_down = BTreeMap::from([(1, true), (2, true), (3, false)]);
+        let err = check_remaining_quorum(&voters, &three_down, 2).unwrap_err();
+        assert!(
+            err.contains("[1, 3]") && err.contains("quorum needs 2"),
+            "{err}"
+        );
+        // Removing the node that is down is fine: {1, 2} are both up.
+        assert_eq!(check_remaining_quorum(&voters, &three_down, 3), Ok(()));
+        // Five voters, two down: removing an up one leaves 4 with 2 up, short of 3.
+        let five = [1, 2, 3, 4, 5];
+        let two_down = BTreeMap::from([(1, true), (2, true), (3, true), (4, false), (5, false)]);
+        assert!(check_remaining_quorum(&five, &two_down, 3).is_err());
+        assert_eq!(check_remaining_quorum(&five, &two_down, 5), Ok(()));
+        // A learner is not a voter: removing it changes no quorum.
+        assert_eq!(check_remaining_quorum(&voters, &three_down, 9), Ok(()));
+    }
 }

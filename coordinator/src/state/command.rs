@@ -8,27 +8,39 @@
 //!
 //! Entries are serde_json, wrapped in a format `version`. JSON rather than a binary codec because
 //! the log is small, operators read it when something goes wrong, and serde's externally tagged
-//! enums give a clear error for a command kind this binary does not know. [`Proposal::decode`]
-//! refuses any version other than [`FORMAT_VERSION`]: DESIGN §8 has the leader propose a new
-//! kind of command only once every member knows it, so an unknown version here means that rule
-//! was broken, and applying a guess would fork the replicas.
+//! enums give a clear error for a command kind this binary does not know.
 //!
-//! Left out: rollouts and FleetLock lock-only hosts; their commands come with those features.
+//! **Versions.** Each command kind belongs to the format version that introduced it
+//! ([`Command::version`]), and a proposal is stamped with its command's version, not with the
+//! newest this binary knows. [`FORMAT_VERSION`] is the newest version this binary can apply.
+//! [`Proposal::decode`] refuses an entry stamped with a newer version
+//! ([`DecodeError::NeedsVersion`], naming the version it needs) before looking at its command,
+//! and refuses an entry that does not decode ([`DecodeError::Malformed`]). The raft driver stops
+//! the node on either: DESIGN §8 has the leader propose a new kind of command only once every
+//! member knows it, so meeting one means this binary must be upgraded, and applying a guess (or
+//! skipping the entry) would fork the replicas.
+//!
+//! Adding a command kind: give it the next version in [`Command::version`] (the match has no
+//! wildcard, so the compiler asks), and raise [`FORMAT_VERSION`] to it. Entries of the kinds that
+//! existed before keep their old version, so a mixed cluster keeps applying them.
+//!
+//! Left out: FleetLock lock-only hosts; their commands come with that feature.
 
-use super::error::StateError;
 use super::group::{GroupSeed, GroupView};
 use super::host::Report;
 use super::lock::Slot;
+use super::rollout::{RolloutSpec, StepReport};
 use hotdeploy_common::config::MaxUnavailable;
 use serde::{Deserialize, Serialize};
 
-/// The command format this binary writes and reads. Bump it only with a new decoder for the old.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest command format version this binary can apply. Every command kind it knows has a
+/// version at most this.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The payload of one raft log entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Proposal {
-    /// Command format version, [`FORMAT_VERSION`].
+    /// The command format version this entry needs: its command's [`Command::version`].
     pub version: u32,
     /// `(client_id, seq)` of a client write, for dedup; `None` for internal commands.
     pub write: Option<WriteId>,
@@ -47,7 +59,7 @@ pub struct WriteId {
 }
 
 impl Proposal {
-    /// A proposal in the current format.
+    /// A proposal of `command`, stamped with the version its kind needs.
     pub fn new(
         write: Option<WriteId>,
         at_ms: u64,
@@ -55,7 +67,7 @@ impl Proposal {
         command: Command,
     ) -> Self {
         Self {
-            version: FORMAT_VERSION,
+            version: command.version(),
             write,
             at_ms,
             actor: actor.into(),
@@ -72,8 +84,8 @@ impl Proposal {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Parses a log entry, refusing unknown format versions and unknown commands.
-    pub fn decode(bytes: &[u8]) -> Result<Self, StateError> {
+    /// Parses a log entry, refusing newer format versions and commands that do not decode.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         #[derive(Deserialize)]
         struct Versioned {
             version: u32,
@@ -81,18 +93,36 @@ impl Proposal {
         // Read the version alone first, so that a newer format gets a version error rather
         // than a confusing one about a field or command this binary does not know.
         let v: Versioned = serde_json::from_slice(bytes)
-            .map_err(|e| StateError::Decode(format!("log entry is not a proposal: {e}")))?;
-        if v.version != FORMAT_VERSION {
-            return Err(StateError::Decode(format!(
-                "log entry has command format version {}, but this coordinator knows only \
-                 version {FORMAT_VERSION}; upgrade this coordinator",
-                v.version
-            )));
+            .map_err(|e| DecodeError::Malformed(format!("log entry is not a proposal: {e}")))?;
+        if v.version > FORMAT_VERSION {
+            return Err(DecodeError::NeedsVersion {
+                needs: v.version,
+                known: FORMAT_VERSION,
+            });
+        }
+        if v.version == 0 {
+            return Err(DecodeError::Malformed(
+                "log entry has command format version 0, which does not exist".into(),
+            ));
         }
         serde_json::from_slice(bytes).map_err(|e| {
-            StateError::Decode(format!("invalid version {FORMAT_VERSION} proposal: {e}"))
+            DecodeError::Malformed(format!("invalid version {} proposal: {e}", v.version))
         })
     }
+}
+
+/// Why a log entry does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Written in a format newer than this binary knows: it must be upgraded.
+    #[error(
+        "log entry needs command format version {needs}, but this coordinator knows only up to \
+         version {known}; upgrade this coordinator"
+    )]
+    NeedsVersion { needs: u32, known: u32 },
+    /// Not a valid proposal of a version this binary knows.
+    #[error("{0}")]
+    Malformed(String),
 }
 
 /// What one log entry asks the state machine to do.
@@ -159,6 +189,63 @@ pub enum Command {
     RemoveMember {
         id: u64,
     },
+    /// An operator starts a rollout (idempotent by id; see `rollout/start.rs`).
+    StartRollout {
+        spec: RolloutSpec,
+    },
+    PauseRollout {
+        id: String,
+    },
+    ResumeRollout {
+        id: String,
+    },
+    /// With `rollback`, also starts a rollout of the previous release.
+    AbortRollout {
+        id: String,
+        rollback: bool,
+    },
+    /// An agent reports on its step; an outcome carries its host report too.
+    ReportStep {
+        host: String,
+        rollout: String,
+        attempt: u32,
+        report: StepReport,
+        error: String,
+        host_report: Option<Report>,
+    },
+    /// Leader-proposed: halts the rollout if, at this entry's `at_ms`, it has made no progress
+    /// for its deadline.
+    CheckProgress {
+        rollout: String,
+    },
+}
+
+impl Command {
+    /// The command format version that introduced this kind of command. No wildcard: a new
+    /// kind must be given its version (see the module docs).
+    pub fn version(&self) -> u32 {
+        match self {
+            Command::SeedGroups { .. }
+            | Command::SetGroupPolicy { .. }
+            | Command::Register { .. }
+            | Command::UpdateReport { .. }
+            | Command::MarkUnreachable { .. }
+            | Command::MarkReachable { .. }
+            | Command::Acquire { .. }
+            | Command::Release { .. }
+            | Command::ForceRelease { .. }
+            | Command::ReportPhase { .. }
+            | Command::RemoveHost { .. }
+            | Command::SetMember { .. }
+            | Command::RemoveMember { .. } => 1,
+            Command::StartRollout { .. }
+            | Command::PauseRollout { .. }
+            | Command::ResumeRollout { .. }
+            | Command::AbortRollout { .. }
+            | Command::ReportStep { .. }
+            | Command::CheckProgress { .. } => 2,
+        }
+    }
 }
 
 /// A successful command's answer.
@@ -173,7 +260,12 @@ pub enum Answer {
     },
     /// The group after a policy change.
     Group(GroupView),
+    /// The rollout a rollout command acted on, and the rollback rollout an abort started.
+    Rollout {
+        id: String,
+        rollback: Option<String>,
+    },
 }
 
 /// What applying a command gives back: the same on every replica.
-pub type Response = Result<Answer, StateError>;
+pub type Response = Result<Answer, super::error::StateError>;

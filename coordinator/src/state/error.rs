@@ -2,7 +2,8 @@
 //!
 //! A refusal is an *answer*, not a failure of the node: it is the same on every replica, it is
 //! cached in the client's session like a success (a retried `(client_id, seq)` gets the same
-//! refusal back), and it is snapshotted with the session. So [`StateError`] is plain data:
+//! refusal back), and it is snapshotted with the session. Retryable refusals are the exception:
+//! they are not cached, so a retry of the same write is judged afresh (see `session.rs`). So [`StateError`] is plain data:
 //! `Clone`, `PartialEq` and serde, with owned strings only. For that reason a name error is
 //! stored as its rendered parts ([`StateError::InvalidName`]) rather than as
 //! `hotdeploy_common::NameError`, whose `&'static str` fields cannot be deserialized.
@@ -13,6 +14,7 @@
 //! succeed without anyone changing anything ([`StateError::is_retryable`]). Only the budget
 //! refusals are retryable: slots are released and hosts come back on their own.
 
+use super::rollout::RolloutError;
 use hotdeploy_common::config::BudgetError;
 use hotdeploy_common::NameError;
 use serde::{Deserialize, Serialize};
@@ -145,6 +147,9 @@ pub enum StateError {
          this is a bug in the raft driver"
     )]
     AlreadyApplied { index: u64, applied: u64 },
+
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
 }
 
 impl StateError {
@@ -166,6 +171,7 @@ impl StateError {
             | Self::GroupsChangeWhileHolding { .. }
             | Self::SeqTooOld { .. } => Code::FailedPrecondition,
             Self::AlreadyApplied { .. } => Code::Internal,
+            Self::Rollout(e) => e.code(),
         }
     }
 

@@ -6,10 +6,13 @@
 //! them into one status would let a reconnect hide a bad state, so `MarkReachable` carries the
 //! agent's latest [`Report`] and overwrites all three together.
 //!
-//! The one question the lock asks of a host is [`Host::is_unavailable`]: is this provisioned host
-//! out of service right now, for any reason? An `unprovisioned` host (no release installed yet)
-//! serves nobody, so it is neither available nor unavailable: it is simply not counted, in the
-//! group's size or in its unavailable set.
+//! The one question the lock asks of a host is [`Host::is_unavailable`]: is this host out of
+//! service right now, for any reason? An `unprovisioned` host (no release installed yet) serves
+//! nobody, so it is neither available nor unavailable: it is simply not counted, in the group's
+//! size or in its unavailable set, unless it holds a slot. A slot holder is always counted (as
+//! unavailable): an unprovisioned holder may report `healthy` at any moment (its first deploy
+//! passed verify), and that report must not push its groups over budget. It was charged at its
+//! grant, so the report changes no count ([`Host::is_counted`]).
 //!
 //! Invariants kept by the machine, not by this file: `groups` is sorted, free of duplicates and
 //! non-empty, every group in it exists, and `slot` is `Some(token)` exactly when the slot table
@@ -75,24 +78,29 @@ pub struct Host {
 }
 
 impl Host {
-    /// Whether the host counts in its groups' sizes at all.
+    /// Whether the host has a release installed.
     pub fn is_provisioned(&self) -> bool {
         self.health != Health::Unprovisioned
     }
 
-    /// Whether the host is in Unavailable(g) for each of its groups g (DESIGN §3): provisioned,
+    /// Whether the host counts in its groups' sizes at all: provisioned, or holding a slot.
+    pub fn is_counted(&self) -> bool {
+        self.is_provisioned() || self.slot.is_some()
+    }
+
+    /// Whether the host is in Unavailable(g) for each of its groups g (DESIGN §3): counted,
     /// and holding a slot, unreachable, unhealthy, or not in rotation.
     pub fn is_unavailable(&self) -> bool {
-        self.is_provisioned()
+        self.is_counted()
             && (self.slot.is_some()
                 || self.reachability == Reachability::Unreachable
                 || self.health == Health::Unhealthy
                 || self.rotation != Rotation::InRotation)
     }
 
-    /// Whether the host is provisioned and serving: counted in size, not in Unavailable.
+    /// Whether the host is counted and serving: in size, not in Unavailable.
     pub fn is_available(&self) -> bool {
-        self.is_provisioned() && !self.is_unavailable()
+        self.is_counted() && !self.is_unavailable()
     }
 
     /// Overwrites the agent-reported facts.

@@ -4,25 +4,34 @@
 //! maintenance. Each host holds at most one. The rule that decides a grant is the heart of the
 //! system, so it lives here alone, as pure functions over the hosts and groups:
 //!
-//! - Unavailable(g) is the set of provisioned hosts of g that hold a slot, are unreachable, are
+//! - Unavailable(g) is the set of counted hosts of g that hold a slot, are unreachable, are
 //!   unhealthy, or are not in rotation ([`Host::is_unavailable`]); each host counts once.
-//!   size(g) counts the provisioned hosts; budget(g) = `max_unavailable.budget(size(g))`.
-//! - Grant(h) succeeds iff, for *every* group g of h, |Unavailable(g) ∪ {h}| ≤ budget(g), and,
-//!   unless g allows it, g keeps at least one available host. The check runs over all groups
-//!   before anything changes, so a refusal in one group grants nothing anywhere.
+//!   size(g) counts the counted hosts: the provisioned ones, and any slot holder
+//!   ([`Host::is_counted`]); budget(g) = `max_unavailable.budget(size(g))`.
+//! - Grant(h) succeeds iff, for *every* group g of h, |Unavailable(g) ∪ {h}| ≤ budget(g) as it
+//!   will be once h holds the slot, and, unless g allows it, g keeps at least one available
+//!   host. The check runs over all groups before anything changes, so a refusal in one group
+//!   grants nothing anywhere.
 //! - A host already unavailable is already in the union: repairing it costs no extra budget, and
 //!   it is never refused for leaving zero available (it was not available to begin with). It is
 //!   still refused if its group is over budget anyway (after a budget was lowered, or hosts went
 //!   down on their own): the rule is |Unavailable(g) ∪ {h}| ≤ budget(g), and it keeps the
 //!   invariant that right after any grant no group is over its budget.
-//! - An *unprovisioned* host is in neither Unavailable(g) nor size(g). Its first deploy needs no
-//!   slot, but if it asks for one it gets it at once: it costs no budget and removes no available
-//!   host, so no group can be hurt. (The slot still fences it like any other.)
+//! - An *unprovisioned* host is not counted, so its grant adds it to both size(g) and
+//!   Unavailable(g): it is charged like any other, as if provisioned. Its first deploy needs no
+//!   slot; but a holder may report `healthy` while it holds the slot, and that report must not
+//!   push the group over budget. It removes no available host, so the zero-available rule does
+//!   not apply to it.
 //!
 //! The zero-available refusal comes in two kinds: [`StateError::ZeroAvailable`] when other hosts
 //! of the group are down (retryable: they come back), and [`StateError::LoneHost`] when the host
-//! is the group's only provisioned host (not retryable: DESIGN says such a rollout fails at once
+//! is the group's only counted host (not retryable: DESIGN says such a rollout fails at once
 //! with an error that says so).
+//!
+//! The rule is computed once per group and host ([`verdict`], no allocation); errors with their
+//! lists of hosts are built only when one is reported. [`Checker`] counts every group once, so
+//! the leader's queue of waiters can ask about many hosts at one applied index in time linear in
+//! the fleet plus the waiters, not their product.
 //!
 //! Left out: one-slot-per-host and re-entrancy, which the machine checks before asking here,
 //! and the order waiters are served in, which is the leader's business.
@@ -53,7 +62,7 @@ pub struct Slot {
 
 /// One group's counts at this instant.
 pub(super) struct Tally<'a> {
-    /// Provisioned hosts.
+    /// Counted hosts.
     pub size: u64,
     /// Unavailable(g), sorted.
     pub unavailable: BTreeSet<&'a str>,
@@ -69,7 +78,7 @@ pub(super) fn tally<'a>(group: &Group, hosts: &'a BTreeMap<String, Host>) -> Tal
         holders: Vec::new(),
     };
     for host in group.members.iter().filter_map(|id| hosts.get(id)) {
-        if host.is_provisioned() {
+        if host.is_counted() {
             t.size += 1;
         }
         if host.is_unavailable() {
@@ -96,6 +105,77 @@ pub(super) fn view(group: &Group, hosts: &BTreeMap<String, Host>) -> GroupView {
     }
 }
 
+/// What the rule says about a new slot for one host in one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Fits,
+    /// Over the budget, which will be `budget` once the host holds the slot.
+    OverBudget {
+        budget: u64,
+    },
+    /// The group would keep no available host, and other hosts are down.
+    ZeroAvailable,
+    /// The host is the group's only counted host.
+    LoneHost,
+}
+
+impl Verdict {
+    /// Whether the refusal may clear by itself (a slot is released, a host comes back).
+    pub(super) fn is_retryable(self) -> bool {
+        matches!(self, Verdict::OverBudget { .. } | Verdict::ZeroAvailable)
+    }
+}
+
+/// The rule for `host` in `group`, whose counts are `t`.
+pub(super) fn verdict(host: &Host, group: &Group, t: &Tally<'_>) -> Verdict {
+    let already_down = t.unavailable.contains(host.id.as_str());
+    // The group as it will be once the host holds the slot: a host not counted yet joins the
+    // size, and a host not unavailable yet joins the unavailable set.
+    let size = t.size + u64::from(!host.is_counted());
+    let after = t.unavailable.len() as u64 + u64::from(!already_down);
+    let budget = group.max_unavailable.budget(size);
+    if after > budget {
+        return Verdict::OverBudget { budget };
+    }
+    if host.is_available() && !group.allow_zero_available && after >= size {
+        return if size <= 1 {
+            Verdict::LoneHost
+        } else {
+            Verdict::ZeroAvailable
+        };
+    }
+    Verdict::Fits
+}
+
+/// The error for a refusing `v`.
+fn refusal(host: &Host, group: &Group, t: &Tally<'_>, v: Verdict) -> Result<(), StateError> {
+    let others = || -> Vec<String> {
+        t.unavailable
+            .iter()
+            .filter(|id| **id != host.id)
+            .map(|id| id.to_string())
+            .collect()
+    };
+    match v {
+        Verdict::Fits => Ok(()),
+        Verdict::OverBudget { budget } => Err(StateError::OverBudget {
+            host: host.id.clone(),
+            group: group.name.clone(),
+            budget,
+            unavailable: others(),
+        }),
+        Verdict::ZeroAvailable => Err(StateError::ZeroAvailable {
+            host: host.id.clone(),
+            group: group.name.clone(),
+            unavailable: others(),
+        }),
+        Verdict::LoneHost => Err(StateError::LoneHost {
+            host: host.id.clone(),
+            group: group.name.clone(),
+        }),
+    }
+}
+
 /// Whether a new slot for `host` fits every one of its groups now. The first group (in name
 /// order) that refuses gives the error.
 pub(super) fn check_grant(
@@ -103,46 +183,77 @@ pub(super) fn check_grant(
     hosts: &BTreeMap<String, Host>,
     groups: &BTreeMap<String, Group>,
 ) -> Result<(), StateError> {
-    if !host.is_provisioned() {
-        return Ok(());
-    }
     for name in &host.groups {
         let group = groups.get(name).ok_or_else(|| StateError::UnknownGroup {
             group: name.clone(),
         })?;
         let t = tally(group, hosts);
-        let budget = group.max_unavailable.budget(t.size);
-        let already_down = t.unavailable.contains(host.id.as_str());
-        let others = || -> Vec<String> {
-            t.unavailable
-                .iter()
-                .filter(|id| **id != host.id)
-                .map(|id| id.to_string())
-                .collect()
-        };
-        let after = t.unavailable.len() as u64 + u64::from(!already_down);
-        if after > budget {
-            return Err(StateError::OverBudget {
-                host: host.id.clone(),
-                group: name.clone(),
-                budget,
-                unavailable: others(),
-            });
-        }
-        if !already_down && !group.allow_zero_available && after >= t.size {
-            return Err(if t.size <= 1 {
-                StateError::LoneHost {
-                    host: host.id.clone(),
-                    group: name.clone(),
-                }
-            } else {
-                StateError::ZeroAvailable {
-                    host: host.id.clone(),
-                    group: name.clone(),
-                    unavailable: others(),
-                }
-            });
-        }
+        refusal(host, group, &t, verdict(host, group, &t))?;
     }
     Ok(())
+}
+
+/// How an `Acquire` would fare now, without the details of a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outlook {
+    /// It would be granted (or the host already holds a slot for that purpose).
+    Grantable,
+    /// Refused for budget that frees up by itself: worth waiting for.
+    Wait,
+    /// Refused for a reason that waiting does not change.
+    Refused,
+}
+
+/// Every group counted once, to judge many acquires at one instant: built in time linear in the
+/// fleet, then each question costs only the host's groups.
+pub struct GrantChecker<'a> {
+    hosts: &'a BTreeMap<String, Host>,
+    groups: &'a BTreeMap<String, Group>,
+    slots: &'a BTreeMap<u64, Slot>,
+    tallies: BTreeMap<&'a str, Tally<'a>>,
+}
+
+impl<'a> GrantChecker<'a> {
+    pub(super) fn new(
+        hosts: &'a BTreeMap<String, Host>,
+        groups: &'a BTreeMap<String, Group>,
+        slots: &'a BTreeMap<u64, Slot>,
+    ) -> Self {
+        let tallies = groups
+            .iter()
+            .map(|(name, g)| (name.as_str(), tally(g, hosts)))
+            .collect();
+        Self {
+            hosts,
+            groups,
+            slots,
+            tallies,
+        }
+    }
+
+    /// How `Acquire{host, purpose}` would fare now; the same judgement as the machine's.
+    pub fn outlook(&self, host: &str, purpose: &str) -> Outlook {
+        let Some(host) = self.hosts.get(host) else {
+            return Outlook::Refused;
+        };
+        if let Some(held) = host.slot.and_then(|t| self.slots.get(&t)) {
+            return if held.purpose == purpose {
+                Outlook::Grantable
+            } else {
+                Outlook::Refused
+            };
+        }
+        for name in &host.groups {
+            let (Some(group), Some(t)) = (self.groups.get(name), self.tallies.get(name.as_str()))
+            else {
+                return Outlook::Refused;
+            };
+            match verdict(host, group, t) {
+                Verdict::Fits => {}
+                v if v.is_retryable() => return Outlook::Wait,
+                _ => return Outlook::Refused,
+            }
+        }
+        Outlook::Grantable
+    }
 }

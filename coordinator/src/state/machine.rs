@@ -18,8 +18,12 @@
 //!   lists exactly the hosts naming it;
 //! - every token is at most the applied index.
 //!
-//! Left out (they come with their features): rollouts and desired releases, FleetLock lock-only
-//! hosts, and limits on the length of free-text fields, which the service layer enforces on its
+//! Rollouts (`rollout/`) hook in at two points: their own commands, and a few lines in the lock
+//! commands (a grant, a fenced phase, a freed slot, a host registering, returning or being
+//! removed) that tell the rollouts what happened; after every successful command the rollouts
+//! are reconciled (admission is derived on apply).
+//!
+//! Left out (they come with their features): FleetLock lock-only hosts, and limits on the length of free-text fields, which the service layer enforces on its
 //! network inputs.
 
 use super::audit::{AuditEvent, AuditLog};
@@ -28,11 +32,24 @@ use super::error::StateError;
 use super::group::{Group, GroupSeed, GroupView};
 use super::host::{Host, Reachability, Report};
 use super::lock::{self, Slot};
+use super::rollout::{Assignment, At, Desired, Fleet, Rollout, Rollouts, Wait};
 use super::session::Sessions;
 use hotdeploy_common::config::MaxUnavailable;
 use hotdeploy_common::names::{check_group, check_host, check_release};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// The fleet view a rollout reads, from the machine's own fields (a macro rather than a method
+/// so that `self.rollouts` can be borrowed mutably beside it).
+macro_rules! fleet {
+    ($s:expr) => {
+        Fleet {
+            hosts: &$s.hosts,
+            groups: &$s.groups,
+            slots: &$s.slots,
+        }
+    };
+}
 
 /// The purpose of an operator's maintenance lock (`hotdeployctl locks acquire`), which is audited.
 pub const MAINTENANCE: &str = "maintenance";
@@ -56,6 +73,9 @@ pub struct StateMachine {
     members: BTreeMap<u64, String>,
     sessions: Sessions,
     audit: AuditLog,
+    /// Rollouts and desired releases. `default` so that a snapshot from before rollouts loads.
+    #[serde(default)]
+    rollouts: Rollouts,
 }
 
 /// The snapshot as written: the state wrapped in a format number.
@@ -89,9 +109,9 @@ impl StateMachine {
             });
         }
         self.applied = index;
-        if proposal.version != FORMAT_VERSION {
+        if proposal.version == 0 || proposal.version > FORMAT_VERSION {
             return Err(StateError::Decode(format!(
-                "command format version {} is not {FORMAT_VERSION}",
+                "command format version {} is not one of 1..={FORMAT_VERSION}",
                 proposal.version
             )));
         }
@@ -113,6 +133,28 @@ impl StateMachine {
         response
     }
 
+    /// Applies the internal commands of one raft entry that is not a proposal (a membership
+    /// change may name several nodes), in order, with `actor` and `at_ms` from the entry.
+    pub(super) fn apply_internal(
+        &mut self,
+        index: u64,
+        at_ms: u64,
+        actor: &str,
+        commands: Vec<Command>,
+    ) -> Vec<Response> {
+        if index <= self.applied {
+            return vec![Err(StateError::AlreadyApplied {
+                index,
+                applied: self.applied,
+            })];
+        }
+        self.applied = index;
+        commands
+            .into_iter()
+            .map(|command| self.execute(index, at_ms, actor, command))
+            .collect()
+    }
+
     /// Records that raft entry `index` carried no proposal (an empty entry of a new leader, a
     /// conf change, an entry that did not decode), so that the applied index follows the log.
     pub fn skip(&mut self, index: u64) {
@@ -125,14 +167,13 @@ impl StateMachine {
 
     /// The whole state, applied index included, as serde_json.
     ///
-    /// Serializing cannot fail for these types; if it ever did, the empty result would be
-    /// refused by [`StateMachine::restore`] rather than restore an empty state.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// Serializing these types does not fail; should it ever, the error is returned (and stops
+    /// the raft node), never an empty snapshot that would stand for an empty state.
+    pub fn snapshot(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(&SnapshotOut {
             format: SNAPSHOT_FORMAT,
             state: self,
         })
-        .unwrap_or_default()
     }
 
     /// The inverse of [`StateMachine::snapshot`]. Refuses an unknown format and an inconsistent
@@ -187,6 +228,11 @@ impl StateMachine {
         self.grant_check(host, purpose).map(|_| ())
     }
 
+    /// Judges many acquires at this instant at once (the leader's queue of waiters).
+    pub fn grant_checker(&self) -> lock::GrantChecker<'_> {
+        lock::GrantChecker::new(&self.hosts, &self.groups, &self.slots)
+    }
+
     /// Raft member id → peer address.
     pub fn members(&self) -> &BTreeMap<u64, String> {
         &self.members
@@ -195,6 +241,57 @@ impl StateMachine {
     /// The audit trail, oldest first.
     pub fn audit(&self) -> impl Iterator<Item = &AuditEvent> {
         self.audit.iter()
+    }
+
+    /// A rollout by id.
+    pub fn rollout(&self, id: &str) -> Option<&Rollout> {
+        self.rollouts.get(id)
+    }
+
+    /// Every rollout kept, oldest first.
+    pub fn rollouts(&self) -> Vec<&Rollout> {
+        self.rollouts.list()
+    }
+
+    /// What each waiting step of `r` waits on, by host.
+    pub fn rollout_waits(&self, r: &Rollout) -> BTreeMap<String, Wait> {
+        self.rollouts.waits(r, fleet!(self))
+    }
+
+    /// The step `host` is to work on now, if any.
+    pub fn assignment(&self, host: &str) -> Option<Assignment> {
+        self.rollouts.assignment(host)
+    }
+
+    /// Whether a new slot for `host` serving `rollout` would pass the rollout's gate (a
+    /// re-entrant acquire always does; an unknown rollout id is free text).
+    pub fn check_rollout_gate(
+        &self,
+        host: &str,
+        purpose: &str,
+        rollout: &str,
+    ) -> Result<(), StateError> {
+        if rollout.is_empty() || self.held_for(host, purpose) {
+            return Ok(());
+        }
+        self.rollouts.gate_acquire(host, rollout, fleet!(self))
+    }
+
+    /// Whether `host` is a canary of `rollout`.
+    pub fn is_canary(&self, host: &str, rollout: &str) -> bool {
+        self.rollouts.is_canary(host, rollout)
+    }
+
+    /// Running rollouts whose progress deadline has passed by `now_ms` (the leader's clock).
+    pub fn overdue_rollouts(&self, now_ms: u64) -> Vec<String> {
+        self.rollouts.overdue(now_ms)
+    }
+
+    /// `host`'s desired release, if a rollout has set one.
+    pub fn desired_release(&self, host: &str) -> Option<&Desired> {
+        self.hosts
+            .get(host)
+            .and_then(|h| self.rollouts.desired_of(h))
     }
 
     /// Number of live client sessions.
@@ -238,12 +335,33 @@ impl StateMachine {
                 return Err(format!("slot {token} of {:?} is not its host's", slot.host));
             }
         }
-        Ok(())
+        self.rollouts.check_consistency(fleet!(self))
     }
 
     // ---- commands ----
 
+    /// Applies `command`, then moves the rollouts to their fixpoint (admission is derived on
+    /// apply: see `rollout/admit.rs`). Only after a success: a refusal changes nothing.
     fn execute(&mut self, index: u64, at_ms: u64, actor: &str, command: Command) -> Response {
+        let response = self.execute_command(index, at_ms, actor, command);
+        if response.is_ok() && self.rollouts.any_active() {
+            let at = At {
+                index,
+                at_ms,
+                actor,
+            };
+            self.rollouts.reconcile(&at, fleet!(self));
+        }
+        response
+    }
+
+    fn execute_command(
+        &mut self,
+        index: u64,
+        at_ms: u64,
+        actor: &str,
+        command: Command,
+    ) -> Response {
         let ctx = Ctx {
             index,
             at_ms,
@@ -276,6 +394,7 @@ impl StateMachine {
                 let h = self.host_mut(&host)?;
                 h.reachability = Reachability::Reachable;
                 h.apply_report(report);
+                self.rollouts.on_reachable(&ctx.at(), &host, fleet!(self));
                 Ok(Answer::Done)
             }
             Command::Acquire {
@@ -284,9 +403,11 @@ impl StateMachine {
                 reason,
                 rollout,
             } => self.acquire(&ctx, host, purpose, reason, rollout),
-            Command::Release { host, token } => self.release(&host, token),
+            Command::Release { host, token } => self.release(&ctx, &host, token),
             Command::ForceRelease { host } => self.force_release(&ctx, &host),
-            Command::ReportPhase { host, token, phase } => self.report_phase(&host, token, phase),
+            Command::ReportPhase { host, token, phase } => {
+                self.report_phase(&ctx, &host, token, phase)
+            }
             Command::RemoveHost { host, force } => self.remove_host(&ctx, &host, force),
             Command::SetMember { id, address } => {
                 let old = self.members.insert(id, address.clone());
@@ -306,7 +427,90 @@ impl StateMachine {
                 self.record(&ctx, "remove_member", detail);
                 Ok(Answer::Done)
             }
+            Command::StartRollout { spec } => self.start_rollout(&ctx, spec),
+            Command::PauseRollout { id } => {
+                if self.rollouts.pause(&ctx.at(), &id)? {
+                    self.record(&ctx, "pause_rollout", format!("rollout {id} paused"));
+                }
+                Ok(Answer::Rollout { id, rollback: None })
+            }
+            Command::ResumeRollout { id } => {
+                if self.rollouts.resume(&ctx.at(), &id)? {
+                    self.record(&ctx, "resume_rollout", format!("rollout {id} resumed"));
+                }
+                Ok(Answer::Rollout { id, rollback: None })
+            }
+            Command::AbortRollout { id, rollback } => {
+                let rb = self
+                    .rollouts
+                    .abort(&ctx.at(), &id, rollback, fleet!(self))?;
+                let detail = match &rb {
+                    Some(rb) => format!("rollout {id} aborted; rollback rollout {rb} started"),
+                    None => format!("rollout {id} aborted"),
+                };
+                self.record(&ctx, "abort_rollout", detail);
+                Ok(Answer::Rollout { id, rollback: rb })
+            }
+            Command::ReportStep {
+                host,
+                rollout,
+                attempt,
+                report,
+                error,
+                host_report,
+            } => {
+                self.host_ref(&host)?;
+                if let Some(r) = &host_report {
+                    check_report(r)?;
+                }
+                self.rollouts.report_step(
+                    &ctx.at(),
+                    &host,
+                    &rollout,
+                    attempt,
+                    report,
+                    &error,
+                    fleet!(self),
+                )?;
+                if let Some(r) = host_report {
+                    self.host_mut(&host)?.apply_report(r);
+                }
+                Ok(Answer::Done)
+            }
+            Command::CheckProgress { rollout } => {
+                self.rollouts
+                    .check_progress(&ctx.at(), &rollout, fleet!(self))?;
+                Ok(Answer::Done)
+            }
         }
+    }
+
+    fn start_rollout(&mut self, ctx: &Ctx, spec: super::rollout::RolloutSpec) -> Response {
+        let started = self.rollouts.start(&ctx.at(), spec, fleet!(self))?;
+        if started.created {
+            if let Some(r) = self.rollouts.get(&started.id) {
+                let mut detail = format!(
+                    "rollout {} of release {} ({}) to group {}: batch {}, canary {}, \
+                     max_failures {}, auto_rollback {}",
+                    r.id,
+                    r.release.id,
+                    r.release.sha256,
+                    r.group,
+                    r.policy.batch,
+                    r.policy.canary,
+                    r.policy.max_failures,
+                    r.policy.auto_rollback
+                );
+                if !started.superseded.is_empty() {
+                    detail.push_str(&format!("; superseded {}", started.superseded.join(", ")));
+                }
+                self.record(ctx, "start_rollout", detail);
+            }
+        }
+        Ok(Answer::Rollout {
+            id: started.id,
+            rollback: None,
+        })
     }
 
     fn seed_groups(&mut self, ctx: &Ctx, seeds: Vec<GroupSeed>) -> Response {
@@ -423,6 +627,12 @@ impl StateMachine {
             }
             None => Vec::new(),
         };
+        // Joins or comes back: new, heard again after being unreachable, or reporting another
+        // release than last known (a rebuilt host). A session restart after a leader change
+        // is none of these, so it does not trigger a catch-up.
+        let returning = self.hosts.get(&id).is_none_or(|h| {
+            h.reachability == Reachability::Unreachable || h.release != report.release
+        });
         self.unindex(&id, &old_groups);
         self.index(&id, &groups);
         let host = self.hosts.entry(id.clone()).or_insert_with(|| Host {
@@ -441,6 +651,9 @@ impl StateMachine {
         host.address = address;
         host.reachability = Reachability::Reachable;
         host.apply_report(report);
+        let host_id = host.id.clone();
+        self.rollouts
+            .on_register(&ctx.at(), &host_id, returning, fleet!(self));
         Ok(Answer::Done)
     }
 
@@ -452,6 +665,10 @@ impl StateMachine {
         reason: String,
         rollout: String,
     ) -> Response {
+        self.host_ref(&id)?;
+        if !rollout.is_empty() && !self.held_for(&id, &purpose) {
+            self.rollouts.gate_acquire(&id, &rollout, fleet!(self))?;
+        }
         if let Some(held) = self.grant_check(&id, &purpose)? {
             return Ok(Answer::Slot(held.clone()));
         }
@@ -475,7 +692,20 @@ impl StateMachine {
             );
             self.record(ctx, "acquire_maintenance", detail);
         }
+        if !slot.rollout.is_empty() {
+            self.rollouts
+                .on_grant(&ctx.at(), &slot.host, &slot.rollout, slot.token);
+        }
         Ok(Answer::Slot(slot))
+    }
+
+    /// Whether `id` holds a slot for `purpose` (an acquire would be re-entrant).
+    fn held_for(&self, id: &str, purpose: &str) -> bool {
+        self.hosts
+            .get(id)
+            .and_then(|h| h.slot)
+            .and_then(|t| self.slots.get(&t))
+            .is_some_and(|s| s.purpose == purpose)
     }
 
     /// `Ok(Some(slot))` for a re-entrant acquire, `Ok(None)` when a new slot would be granted.
@@ -496,7 +726,7 @@ impl StateMachine {
         Ok(None)
     }
 
-    fn release(&mut self, id: &str, token: u64) -> Response {
+    fn release(&mut self, ctx: &Ctx, id: &str, token: u64) -> Response {
         let host = self.host_mut(id)?;
         if host.slot != Some(token) {
             return Err(StateError::StaleToken {
@@ -506,7 +736,9 @@ impl StateMachine {
             });
         }
         host.slot = None;
-        self.slots.remove(&token);
+        if let Some(slot) = self.slots.remove(&token) {
+            self.rollouts.on_slot_freed(&ctx.at(), &slot, "released");
+        }
         Ok(Answer::Released { token })
     }
 
@@ -518,17 +750,20 @@ impl StateMachine {
             });
         };
         let detail = match self.slots.remove(&token) {
-            Some(s) => format!(
-                "host {id}: slot {token} ({}, rollout {:?}, phase {:?}) force-released",
-                s.purpose, s.rollout, s.phase
-            ),
+            Some(s) => {
+                self.rollouts.on_slot_freed(&ctx.at(), &s, "force-released");
+                format!(
+                    "host {id}: slot {token} ({}, rollout {:?}, phase {:?}) force-released",
+                    s.purpose, s.rollout, s.phase
+                )
+            }
             None => format!("host {id}: slot {token} force-released"),
         };
         self.record(ctx, "force_release", detail);
         Ok(Answer::Released { token })
     }
 
-    fn report_phase(&mut self, id: &str, token: u64, phase: String) -> Response {
+    fn report_phase(&mut self, ctx: &Ctx, id: &str, token: u64, phase: String) -> Response {
         let host = self.host_mut(id)?;
         if host.slot != Some(token) {
             return Err(StateError::StaleToken {
@@ -539,7 +774,11 @@ impl StateMachine {
         }
         host.phase = phase.clone();
         if let Some(slot) = self.slots.get_mut(&token) {
-            slot.phase = phase;
+            slot.phase = phase.clone();
+            if !slot.rollout.is_empty() {
+                let rollout = slot.rollout.clone();
+                self.rollouts.on_phase(&ctx.at(), id, &rollout, &phase);
+            }
         }
         Ok(Answer::Done)
     }
@@ -562,9 +801,13 @@ impl StateMachine {
             detail.push_str(" (forced)");
         }
         if let Some(token) = host.slot {
-            self.slots.remove(&token);
+            if let Some(slot) = self.slots.remove(&token) {
+                self.rollouts
+                    .on_slot_freed(&ctx.at(), &slot, "freed by removing the host");
+            }
             detail.push_str(&format!("; its slot {token} was freed"));
         }
+        self.rollouts.on_host_removed(&ctx.at(), id);
         self.record(ctx, "remove_host", detail);
         Ok(Answer::Done)
     }
@@ -632,6 +875,17 @@ struct Ctx<'a> {
     index: u64,
     at_ms: u64,
     actor: &'a str,
+}
+
+impl<'a> Ctx<'a> {
+    /// The same, for the rollout module.
+    fn at(&self) -> At<'a> {
+        At {
+            index: self.index,
+            at_ms: self.at_ms,
+            actor: self.actor,
+        }
+    }
 }
 
 /// Refuses a budget that `MaxUnavailable::parse` would refuse (0, 0%, over 100%). The type can

@@ -13,9 +13,12 @@
 //! - `session`: dedup of retried client writes by `(client_id, seq)`;
 //! - `audit`: the bounded trail of operator actions;
 //! - `error`: [`StateError`], with gRPC codes and retryability;
-//! - `machine`: [`StateMachine`], which applies commands and holds it all together.
+//! - `rollout/`: rollouts, their per-host steps, admission and desired releases;
+//! - `machine`: [`StateMachine`], which applies commands and holds it all together;
+//! - `replicated`: the [`crate::raft::Replicated`] trait over the machine: what the raft driver
+//!   calls, and the only place that turns raft's entries and membership changes into commands.
 //!
-//! Left out for now: rollouts, desired releases and FleetLock lock-only hosts.
+//! Left out for now: FleetLock lock-only hosts.
 
 mod audit;
 mod command;
@@ -24,6 +27,8 @@ mod group;
 mod host;
 mod lock;
 mod machine;
+mod replicated;
+mod rollout;
 mod session;
 
 #[cfg(test)]
@@ -32,9 +37,14 @@ mod proptest;
 mod tests;
 
 pub use audit::AuditEvent;
-pub use command::{Answer, Command, Proposal, Response, WriteId, FORMAT_VERSION};
+pub use command::{Answer, Command, DecodeError, Proposal, Response, WriteId, FORMAT_VERSION};
 pub use error::StateError;
 pub use group::{GroupSeed, GroupView};
 pub use host::{Health, Host, Reachability, Report, Rotation};
-pub use lock::Slot;
+pub use lock::{GrantChecker, Outlook, Slot};
 pub use machine::{StateMachine, MAINTENANCE};
+pub use rollout::{
+    check_release_spec, Assignment, Event as RolloutEvent, PhaseTime, Policy, ReleaseSpec, Rollout,
+    RolloutError, RolloutKind, RolloutSpec, RolloutState, Step, StepPhase, StepReport, Unavailable,
+    Wait, DEFAULT_PROGRESS_DEADLINE_MS,
+};

@@ -8,8 +8,8 @@
 //!   |Unavailable(g)| ≤ budget(g) for every group g of the host, and a group that does not allow
 //!   it still has an available host unless the grantee was already unavailable. (Groups *can* be
 //!   over budget later: a budget was lowered, or hosts went down on their own. That is allowed;
-//!   it is only at a grant that the machine is to blame.) A grant to an unprovisioned host
-//!   changes no group's count;
+//!   it is only at a grant that the machine is to blame.) An unprovisioned host is charged like
+//!   any other: its grant adds it to the group's size and unavailable set;
 //! - **the grant decision** against an independent oracle written from DESIGN §3, both ways: what
 //!   it would grant is granted, what it would refuse is refused;
 //! - tokens of new grants strictly increase and equal the granting index;
@@ -230,9 +230,15 @@ fn command(sm: &StateMachine, op: &Op) -> Command {
     }
 }
 
+/// Counted in its groups: provisioned, or holding a slot (a holder may turn healthy at any
+/// report, and was charged at its grant).
+fn counted(h: &Host) -> bool {
+    h.health != Health::Unprovisioned || h.slot.is_some()
+}
+
 /// Unavailable by DESIGN §3, written out again.
 fn down(h: &Host) -> bool {
-    h.health != Health::Unprovisioned
+    counted(h)
         && (h.slot.is_some()
             || h.reachability == Reachability::Unreachable
             || h.health == Health::Unhealthy
@@ -245,10 +251,7 @@ fn count(sm: &StateMachine, group: &str) -> (u64, Vec<String>, u64, bool) {
         .hosts()
         .filter(|h| h.groups.iter().any(|g| g == group))
         .collect();
-    let size = members
-        .iter()
-        .filter(|h| h.health != Health::Unprovisioned)
-        .count() as u64;
+    let size = members.iter().filter(|h| counted(h)).count() as u64;
     let unavailable: Vec<String> = members
         .iter()
         .filter(|h| down(h))
@@ -263,19 +266,23 @@ fn count(sm: &StateMachine, group: &str) -> (u64, Vec<String>, u64, bool) {
     )
 }
 
-/// Would DESIGN §3 grant a *new* slot to `host` (which exists and holds none)?
+/// Would DESIGN §3 grant a *new* slot to `host` (which exists and holds none)? Judged on the
+/// group as it will be once the host holds it: an uncounted host joins the size too.
 fn oracle_grants(sm: &StateMachine, host: &Host) -> bool {
-    if host.health == Health::Unprovisioned {
-        return true;
-    }
+    let available = counted(host) && !down(host);
     host.groups.iter().all(|g| {
-        let (size, mut unavailable, budget, allow_zero) = count(sm, g);
-        let already = unavailable.contains(&host.id);
-        if !already {
+        let (size, mut unavailable, _, allow_zero) = count(sm, g);
+        let size = size + u64::from(!counted(host));
+        let budget = sm
+            .group_view(g)
+            .expect("group exists")
+            .max_unavailable
+            .budget(size);
+        if !unavailable.contains(&host.id) {
             unavailable.push(host.id.clone());
         }
         let n = unavailable.len() as u64;
-        n <= budget && (already || allow_zero || size > n)
+        n <= budget && (!available || allow_zero || size > n)
     })
 }
 
@@ -322,10 +329,6 @@ fn run(seeds: Vec<GroupSeed>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 last_token = slot.token;
                 for g in &old.groups {
                     let (size, unavailable, budget, allow_zero) = count(&sm, g);
-                    if old.health == Health::Unprovisioned {
-                        prop_assert_eq!(&unavailable, &count(&before, g).1, "free grant in {}", g);
-                        continue;
-                    }
                     prop_assert!(
                         unavailable.len() as u64 <= budget,
                         "grant to {} left {} over budget {}: {:?}",
@@ -336,7 +339,7 @@ fn run(seeds: Vec<GroupSeed>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     );
                     let available = size - unavailable.len() as u64;
                     prop_assert!(
-                        available >= 1 || allow_zero || down(old),
+                        available >= 1 || allow_zero || !counted(old) || down(old),
                         "grant to {} left {} with none available",
                         host,
                         g
@@ -373,7 +376,7 @@ fn run(seeds: Vec<GroupSeed>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
 
         prop_assert_eq!(sm.check_consistency(), Ok(()));
-        let restored = StateMachine::restore(&sm.snapshot());
+        let restored = StateMachine::restore(&sm.snapshot().expect("snapshot"));
         prop_assert_eq!(restored.as_ref(), Ok(&sm));
     }
     Ok(())
@@ -414,6 +417,23 @@ fn run_retries(
             history[n - 1 - back % n.min(super::session::WINDOW)].clone()
         });
         match retried {
+            Some((write, command, first)) if matches!(&first, Err(e) if e.is_retryable()) => {
+                // A retryable refusal is not remembered: the retry is judged afresh, exactly as
+                // the same command without a write id would be.
+                let mut fresh = sm.clone();
+                let expected =
+                    fresh.apply(index, Proposal::new(None, at_ms, "agent", command.clone()));
+                let again = sm.apply(
+                    index,
+                    Proposal::new(Some(write.clone()), at_ms, "agent", command.clone()),
+                );
+                prop_assert_eq!(&again, &expected, "retry of {:?}", write);
+                prop_assert!(fresh.hosts().eq(sm.hosts()));
+                prop_assert_eq!(fresh.slots(), sm.slots());
+                if let Some(entry) = history.iter_mut().find(|(w, _, _)| *w == write) {
+                    entry.2 = again;
+                }
+            }
             Some((write, command, first)) => {
                 let before = sm.clone();
                 let again = sm.apply(
@@ -439,7 +459,7 @@ fn run_retries(
                 history.push((write, command, response));
             }
         }
-        let restored = StateMachine::restore(&sm.snapshot());
+        let restored = StateMachine::restore(&sm.snapshot().expect("snapshot"));
         prop_assert_eq!(restored.as_ref(), Ok(&sm));
     }
     Ok(())

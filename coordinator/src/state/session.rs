@@ -20,6 +20,12 @@
 //! An evicted client's next write simply starts a new session. Refusals made here (SeqTooOld)
 //! are not recorded: they answer nothing about the write itself. Writes with `write: None`
 //! (internal, leader-proposed) never reach this file.
+//!
+//! Retryable refusals (a budget that is full now, [`StateError::is_retryable`]) are not recorded
+//! either. They changed nothing, and the client's point in asking again with the same seq is
+//! that the budget may have freed up: an `AcquireSlot` waiting on the leader re-proposes its
+//! write when the lock says it fits. Answering it the first refusal from the session would make
+//! it propose again at once, one log entry per commit until its deadline.
 
 use super::command::{Response, WriteId};
 use super::error::StateError;
@@ -77,8 +83,12 @@ impl Sessions {
         None
     }
 
-    /// After applying the write `w` at `index`: remembers its answer.
+    /// After applying the write `w` at `index`: remembers its answer, unless it is a retryable
+    /// refusal (see the module docs).
     pub fn record(&mut self, index: u64, at_ms: u64, w: &WriteId, response: &Response) {
+        if matches!(response, Err(e) if e.is_retryable()) {
+            return;
+        }
         let session = self
             .clients
             .entry(w.client_id.clone())

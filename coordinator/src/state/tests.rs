@@ -241,7 +241,7 @@ fn percentage_budget_rounds_down_and_is_at_least_one() {
 }
 
 #[test]
-fn unprovisioned_hosts_are_neither_counted_nor_charged() {
+fn unprovisioned_hosts_are_not_counted_until_they_hold_a_slot() {
     let mut f = Fleet::web("50%", 2);
     f.register(
         "new-1",
@@ -258,21 +258,48 @@ fn unprovisioned_hosts_are_neither_counted_nor_charged() {
     let v = f.view("web");
     assert_eq!((v.size, v.budget, v.unavailable), (2, 1, 0));
 
+    // An unprovisioned host is charged for a slot like any other (it joins size and the
+    // unavailable set), so with web-1 holding one there is no room for it.
     f.grant("web-1");
-    // The first deploy of an unprovisioned host costs nothing, so it is granted even now.
+    assert!(matches!(
+        f.acquire("new-1"),
+        Err(StateError::OverBudget { budget: 1, .. })
+    ));
+    let t1 = f.sm.host("web-1").unwrap().slot.unwrap();
+    f.release("web-1", t1).unwrap();
+    // It removes no available host: the zero-available rule does not apply to it.
     f.grant("new-1");
     let v = f.view("web");
-    assert_eq!(v.unavailable, 1);
-    assert_eq!(v.holders, vec!["new-1", "web-1"]);
+    assert_eq!((v.size, v.budget, v.unavailable), (3, 1, 1));
+    assert_eq!(v.holders, vec!["new-1"]);
     assert!(matches!(
         f.acquire("web-2"),
         Err(StateError::OverBudget { .. })
     ));
+}
 
-    // Once provisioned it counts: size grows, and its slot is charged.
+#[test]
+fn an_unprovisioned_holder_that_turns_healthy_keeps_the_group_within_budget() {
+    let mut f = Fleet::web("1", 3);
+    f.register(
+        "new-1",
+        &["web"],
+        report(Health::Unprovisioned, Rotation::OutOfRotation),
+    )
+    .unwrap();
+    let token = f.grant("new-1");
+    // While it holds the slot, nobody else gets one.
+    assert!(matches!(
+        f.acquire("web-1"),
+        Err(StateError::OverBudget { .. })
+    ));
+    // Its first deploy passes verify: it reports healthy and in rotation while holding.
     f.update("new-1", Health::Healthy, Rotation::InRotation);
     let v = f.view("web");
-    assert_eq!((v.size, v.budget, v.unavailable), (3, 1, 2));
+    assert_eq!((v.size, v.budget, v.unavailable), (4, 1, 1));
+    assert!(v.unavailable <= v.budget);
+    f.release("new-1", token).unwrap();
+    f.grant("web-1");
 }
 
 #[test]
@@ -821,22 +848,49 @@ fn a_repeated_write_gets_its_first_answer_without_reapplying() {
     );
     assert_eq!(f.sm.host("web-1").unwrap().slot, None);
 
-    // Refusals are answers too.
-    f.grant("web-2");
-    let refused = f.apply("agent/web-1", write("web-1", 3), acquire.clone());
-    assert!(matches!(refused, Err(StateError::OverBudget { .. })));
-    let t2 = f.sm.host("web-2").unwrap().slot.unwrap();
-    f.release("web-2", t2).unwrap();
-    assert_eq!(
-        f.apply("agent/web-1", write("web-1", 3), acquire.clone()),
-        refused
-    );
+    // Refusals are answers too: a stale release stays refused, even once the token would fit.
+    let stale = Command::Release {
+        host: "web-1".into(),
+        token: token + 100,
+    };
+    let refused = f.apply("agent/web-1", write("web-1", 3), stale.clone());
+    assert!(matches!(refused, Err(StateError::StaleToken { .. })));
+    assert_eq!(f.apply("agent/web-1", write("web-1", 3), stale), refused);
     // A new seq is applied afresh.
     assert!(f
         .apply("agent/web-1", write("web-1", 4), acquire.clone())
         .is_ok());
+    let t1 = f.sm.host("web-1").unwrap().slot.unwrap();
+    f.release("web-1", t1).unwrap();
     // Another client's seq 1 is its own.
     assert!(f.apply("agent/web-2", write("web-2", 1), acquire).is_ok());
+}
+
+#[test]
+fn a_retryable_refusal_is_not_remembered() {
+    // An AcquireSlot waiting on the leader re-proposes the same (client_id, seq) once the budget
+    // fits. Answering it the cached refusal would make it propose again at once, forever.
+    let mut f = Fleet::web("1", 3);
+    let acquire = Command::Acquire {
+        host: "web-1".into(),
+        purpose: DEPLOY.into(),
+        reason: "r".into(),
+        rollout: "".into(),
+    };
+    let t2 = f.grant("web-2");
+    let refused = f.apply("agent/web-1", write("web-1", 1), acquire.clone());
+    assert!(matches!(refused, Err(StateError::OverBudget { .. })));
+    // Still full: refused again, judged afresh.
+    assert_eq!(
+        f.apply("agent/web-1", write("web-1", 1), acquire.clone()),
+        refused
+    );
+    f.release("web-2", t2).unwrap();
+    // The budget freed up: the same write is now granted, and that answer is remembered.
+    let granted = f.apply("agent/web-1", write("web-1", 1), acquire.clone());
+    let slot = slot_of(granted.clone());
+    assert_eq!(f.sm.host("web-1").unwrap().slot, Some(slot.token));
+    assert_eq!(f.apply("agent/web-1", write("web-1", 1), acquire), granted);
 }
 
 #[test]
@@ -1064,7 +1118,7 @@ fn snapshots_round_trip_everything() {
     })
     .unwrap();
 
-    let restored = StateMachine::restore(&f.sm.snapshot()).unwrap();
+    let restored = StateMachine::restore(&f.sm.snapshot().unwrap()).unwrap();
     assert_eq!(restored, f.sm);
     assert_eq!(restored.applied_index(), f.index);
     assert_eq!(restored.group_views(), f.sm.group_views());
@@ -1102,7 +1156,7 @@ fn bad_snapshots_are_refused() {
     assert!(StateMachine::restore(b"").is_err());
     let mut f = Fleet::web("1", 2);
     f.grant("web-1");
-    let mut json: serde_json::Value = serde_json::from_slice(&f.sm.snapshot()).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&f.sm.snapshot().unwrap()).unwrap();
     json["format"] = 99.into();
     let err = StateMachine::restore(&serde_json::to_vec(&json).unwrap()).unwrap_err();
     assert!(err.to_string().contains("format 99"), "{err}");
@@ -1139,19 +1193,39 @@ fn proposals_encode_and_decode() {
     );
     assert_eq!(Proposal::decode(&budgeted.encode()), Ok(budgeted));
 
-    for garbage in [&b""[..], b"\xff\x00", b"{}", b"[1,2]", b"{\"version\":1}"] {
+    for garbage in [
+        &b""[..],
+        b"\xff\x00",
+        b"{}",
+        b"[1,2]",
+        b"{\"version\":1}",
+        b"{\"version\":0}",
+    ] {
         let err = Proposal::decode(garbage).unwrap_err();
-        assert!(matches!(err, StateError::Decode(_)), "{err:?}");
-        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(matches!(err, DecodeError::Malformed(_)), "{err:?}");
     }
+    // A newer format is named, whatever its command.
+    let newer = FORMAT_VERSION + 1;
     let mut v2: serde_json::Value = serde_json::from_slice(&p.encode()).unwrap();
-    v2["version"] = 2.into();
+    v2["version"] = newer.into();
     v2["command"] = serde_json::json!({"Teleport": {"host": "web-1"}});
     let err = Proposal::decode(&serde_json::to_vec(&v2).unwrap()).unwrap_err();
-    assert!(err.to_string().contains("version 2"), "{err}");
+    assert_eq!(
+        err,
+        DecodeError::NeedsVersion {
+            needs: newer,
+            known: FORMAT_VERSION
+        }
+    );
+    assert!(
+        err.to_string().contains(&format!("version {newer}")),
+        "{err}"
+    );
     v2["version"] = 1.into();
     let err = Proposal::decode(&serde_json::to_vec(&v2).unwrap()).unwrap_err();
     assert!(err.to_string().contains("Teleport"), "{err}");
+    // Proposals are stamped with their command's version.
+    assert_eq!(p.version, p.command.version());
 }
 
 #[test]

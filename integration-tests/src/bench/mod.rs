@@ -12,6 +12,8 @@
 //!   endpoint (following leader hints) gets its next acquire through.
 //! - [`memory`]: the resident set of the leader and the followers once 10,000 hosts are
 //!   registered.
+//! - [`waiters`]: 1,000 `AcquireSlot` calls waiting at once in one 1,000-host group: their
+//!   grant latency and the leader's CPU while the queue drains.
 //!
 //! The pieces, one job each:
 //!
@@ -45,3 +47,4 @@ pub mod memory;
 pub mod report;
 pub mod setup;
 pub mod stats;
+pub mod waiters;

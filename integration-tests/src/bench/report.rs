@@ -229,3 +229,34 @@ pub fn memory_table(r: &MemoryReport) -> String {
     targets_table(&mut out, &r.targets);
     out
 }
+
+/// The waiters benchmark's table.
+pub fn waiters_table(r: &super::waiters::WaitersReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "machine: {}", r.machine.line());
+    let g = &r.grants;
+    let _ = writeln!(
+        out,
+        "{} waiters in a group of {} hosts (budget {}), {} connections\n",
+        r.opts.waiters, r.opts.hosts, r.opts.budget, r.opts.connections
+    );
+    let _ = writeln!(
+        out,
+        "granted {} of {} in {:.2} s ({:.0} grants/s), errors {}",
+        g.ops, r.opts.waiters, g.wall_s, g.per_s, g.errors
+    );
+    let _ = writeln!(
+        out,
+        "grant latency: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        g.p50_ms, g.p90_ms, g.p99_ms, g.max_ms
+    );
+    let cpu = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.2}{unit}"));
+    let _ = writeln!(
+        out,
+        "leader CPU: {} over the run ({} of one core)",
+        cpu(r.leader_cpu_s, " s"),
+        cpu(r.leader_cpu_pct, " %")
+    );
+    targets_table(&mut out, &r.targets);
+    out
+}

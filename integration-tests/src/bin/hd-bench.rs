@@ -5,6 +5,7 @@
 //! target/release/hd-bench lock      # acquire+release p50/p99 and throughput, 1 and 32 clients, vs etcd 3.4
 //! target/release/hd-bench failover  # kill -9 of the leader -> next successful acquire, p50/p99
 //! target/release/hd-bench memory    # leader/follower RSS with 10,000 registered hosts
+//! target/release/hd-bench waiters   # 1,000 waiting acquires in a 1,000-host group: grant latency, leader CPU
 //! ```
 //!
 //! Each subcommand starts its own clusters on loopback (3 coordinators; for `lock` also 3 etcd
@@ -18,12 +19,14 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hotdeploy_integration_tests::bench::{cleanup, failover, lock, memory, report};
+use hotdeploy_integration_tests::bench::{cleanup, failover, lock, memory, report, waiters};
 use serde::Serialize;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(about = "Coordinator benchmarks: lock latency/throughput vs etcd, failover, memory")]
+#[command(
+    about = "Coordinator benchmarks: lock latency/throughput vs etcd, failover, memory, waiters"
+)]
 struct Args {
     /// Print the report as JSON on stdout (the table goes to stderr).
     #[arg(long, global = true)]
@@ -86,6 +89,24 @@ enum Cmd {
         /// Concurrent registering clients.
         #[arg(long, default_value_t = 32)]
         clients: usize,
+    },
+    /// Many AcquireSlot calls waiting at once in one group: grant latency and leader CPU.
+    Waiters {
+        /// Hosts in the group.
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        /// Concurrent waiters.
+        #[arg(long, default_value_t = 1000)]
+        waiters: usize,
+        /// The group's max_unavailable.
+        #[arg(long, default_value = "10")]
+        budget: String,
+        /// How long each waiter may wait for its grant, s.
+        #[arg(long, default_value_t = 300)]
+        wait_s: u64,
+        /// HTTP/2 connections the waiters share.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
     },
 }
 
@@ -160,6 +181,23 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             };
             let r = memory::run(&rt, &opts)?;
             (report::memory_table(&r), to_json(&r)?, r.targets)
+        }
+        Cmd::Waiters {
+            hosts,
+            waiters,
+            budget,
+            wait_s,
+            connections,
+        } => {
+            let opts = waiters::WaitersOpts {
+                hosts: *hosts,
+                waiters: *waiters,
+                budget: budget.clone(),
+                wait_s: *wait_s,
+                connections: *connections,
+            };
+            let r = waiters::run(&rt, &opts)?;
+            (report::waiters_table(&r), to_json(&r)?, r.targets)
         }
     };
     if args.json {

@@ -1,0 +1,747 @@
+//! The heart of the node driver: raft-rs's `RawNode`, the storage and the replicated state, and
+//! the Ready loop between them. No threads, no clock, no network of its own.
+//!
+//! [`Core`] is what both drivers share: the production node (`node.rs`, a thread with an inbox, a
+//! ticker and the tonic transport) and the deterministic test driver (`sim`, which owns the
+//! network and the clock). Each calls the same methods: hand over proposals, conf changes,
+//! ReadIndex requests, messages and ticks, then [`Core::handle_ready`]. What goes out goes
+//! through a [`Network`] the caller provides; what time it is, the caller says.
+//!
+//! `handle_ready` follows DESIGN §2's order:
+//!
+//! 1. send `messages`;
+//! 2. apply the snapshot (storage first, then the state machine);
+//! 3. apply the committed entries to the state machine and answer their proposers;
+//! 4. append the entries and hard state, then flush (when raft says it must);
+//! 5. send `persisted_messages`, and answer ReadIndex requests;
+//! 6. `advance`, then handle the light ready the same way.
+//!
+//! Then, in one place, it looks at the role: a node that lost leadership fails its pending
+//! proposals, and any change of role or leader fails the pending reads ([`RoleChange`]).
+//!
+//! Anything that would let this replica diverge or lose state is a [`Fatal`] error, returned to
+//! the caller, which stops the node: a storage error, a committed entry or conf change that does
+//! not decode, a state machine that cannot be snapshotted, a snapshot that cannot be restored.
+//! `advance` is never called after a failed write.
+//!
+//! The state machine is behind an `RwLock` that only the core writes. Every `snapshot_every`
+//! applied entries it is serialized into storage as a raft snapshot and the log before it is
+//! compacted; a restart loads that snapshot and replays the log after it. A snapshot is also
+//! stored right after every membership change, so that a restart never re-applies a change on
+//! top of its own result and a new member can be sent a snapshot that names it.
+//!
+//! The leader also records, through the state machine, every member that has acknowledged the
+//! log ([`Replicated::member_entry`]), so that a wiped member is recognised when it tries to
+//! bootstrap again (see `bootstrap`).
+
+use super::conf_context::ConfContext;
+use super::error::{Fatal, NodeError};
+use super::proposals::{Pending, Waiter};
+use super::reads::{self, Reads};
+use super::replicated::{MemberChange, MembershipChange, Replicated, SnapshotError};
+use super::status::{NodeStatus, Role};
+use super::storage::{SledStorage, BOOTSTRAP_INDEX, BOOTSTRAP_TERM};
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::oneshot;
+
+/// Entries applied between two state-machine snapshots in production. Small enough that a
+/// restart replays little, large enough that the (whole-state) snapshot cost is amortised.
+pub(crate) const SNAPSHOT_EVERY: u64 = 1000;
+
+/// Where the core's outgoing messages go, and how it learns peers' addresses.
+pub(crate) trait Network {
+    /// Sends raft messages to their peers; never blocks.
+    fn send(&mut self, msgs: Vec<Message>);
+    /// A member is known at `address` (from a conf change or the replicated membership).
+    fn ensure_peer(&mut self, id: u64, address: &str);
+    /// A member was removed.
+    fn remove_peer(&mut self, id: u64);
+    /// The address member `id` advertises, when known (this node's own included).
+    fn address_of(&self, id: u64) -> Option<String>;
+}
+
+/// How a core is set up.
+pub(crate) struct CoreConfig {
+    pub id: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// raft's randomized election timeout is drawn from `[min, max)` ticks.
+    pub min_election_ticks: usize,
+    pub max_election_ticks: usize,
+    pub snapshot_every: u64,
+    /// Ticks after which an unanswered ReadIndex request fails.
+    pub read_expiry_ticks: u64,
+    pub logger: slog::Logger,
+}
+
+impl CoreConfig {
+    /// The production timing: election timeouts in `[e, 1.5e + 1)`, reads expire after two
+    /// election timeouts.
+    pub(crate) fn new(id: u64, election_ticks: usize, heartbeat_ticks: usize) -> Self {
+        Self {
+            id,
+            election_ticks,
+            heartbeat_ticks,
+            // A narrower randomisation than raft's default [e, 2e) keeps failover well under
+            // 3 s with the default 100 ms tick, while still separating candidates.
+            min_election_ticks: election_ticks,
+            max_election_ticks: election_ticks * 3 / 2 + 1,
+            snapshot_every: SNAPSHOT_EVERY,
+            read_expiry_ticks: 2 * election_ticks as u64,
+            logger: super::logger::raft_logger(),
+        }
+    }
+}
+
+/// A change of this node's role or of the leader it knows, seen after a Ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoleChange {
+    pub from: StateRole,
+    pub to: StateRole,
+    pub leader: u64,
+    pub term: u64,
+}
+
+pub(crate) struct Core<S: Replicated> {
+    id: u64,
+    raw: RawNode<SledStorage>,
+    storage: SledStorage,
+    state: Arc<RwLock<S>>,
+    /// The index of the last entry applied to `state` (empty entries included).
+    applied: u64,
+    /// The index of the latest stored state-machine snapshot.
+    snapshot_index: u64,
+    snapshot_every: u64,
+    pending: Pending<S::Answer>,
+    reads: Reads,
+    /// Ticks since start, for read expiry.
+    ticks: u64,
+    /// The role and leader seen after the last Ready.
+    role: StateRole,
+    leader: u64,
+    /// Leader only: members whose recording entry is in flight.
+    recording: BTreeSet<u64>,
+    /// The tick count when each peer was last heard from.
+    heard: BTreeMap<u64, u64>,
+    /// A peer heard from within this many ticks counts as reachable.
+    reachable_ticks: u64,
+    /// raft's election timeout range, `[min, max)` ticks.
+    #[cfg(test)]
+    election_range: (usize, usize),
+    /// Every entry applied since the last [`Core::take_applied_log`]: (index, term, hash of
+    /// its type and data), for the simulator's check that replicas apply the same log.
+    #[cfg(test)]
+    applied_log: Vec<(u64, u64, u64)>,
+}
+
+impl<S: Replicated> Core<S> {
+    /// Builds the core from storage: restores the state machine from the latest snapshot and
+    /// sets raft's `applied` to it, so raft replays only what comes after.
+    pub(crate) fn new(cfg: CoreConfig, storage: SledStorage) -> Result<Self, anyhow::Error> {
+        let mut applied = 0;
+        let mut state = S::default();
+        if let Some(snap) = storage
+            .latest_snapshot()
+            .map_err(|e| anyhow::anyhow!("cannot read the stored snapshot: {e}"))?
+        {
+            applied = snap.get_metadata().index;
+            state = restore::<S>(&snap).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let config = Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            min_election_tick: cfg.min_election_ticks,
+            max_election_tick: cfg.max_election_ticks,
+            pre_vote: true,
+            check_quorum: true,
+            read_only_option: ReadOnlyOption::Safe,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("raft config: {e}"))?;
+        let raw = RawNode::new(&config, storage.clone(), &cfg.logger)
+            .map_err(|e| anyhow::anyhow!("cannot start raft: {e}"))?;
+        Ok(Self {
+            id: cfg.id,
+            raw,
+            storage,
+            state: Arc::new(RwLock::new(state)),
+            applied,
+            snapshot_index: applied,
+            snapshot_every: cfg.snapshot_every.max(1),
+            pending: Pending::default(),
+            reads: Reads::new(cfg.read_expiry_ticks),
+            ticks: 0,
+            role: StateRole::Follower,
+            leader: 0,
+            recording: BTreeSet::new(),
+            heard: BTreeMap::new(),
+            reachable_ticks: cfg.election_ticks as u64,
+            #[cfg(test)]
+            election_range: (cfg.min_election_ticks, cfg.max_election_ticks),
+            #[cfg(test)]
+            applied_log: Vec::new(),
+        })
+    }
+
+    /// The state machine, shared with readers. Only the core writes it.
+    pub(crate) fn state(&self) -> Arc<RwLock<S>> {
+        self.state.clone()
+    }
+
+    /// The index of the last applied entry.
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this node knows (0 when none).
+    pub(crate) fn leader(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    #[cfg(test)]
+    pub(crate) fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    #[cfg(test)]
+    pub(crate) fn commit(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Whether the log's committed entry is of the current term (a new leader has committed
+    /// its first entry).
+    #[cfg(test)]
+    pub(crate) fn has_committed_in_term(&self) -> bool {
+        self.raw.raft.commit_to_current_term()
+    }
+
+    // ---- inputs ----
+
+    /// Proposes a normal entry; `reply` is answered when it is applied (or fails).
+    pub(crate) fn propose(
+        &mut self,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<S::Answer, NodeError>>,
+    ) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(NodeError::NotLeader {
+                leader: self.leader(),
+            }));
+            return;
+        }
+        match self.raw.propose(vec![], data) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                self.pending
+                    .insert(index, self.raw.raft.term, Waiter::Command(reply));
+            }
+            Err(e) => drop(reply.send(Err(NodeError::Dropped(e.to_string())))),
+        }
+    }
+
+    /// Proposes a membership change. raft takes one at a time: while one is being applied, the
+    /// next is answered at once with [`NodeError::MembershipChangeInProgress`] (raft itself
+    /// would turn it into an empty entry and say nothing).
+    pub(crate) fn propose_conf_change(
+        &mut self,
+        cc: ConfChangeV2,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    ) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(NodeError::NotLeader {
+                leader: self.leader(),
+            }));
+            return;
+        }
+        if self.raw.raft.has_pending_conf() {
+            let _ = reply.send(Err(NodeError::MembershipChangeInProgress));
+            return;
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose_conf_change(vec![], cc) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                // Accepted iff raft now tracks it as the pending change; otherwise raft appended
+                // an empty entry in its place.
+                if index > before && self.raw.raft.pending_conf_index == index {
+                    self.pending
+                        .insert(index, self.raw.raft.term, Waiter::ConfChange(reply));
+                } else {
+                    let _ = reply.send(Err(NodeError::MembershipChangeInProgress));
+                }
+            }
+            Err(e) => drop(reply.send(Err(NodeError::Dropped(e.to_string())))),
+        }
+    }
+
+    /// Asks for a ReadIndex: `reply` gets the index to wait for before reading the state.
+    pub(crate) fn read_index(&mut self, reply: oneshot::Sender<Result<u64, NodeError>>) {
+        let ctx = self.reads.add(reply, self.ticks);
+        self.hand_over_read(ctx);
+    }
+
+    /// Gives read `ctx` to raft and records whether raft took it up.
+    fn hand_over_read(&mut self, ctx: u64) {
+        let bytes = reads::context(ctx);
+        let answered_before = self.raw.raft.read_states.len();
+        self.raw.read_index(bytes.clone());
+        let raft = &self.raw.raft;
+        let taken = match raft.state {
+            StateRole::Leader => {
+                raft.read_only.pending_read_index.contains_key(&bytes)
+                    || raft.read_states.len() > answered_before
+            }
+            // A follower forwards it to the leader it knows; without one raft drops it.
+            _ => raft.leader_id != 0,
+        };
+        self.reads.set_taken(ctx, taken);
+    }
+
+    /// A message from a peer.
+    pub(crate) fn step(&mut self, m: Message) {
+        self.heard.insert(m.from, self.ticks);
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!("raft step: {e}");
+        }
+    }
+
+    /// One tick of the raft clock; also expires and re-issues pending reads.
+    pub(crate) fn tick(&mut self) {
+        self.raw.tick();
+        self.ticks += 1;
+        for ctx in self.reads.on_tick(self.ticks) {
+            self.hand_over_read(ctx);
+        }
+    }
+
+    pub(crate) fn report_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+
+    pub(crate) fn report_snapshot(&mut self, id: u64, status: SnapshotStatus) {
+        self.raw.report_snapshot(id, status);
+    }
+
+    /// Replaces raft's own random draw of the election timeout (from a thread-local generator)
+    /// with `pick(min, max)`, whenever raft has just reset its election timer: the simulator's
+    /// seeded draw, so that a run depends on its seed alone.
+    #[cfg(test)]
+    pub(crate) fn redraw_election_timeout(&mut self, pick: impl FnOnce(usize, usize) -> usize) {
+        if self.raw.raft.election_elapsed == 0 {
+            let (min, max) = self.election_range;
+            let t = pick(min, max).clamp(min, max - 1);
+            self.raw.raft.set_randomized_election_timeout(t);
+        }
+    }
+
+    /// Hands leadership to `to` (tests and the simulator).
+    #[cfg(test)]
+    pub(crate) fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    // ---- the Ready loop ----
+
+    /// Handles a `Ready` if raft has one (DESIGN §2's order), then looks at the role. `now_ms`
+    /// stamps the leader's own entries.
+    pub(crate) fn handle_ready(
+        &mut self,
+        net: &mut impl Network,
+        now_ms: u64,
+    ) -> Result<Option<RoleChange>, Fatal> {
+        self.record_members(net, now_ms)?;
+        if self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            // 1. Messages that need no persistence first (leader's appends, heartbeats).
+            net.send(rd.take_messages());
+            // 2. A snapshot from the leader.
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                self.storage
+                    .apply_snapshot(&snap)
+                    .map_err(Fatal::storage("apply snapshot"))?;
+                self.install_snapshot(&snap, net)?;
+            }
+            // 3. Committed entries.
+            self.apply_entries(rd.take_committed_entries(), net)?;
+            // 4. New entries and hard state.
+            let hs = rd.hs().cloned();
+            self.storage
+                .persist_ready(rd.entries(), hs.as_ref(), rd.must_sync())
+                .map_err(Fatal::storage("append entries"))?;
+            // 5. Messages that must follow persistence (votes, append responses), and reads.
+            net.send(rd.take_persisted_messages());
+            for rs in rd.take_read_states() {
+                self.reads.answer(&rs.request_ctx, rs.index);
+            }
+            // 6. Advance, and the light ready.
+            let mut light = self.raw.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                self.storage
+                    .set_commit(commit)
+                    .map_err(Fatal::storage("persist commit"))?;
+            }
+            net.send(light.take_messages());
+            self.apply_entries(light.take_committed_entries(), net)?;
+            self.raw.advance_apply();
+            self.maybe_snapshot()?;
+        }
+        Ok(self.observe_role())
+    }
+
+    /// The one place where role changes are handled. Losing leadership fails every pending
+    /// proposal (the entries may still commit; clients retry with the same write id); any change
+    /// of role or leader fails the pending reads, which were addressed to the old leader.
+    fn observe_role(&mut self) -> Option<RoleChange> {
+        let (to, leader) = (self.raw.raft.state, self.raw.raft.leader_id);
+        if to == self.role && leader == self.leader {
+            return None;
+        }
+        let change = RoleChange {
+            from: self.role,
+            to,
+            leader,
+            term: self.raw.raft.term,
+        };
+        if self.role == StateRole::Leader && to != StateRole::Leader {
+            self.pending.fail_all(NodeError::LeadershipLost);
+        }
+        self.reads.fail_all(NodeError::LeadershipLost);
+        self.recording.clear();
+        self.role = to;
+        self.leader = leader;
+        Some(change)
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot, net: &mut impl Network) -> Result<(), Fatal> {
+        let index = snap.get_metadata().index;
+        let restored = restore::<S>(snap)?;
+        let members = restored.members();
+        *self.write_state()? = restored;
+        for (id, addr) in members {
+            net.ensure_peer(id, &addr);
+        }
+        self.applied = index;
+        self.snapshot_index = index;
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>, net: &mut impl Network) -> Result<(), Fatal> {
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(&e)?,
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf(&e, net)?
+                }
+            }
+            self.applied = e.index;
+            #[cfg(test)]
+            {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                (e.get_entry_type() as i32, &e.data[..]).hash(&mut h);
+                self.applied_log.push((e.index, e.term, h.finish()));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, e: &Entry) -> Result<(), Fatal> {
+        let waiter = self.pending.take(e.index, e.term);
+        if e.data.is_empty() {
+            // A new leader's empty entry, or a conf change raft refused.
+            self.write_state()?.skip(e.index);
+            match waiter {
+                Some(w @ Waiter::ConfChange(_)) => w.fail(NodeError::MembershipChangeInProgress),
+                Some(w) => w.fail(NodeError::Dropped("raft replaced the entry".into())),
+                None => {}
+            }
+            return Ok(());
+        }
+        let answer = self
+            .write_state()?
+            .apply(e.index, &e.data)
+            .map_err(|source| Fatal::Entry {
+                index: e.index,
+                term: e.term,
+                source,
+            })?;
+        match waiter {
+            Some(Waiter::Command(tx)) => drop(tx.send(Ok(answer))),
+            Some(w @ Waiter::ConfChange(_)) => w.fail(NodeError::MembershipChangeInProgress),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn apply_conf(&mut self, e: &Entry, net: &mut impl Network) -> Result<(), Fatal> {
+        let waiter = self.pending.take(e.index, e.term);
+        let cc = decode_conf_change(e).map_err(|detail| Fatal::ConfChange {
+            index: e.index,
+            term: e.term,
+            detail,
+        })?;
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(err) => {
+                // Refused the same way on every replica: nothing changes.
+                self.write_state()?.skip(e.index);
+                if let Some(w) = waiter {
+                    w.fail(NodeError::Dropped(format!("conf change refused: {err}")));
+                }
+                return Ok(());
+            }
+        };
+        let context = ConfContext::decode(&cc.context);
+        let mut change = MembershipChange {
+            changes: Vec::new(),
+            actor: context.actor.clone(),
+            at_ms: context.at_ms,
+        };
+        for single in cc.get_changes() {
+            let id = single.node_id;
+            match single.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if !context.address.is_empty() {
+                        net.ensure_peer(id, &context.address);
+                    }
+                    change.changes.push(MemberChange::Added {
+                        id,
+                        address: context.address.clone(),
+                    });
+                }
+                ConfChangeType::RemoveNode => {
+                    if id != self.id {
+                        net.remove_peer(id);
+                    }
+                    change.changes.push(MemberChange::Removed { id });
+                }
+            }
+        }
+        self.write_state()?.apply_membership(e.index, &change);
+        // Persist the new configuration as a snapshot at this index (not as a bare conf state):
+        // a restart must not re-apply this change on top of its own result, and a member added
+        // now must be sendable a snapshot that includes it.
+        let data = self.snapshot_data(e.index)?;
+        self.storage
+            .create_snapshot(e.index, &cs, data)
+            .map_err(Fatal::storage("snapshot after membership change"))?;
+        self.snapshot_index = e.index;
+        tracing::info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, actor = %context.actor, "membership changed");
+        if let Some(Waiter::ConfChange(tx)) = waiter {
+            let _ = tx.send(Ok(()));
+        } else if let Some(w) = waiter {
+            w.fail(NodeError::LeadershipLost);
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+        if self.applied < self.snapshot_index + self.snapshot_every {
+            return Ok(());
+        }
+        let data = self.snapshot_data(self.applied)?;
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        self.storage
+            .create_snapshot(self.applied, &cs, data)
+            .map_err(Fatal::storage("create snapshot"))?;
+        tracing::debug!(index = self.applied, "state snapshot stored, log compacted");
+        self.snapshot_index = self.applied;
+        Ok(())
+    }
+
+    /// The serialized state at `index`. A failure is fatal: an empty snapshot would be stored,
+    /// the log compacted behind it, and the state gone after a restart.
+    fn snapshot_data(&self, index: u64) -> Result<Vec<u8>, Fatal> {
+        let state = self.state.read().map_err(|_| Fatal::Poisoned)?;
+        state
+            .snapshot()
+            .map_err(|source| Fatal::Snapshot { index, source })
+    }
+
+    /// Leader only: proposes the recording of every member that has acknowledged the log and
+    /// is not recorded yet, one entry per member in flight.
+    fn record_members(&mut self, net: &impl Network, now_ms: u64) -> Result<(), Fatal> {
+        if !self.is_leader() {
+            return Ok(());
+        }
+        let mut acked: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, pr)| pr.matched > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        acked.sort_unstable();
+        let known = self.read_state()?.members();
+        self.recording.retain(|id| !known.contains_key(id));
+        for id in acked {
+            if known.contains_key(&id) || self.recording.contains(&id) {
+                continue;
+            }
+            let Some(address) = net.address_of(id) else {
+                continue;
+            };
+            if self
+                .raw
+                .propose(vec![], S::member_entry(id, &address, now_ms))
+                .is_ok()
+            {
+                self.recording.insert(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_state(&self) -> Result<RwLockReadGuard<'_, S>, Fatal> {
+        self.state.read().map_err(|_| Fatal::Poisoned)
+    }
+
+    fn write_state(&self) -> Result<RwLockWriteGuard<'_, S>, Fatal> {
+        self.state.write().map_err(|_| Fatal::Poisoned)
+    }
+
+    // ---- status ----
+
+    /// This node's raft status, as published to the services.
+    pub(crate) fn status(&self) -> NodeStatus {
+        let raft = &self.raw.raft;
+        let role = match raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => {
+                if raft.prs().conf().learners().contains(&self.id) {
+                    Role::Learner
+                } else {
+                    Role::Follower
+                }
+            }
+        };
+        let conf = raft.prs().conf();
+        let voters: Vec<u64> = conf.voters().ids().iter().collect();
+        let learners: Vec<u64> = conf.learners().iter().copied().collect();
+        let mut matched = BTreeMap::new();
+        let mut active = BTreeMap::new();
+        if raft.state == StateRole::Leader {
+            for (id, pr) in raft.prs().iter() {
+                matched.insert(*id, pr.matched);
+                // Heard from within an election timeout (raft's own `recent_active` is reset
+                // every election timeout, so it reads false for a moment even for a live peer).
+                let heard = self
+                    .heard
+                    .get(id)
+                    .is_some_and(|t| self.ticks.saturating_sub(*t) <= self.reachable_ticks);
+                active.insert(*id, heard || *id == self.id);
+            }
+        }
+        NodeStatus {
+            id: self.id,
+            role,
+            leader: raft.leader_id,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.applied,
+            voters,
+            learners,
+            matched,
+            active,
+        }
+    }
+
+    /// The entries applied since the last call (see `applied_log`).
+    #[cfg(test)]
+    pub(crate) fn take_applied_log(&mut self) -> Vec<(u64, u64, u64)> {
+        std::mem::take(&mut self.applied_log)
+    }
+
+    /// Pending proposals and reads (for tests).
+    #[cfg(test)]
+    pub(crate) fn pending_counts(&self) -> (usize, usize) {
+        (self.pending.len(), self.reads.len())
+    }
+}
+
+/// The state a snapshot holds. Empty data is the empty state machine only for the bootstrap
+/// snapshot of clusters made by earlier versions; anywhere else it is refused, never read as
+/// an empty state.
+fn restore<S: Replicated>(snap: &Snapshot) -> Result<S, Fatal> {
+    let meta = snap.get_metadata();
+    if snap.data.is_empty() {
+        if meta.index == BOOTSTRAP_INDEX && meta.term == BOOTSTRAP_TERM {
+            return Ok(S::default());
+        }
+        return Err(Fatal::Restore {
+            index: meta.index,
+            source: SnapshotError("the snapshot holds no state".into()),
+        });
+    }
+    S::restore(&snap.data).map_err(|source| Fatal::Restore {
+        index: meta.index,
+        source,
+    })
+}
+
+/// A committed conf change as a `ConfChangeV2` (a v1 change becomes one single change).
+fn decode_conf_change(e: &Entry) -> Result<ConfChangeV2, String> {
+    if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+        return ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| err.to_string());
+    }
+    let c = ConfChange::parse_from_bytes(&e.data).map_err(|err| err.to_string())?;
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(c.get_change_type());
+    single.node_id = c.node_id;
+    let mut v2 = ConfChangeV2::default();
+    v2.mut_changes().push(single);
+    v2.context = c.context;
+    Ok(v2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateMachine;
+
+    fn snapshot(index: u64, term: u64, data: Vec<u8>) -> Snapshot {
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap
+    }
+
+    /// An empty payload is the empty state only for an earlier version's bootstrap snapshot;
+    /// anywhere else it is refused, never read as an empty state machine.
+    #[test]
+    fn an_empty_snapshot_is_refused_except_at_bootstrap() {
+        let err = restore::<StateMachine>(&snapshot(57, 3, vec![])).unwrap_err();
+        assert!(matches!(err, Fatal::Restore { index: 57, .. }), "{err}");
+        assert!(err.to_string().contains("holds no state"), "{err}");
+        let empty = restore::<StateMachine>(&snapshot(BOOTSTRAP_INDEX, BOOTSTRAP_TERM, vec![]));
+        assert_eq!(empty.unwrap(), StateMachine::default());
+        let garbage = restore::<StateMachine>(&snapshot(57, 3, b"{}".to_vec())).unwrap_err();
+        assert!(
+            matches!(garbage, Fatal::Restore { index: 57, .. }),
+            "{garbage}"
+        );
+    }
+}

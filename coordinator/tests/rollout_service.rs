@@ -1,0 +1,511 @@
+//! The rollout RPCs against one real coordinator node in this process: raft over sled in a
+//! temp dir, the real gRPC services on a loopback port, the leader's progress clock, and a
+//! tonic client. What the multi-process tests cannot see as precisely: each bad field's error,
+//! the heartbeat stream pushing an assignment unasked, the slot gate answering at once, and
+//! the watch stream's shape.
+
+use hotdeploy_common::config::CoordinatorConfig;
+use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
+use hotdeploy_common::proto::{
+    AcquireSlotRequest, GetRolloutRequest, HeartbeatRequest, HostReport, RegisterRequest, Release,
+    ReportStepRequest, RolloutState, SetGroupPolicyRequest, StartRolloutRequest, StepReport,
+    WatchRolloutRequest, WriteId,
+};
+use hotdeploy_common::tls::ClientTls;
+use hotdeploy_coordinator::liveness::Liveness;
+use hotdeploy_coordinator::raft::RaftNode;
+use hotdeploy_coordinator::service::{self, CoordinatorService};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// One coordinator node serving on loopback; stops serving when dropped.
+struct OneNode {
+    client: CoordinatorClient<Channel>,
+    _stop: oneshot::Sender<()>,
+    _stop_clock: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+async fn one_node() -> OneNode {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let toml = format!(
+        "id = 1\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n[tls]\ninsecure = true\n",
+        dir.path().join("data").display()
+    );
+    let cfg = CoordinatorConfig::from_toml_str(&toml, Path::new("test.toml")).expect("config");
+    let tls = ClientTls::load(&cfg.tls).expect("client tls");
+    let storage = RaftNode::open_storage(&cfg).expect("storage");
+    hotdeploy_coordinator::raft::bootstrap::initialize::<hotdeploy_coordinator::state::StateMachine>(
+        &storage,
+        &[cfg.id],
+    )
+    .expect("bootstrap");
+    let (node, peer) = RaftNode::start(&cfg, storage, tls)
+        .await
+        .expect("raft node");
+    let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
+    tokio::spawn(liveness.clone().run());
+    let (stop_clock, clock) = watch::channel(false);
+    tokio::spawn(hotdeploy_coordinator::progress::run(node.clone(), clock));
+    let svc = CoordinatorService::new(node.clone(), liveness);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (serving, _is_serving) = oneshot::channel();
+    tokio::spawn(service::serve(
+        listener,
+        None,
+        64,
+        svc,
+        peer,
+        tonic_health::server::HealthReporter::new(),
+        serving,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let end = Instant::now() + Duration::from_secs(20);
+    while !node.status().is_leader() {
+        assert!(Instant::now() < end, "the one node never became leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = CoordinatorClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    OneNode {
+        client,
+        _stop: stop,
+        _stop_clock: stop_clock,
+        _dir: dir,
+    }
+}
+
+fn write(seq: u64) -> Option<WriteId> {
+    Some(WriteId {
+        client_id: "test".into(),
+        seq,
+    })
+}
+
+fn release(id: &str) -> Release {
+    Release {
+        id: id.into(),
+        artifact_url: format!("file:///releases/{id}.tar.gz"),
+        sha256: "ab".repeat(32),
+        signature: String::new(),
+    }
+}
+
+fn start_req(id: &str, release_id: &str) -> StartRolloutRequest {
+    StartRolloutRequest {
+        write: None,
+        rollout_id: id.into(),
+        group: "web".into(),
+        release: Some(release(release_id)),
+        ..Default::default()
+    }
+}
+
+fn healthy(release: &str) -> HostReport {
+    HostReport {
+        health: hotdeploy_common::proto::Health::Healthy as i32,
+        rotation: hotdeploy_common::proto::Rotation::InRotation as i32,
+        release: release.into(),
+        phase: "idle".into(),
+    }
+}
+
+/// Group `web` (budget 1) with hosts `web-1`..`web-n` on v1.
+async fn web(c: &mut CoordinatorClient<Channel>, n: usize) {
+    c.set_group_policy(SetGroupPolicyRequest {
+        write: None,
+        group: "web".into(),
+        max_unavailable: "1".into(),
+        allow_zero_available: None,
+    })
+    .await
+    .expect("group");
+    for i in 1..=n {
+        c.register(RegisterRequest {
+            write: None,
+            host: format!("web-{i}"),
+            groups: vec!["web".into()],
+            report: Some(healthy("v1")),
+            address: String::new(),
+        })
+        .await
+        .expect("register");
+    }
+}
+
+#[tokio::test]
+async fn bad_rollout_input_is_refused_naming_what_is_wrong() {
+    let mut n = one_node().await;
+    web(&mut n.client, 2).await;
+    let cases: Vec<(StartRolloutRequest, Code, &str)> = vec![
+        (
+            StartRolloutRequest {
+                release: None,
+                ..start_req("r1", "v2")
+            },
+            Code::InvalidArgument,
+            "release is required",
+        ),
+        (start_req("r1", "v/2"), Code::InvalidArgument, "release"),
+        (
+            start_req("no spaces", "v2"),
+            Code::InvalidArgument,
+            "rollout id",
+        ),
+        (
+            StartRolloutRequest {
+                group: "Web".into(),
+                ..start_req("r1", "v2")
+            },
+            Code::InvalidArgument,
+            "group",
+        ),
+        (
+            StartRolloutRequest {
+                release: Some(Release {
+                    sha256: "xyz".into(),
+                    ..release("v2")
+                }),
+                ..start_req("r1", "v2")
+            },
+            Code::InvalidArgument,
+            "sha256",
+        ),
+        (
+            StartRolloutRequest {
+                release: Some(Release {
+                    artifact_url: "/tmp/v2.tar".into(),
+                    ..release("v2")
+                }),
+                ..start_req("r1", "v2")
+            },
+            Code::InvalidArgument,
+            "artifact URL",
+        ),
+        (
+            StartRolloutRequest {
+                group: "db".into(),
+                ..start_req("r1", "v2")
+            },
+            Code::NotFound,
+            "unknown group \"db\"",
+        ),
+        (
+            StartRolloutRequest {
+                batch: 2,
+                ..start_req("r1", "v2")
+            },
+            Code::InvalidArgument,
+            "budget of 1",
+        ),
+    ];
+    for (req, code, needle) in cases {
+        let e = n.client.start_rollout(req.clone()).await.unwrap_err();
+        assert_eq!(e.code(), code, "{req:?}: {e:?}");
+        assert!(
+            e.message().contains(needle),
+            "{needle:?} not in {:?}",
+            e.message()
+        );
+    }
+    let e = n
+        .client
+        .report_step(ReportStepRequest {
+            host: "web-1".into(),
+            rollout: "r1".into(),
+            attempt: 1,
+            report: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("not a known step report"), "{e:?}");
+    let e = n
+        .client
+        .report_step(ReportStepRequest {
+            host: "web-1".into(),
+            rollout: "r1".into(),
+            attempt: 0,
+            report: StepReport::Staged as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("attempt"), "{e:?}");
+    let e = n
+        .client
+        .get_rollout(GetRolloutRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_start_without_an_id_gets_one_and_a_retry_is_the_same_rollout() {
+    let mut n = one_node().await;
+    web(&mut n.client, 2).await;
+    let req = StartRolloutRequest {
+        write: write(1),
+        ..start_req("", "v2")
+    };
+    let a = n
+        .client
+        .start_rollout(req.clone())
+        .await
+        .expect("start")
+        .into_inner();
+    let b = n
+        .client
+        .start_rollout(req)
+        .await
+        .expect("retry")
+        .into_inner();
+    let (a, b) = (a.rollout.expect("rollout"), b.rollout.expect("rollout"));
+    assert!(a.id.starts_with("web-v2-"), "{}", a.id);
+    assert_eq!(a.id, b.id, "the same write id is the same start");
+    assert_eq!(a.hosts.len(), 2);
+    assert_eq!(a.batch, 1, "batch defaults to the budget");
+    assert_eq!(a.progress_deadline_ms, 600_000, "10 minutes by default");
+    assert!(a.auto_rollback, "rollback on failure by default");
+}
+
+#[tokio::test]
+async fn the_heartbeat_stream_pushes_an_assignment_the_moment_it_changes() {
+    let mut n = one_node().await;
+    web(&mut n.client, 2).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(HeartbeatRequest {
+        host: "web-1".into(),
+        report: Some(healthy("v1")),
+    })
+    .await
+    .expect("send");
+    let mut beats = n
+        .client
+        .clone()
+        .heartbeat(ReceiverStream::new(rx))
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    let first = beats.message().await.expect("answer").expect("one");
+    assert!(first.assignment.is_none(), "{first:?}");
+    n.client
+        .start_rollout(start_req("r1", "v2"))
+        .await
+        .expect("start");
+    // No further beat is sent: the leader tells the agent on its own.
+    let pushed = tokio::time::timeout(Duration::from_secs(3), beats.message())
+        .await
+        .expect("an answer within 3 s without a beat")
+        .expect("stream")
+        .expect("answer");
+    let a = pushed.assignment.expect("the assignment");
+    assert_eq!(a.rollout, "r1");
+    assert_eq!(a.release.expect("release").id, "v2");
+    assert_eq!((a.attempt, a.may_deploy), (1, false));
+    // Staging admits web-1, and that is pushed too.
+    for report in [StepReport::Staging, StepReport::Staged] {
+        n.client
+            .report_step(ReportStepRequest {
+                host: "web-1".into(),
+                rollout: "r1".into(),
+                attempt: 1,
+                report: report as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("report");
+    }
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let m = tokio::time::timeout_at(end.into(), beats.message())
+            .await
+            .expect("admission pushed within 3 s")
+            .expect("stream")
+            .expect("answer");
+        if m.assignment.as_ref().is_some_and(|a| a.may_deploy) {
+            break;
+        }
+    }
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_host_not_admitted_is_refused_a_slot_at_once() {
+    let mut n = one_node().await;
+    web(&mut n.client, 3).await;
+    n.client
+        .start_rollout(start_req("r1", "v2"))
+        .await
+        .expect("start");
+    // The budget is used up, so a caller that got past the rollout's gate would wait for it.
+    n.client
+        .acquire_slot(AcquireSlotRequest {
+            write: write(6),
+            host: "web-3".into(),
+            purpose: "maintenance".into(),
+            reason: "disk".into(),
+            rollout: String::new(),
+            wait_ms: 0,
+            canary: false,
+        })
+        .await
+        .expect("maintenance slot");
+    let t0 = Instant::now();
+    let e = n
+        .client
+        .acquire_slot(AcquireSlotRequest {
+            write: write(7),
+            host: "web-2".into(),
+            purpose: "deploy".into(),
+            reason: "rollout".into(),
+            rollout: "r1".into(),
+            wait_ms: 10_000,
+            canary: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("not admitted yet"), "{e:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn watch_streams_each_change_and_ends_when_the_rollout_does() {
+    let mut n = one_node().await;
+    web(&mut n.client, 1).await;
+    n.client
+        .set_group_policy(SetGroupPolicyRequest {
+            write: None,
+            group: "web".into(),
+            max_unavailable: String::new(),
+            allow_zero_available: Some(true),
+        })
+        .await
+        .expect("allow zero");
+    n.client
+        .start_rollout(start_req("r1", "v2"))
+        .await
+        .expect("start");
+    let mut stream = n
+        .client
+        .watch_rollout(WatchRolloutRequest { id: "r1".into() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("msg")
+        .expect("first")
+        .rollout
+        .expect("rollout");
+    assert_eq!(first.hosts.len(), 1);
+    let mut c = n.client.clone();
+    let report = |r: StepReport, seq: u64| ReportStepRequest {
+        write: write(seq),
+        host: "web-1".into(),
+        rollout: "r1".into(),
+        attempt: 1,
+        report: r as i32,
+        error: "verify failed: 500".into(),
+        host_report: Some(healthy("v1")),
+    };
+    c.report_step(report(StepReport::Staging, 1))
+        .await
+        .expect("staging");
+    c.report_step(report(StepReport::Staged, 2))
+        .await
+        .expect("staged");
+    let slot = c
+        .acquire_slot(AcquireSlotRequest {
+            write: write(3),
+            host: "web-1".into(),
+            purpose: "deploy".into(),
+            reason: "rollout".into(),
+            rollout: "r1".into(),
+            wait_ms: 0,
+            canary: false,
+        })
+        .await
+        .expect("slot")
+        .into_inner()
+        .slot
+        .expect("slot");
+    assert_eq!(slot.rollout, "r1");
+    c.report_step(report(StepReport::RolledBack, 4))
+        .await
+        .expect("outcome");
+    let mut phases = Vec::new();
+    let mut last = None;
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Some(m) = tokio::time::timeout_at(end, stream.message())
+        .await
+        .expect("the stream did not end within 20 s of the outcome")
+        .expect("stream")
+    {
+        let r = m.rollout.expect("rollout");
+        phases.push(r.hosts[0].phase);
+        last = Some(r);
+    }
+    let last = last.expect("messages after the first");
+    assert_eq!(last.state, RolloutState::Halted as i32, "{last:?}");
+    assert!(
+        last.reason.contains("verify failed: 500"),
+        "{}",
+        last.reason
+    );
+    assert!(phases.len() >= 2, "saw only {phases:?}");
+}
+
+#[tokio::test]
+async fn the_leaders_clock_halts_a_rollout_without_progress() {
+    let mut n = one_node().await;
+    web(&mut n.client, 2).await;
+    n.client
+        .start_rollout(StartRolloutRequest {
+            progress_deadline_ms: 1000,
+            ..start_req("r1", "v2")
+        })
+        .await
+        .expect("start");
+    let end = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = n
+            .client
+            .get_rollout(GetRolloutRequest { id: "r1".into() })
+            .await
+            .expect("get")
+            .into_inner()
+            .rollout
+            .expect("rollout");
+        if r.state != RolloutState::Running as i32 {
+            break r;
+        }
+        assert!(Instant::now() < end, "still running after 10 s: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(r.state, RolloutState::Halted as i32);
+    assert!(r.reason.starts_with("no progress for 1s"), "{}", r.reason);
+    assert!(
+        r.reason.contains("web-1 waits on staging on the agent"),
+        "{}",
+        r.reason
+    );
+}
