@@ -10,7 +10,9 @@
 //! health/     the host's health fact, the monitor that probes between deploys, the rule for
 //!             what the host reports
 //! journal/    the deploy journal (sled): phases, holds, write ids, the supervised child, health
-//! link/       the coordinator link: register, heartbeat, acquire/release/fence, slot claims
+//! link/       the coordinator link: register, heartbeat, acquire/release/fence, slot claims,
+//!             the rollout assignment and `ReportStep`
+//! rollout/    the rollout driver: follows the assignment, pre-stages, deploys when admitted
 //! rotation/   in/out of rotation: agent-check and /ready front ends, HAProxy runtime API
 //! service/    service control (exec supervision and re-adoption, systemd, command)
 //! artifact/   fetch, verify (sha256, ed25519), unpack; the artifact policy, checked at use
@@ -26,7 +28,8 @@
 //! state the journal gives, asserted to HAProxy; the engine (claims the journal's slots) and the
 //! report task; the recovery of an interrupted deploy, in the background, which takes the health
 //! fact before the monitor exists; the health monitor; the reconciliation of the slot the
-//! coordinators list; the coordinator link; the gRPC server. Then `READY=1`.
+//! coordinators list; the coordinator link and the rollout driver; the gRPC server. Then
+//! `READY=1`.
 //!
 //! **Who owns what.** One shutdown signal, a `tokio_util::sync::CancellationToken` made by the
 //! daemon (`Daemon::shutdown_token`), threads through every long-lived task; `Daemon::shutdown`
@@ -39,6 +42,7 @@
 //! | link heartbeat | the Register/heartbeat session; publishes the coordinators' slot view | at once |
 //! | engine tasks (one per operation) | the deploy/rollback/drain/undrain/recovery under way, the journal's phase, and (from a deploy's drain to its end) the health fact | at the next await point, journal left for recovery |
 //! | reconcile (engine) | releasing/rebuilding slots nobody uses; returning an unheld host to rotation | at once |
+//! | rollout driver | following the assignment: pre-staging and starting a rollout's deploy (the engine owns the deploy) | at once; a deploy under way ends with the engine's tasks |
 //! | health monitor | the health fact between deploys (probe rounds, the exec alive flag) | at once, even mid-round |
 //! | report task | the reported health (`health::reported`: the fact, a bad `current`, a failed verify) and the host report | at once |
 //! | exec supervisor (one per process) | the supervised process | detaches, the service keeps running |
@@ -63,6 +67,7 @@ pub mod link;
 pub mod verify;
 pub use hooks::{HookEnv, HookError, HookPoint, Hooks};
 pub use verify::{ProbeError, Verifier, VerifyError, VerifyReport};
+pub mod rollout;
 pub mod rotation;
 pub use rotation::{RotationControl, RotationError};
 pub mod api;

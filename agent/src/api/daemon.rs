@@ -16,7 +16,8 @@
 //! 6. recovery of an interrupted deploy, which takes the health fact *before* the monitor
 //!    exists, so that no probe round ever judges a half-done deploy;
 //! 7. the health monitor, reconciliation of the slot the coordinators list, the coordinator
-//!    link (if configured) and the gRPC server.
+//!    link and the rollout driver ([`crate::rollout`]; both if coordinators are configured) and
+//!    the gRPC server.
 //!
 //! Who owns what: the engine's tasks (deploys, drains, recovery, reconciliation) own the
 //! journal's deploy record, the holds and the slot; the monitor owns the health fact between
@@ -28,8 +29,8 @@
 //! and in `Status`), and deploys are refused until it is repaired.
 //!
 //! One [`CancellationToken`] is the shutdown signal of every long-lived task: the gRPC server,
-//! the rotation front ends, the coordinator link, the engine's tasks, the health monitor, the
-//! report task and the exec supervisors. [`Daemon::shutdown`] cancels it and waits (bounded)
+//! the rotation front ends, the coordinator link, the rollout driver, the engine's tasks, the
+//! health monitor, the report task and the exec supervisors. [`Daemon::shutdown`] cancels it and waits (bounded)
 //! for them to end, aborting none; it leaves the supervised service running.
 
 use super::service::AgentService;
@@ -39,6 +40,7 @@ use crate::health::{self, HealthMonitor};
 use crate::hooks::Hooks;
 use crate::journal::Journal;
 use crate::link::{Link, LinkConfig};
+use crate::rollout::RolloutDriver;
 use crate::rotation::RotationControl;
 use crate::service::ServiceHooks;
 use crate::service::{ChildRecord, ServiceController};
@@ -275,6 +277,12 @@ impl Daemon {
         engine.start_reconcile();
         if let Some(l) = &link {
             tasks.push(l.start(shutdown.clone()));
+            let driver = RolloutDriver::new(
+                engine.clone(),
+                Arc::new(l.clone()),
+                l.subscribe_assignment(),
+            );
+            tasks.push(tokio::spawn(driver.run(shutdown.clone())));
         }
 
         // gRPC.

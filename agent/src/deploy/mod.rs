@@ -57,24 +57,26 @@
 
 mod host;
 mod ops;
+mod outcome;
 mod progress;
 mod reconcile;
 mod recover;
 mod run;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use host::RealHost;
 pub use ops::{
     ArtifactRef, HeldSlot, Hook, HookCtx, HostOps, OpError, OpResult, ProgressFn, RotationView,
-    SlotLock, SlotOwner, SlotRequest, SlotView,
+    SlotLock, SlotOwner, SlotRequest, SlotView, StepReport, StepUpdate,
 };
 pub use progress::Progress;
 
 use crate::failpoint::failpoint;
 use crate::health::HealthFact;
 use crate::journal::{
-    DeployKind, DeployRecord, Hold, HoldKind, Journal, JournalError, Outcome, Phase, Purpose,
+    DeployKind, DeployRecord, Hold, HoldKind, Journal, JournalError, Outcome, OutcomeReport, Phase,
+    Purpose, RolloutStep,
 };
 use crate::link::LinkError;
 use hotdeploy_common::proto::Health;
@@ -150,6 +152,19 @@ pub struct DeployParams {
     pub release: String,
     pub artifact: ArtifactRef,
     pub rollout: String,
+    /// The rollout step this deploy serves (from the coordinators' assignment); `None` for a
+    /// local deploy, whose `rollout` is free text.
+    pub step: Option<RolloutStep>,
+}
+
+/// The rollout step of the last deploy in the journal, as the rollout driver needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastStep {
+    pub rollout: String,
+    pub attempt: u32,
+    /// Still running (or to be recovered).
+    pub in_progress: bool,
+    pub report: OutcomeReport,
 }
 
 /// The parts an engine is built from.
@@ -397,9 +412,11 @@ impl Engine {
         if disrupted {
             run.recovering();
         }
+        let inner = self.inner.clone();
         Ok(Some(self.inner.spawn((), async move {
             let _guard = guard;
             recover::recover(run).await;
+            outcome::report_due(&inner).await;
         })))
     }
 
@@ -442,7 +459,9 @@ impl Engine {
             now_ms(),
         );
         rec.repairs = hold.map(|h| h.kind);
+        rec.step = params.step.clone();
         let run = run::Run::new(self.inner.clone(), rec, progress);
+        let inner = self.inner.clone();
         // The live release, verified, healthy and held out by nothing: nothing to do. An
         // unhealthy host (or one a deploy left out) gets the full deploy (restart and verify):
         // that is how it is repaired.
@@ -453,13 +472,71 @@ impl Engine {
         {
             return Ok(self.inner.spawn(run::interrupted(), async move {
                 let _guard = guard;
-                run.already_live().await
+                let v = run.already_live().await;
+                outcome::report_due(&inner).await;
+                v
             }));
         }
         Ok(self.inner.spawn(run::interrupted(), async move {
             let _guard = guard;
-            run.execute(Some(params.artifact)).await
+            let v = run.execute(Some(params.artifact)).await;
+            // An outcome with no slot released before it (see `outcome`).
+            outcome::report_due(&inner).await;
+            v
         }))
+    }
+
+    /// Stages `release` in a task of the engine's own, without the lock and alongside any
+    /// operation (staging touches nothing live; the store's commit is atomic and idempotent).
+    /// What a rollout's pre-staging runs.
+    pub fn prestage(
+        &self,
+        release: &str,
+        artifact: ArtifactRef,
+    ) -> JoinHandle<Result<(), OpError>> {
+        let inner = self.inner.clone();
+        let release = release.to_owned();
+        self.inner.spawn(
+            Err(OpError::transient("the agent is shutting down")),
+            async move {
+                let note = |m: String| tracing::info!(release = %release, "pre-staging: {m}");
+                inner.ops.stage(&release, &artifact, &note).await
+            },
+        )
+    }
+
+    /// The rollout step of the last deploy in the journal, if a rollout drove it.
+    pub fn last_step(&self) -> Result<Option<LastStep>, EngineError> {
+        Ok(self.inner.journal.deploy()?.and_then(|r| {
+            let step = r.step.as_ref()?;
+            Some(LastStep {
+                rollout: r.rollout.clone(),
+                attempt: step.attempt,
+                in_progress: r.in_progress(),
+                report: step.report,
+            })
+        }))
+    }
+
+    /// Reports the last rollout deploy's outcome if it is over and was never reported (an
+    /// agent that stopped between the two), unless an operation runs (it reports its own).
+    pub async fn report_due_outcome(&self) {
+        let Ok(guard) = self.inner.try_busy("reporting a rollout outcome".into()) else {
+            return;
+        };
+        let inner = self.inner.clone();
+        let _ = self
+            .inner
+            .spawn((), async move {
+                let _guard = guard;
+                outcome::report_due(&inner).await;
+            })
+            .await;
+    }
+
+    /// Whether an operation (deploy, rollback, drain, undrain, recovery) runs.
+    pub fn is_busy(&self) -> bool {
+        self.inner.is_busy()
     }
 
     /// Swaps `previous` back in, under a slot, with the same phases as a deploy.
@@ -574,6 +651,7 @@ async fn drain(
                     purpose,
                     reason: reason.to_owned(),
                     rollout: String::new(),
+                    canary: false,
                     wait: inner.timing.drain_slot_wait,
                 };
                 (lock.acquire(req, write).await?, true)

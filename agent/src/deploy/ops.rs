@@ -6,7 +6,7 @@
 //! the daemon plugs in the real modules. Both traits are object-safe: methods return boxed
 //! futures.
 
-use crate::journal::{Phase, Purpose, WriteId};
+use crate::journal::{Outcome, Phase, Purpose, WriteId};
 use crate::link::LinkError;
 use futures::future::BoxFuture;
 use hotdeploy_common::proto::Rotation;
@@ -141,8 +141,90 @@ pub struct SlotRequest {
     pub purpose: Purpose,
     pub reason: String,
     pub rollout: String,
+    /// A rollout's canary host: served first (the coordinators set it from the step anyway).
+    pub canary: bool,
     /// How long to keep asking (no budget, no leader) before giving up.
     pub wait: Duration,
+}
+
+/// What an agent tells the coordinators about its rollout step (`ReportStep`). The phases of a
+/// deploy under a slot travel with the fenced `ReportPhase` instead; these are what only the
+/// agent knows: staging, a first install's progress (it holds no slot), and the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepReport {
+    Staging,
+    Staged,
+    /// A first install swapping in and starting.
+    Swapping,
+    /// A first install verifying.
+    Verifying,
+    Succeeded,
+    /// Staging or the deploy failed (counts toward `max_failures`).
+    Failed,
+    RolledBack,
+    /// The deploy stopped because its slot was revoked or a fence could not be confirmed: not
+    /// a failure; the step is driven again.
+    Fenced,
+}
+
+impl StepReport {
+    /// The report of a deploy's outcome.
+    pub fn of(outcome: Outcome) -> StepReport {
+        match outcome {
+            Outcome::Succeeded => StepReport::Succeeded,
+            Outcome::Failed => StepReport::Failed,
+            Outcome::RolledBack => StepReport::RolledBack,
+            Outcome::Fenced => StepReport::Fenced,
+        }
+    }
+
+    /// The wire enum.
+    pub fn to_proto(self) -> hotdeploy_common::proto::StepReport {
+        use hotdeploy_common::proto::StepReport as P;
+        match self {
+            StepReport::Staging => P::Staging,
+            StepReport::Staged => P::Staged,
+            StepReport::Swapping => P::Swapping,
+            StepReport::Verifying => P::Verifying,
+            StepReport::Succeeded => P::Succeeded,
+            StepReport::Failed => P::Failed,
+            StepReport::RolledBack => P::RolledBack,
+            StepReport::Fenced => P::Fenced,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepReport::Staging => "staging",
+            StepReport::Staged => "staged",
+            StepReport::Swapping => "swapping",
+            StepReport::Verifying => "verifying",
+            StepReport::Succeeded => "succeeded",
+            StepReport::Failed => "failed",
+            StepReport::RolledBack => "rolled_back",
+            StepReport::Fenced => "fenced",
+        }
+    }
+}
+
+impl std::fmt::Display for StepReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `ReportStep`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUpdate {
+    pub rollout: String,
+    pub attempt: u32,
+    pub report: StepReport,
+    /// Why (failed, rolled back, fenced); empty otherwise.
+    pub error: String,
+    /// The live release as the engine knows it, sent in the host report with an outcome so the
+    /// coordinators know the host's release the moment the step ends; `None` leaves the report
+    /// as the heartbeat has it.
+    pub release: Option<String>,
 }
 
 /// Whose a slot the coordinators list for this host is.
@@ -196,4 +278,8 @@ pub trait SlotLock: Send + Sync + 'static {
     fn adopt(&self, token: u64) -> bool;
     /// Follows what the coordinators say about this host's slot.
     fn slot(&self) -> watch::Receiver<SlotView>;
+    /// Reports on a rollout step, retrying transient failures for a bounded time (same write
+    /// id). [`LinkError::Refused`]: the coordinators will never take it (a stale attempt, a
+    /// step that no longer exists), so it is dropped; [`LinkError::Timeout`]: try again later.
+    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<(), LinkError>>;
 }

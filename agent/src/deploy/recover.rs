@@ -40,6 +40,14 @@ pub(super) async fn recover(run: Run) -> Verdict {
 async fn finish(mut run: Run) -> Verdict {
     let phase = run.rec.phase;
     tracing::warn!(%phase, release = %run.rec.to, "recovering an interrupted deploy");
+    // Whatever recovery abandons was abandoned for the restart, not for the release: a rollout
+    // deploy then ends `fenced` and is driven again.
+    run.redrive = true;
+    if phase <= Phase::SlotRequested {
+        // Nothing was disrupted and there is no outcome to report: the rollout driver deploys
+        // again when the assignment says so.
+        run.not_admitted();
+    }
     let r = match phase {
         Phase::Staging | Phase::Staged => Err(Stop::Failed(format!(
             "agent restarted while staging {}; nothing was swapped",

@@ -1,9 +1,9 @@
 //! One deploy, step by step. See the module docs of [`super`] for the flow and its rules.
 
-use super::{Hook, HookCtx, Inner, Progress, SlotRequest};
+use super::{outcome, Hook, HookCtx, Inner, Progress, SlotRequest, StepReport};
 use crate::failpoint::failpoint;
 use crate::health::EngineClaim;
-use crate::journal::{DeployKind, DeployRecord, Hold, HoldKind, Outcome, Phase};
+use crate::journal::{DeployKind, DeployRecord, Hold, HoldKind, Outcome, OutcomeReport, Phase};
 use crate::link::LinkError;
 use hotdeploy_common::proto::Health;
 use hotdeploy_common::time::now_ms;
@@ -54,6 +54,10 @@ pub(super) struct Run {
     judged: bool,
     /// The service was (or may have been) restarted by this deploy.
     restarted: bool,
+    /// The deploy was abandoned for a reason that is not the release's fault (a fence that
+    /// could not be confirmed, an agent restart before the swap took effect): a rollout deploy
+    /// that aborts then ends `fenced`, and the coordinators drive it again.
+    pub(super) redrive: bool,
 }
 
 impl Run {
@@ -65,6 +69,71 @@ impl Run {
             health: None,
             judged: false,
             restarted: false,
+            redrive: false,
+        }
+    }
+
+    /// A rollout's canary host (its slot request says so).
+    fn canary(&self) -> bool {
+        self.rec.step.as_ref().is_some_and(|s| s.canary)
+    }
+
+    /// Whether a failed verify is rolled back (always, unless a rollout says otherwise).
+    fn auto_rollback(&self) -> bool {
+        self.rec.step.as_ref().is_none_or(|s| s.auto_rollback)
+    }
+
+    /// A rollout deploy that never disrupted anything because it got no slot (or was
+    /// interrupted before it did): there is no outcome to report, and the driver asks again.
+    pub(super) fn not_admitted(&mut self) {
+        if let Some(s) = &mut self.rec.step {
+            s.report = OutcomeReport::NotAdmitted;
+        }
+    }
+
+    /// What an aborted deploy (nothing swapped, or the swap undone) ends as.
+    fn abort_outcome(&self) -> Outcome {
+        if self.redrive && self.rec.step.is_some() {
+            Outcome::Fenced
+        } else {
+            Outcome::Failed
+        }
+    }
+
+    /// Before anything disruptive happened, a phase that cannot be committed aborts the
+    /// deploy (and a rollout drives it again).
+    fn unconfirmed_aborts(&mut self, stop: Stop) -> Stop {
+        match stop {
+            Stop::Unconfirmed(m) => {
+                self.redrive = true;
+                Stop::Abort(m)
+            }
+            other => other,
+        }
+    }
+
+    /// Reports the outcome of a rollout deploy, once, before its slot is released; the
+    /// journal records that it was.
+    async fn report_outcome(&mut self, outcome: Outcome, error: &str) {
+        let report = match &self.rec.step {
+            Some(s) if s.report == OutcomeReport::Due => {
+                outcome::send(&self.eng, &self.rec, outcome, error).await
+            }
+            _ => return,
+        };
+        if let Some(s) = &mut self.rec.step {
+            s.report = report;
+        }
+        if let Err(e) = self.eng.journal.put_deploy(&self.rec) {
+            tracing::warn!(error = %e, "cannot journal that the outcome was reported");
+        }
+    }
+
+    /// A first install's progress, for display (it holds no slot to fence with). A failure
+    /// is only logged.
+    async fn report_progress(&self, report: StepReport) {
+        if let Some(step) = &self.rec.step {
+            outcome::progress(&self.eng, &self.rec.rollout, step.attempt, report).await;
         }
     }
 
@@ -249,14 +318,16 @@ impl Run {
         match r {
             Ok((outcome, error)) => self.conclude(outcome, error),
             Err(Stop::Failed(m)) => self.conclude(Outcome::Failed, m),
-            Err(Stop::Abort(m)) => match self.back_in_rotation(Outcome::Failed, m.clone()).await {
-                Ok((o, e)) => self.conclude(o, e),
-                Err(Stop::Fenced(f)) => self.fenced(format!("{m}; {f}")),
-                Err(_) => {
-                    self.keep_slot(HoldKind::Interrupted);
-                    self.conclude(Outcome::Failed, m)
+            Err(Stop::Abort(m)) => {
+                match self.back_in_rotation(self.abort_outcome(), m.clone()).await {
+                    Ok((o, e)) => self.conclude(o, e),
+                    Err(Stop::Fenced(f)) => self.fenced(format!("{m}; {f}")),
+                    Err(_) => {
+                        self.keep_slot(HoldKind::Interrupted);
+                        self.conclude(Outcome::Failed, m)
+                    }
                 }
-            },
+            }
             Err(Stop::Fenced(m)) => self.fenced(m),
             Err(Stop::Unconfirmed(m)) | Err(Stop::Journal(m)) => {
                 tracing::error!("{m}");
@@ -325,11 +396,18 @@ impl Run {
                         purpose,
                         reason: format!("{} {to}", self.rec.kind.as_str()),
                         rollout: self.rec.rollout.clone(),
+                        canary: self.canary(),
                         wait: self.eng.timing.slot_wait,
                     };
-                    lock.acquire(req, write)
-                        .await
-                        .map_err(|e| Stop::Failed(format!("no slot: {e}")))?
+                    match lock.acquire(req, write).await {
+                        Ok(token) => token,
+                        Err(e) => {
+                            // Nothing was disrupted. For a rollout this is "not admitted (yet)":
+                            // no outcome; the driver follows the assignment again.
+                            self.not_admitted();
+                            return Err(Stop::Failed(format!("no slot: {e}")));
+                        }
+                    }
                 }
             };
             self.rec.token = token;
@@ -341,9 +419,8 @@ impl Run {
         // *before* the fence: the token is checked right before the step it guards, never
         // before a hook that could outlive the slot.
         self.gate(Hook::BeforeDrain).await?;
-        self.fence(Phase::Draining)
-            .await
-            .map_err(unconfirmed_aborts)?;
+        let fenced = self.fence(Phase::Draining).await;
+        fenced.map_err(|s| self.unconfirmed_aborts(s))?;
         self.claim_health();
         self.rec.drained_at_ms = Some(now_ms());
         self.enter(Phase::Draining, "leaving rotation")?;
@@ -361,9 +438,8 @@ impl Run {
         failpoint("after_drain");
 
         self.gate(Hook::BeforeSwap).await?;
-        self.fence(Phase::Swapped)
-            .await
-            .map_err(unconfirmed_aborts)?;
+        let fenced = self.fence(Phase::Swapped).await;
+        fenced.map_err(|s| self.unconfirmed_aborts(s))?;
         self.enter(Phase::Swapped, format!("swapping current to {to}"))?;
         if let Err(e) = self.eng.ops.set_current(&to) {
             return self.roll_back(format!("swap to {to} failed: {e}")).await;
@@ -373,6 +449,7 @@ impl Run {
 
         if let Err(stop) = self.fence(Phase::Restarted).await {
             if let Stop::Unconfirmed(m) = stop {
+                self.redrive = true;
                 return self.swap_back_and_abort(&from, m);
             }
             return Err(stop);
@@ -408,9 +485,24 @@ impl Run {
     /// `verifying` and what follows it, for a host with an old release to fall back on.
     pub(super) async fn verify_new(&mut self, from: &str) -> Result<Verdict, Stop> {
         let to = self.rec.to.clone();
+        // Verifying disrupts nothing, but a stale token found here stops the deploy before it
+        // decides anything more under a slot it no longer holds.
+        match self.fence(Phase::Verifying).await {
+            Err(Stop::Unconfirmed(m)) => {
+                tracing::warn!("{m}; verifying anyway: {to} already runs");
+            }
+            Err(stop) => return Err(stop),
+            Ok(()) => {}
+        }
         self.enter(Phase::Verifying, format!("verifying {to}"))?;
         failpoint("during_verify");
         if let Err(e) = self.verify().await {
+            if !self.auto_rollback() {
+                return Ok(self.keep_failed(format!(
+                    "verify of {to} failed: {e}; not rolled back (auto_rollback is off): the \
+                     host stays out of rotation on {to} and keeps its slot"
+                )));
+            }
             return self.roll_back(format!("verify of {to} failed: {e}")).await;
         }
         self.judge(Health::Healthy);
@@ -427,12 +519,24 @@ impl Run {
             .await
     }
 
+    /// A failed verify left as it is (a rollout with `auto_rollback` off): the host stays out
+    /// of rotation, reports `unhealthy` and keeps its slot, as when no release verifies.
+    fn keep_failed(&mut self, why: String) -> Verdict {
+        tracing::warn!("{why}");
+        self.eng.update(|v| v.verify_failed = true);
+        self.judge(Health::Unhealthy);
+        self.rec.error = Some(why.clone());
+        self.keep_slot(HoldKind::VerifyFailed);
+        (Outcome::Failed, why)
+    }
+
     /// A first deploy: no slot, no drain. On failure the service is stopped and the host is
     /// unprovisioned again.
     async fn first_deploy(&mut self) -> Result<Verdict, Stop> {
         let to = self.rec.to.clone();
         // Not healthy until verified: the fact stays `unprovisioned`, and the engine's.
         self.claim_health();
+        self.report_progress(StepReport::Swapping).await;
         self.enter(Phase::Swapped, format!("first release: current → {to}"))?;
         if let Err(e) = self.eng.ops.set_current(&to) {
             return Err(Stop::Failed(format!("swap to {to} failed: {e}")));
@@ -456,6 +560,7 @@ impl Run {
 
     pub(super) async fn first_verify(&mut self) -> Result<Verdict, Stop> {
         let to = self.rec.to.clone();
+        self.report_progress(StepReport::Verifying).await;
         self.enter(Phase::Verifying, format!("verifying {to}"))?;
         failpoint("during_verify");
         if let Err(e) = self.verify().await {
@@ -546,7 +651,7 @@ impl Run {
         if !error.is_empty() {
             self.rec.error = Some(error.clone());
         }
-        if outcome == Outcome::Failed {
+        if matches!(outcome, Outcome::Failed | Outcome::Fenced) {
             if let Some(kind) = self.rec.repairs {
                 // The host was out of rotation, keeping its slot, before this deploy; it still
                 // is not repaired. It stays out, and keeps the slot.
@@ -617,6 +722,10 @@ impl Run {
                 self.eng.update(|v| v.hold = None);
             }
         }
+        // A rollout hears the outcome *before* the slot is freed: the next host then waits on
+        // the leader when it frees, and a slot released first would re-drive the step.
+        self.report_outcome(outcome, &error).await;
+        failpoint("after_outcome_reported");
         self.eng.release(self.rec.token).await;
         self.eng.update(|v| v.token = 0);
         self.enter(Phase::Released, "slot released")?;
@@ -679,13 +788,5 @@ impl Run {
         });
         self.progress.done(outcome, &error, oor);
         (outcome, error)
-    }
-}
-
-/// Before anything disruptive happened, a phase that cannot be committed aborts the deploy.
-fn unconfirmed_aborts(stop: Stop) -> Stop {
-    match stop {
-        Stop::Unconfirmed(m) => Stop::Abort(m),
-        other => other,
     }
 }

@@ -20,6 +20,9 @@
 //! - whether the journal is new ([`Journal::is_new`]): created at this start and not yet
 //!   reconciled with the slot the coordinators say the host holds, so that a lost journal can be
 //!   rebuilt from that slot;
+//! - for a deploy a rollout drove, its step ([`RolloutStep`]): the attempt, and whether the
+//!   outcome has reached the coordinators ([`OutcomeReport`]), so that a restarted agent reports
+//!   an outcome it had not reported before it releases anything;
 //! - the last health this host established (see [`crate::health`]), so that a restarted agent
 //!   neither hides a bad state nor invents a good one.
 //!
@@ -33,7 +36,9 @@ mod phase;
 mod record;
 
 pub use phase::{Outcome, Phase};
-pub use record::{DeployKind, DeployRecord, Hold, HoldKind, Purpose, WriteId};
+pub use record::{
+    DeployKind, DeployRecord, Hold, HoldKind, OutcomeReport, Purpose, RolloutStep, WriteId,
+};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -131,6 +131,51 @@ pub struct DeployRecord {
     /// repaired under the slot it kept): if this deploy fails too, the hold is kept.
     #[serde(default)]
     pub repairs: Option<HoldKind>,
+    /// The rollout step this deploy serves (its attempt, and whether its outcome reached the
+    /// coordinators); `None` for a local deploy. Journals written before rollouts lack it.
+    #[serde(default)]
+    pub step: Option<RolloutStep>,
+}
+
+/// A deploy driven by a rollout assignment: what the coordinators must hear about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStep {
+    /// The step's attempt (every report carries it; a re-driven step has a higher one).
+    pub attempt: u32,
+    /// Canary hosts are served first by the lock.
+    pub canary: bool,
+    /// `false`: a failed verify is not rolled back; the host keeps its slot.
+    pub auto_rollback: bool,
+    /// Where the outcome's `ReportStep` stands.
+    #[serde(default)]
+    pub report: OutcomeReport,
+}
+
+impl RolloutStep {
+    /// A step of `attempt`, its outcome not reported yet.
+    pub fn new(attempt: u32, canary: bool, auto_rollback: bool) -> Self {
+        Self {
+            attempt,
+            canary,
+            auto_rollback,
+            report: OutcomeReport::Due,
+        }
+    }
+}
+
+/// Where the `ReportStep` of a rollout deploy's outcome stands. It is sent before the slot is
+/// released; a restarted agent sends one that is still [`OutcomeReport::Due`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeReport {
+    /// Not sent yet (or not acknowledged): send it once the outcome is known.
+    #[default]
+    Due,
+    /// The coordinators took it, or refused it as stale (the step was driven again): done.
+    Sent,
+    /// The coordinators did not admit the deploy (no slot for this rollout now): nothing was
+    /// disrupted and there is no outcome to report; the driver asks again later.
+    NotAdmitted,
 }
 
 impl DeployRecord {
@@ -151,6 +196,7 @@ impl DeployRecord {
             finished_at_ms: None,
             drained_at_ms: None,
             repairs: None,
+            step: None,
         }
     }
 

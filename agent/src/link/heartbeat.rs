@@ -1,7 +1,8 @@
 //! Register, then one heartbeat stream to the leader, until the agent shuts down.
 //!
 //! Reports go up on a timer and on every change; answers come down with the slot the
-//! coordinator thinks the host holds, which is published for the engine (`LinkInner::slot`).
+//! coordinator thinks the host holds, which is published for the engine (`LinkInner::slot`),
+//! and the host's rollout step, published for the rollout driver (`LinkInner::assignment`).
 //! The loop never waits on its own sends: a report that finds the outgoing queue full is
 //! dropped (the next one carries the latest state anyway), so a stream whose sending side
 //! stalls still has its answers read, and the silence check still runs.
@@ -10,7 +11,9 @@ use super::error::{classify, Verdict};
 use super::{call, slot_view, LinkInner};
 use futures::{Stream, StreamExt};
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
-use hotdeploy_common::proto::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, Slot};
+use hotdeploy_common::proto::{
+    Assignment, HeartbeatRequest, HeartbeatResponse, RegisterRequest, Slot,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -73,12 +76,17 @@ fn report(inner: &LinkInner) -> HeartbeatRequest {
     }
 }
 
-/// Publishes what an answer says about this host's slot.
-fn publish(inner: &LinkInner, slot: Option<Slot>) {
+/// Publishes what an answer says about this host's slot and its rollout step.
+fn publish(inner: &LinkInner, slot: Option<Slot>, assignment: Option<Assignment>) {
     let view = slot_view(slot);
     inner.slot.send_if_modified(|v| {
         let changed = *v != view;
         *v = view;
+        changed
+    });
+    inner.assignment.send_if_modified(|a| {
+        let changed = *a != assignment;
+        *a = assignment;
         changed
     });
 }
@@ -109,7 +117,7 @@ async fn session(inner: &Arc<LinkInner>) -> SessionEnd {
     )
     .await;
     match r {
-        Ok(resp) => publish(inner, resp.slot),
+        Ok(resp) => publish(inner, resp.slot, resp.assignment),
         Err(call::CallError::Status(s)) => {
             return SessionEnd::Refused(format!("{:?}: {}", s.code(), s.message()))
         }
@@ -178,7 +186,7 @@ where
                 Some(Ok(resp)) => {
                     last_answer = Instant::now();
                     inner.connected.send_replace(true);
-                    publish(inner, resp.slot);
+                    publish(inner, resp.slot, resp.assignment);
                 }
                 None => return SessionEnd::Lost(format!("heartbeat to {addr}: stream ended")),
                 Some(Err(s)) => return lost(inner, addr, s),

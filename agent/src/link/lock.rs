@@ -1,7 +1,7 @@
 //! The link as the engine's [`SlotLock`].
 
 use super::{Link, LinkError};
-use crate::deploy::{SlotLock, SlotRequest, SlotView};
+use crate::deploy::{SlotLock, SlotRequest, SlotView, StepUpdate};
 use crate::journal::{Phase, WriteId};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -15,6 +15,7 @@ impl SlotLock for Link {
                 req.purpose,
                 &req.reason,
                 &req.rollout,
+                req.canary,
                 req.wait,
                 write,
             )
@@ -45,5 +46,9 @@ impl SlotLock for Link {
 
     fn slot(&self) -> watch::Receiver<SlotView> {
         Link::subscribe_slot(self)
+    }
+
+    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<(), LinkError>> {
+        Link::report_step(self, update).boxed()
     }
 }

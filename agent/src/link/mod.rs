@@ -16,6 +16,11 @@
 //!   host holds, published as a [`SlotView`] for the engine. The link itself never decides to
 //!   release a slot: the engine does (`deploy::reconcile`), once the host is confirmed back in
 //!   rotation.
+//! - **Assignments.** Register and heartbeat answers also carry the host's rollout step, if
+//!   any; the link publishes the latest one ([`Link::subscribe_assignment`]) for the rollout
+//!   driver (`crate::rollout`), and sends that driver's `ReportStep`s ([`Link::report_step`]),
+//!   retried like a fenced write. A stale attempt or a step that is gone is a refusal: the
+//!   report is dropped.
 //! - **Claims.** Which tokens are in use, and the rule that an acquire and a release of one
 //!   token never overlap, live in `claims::SlotClaims` (see there).
 //!
@@ -32,13 +37,14 @@ mod tests;
 
 pub use error::LinkError;
 
-use crate::deploy::{HeldSlot, SlotOwner, SlotView};
+use crate::deploy::{HeldSlot, SlotOwner, SlotView, StepUpdate};
 use crate::journal::{Journal, Phase, Purpose, WriteId};
 use claims::SlotClaims;
 use hotdeploy_common::config::TlsConfig;
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
 use hotdeploy_common::proto::{
-    AcquireSlotRequest, HostReport, ReleaseSlotRequest, ReportPhaseRequest, Slot,
+    AcquireSlotRequest, Assignment, HostReport, ReleaseSlotRequest, ReportPhaseRequest,
+    ReportStepRequest, Slot,
 };
 use hotdeploy_common::tls::{ClientTls, TlsError};
 use std::collections::HashMap;
@@ -80,6 +86,8 @@ pub(crate) struct LinkInner {
     claims: SlotClaims,
     /// The slot the coordinators said this host holds, in their last answer.
     slot: watch::Sender<SlotView>,
+    /// The host's rollout step, in their last answer (`None`: no step, or no answer yet).
+    assignment: watch::Sender<Option<Assignment>>,
 }
 
 /// The link to the coordinators. Cheap to clone.
@@ -106,6 +114,7 @@ impl Link {
         }
         let (connected, _) = watch::channel(false);
         let (slot, _) = watch::channel(SlotView::Unknown);
+        let (assignment, _) = watch::channel(None);
         Ok(Self {
             inner: Arc::new(LinkInner {
                 cfg,
@@ -118,6 +127,7 @@ impl Link {
                 connected,
                 claims: SlotClaims::default(),
                 slot,
+                assignment,
             }),
         })
     }
@@ -151,6 +161,11 @@ impl Link {
         self.inner.slot.subscribe()
     }
 
+    /// Follows the host's rollout step, as the coordinators' last answer gave it.
+    pub fn subscribe_assignment(&self) -> watch::Receiver<Option<Assignment>> {
+        self.inner.assignment.subscribe()
+    }
+
     /// Takes a slot of the lock. Retryable answers (no leader, no budget yet) are retried until
     /// `wait` has passed; the first attempt carries `write`, and a fresh id is drawn only after a
     /// definitive "not now". Nothing is sent while a release of this host's slot is in flight
@@ -160,6 +175,7 @@ impl Link {
         purpose: Purpose,
         reason: &str,
         rollout: &str,
+        canary: bool,
         wait: Duration,
         write: WriteId,
     ) -> Result<u64, LinkError> {
@@ -190,7 +206,7 @@ impl Link {
                 reason: reason.to_owned(),
                 rollout: rollout.to_owned(),
                 wait_ms,
-                canary: false,
+                canary,
             };
             let per_call = Duration::from_millis(wait_ms) + Duration::from_secs(5);
             let r = call::unary(
@@ -261,6 +277,46 @@ impl Link {
             Err(Fenced::Stale(msg)) => Err(LinkError::Stale(msg)),
             Err(Fenced::Other(e)) => Err(e),
             Ok(()) => Ok(()),
+        }
+    }
+
+    /// Sends a `ReportStep`, with this host's report (its `release` replaced by
+    /// `update.release` when given), retrying transient failures until [`FENCE_DEADLINE`] with
+    /// one write id. A stale attempt, or a rollout or step the coordinators do not know, is
+    /// [`LinkError::Refused`]: the report will never be taken and is to be dropped.
+    pub async fn report_step(&self, update: StepUpdate) -> Result<(), LinkError> {
+        let inner = &self.inner;
+        let write = next_write(inner)?;
+        let mut host_report = inner.report.borrow().clone();
+        if let Some(r) = &update.release {
+            host_report.release = r.clone();
+        }
+        let req = ReportStepRequest {
+            write: Some(write.to_proto()),
+            host: inner.cfg.host_id.clone(),
+            rollout: update.rollout.clone(),
+            attempt: update.attempt,
+            report: update.report.to_proto() as i32,
+            error: update.error.clone(),
+            host_report: Some(host_report),
+        };
+        let r = fenced_call(inner, "ReportStep", |mut c| {
+            let req = req.clone();
+            async move { c.report_step(req).await.map(|_| ()) }
+        })
+        .await;
+        match r {
+            Ok(()) => {
+                tracing::info!(
+                    rollout = %update.rollout,
+                    attempt = update.attempt,
+                    report = %update.report,
+                    "step reported"
+                );
+                Ok(())
+            }
+            Err(Fenced::Stale(msg)) => Err(LinkError::Refused(msg)),
+            Err(Fenced::Other(e)) => Err(e),
         }
     }
 

@@ -48,6 +48,7 @@ async fn follows_the_leader_with_the_same_write_id() {
             Purpose::Deploy,
             "test",
             "",
+            false,
             Duration::from_secs(10),
             write.clone(),
         )

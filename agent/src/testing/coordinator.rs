@@ -34,8 +34,20 @@ pub(crate) struct CoordState {
     pub release_gate: Option<Arc<Semaphore>>,
     /// Answers of writes already applied, by `(client_id, seq)`.
     answers: HashMap<(String, u64), u64>,
-    /// Hears "acquire <token>", "release <token>", "report <token> <phase>" as they apply.
+    /// Hears "acquire <token>", "release <token>", "report <token> <phase>", "step <report>"
+    /// as they apply.
     pub on_event: Option<Arc<dyn Fn(String) + Send + Sync>>,
+    /// The host's rollout step, given in every Register and heartbeat answer.
+    pub assignment: Option<Assignment>,
+    /// Every ReportStep taken: rollout, attempt, report (lower case, as `StepReport` names it)
+    /// and error.
+    pub steps: Vec<(String, u32, String, String)>,
+    /// The release in the host report of each ReportStep taken.
+    pub step_releases: Vec<String>,
+    /// The next AcquireSlot calls are refused with these codes, one each.
+    pub acquire_faults: VecDeque<tonic::Code>,
+    /// Every AcquireSlot's rollout and canary flag.
+    pub acquire_rollouts: Vec<(String, bool)>,
 }
 
 impl Default for CoordState {
@@ -54,6 +66,11 @@ impl Default for CoordState {
             release_gate: None,
             answers: HashMap::new(),
             on_event: None,
+            assignment: None,
+            steps: Vec::new(),
+            step_releases: Vec::new(),
+            acquire_faults: VecDeque::new(),
+            acquire_rollouts: Vec::new(),
         }
     }
 }
@@ -151,7 +168,7 @@ impl Coordinator for FakeCoordinator {
         s.registered += 1;
         Ok(Response::new(RegisterResponse {
             slot: s.held.clone(),
-            ..Default::default()
+            assignment: s.assignment.clone(),
         }))
     }
     type HeartbeatStream = Beats;
@@ -165,12 +182,12 @@ impl Coordinator for FakeCoordinator {
         let out = async_stream::stream! {
             while let Ok(Some(hb)) = incoming.message().await {
                 let health = hb.report.map(|r| r.health).unwrap_or_default();
-                let slot = {
+                let (slot, assignment) = {
                     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                     s.beats.push((tokio::time::Instant::now(), health));
-                    s.held.clone()
+                    (s.held.clone(), s.assignment.clone())
                 };
-                yield Ok(HeartbeatResponse { slot, leader: 1, ..Default::default() });
+                yield Ok(HeartbeatResponse { slot, leader: 1, assignment });
             }
         };
         Ok(Response::new(Box::pin(out)))
@@ -184,9 +201,13 @@ impl Coordinator for FakeCoordinator {
         let mut s = self.state();
         s.acquires
             .push((r.purpose.clone(), w.client_id.clone(), w.seq));
+        s.acquire_rollouts.push((r.rollout.clone(), r.canary));
         drop(s);
         self.follower()?;
         let mut s = self.state();
+        if let Some(code) = s.acquire_faults.pop_front() {
+            return Err(Status::new(code, "injected: not admitted"));
+        }
         if let Some(token) = s.answers.get(&(w.client_id.clone(), w.seq)).copied() {
             return Ok(Response::new(AcquireSlotResponse {
                 slot: Some(slot(token, &r.purpose, "")),
@@ -318,9 +339,37 @@ impl Coordinator for FakeCoordinator {
     }
     async fn report_step(
         &self,
-        _r: Request<ReportStepRequest>,
+        r: Request<ReportStepRequest>,
     ) -> Result<Response<ReportStepResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        self.follower()?;
+        let r = r.into_inner();
+        let report = StepReport::try_from(r.report)
+            .map_err(|_| Status::invalid_argument("unknown report"))?;
+        let name = report
+            .as_str_name()
+            .trim_start_matches("STEP_REPORT_")
+            .to_lowercase();
+        let mut s = self.state();
+        if s.assignment.as_ref().is_some_and(|a| a.attempt > r.attempt) {
+            return Err(Status::failed_precondition("stale attempt"));
+        }
+        // The step moves as the state machine would move it for staging.
+        let to = match report {
+            StepReport::Staging => Some(StepPhase::Staging),
+            StepReport::Staged => Some(StepPhase::Staged),
+            _ => None,
+        };
+        if let (Some(a), Some(to)) = (s.assignment.as_mut(), to) {
+            if a.phase < to as i32 {
+                a.phase = to as i32;
+            }
+        }
+        s.steps
+            .push((r.rollout.clone(), r.attempt, name.clone(), r.error.clone()));
+        s.step_releases
+            .push(r.host_report.map(|h| h.release).unwrap_or_default());
+        s.event(format!("step {name}"));
+        Ok(Response::new(ReportStepResponse {}))
     }
     async fn start_rollout(
         &self,

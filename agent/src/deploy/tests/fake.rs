@@ -10,34 +10,34 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
 
 /// Called at each drain; what it answers is logged ("drain witness ...").
-pub(super) type Witness = Arc<dyn Fn() -> String + Send + Sync>;
+pub(crate) type Witness = Arc<dyn Fn() -> String + Send + Sync>;
 
-pub(super) struct State {
-    pub(super) log: Vec<String>,
-    pub(super) current: Option<String>,
+pub(crate) struct State {
+    pub(crate) log: Vec<String>,
+    pub(crate) current: Option<String>,
     /// `current` cannot be read (why): an unusable link.
-    pub(super) current_error: Option<String>,
-    pub(super) previous: Option<String>,
-    pub(super) verify: VecDeque<bool>,
-    pub(super) stale_at: Option<Phase>,
+    pub(crate) current_error: Option<String>,
+    pub(crate) previous: Option<String>,
+    pub(crate) verify: VecDeque<bool>,
+    pub(crate) stale_at: Option<Phase>,
     /// Phase reports that fail as unconfirmed (coordinators unreachable), one per call.
-    pub(super) unconfirmed: VecDeque<Phase>,
-    pub(super) block_stage: Option<Arc<tokio::sync::Notify>>,
+    pub(crate) unconfirmed: VecDeque<Phase>,
+    pub(crate) block_stage: Option<Arc<tokio::sync::Notify>>,
     /// Undrains that fail, one per call.
-    pub(super) undrain_failures: usize,
+    pub(crate) undrain_failures: usize,
     /// Releases never answer (a coordinator that hangs).
-    pub(super) hang_release: bool,
+    pub(crate) hang_release: bool,
     /// Releases that may not go live (no valid signature).
-    pub(super) refused: BTreeSet<String>,
-    pub(super) rotation: RotationView,
-    pub(super) running: Option<bool>,
-    pub(super) claimed: BTreeSet<u64>,
-    pub(super) slot: Arc<watch::Sender<SlotView>>,
+    pub(crate) refused: BTreeSet<String>,
+    pub(crate) rotation: RotationView,
+    pub(crate) running: Option<bool>,
+    pub(crate) claimed: BTreeSet<u64>,
+    pub(crate) slot: Arc<watch::Sender<SlotView>>,
     /// Called at each drain.
-    pub(super) witness: Option<Witness>,
+    pub(crate) witness: Option<Witness>,
     /// The engine's health fact, and what it said at each effect ("effect: Owner health").
-    pub(super) fact: Option<Arc<HealthFact>>,
-    pub(super) seen: Vec<String>,
+    pub(crate) fact: Option<Arc<HealthFact>>,
+    pub(crate) seen: Vec<String>,
 }
 
 impl Default for State {
@@ -69,10 +69,10 @@ impl Default for State {
 }
 
 #[derive(Clone, Default)]
-pub(super) struct Fake(pub(super) Arc<Mutex<State>>);
+pub(crate) struct Fake(pub(crate) Arc<Mutex<State>>);
 
 impl Fake {
-    pub(super) fn with(current: Option<&str>, previous: Option<&str>, verify: &[bool]) -> Self {
+    pub(crate) fn with(current: Option<&str>, previous: Option<&str>, verify: &[bool]) -> Self {
         let f = Fake::default();
         {
             let mut s = f.0.lock().unwrap();
@@ -82,7 +82,7 @@ impl Fake {
         }
         f
     }
-    pub(super) fn log(&self, e: impl Into<String>) {
+    pub(crate) fn log(&self, e: impl Into<String>) {
         let mut s = self.0.lock().unwrap();
         let e = e.into();
         if let Some(f) = s.fact.clone() {
@@ -93,7 +93,7 @@ impl Fake {
         s.log.push(e);
     }
     /// What the health fact said when `effect` happened.
-    pub(super) fn health_at(&self, effect: &str) -> String {
+    pub(crate) fn health_at(&self, effect: &str) -> String {
         let s = self.0.lock().unwrap();
         let prefix = format!("{effect}: ");
         s.seen
@@ -102,12 +102,12 @@ impl Fake {
             .unwrap_or_else(|| panic!("{effect} missing from {:?}", s.seen))
     }
     /// The engine's health fact, made at the engine's construction if the test set none.
-    pub(super) fn fact(&self) -> Arc<HealthFact> {
+    pub(crate) fn fact(&self) -> Arc<HealthFact> {
         self.0.lock().unwrap().fact.clone().unwrap()
     }
     /// The health fact to build an engine with: the test's, or one that starts `healthy` on a
     /// provisioned host and `unprovisioned` otherwise.
-    pub(super) fn fact_or_default(&self) -> Arc<HealthFact> {
+    pub(crate) fn fact_or_default(&self) -> Arc<HealthFact> {
         let mut s = self.0.lock().unwrap();
         let initial = if s.current.is_some() {
             Health::Healthy
@@ -118,16 +118,16 @@ impl Fake {
             .get_or_insert_with(|| HealthFact::in_memory(initial))
             .clone()
     }
-    pub(super) fn effects(&self) -> Vec<String> {
+    pub(crate) fn effects(&self) -> Vec<String> {
         self.0.lock().unwrap().log.clone()
     }
-    pub(super) fn current(&self) -> Option<String> {
+    pub(crate) fn current(&self) -> Option<String> {
         self.0.lock().unwrap().current.clone()
     }
-    pub(super) fn previous(&self) -> Option<String> {
+    pub(crate) fn previous(&self) -> Option<String> {
         self.0.lock().unwrap().previous.clone()
     }
-    pub(super) fn set(&self, f: impl FnOnce(&mut State)) {
+    pub(crate) fn set(&self, f: impl FnOnce(&mut State)) {
         f(&mut self.0.lock().unwrap());
     }
 }
@@ -335,5 +335,9 @@ impl SlotLock for Fake {
     }
     fn slot(&self) -> watch::Receiver<SlotView> {
         self.0.lock().unwrap().slot.subscribe()
+    }
+    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<(), LinkError>> {
+        self.log(format!("step {}", update.report));
+        async { Ok(()) }.boxed()
     }
 }

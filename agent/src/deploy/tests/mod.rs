@@ -6,7 +6,7 @@ use crate::health::{HealthFact, Owner};
 use crate::journal::{DeployKind, DeployRecord, Journal, Outcome, Phase};
 use hotdeploy_common::proto::Rotation;
 
-mod fake;
+pub(crate) mod fake;
 mod with_link;
 
 use fake::Fake;
@@ -46,6 +46,7 @@ fn params(id: &str, sha: &str) -> DeployParams {
             signature: None,
         },
         rollout: String::new(),
+        step: None,
     }
 }
 
