@@ -16,7 +16,15 @@
 //!    --max-failures 1`: the canary is deployed, fails verify, is rolled back to v2 and reported
 //!    `rolled_back`; the rollout halts (exit 3) and no other host is deployed.
 //!
-//! Build the binaries first: `cargo build --workspace --bins`.
+//! And, on another fleet, **agents killed mid-rollout** (`kill -9` at crash points, so the
+//! agents are built with `--features hotdeploy-agent/failpoints`): web-1 dies right after its
+//! drain, web-2 right after it reported its outcome and before it released its slot. While each
+//! is down its slot stays counted and no other host is deployed; restarted, each recovers (web-1
+//! undrains and reports `fenced`, so it is driven again; web-2 releases), and the rollout
+//! completes with every host on v2.
+//!
+//! Build the binaries first: `cargo build --workspace --bins --features
+//! hotdeploy-agent/failpoints`.
 
 mod agent_support;
 
@@ -56,6 +64,87 @@ impl Fleet {
             agents,
             cluster,
             _artifacts: artifacts,
+        }
+    }
+
+    /// Waits until the coordinators list every host.
+    fn wait_registered(&self, deadline: &Deadline) {
+        wait_for(
+            deadline,
+            Duration::from_secs(30),
+            "three hosts registered",
+            || {
+                let n = self.hosts()?.len();
+                if n == HOSTS.len() {
+                    Ok(())
+                } else {
+                    Err(format!("{n} hosts"))
+                }
+            },
+            || self.logs(),
+        );
+    }
+
+    /// Installs v1 everywhere with a rollout.
+    fn install_v1(&self, deadline: &Deadline) -> Rel {
+        let v1 = self.release("v1", false);
+        let out = self.rollout("install", &v1, &v1.sha256, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            show(&out),
+            self.logs()
+        );
+        self.wait_all_on(deadline, "v1");
+        v1
+    }
+
+    /// The hosts holding a slot.
+    fn holders(&self) -> Vec<String> {
+        locks(&self.cluster)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .filter_map(|l| l["host"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// For `hold`, checks every 200 ms that only agent `i` holds a slot and that every other
+    /// host keeps serving what it served when the hold began: nobody else is deployed.
+    fn only_holder(&self, i: usize, hold: Duration) {
+        let holder = self.agents[i].host_id();
+        let before: Vec<Option<String>> = self.agents.iter().map(|a| a.app_version()).collect();
+        let until = Instant::now() + hold;
+        let mut samples = 0;
+        while Instant::now() < until {
+            assert_eq!(self.holders(), [holder], "{}", self.logs());
+            for (j, a) in self.agents.iter().enumerate() {
+                if j != i {
+                    assert_eq!(a.app_version(), before[j], "{} was deployed", a.host_id());
+                }
+            }
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(samples >= 3, "only {samples} samples");
+    }
+
+    /// Waits (up to `within`) for one of the agents `which` to die; answers which.
+    fn wait_crash(&mut self, which: &[usize], within: Duration) -> usize {
+        let until = Instant::now() + within;
+        loop {
+            for &i in which {
+                if !self.agents[i].is_running() {
+                    return i;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "none of {which:?} died within {within:?} (built without --features \
+                 hotdeploy-agent/failpoints?)\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -167,32 +256,10 @@ fn observe_rotation(cluster: &Cluster, stop: &AtomicBool) -> (usize, usize) {
 fn rollouts_install_upgrade_under_the_budget_and_halt_on_a_bad_checksum_or_a_failed_canary() {
     let deadline = Deadline::new("rollouts with real agents", Duration::from_secs(480));
     let fleet = Fleet::start(&deadline);
-    wait_for(
-        &deadline,
-        Duration::from_secs(30),
-        "three hosts registered",
-        || {
-            let n = fleet.hosts()?.len();
-            if n == HOSTS.len() {
-                Ok(())
-            } else {
-                Err(format!("{n} hosts"))
-            }
-        },
-        || fleet.logs(),
-    );
+    fleet.wait_registered(&deadline);
 
     // 1. First install: no drain, no slot.
-    let v1 = fleet.release("v1", false);
-    let out = fleet.rollout("install", &v1, &v1.sha256, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        fleet.logs()
-    );
-    fleet.wait_all_on(&deadline, "v1");
+    fleet.install_v1(&deadline);
     let status = fleet.status("install");
     assert_eq!(status["state"], "completed", "{status}");
     assert_eq!(status["succeeded"], 3, "{status}");
@@ -306,5 +373,89 @@ fn rollouts_install_upgrade_under_the_budget_and_halt_on_a_bad_checksum_or_a_fai
     for a in &fleet.agents {
         assert_eq!(a.app_version().as_deref(), Some("v2"), "{}", a.host_id());
     }
+    deadline.finish();
+}
+
+#[test]
+fn agents_killed_mid_rollout_keep_their_slot_counted_and_the_rollout_completes() {
+    let deadline = Deadline::new("agents killed mid-rollout", Duration::from_secs(420));
+    let mut fleet = Fleet::start(&deadline);
+    fleet.wait_registered(&deadline);
+    fleet.install_v1(&deadline);
+    for (i, point) in [(0, "after_drain"), (1, "after_outcome_reported")] {
+        let a = &mut fleet.agents[i];
+        a.opts_mut().env = vec![("HOTDEPLOY_FAILPOINTS".into(), point.into())];
+        a.restart();
+    }
+    fleet.wait_all_on(&deadline, "v1");
+
+    let v2 = fleet.release("v2", false);
+    let args = [
+        "rollout",
+        "start",
+        "web",
+        "--release",
+        &v2.id,
+        "--artifact",
+        &v2.url,
+        "--sha256",
+        &v2.sha256,
+        "--id",
+        "crashes",
+    ];
+    let out = fleet.cluster.ctl(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    // Whichever is admitted first: web-1 dies drained, web-2 after reporting its outcome and
+    // before its release. While either is down its slot stays counted and nobody else is
+    // deployed; then it is restarted without the crash point.
+    let mut crashing = vec![(0, "after_drain"), (1, "after_outcome_reported")];
+    while !crashing.is_empty() {
+        let which: Vec<usize> = crashing.iter().map(|(i, _)| *i).collect();
+        let i = fleet.wait_crash(&which, Duration::from_secs(90));
+        let pos = crashing
+            .iter()
+            .position(|(j, _)| *j == i)
+            .unwrap_or_default();
+        let (_, point) = crashing.remove(pos);
+        let log = fleet.agents[i].log_tail();
+        assert!(
+            log.contains(&format!("failpoint {point}")),
+            "{} died, but not at {point}: {log}",
+            fleet.agents[i].host_id()
+        );
+        fleet.only_holder(i, Duration::from_secs(3));
+        fleet.agents[i].opts_mut().env.clear();
+        fleet.agents[i].restart();
+    }
+
+    wait_for(
+        &deadline,
+        Duration::from_secs(120),
+        "rollout crashes completed",
+        || {
+            let s = fleet
+                .cluster
+                .try_ctl_json(&["rollout", "status", "crashes"])?;
+            if s["state"] == "completed" {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
+        },
+        || fleet.logs(),
+    );
+    fleet.wait_all_on(&deadline, "v2");
+    assert!(fleet.holders().is_empty(), "a slot left held");
+    // The whole log, without colour codes.
+    let web1 = std::fs::read_to_string(fleet.agents[0].dir().join("agent.log"))
+        .unwrap_or_default()
+        .replace("\u{1b}[0m", "")
+        .replace("\u{1b}[2m", "")
+        .replace("\u{1b}[3m", "");
+    assert!(
+        web1.contains("attempt=1 report=fenced"),
+        "web-1's recovery reports its abandoned deploy fenced: {web1}"
+    );
     deadline.finish();
 }

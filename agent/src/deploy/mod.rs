@@ -34,6 +34,13 @@
 //! - Only a deploy moves `previous`, once the new release has passed verify; a rollback leaves
 //!   it alone (it never points at the release rolled away from).
 //! - Standalone (no coordinators) is the same flow without slots and fencing.
+//! - A deploy a rollout drives carries its step ([`RolloutStep`]) in the record: its slot request
+//!   says `canary`, `auto_rollback = false` keeps a failed verify out of rotation under its slot
+//!   instead of rolling back, and its outcome is reported to the coordinators *before* the slot
+//!   is released (or, with no slot to release, when the deploy is over), once, as the journal
+//!   records (see `outcome`). A slot not granted for the rollout is no outcome at all
+//!   ([`OutcomeReport::NotAdmitted`]); an abort that is not the release's fault (a fence not
+//!   confirmed, a restart before the swap) ends `fenced`, so the step is driven again.
 //!
 //! Every operation (deploy, rollback, drain, undrain, recovery, a rebuild) runs in a task of
 //! the engine's own, tracked and ended by the agent's shutdown token, never inside the caller's
