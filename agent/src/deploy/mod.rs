@@ -528,6 +528,12 @@ impl Engine {
     /// Reports the last rollout deploy's outcome if it is over and was never reported (an
     /// agent that stopped between the two), unless an operation runs (it reports its own).
     pub async fn report_due_outcome(&self) {
+        // Looked at without the busy guard first: nothing due is the common case, and a local
+        // operation asked for meanwhile must not be refused as busy for it.
+        let due = matches!(self.last_step(), Ok(Some(s)) if !s.in_progress && s.report == OutcomeReport::Due);
+        if !due {
+            return;
+        }
         let Ok(guard) = self.inner.try_busy("reporting a rollout outcome".into()) else {
             return;
         };
