@@ -320,6 +320,30 @@ mod tests {
         assert!(j.child::<(u32, u64)>().unwrap().is_none());
     }
 
+    /// A deploy record written before rollouts has no step; one with a step keeps its attempt
+    /// and where its outcome's report stands.
+    #[test]
+    fn deploy_records_with_and_without_a_rollout_step_round_trip() {
+        let old = r#"{"kind":"deploy","rollout":"","token":0,"from":"v1","to":"v2",
+            "phase":"released","write":null,"error":null,"outcome":"succeeded",
+            "started_at_ms":1,"updated_at_ms":2,"finished_at_ms":2,"drained_at_ms":null}"#;
+        let rec: DeployRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.step, None);
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), "web-1").unwrap();
+        let mut rec = DeployRecord::new(DeployKind::Deploy, "r1", Some("v1".into()), "v2", 5);
+        let mut step = RolloutStep::new(3, true, false);
+        step.report = OutcomeReport::NotAdmitted;
+        rec.step = Some(step.clone());
+        j.put_deploy(&rec).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path(), "web-1").unwrap();
+        assert_eq!(j.deploy().unwrap().unwrap().step, Some(step));
+        let legacy_step: RolloutStep =
+            serde_json::from_str(r#"{"attempt":2,"canary":false,"auto_rollback":true}"#).unwrap();
+        assert_eq!(legacy_step.report, OutcomeReport::Due);
+    }
+
     /// Holds journaled before hold kinds existed (`purpose` "drain", "maintenance" or "deploy"
     /// for any failure, and `reason`) still read, as the kinds they meant.
     #[test]
