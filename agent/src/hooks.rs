@@ -19,7 +19,7 @@
 //! hook fails, with its exit status and the tail of its stderr. What a failure means (abort the
 //! deploy, roll back, or just log) is the deploy engine's decision, not this module's.
 
-use crate::service::cmd::{run, CmdError};
+use crate::cmd::{run, CmdError};
 use hotdeploy_common::config::HooksConfig;
 use std::fmt;
 use std::path::PathBuf;

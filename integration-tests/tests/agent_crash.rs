@@ -219,3 +219,287 @@ fn crash_after_swap_with_coordinators_releases_the_slot() {
 fn crash_during_verify_with_coordinators_releases_the_slot() {
     crash_and_recover("during_verify", true);
 }
+
+/// HAProxy's status of `server`, or why it could not be read.
+fn haproxy_status(haproxy: &hotdeploy_integration_tests::haproxy::HaProxy, server: &str) -> String {
+    match haproxy.stat() {
+        Ok(rows) => rows
+            .into_iter()
+            .find(|r| r.name == server)
+            .map(|r| r.status)
+            .unwrap_or_else(|| "(no such server)".into()),
+        Err(e) => format!("(stat failed: {e})"),
+    }
+}
+
+/// What one round of observation saw, in the order it was read: what the agent reports and
+/// whether the coordinators list its slot, then HAProxy. The agent confirms HAProxy has the
+/// server UP before it reports it in rotation or releases its slot, and HAProxy keeps it UP, so
+/// a sample that shows either with HAProxy not UP is a violation, never a race of the reads.
+#[derive(Debug)]
+struct Sample {
+    /// The agent's own rotation state, read first.
+    agent_state: String,
+    /// Whether the coordinators list a slot for web-1, read next.
+    slot_held: bool,
+    /// HAProxy's status of web-1, read last.
+    haproxy: String,
+}
+
+/// Samples the agent, HAProxy and the coordinators until `done`, bounded by the deadline.
+fn observe(
+    deadline: &Deadline,
+    agent: &AgentProc,
+    haproxy: &hotdeploy_integration_tests::haproxy::HaProxy,
+    cluster: &Cluster,
+    mut done: impl FnMut(&Sample) -> bool,
+) -> Vec<Sample> {
+    let until = std::time::Instant::now() + deadline.bound(Duration::from_secs(30));
+    let mut samples = Vec::new();
+    loop {
+        let Ok(agent_state) =
+            status(agent).map(|s| s["state"].as_str().unwrap_or_default().to_string())
+        else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let slot_held = match locks(cluster) {
+            Ok(held) => held.iter().any(|l| l["host"] == "web-1"),
+            Err(_) => continue,
+        };
+        let haproxy = haproxy_status(haproxy, "web-1");
+        let s = Sample {
+            agent_state,
+            slot_held,
+            haproxy,
+        };
+        let finished = done(&s);
+        samples.push(s);
+        if finished || std::time::Instant::now() >= until {
+            return samples;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 8, item 3: the agent dies after draining (HAProxy has web-1 in DRAIN through the
+/// runtime socket, the coordinators hold its deploy slot) and its journal is lost. The agent
+/// that starts again must rebuild from what HAProxy, the release store and the coordinators
+/// say: it never reports web-1 in rotation while HAProxy still holds it out, adopts the app that
+/// still runs instead of starting a second one, and releases the slot only once HAProxy has
+/// web-1 UP again.
+#[test]
+fn a_lost_journal_is_rebuilt_and_the_slot_released_only_once_back_up() {
+    let deadline = Deadline::new("lost journal after a drain", Duration::from_secs(90));
+    let artifacts = tempfile::Builder::new()
+        .prefix("hd-crash-rel-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let v1 = release(artifacts.path(), "v1", false);
+    let v2 = release(artifacts.path(), "v2", false);
+    let cluster = start_cluster(
+        &deadline,
+        "5s",
+        "[groups.web]\nallow_zero_available = true\n",
+    );
+    let ips = hotdeploy_integration_tests::net::alloc_ips(2);
+    let haproxy = start_haproxy(&[ha_server("web-1", ips[0])], ips[1]);
+    let mut opts = fast_opts("web-1", ips[0], cluster.coordinator_addrs());
+    opts.haproxy_socket = Some(haproxy.socket_path().to_path_buf());
+    opts.drain_timeout = Some("10s".into());
+    let mut agent = AgentProc::start(opts);
+    let logs = |agent: &AgentProc| {
+        format!(
+            "---- agent ----\n{}\n---- haproxy ----\n{}\n{}",
+            agent.log_tail(),
+            haproxy.log_tail(),
+            cluster.all_logs()
+        )
+    };
+    deploy_ok(&agent, &v1);
+    assert!(
+        haproxy.wait_all_up(1, deadline.bound(Duration::from_secs(15))),
+        "web-1 not UP after v1: {:?}\n{}",
+        haproxy.stat(),
+        logs(&agent)
+    );
+    let app = one_app_pid(&agent);
+
+    agent.opts_mut().env = vec![("HOTDEPLOY_FAILPOINTS".into(), "after_drain".into())];
+    agent.restart();
+    wait_settled(&deadline, &agent, Some("v1"), Duration::from_secs(15));
+    let out = deploy(&agent, &v2);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        agent
+            .wait_exit(deadline.bound(Duration::from_secs(10)))
+            .is_some(),
+        "the agent did not die at after_drain (built without the failpoints feature?)\n{}",
+        logs(&agent)
+    );
+    let at_crash = haproxy_status(&haproxy, "web-1");
+    assert!(
+        at_crash.starts_with("DRAIN"),
+        "HAProxy at the crash: {at_crash}"
+    );
+    let held = locks(&cluster).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        held.iter()
+            .any(|l| l["host"] == "web-1" && l["purpose"] == "deploy"),
+        "{held:?}"
+    );
+
+    // The journal is lost. And for a few seconds the app fails HAProxy's health checks, so
+    // that the window in which web-1 is not yet back is wide enough to be watched.
+    std::fs::remove_dir_all(agent.data_dir().join("journal"))
+        .unwrap_or_else(|e| panic!("removing the journal: {e}"));
+    let fail_health = agent.root().join("releases/v1/FAIL_HEALTH");
+    std::fs::write(&fail_health, "1").unwrap_or_else(|e| panic!("FAIL_HEALTH: {e}"));
+    // HAProxy's checks (inter 500 ms, fall 2) see it fail before the agent is back.
+    std::thread::sleep(Duration::from_millis(2000));
+    agent.opts_mut().env.clear();
+    agent.restart();
+    let back_at = std::time::Instant::now() + Duration::from_secs(3);
+    let samples = observe(&deadline, &agent, &haproxy, &cluster, |s| {
+        if std::time::Instant::now() >= back_at && fail_health.exists() {
+            let _ = std::fs::remove_file(&fail_health);
+        }
+        !s.slot_held && s.agent_state == "in_rotation" && s.haproxy == "UP"
+    });
+
+    let last = samples.last().map(|s| format!("{s:?}")).unwrap_or_default();
+    let up = |s: &Sample| s.haproxy.starts_with("UP");
+    let held_out = samples.iter().filter(|s| !up(s)).count();
+    assert!(
+        held_out >= 5,
+        "too few samples ({held_out} of {}) while HAProxy held web-1 out: {last}\n{}",
+        samples.len(),
+        logs(&agent)
+    );
+    let reported_early: Vec<_> = samples
+        .iter()
+        .filter(|s| s.agent_state == "in_rotation" && !up(s))
+        .collect();
+    assert!(
+        reported_early.is_empty(),
+        "the agent reported web-1 in rotation while HAProxy held it out: {:?}\n{}",
+        reported_early.first(),
+        logs(&agent)
+    );
+    let released_early: Vec<_> = samples.iter().filter(|s| !s.slot_held && !up(s)).collect();
+    assert!(
+        released_early.is_empty(),
+        "the slot was released while HAProxy held web-1 out: {:?}\n{}",
+        released_early.first(),
+        logs(&agent)
+    );
+    assert!(
+        samples
+            .last()
+            .is_some_and(|s| !s.slot_held && s.haproxy == "UP" && s.agent_state == "in_rotation"),
+        "web-1 never came back: {last}\n{}",
+        logs(&agent)
+    );
+    assert_eq!(
+        agent.app_pids(),
+        vec![app],
+        "the app was restarted or doubled: the running service was not adopted"
+    );
+    let s = wait_settled(&deadline, &agent, Some("v1"), Duration::from_secs(10));
+    assert_eq!(s["phase"], "idle", "{s}");
+    deadline.finish();
+}
+
+/// Issue 8, item 6: an undrain dies between its return to rotation and its release (kill -9 at
+/// `undrain_before_release`). The restarted agent never shows a drained host without a slot:
+/// at worst the host is back in rotation with a slot nobody claims, which it then releases.
+#[test]
+fn a_crash_inside_an_undrain_never_leaves_a_drained_host_without_a_slot() {
+    let deadline = Deadline::new("crash inside an undrain", Duration::from_secs(90));
+    let artifacts = tempfile::Builder::new()
+        .prefix("hd-crash-rel-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let v1 = release(artifacts.path(), "v1", false);
+    let cluster = start_cluster(
+        &deadline,
+        "5s",
+        "[groups.web]\nallow_zero_available = true\n",
+    );
+    let ips = hotdeploy_integration_tests::net::alloc_ips(2);
+    let haproxy = start_haproxy(&[ha_server("web-1", ips[0])], ips[1]);
+    let mut agent = AgentProc::start(fast_opts("web-1", ips[0], cluster.coordinator_addrs()));
+    let logs = |agent: &AgentProc| {
+        format!(
+            "---- agent ----\n{}\n---- haproxy ----\n{}\n{}",
+            agent.log_tail(),
+            haproxy.log_tail(),
+            cluster.all_logs()
+        )
+    };
+    deploy_ok(&agent, &v1);
+    wait_settled(&deadline, &agent, Some("v1"), Duration::from_secs(15));
+    let out = agent.ctl(&["drain"]);
+    assert!(
+        out.status.success(),
+        "drain: {}\n{}",
+        show(&out),
+        logs(&agent)
+    );
+    let held = locks(&cluster).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        held.iter()
+            .any(|l| l["host"] == "web-1" && l["purpose"] == "drain"),
+        "{held:?}"
+    );
+
+    agent.opts_mut().env = vec![(
+        "HOTDEPLOY_FAILPOINTS".into(),
+        "undrain_before_release".into(),
+    )];
+    agent.restart();
+    let out = agent.ctl(&["undrain"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        agent
+            .wait_exit(deadline.bound(Duration::from_secs(10)))
+            .is_some()
+            && agent
+                .log_tail()
+                .contains("failpoint undrain_before_release"),
+        "the agent did not die at undrain_before_release (built without the failpoints \
+         feature?)\n{}",
+        logs(&agent)
+    );
+
+    agent.opts_mut().env.clear();
+    agent.restart();
+    let samples = observe(&deadline, &agent, &haproxy, &cluster, |s| {
+        !s.slot_held && s.agent_state == "in_rotation" && s.haproxy == "UP"
+    });
+    let last = samples.last().map(|s| format!("{s:?}")).unwrap_or_default();
+    assert!(
+        samples.len() >= 3,
+        "too few samples ({}): {last}\n{}",
+        samples.len(),
+        logs(&agent)
+    );
+    let drained_without_slot: Vec<_> = samples
+        .iter()
+        .filter(|s| s.agent_state != "in_rotation" && !s.slot_held)
+        .collect();
+    assert!(
+        drained_without_slot.is_empty(),
+        "web-1 was out of rotation with no slot: {:?}\n{}",
+        drained_without_slot.first(),
+        logs(&agent)
+    );
+    assert!(
+        samples
+            .last()
+            .is_some_and(|s| !s.slot_held && s.agent_state == "in_rotation"),
+        "the slot was never released, or web-1 never came back: {last}\n{}",
+        logs(&agent)
+    );
+    deadline.finish();
+}

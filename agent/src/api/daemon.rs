@@ -2,15 +2,36 @@
 //!
 //! Start-up order matters:
 //! 1. the release store (crash debris removed) and the journal;
-//! 2. the service: the journaled child is *adopted* if it still runs, so that restarting (or
-//!    upgrading) the agent never restarts the application;
-//! 3. the rotation front ends, starting out of rotation if the journal says the host was drained;
-//! 4. the engine, which claims the slots the journal holds, and recovery of an interrupted
-//!    deploy, in the background (recovery takes the health fact before the monitor starts);
-//! 5. the health monitor ([`crate::health`]), the coordinator link (if configured) and the
-//!    gRPC server.
+//! 2. the service: the journaled child is *adopted* if it still runs (or, the record lost or
+//!    unreadable, the service found running from the release store), so that restarting (or
+//!    upgrading) the agent never restarts the application. Nothing is started when a deploy in
+//!    progress may have swapped `current` to a release not verified yet: recovery starts it,
+//!    under a fence;
+//! 3. the health fact ([`crate::health`]), from the journal: the front ends answer as soon as
+//!    they listen, so a restarting agent starts from what it last established;
+//! 4. the rotation front ends, starting out of rotation if the journal says the host was
+//!    drained, and the state asserted to HAProxy (a server HAProxy still holds out is reported
+//!    out until an undrain confirms it back);
+//! 5. the engine, which claims the slots the journal holds, and the report task;
+//! 6. recovery of an interrupted deploy, which takes the health fact *before* the monitor
+//!    exists, so that no probe round ever judges a half-done deploy;
+//! 7. the health monitor, reconciliation of the slot the coordinators list, the coordinator
+//!    link and the rollout driver ([`crate::rollout`]; both if coordinators are configured) and
+//!    the gRPC server.
 //!
-//! [`Daemon::shutdown`] stops serving but leaves the supervised service running.
+//! Who owns what: the engine's tasks (deploys, drains, recovery, reconciliation) own the
+//! journal's deploy record, the holds and the slot; the monitor owns the health fact between
+//! deploys, a deploy during them; the report task alone turns the fact, the engine's view and
+//! the rotation state into the health and the report everyone else reads
+//! ([`health::reported`]): the rotation front ends, `Status` and the heartbeat.
+//!
+//! An unusable `current` link does not stop the start: it is logged, reported (`unhealthy`,
+//! and in `Status`), and deploys are refused until it is repaired.
+//!
+//! One [`CancellationToken`] is the shutdown signal of every long-lived task: the gRPC server,
+//! the rotation front ends, the coordinator link, the rollout driver, the engine's tasks, the
+//! health monitor, the report task and the exec supervisors. [`Daemon::shutdown`] cancels it and waits (bounded)
+//! for them to end, aborting none; it leaves the supervised service running.
 
 use super::service::AgentService;
 use crate::artifact::ArtifactPolicy;
@@ -19,7 +40,9 @@ use crate::health::{self, HealthMonitor};
 use crate::hooks::Hooks;
 use crate::journal::Journal;
 use crate::link::{Link, LinkConfig};
+use crate::rollout::RolloutDriver;
 use crate::rotation::RotationControl;
+use crate::service::ServiceHooks;
 use crate::service::{ChildRecord, ServiceController};
 use crate::store::ReleaseStore;
 use crate::verify::Verifier;
@@ -31,8 +54,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// The agent could not start.
 #[derive(Debug, Error)]
@@ -62,13 +86,14 @@ pub struct Daemon {
     pub link: Option<Link>,
     /// The API listener's TLS settings (`None`: plaintext), reloaded by [`Daemon::reload_tls`].
     server_tls: Option<ServerTls>,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// The shutdown signal of every long-lived task (see the module docs).
+    shutdown: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    /// Stops the health monitor (see [`HealthMonitor::run`]).
-    stop_health: watch::Sender<bool>,
-    monitor: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// How long [`Daemon::shutdown`] waits for each kind of task.
+const STOP_BOUND: Duration = Duration::from_secs(10);
 
 impl Daemon {
     /// Starts everything; returns once the gRPC server listens.
@@ -96,9 +121,14 @@ impl Daemon {
         let policy = ArtifactPolicy::from_config(&cfg.artifact)
             .map_err(|e| fail("[artifact]")(e.to_string()))?;
 
-        // The service: adopt the journaled child rather than start a second copy.
+        let shutdown = CancellationToken::new();
+
+        // The service: adopt the running service rather than start a second copy.
         let child: Option<ChildRecord> = journal.child().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "journaled child unreadable; not adopting");
+            tracing::warn!(
+                error = %e,
+                "journaled child unreadable; looking for the service in the release store"
+            );
             None
         });
         let j = journal.clone();
@@ -108,27 +138,70 @@ impl Daemon {
                     tracing::error!(error = %e, "cannot journal the supervised child");
                 }
             });
-        let service = ServiceController::new(svc, &svc.root, on_child);
-        let current = store.current().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "current is unreadable");
-            None
+        let j = journal.clone();
+        let on_release: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |id: &str| {
+            if let Err(e) = j.set_service_release(Some(id)) {
+                tracing::error!(error = %e, "cannot journal the service's release");
+            }
         });
-        if let Err(e) = service
-            .adopt_or_start(child.clone(), current.as_deref())
-            .await
-        {
-            tracing::error!(error = %e, "cannot start the service");
-        }
-
-        // Health, from the journal: the front ends answer as soon as they listen, so a
-        // restarting agent must start from what it last established (an adopted service that
-        // was healthy is `healthy` from the first answer; one started afresh must prove itself).
-        let started_afresh = svc.control == ServiceControl::Exec
-            && service.child().is_some()
-            && service.child() != child;
-        let health = health::journaled_fact(&journal, &store, current.as_deref(), started_afresh)
+        let hooks = ServiceHooks {
+            on_child,
+            on_release,
+            last_release: journal.service_release().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "journaled service release unreadable");
+                None
+            }),
+            shutdown: shutdown.clone(),
+        };
+        let service = ServiceController::with_hooks(svc, &svc.root, hooks);
+        let (current, current_broken) = match store.current() {
+            Ok(c) => (c, false),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "the `current` link is unusable: not starting the service, refusing deploys \
+                     until it is repaired"
+                );
+                (None, true)
+            }
+        };
+        let unverified = deploy::current_may_be_unverified(&journal)
             .map_err(|e| fail("deploy journal")(e.to_string()))?;
-        let health_rx = health.subscribe();
+        let started_afresh = if unverified {
+            tracing::warn!(
+                "a deploy was in progress and `current` may not be verified: the service is \
+                 started by recovery, under a fence, not now"
+            );
+            if let Err(e) = service.adopt(child, None).await {
+                tracing::error!(error = %e, "cannot adopt the service");
+            }
+            false
+        } else {
+            start_service(&service, child, current.as_deref()).await
+        };
+
+        // Health: the fact from the journal (an adopted service that was healthy is `healthy`
+        // from the first answer; one started afresh must prove itself), and what this host
+        // reports, which the report task keeps up to date from here on.
+        let health = health::journaled_fact(
+            &journal,
+            &store,
+            health::AtStart {
+                current: current.as_deref(),
+                current_broken,
+                started_afresh,
+            },
+        )
+        .map_err(|e| fail("deploy journal")(e.to_string()))?;
+        let verify_failed = journal
+            .hold()
+            .map_err(|e| fail("deploy journal")(e.to_string()))?
+            .is_some_and(|h| h.kind.service_failed());
+        let (reported_tx, health_rx) = watch::channel(health::reported(
+            health.get(),
+            verify_failed,
+            current_broken,
+        ));
         let drained =
             deploy::starts_drained(&journal).map_err(|e| fail("deploy journal")(e.to_string()))?;
         let initial = if drained {
@@ -143,9 +216,10 @@ impl Daemon {
             health_rx.clone(),
         );
         rotation
-            .serve()
+            .serve(shutdown.clone())
             .await
             .map_err(|e| fail("rotation front ends")(e.to_string()))?;
+        rotation.reassert(drained).await;
 
         // The link and the engine.
         let (report_tx, report_rx) = watch::channel(HostReport::default());
@@ -180,6 +254,7 @@ impl Daemon {
             journal,
             timing: Timing::default(),
             health: health.clone(),
+            shutdown: shutdown.clone(),
         })
         .map_err(|e| fail("deploy engine")(e.to_string()))?;
 
@@ -187,22 +262,27 @@ impl Daemon {
             engine.subscribe(),
             health.subscribe(),
             rotation.subscribe(),
+            reported_tx,
             report_tx,
+            shutdown.clone(),
         ))];
-        if let Some(t) = engine
+        engine
             .start_recovery()
-            .map_err(|e| fail("recovery")(e.to_string()))?
-        {
-            tasks.push(t);
-        }
+            .map_err(|e| fail("recovery")(e.to_string()))?;
         // After recovery has taken the fact, so the monitor never judges a half-done deploy.
         let alive = (svc.control == ServiceControl::Exec).then(|| service.subscribe_alive());
-        let (stop_health, stop_health_rx) = watch::channel(false);
-        let monitor = tokio::spawn(
-            HealthMonitor::new(&cfg.health, &cfg.verify, health, alive).run(stop_health_rx),
-        );
+        tasks.push(tokio::spawn(
+            HealthMonitor::new(&cfg.health, &cfg.verify, health, alive).run(shutdown.clone()),
+        ));
+        engine.start_reconcile();
         if let Some(l) = &link {
-            tasks.push(l.start());
+            tasks.push(l.start(shutdown.clone()));
+            let driver = RolloutDriver::new(
+                engine.clone(),
+                Arc::new(l.clone()),
+                l.subscribe_assignment(),
+            );
+            tasks.push(tokio::spawn(driver.run(shutdown.clone())));
         }
 
         // gRPC.
@@ -223,7 +303,7 @@ impl Daemon {
             health: health_rx,
         };
         let server_tls = ServerTls::load(&cfg.tls).map_err(|e| fail("[tls]")(e.to_string()))?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let stop = shutdown.clone();
         let incoming = hotdeploy_common::tls::incoming(
             listener,
             server_tls.clone(),
@@ -235,9 +315,7 @@ impl Daemon {
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .max_concurrent_streams(MAX_STREAMS)
                 .add_service(AgentServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop_rx.await;
-                }),
+                .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
         );
         tracing::info!(%addr, host = %cfg.host_id, "agent serving");
         Ok(Daemon {
@@ -247,12 +325,16 @@ impl Daemon {
             rotation,
             link,
             server_tls,
-            shutdown: Some(stop_tx),
+            shutdown,
             server,
-            stop_health,
-            monitor,
             tasks,
         })
+    }
+
+    /// The shutdown signal every long-lived task of this agent follows; a task added to the
+    /// agent ends when it is cancelled (see [`Daemon::shutdown`]).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// Re-reads the `[tls]` files for the API listener and the coordinator link. New
@@ -267,48 +349,52 @@ impl Daemon {
         Ok(())
     }
 
-    /// Stops serving, gracefully. The supervised service keeps running: an agent restart or
-    /// upgrade must not take it down.
+    /// Stops serving, gracefully: cancels the shutdown token, then waits (each bounded by
+    /// [`STOP_BOUND`]) for the gRPC server, the engine's tasks and the others to end. The
+    /// supervised service keeps running: an agent restart or upgrade must not take it down.
+    /// A deploy under way stops at its next step; recovery resumes it at the next start.
     pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.server).await {
+        self.shutdown.cancel();
+        match tokio::time::timeout(STOP_BOUND, &mut self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
-            Err(_) => {
-                tracing::warn!("gRPC server did not stop within 10 s");
-                self.server.abort();
+            Err(_) => tracing::warn!("gRPC server did not stop within {STOP_BOUND:?}"),
+        }
+        if !self.engine.wait_stopped(STOP_BOUND).await {
+            tracing::warn!("engine tasks did not stop within {STOP_BOUND:?}");
+        }
+        for t in self.tasks.drain(..) {
+            if tokio::time::timeout(STOP_BOUND, t).await.is_err() {
+                tracing::warn!("a task did not stop within {STOP_BOUND:?}");
             }
-        }
-        self.stop_health.send_replace(true);
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.monitor)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the health monitor did not stop within 5 s");
-            self.monitor.abort();
-        }
-        for t in &self.tasks {
-            t.abort();
         }
         tracing::info!("agent stopped; the service is left running");
     }
 }
 
-/// Keeps the host report (for the coordinators) up to date with the engine, the health fact and
-/// the rotation state. The link sends a changed report at once.
+/// Keeps the reported health (for the rotation front ends and `Status`) and the host report
+/// (for the coordinators) up to date with the engine, the health fact and the rotation state:
+/// the one place where they are combined ([`health::reported`]). The link sends a changed
+/// report at once.
 async fn report_task(
     mut view: watch::Receiver<View>,
     mut health: watch::Receiver<Health>,
     mut rotation: watch::Receiver<Rotation>,
+    reported_tx: watch::Sender<Health>,
     report_tx: watch::Sender<HostReport>,
+    shutdown: CancellationToken,
 ) {
     loop {
         let v = view.borrow_and_update().clone();
         let h = *health.borrow_and_update();
         let rot = *rotation.borrow_and_update();
+        let h = health::reported(h, v.verify_failed, v.problem.is_some());
+        reported_tx.send_if_modified(|r| {
+            let changed = *r != h;
+            *r = h;
+            changed
+        });
         let report = HostReport {
             health: h as i32,
             rotation: rot as i32,
@@ -324,6 +410,39 @@ async fn report_task(
             r = view.changed() => if r.is_err() { return },
             r = health.changed() => if r.is_err() { return },
             r = rotation.changed() => if r.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// `exec` mode: adopts the running service, or starts it on `current`; answers whether it had
+/// to be started afresh (so that its health must be proved again). The other modes start
+/// nothing here: the service is the service manager's, or the operator's.
+async fn start_service(
+    service: &ServiceController,
+    child: Option<ChildRecord>,
+    current: Option<&str>,
+) -> bool {
+    match service.adopt(child, current).await {
+        Ok(true) => return false,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "cannot adopt the service");
+            return false;
+        }
+    }
+    let Some(id) = current else {
+        return false;
+    };
+    if service.running().is_none() {
+        return false; // not `exec`
+    }
+    match service.start(id).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the service");
+            // Nothing runs: as unproven as a fresh start.
+            true
         }
     }
 }

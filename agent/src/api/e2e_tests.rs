@@ -244,3 +244,377 @@ settle = "300ms"
     assert_eq!(app_version(port).await.as_deref(), Some("v2"));
     service.stop().await.unwrap();
 }
+
+/// A standalone agent config on `tmp` serving the app on `port`; `top` and `rotation` are
+/// extra TOML for the top level and `[rotation]`.
+fn config(tmp: &Path, port: u16, top: &str, rotation: &str) -> AgentConfig {
+    AgentConfig::parse(&format!(
+        r#"
+host_id = "web-1"
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+{top}
+[tls]
+insecure = true
+[service]
+name = "app"
+root = "{root}"
+control = "exec"
+exec = ["python3", "{{current}}/app.py", "{port}"]
+stop_timeout = "5s"
+[rotation]
+{rotation}
+[verify]
+http = "http://127.0.0.1:{port}/health"
+success_threshold = 2
+interval = "100ms"
+timeout = "10s"
+settle = "300ms"
+"#,
+        data = tmp.join("data").display(),
+        root = tmp.join("srv").display(),
+        rotation = if rotation.is_empty() {
+            "drain_grace = \"100ms\"\nundrain_grace = \"100ms\""
+        } else {
+            rotation
+        },
+    ))
+    .unwrap()
+}
+
+async fn wait_status(
+    client: &mut AgentClient<tonic::transport::Channel>,
+    what: &str,
+    mut ok: impl FnMut(&hotdeploy_common::proto::AgentStatus) -> bool,
+) -> hotdeploy_common::proto::AgentStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = client
+            .status(AgentStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Item 13: Drain runs in a task of the engine's own: a client that hangs up (here, its call
+/// deadline passes mid-drain) does not cancel it half done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_whose_client_hangs_up_still_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        free_port(),
+        "",
+        "drain_grace = \"1500ms\"\nundrain_grace = \"100ms\"",
+    );
+    let daemon = Daemon::start(cfg).await.unwrap();
+    let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(hotdeploy_common::proto::DrainRequest {});
+    req.set_timeout(Duration::from_millis(300));
+    let err = client.drain(req).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+    let s = wait_status(&mut client, "the drain to complete", |s| s.rotation == 3).await;
+    assert_eq!(s.rotation, 3, "out of rotation");
+    // And its hold was journaled: the host stays out until undrained.
+    let err = client
+        .deploy(DeployRequest {
+            release: Some(Release {
+                id: "v1".into(),
+                artifact_url: "file:///x.tar".into(),
+                sha256: "0".repeat(64),
+                signature: String::new(),
+            }),
+            rollout_id: String::new(),
+        })
+        .await
+        .err()
+        .unwrap();
+    assert!(err.message().contains("undrain it first"), "{err:?}");
+    client
+        .undrain(hotdeploy_common::proto::UndrainRequest {})
+        .await
+        .unwrap();
+    daemon.shutdown().await;
+}
+
+/// Item 16: an unusable `current` link does not keep the agent from starting: it starts,
+/// reports the host unhealthy with the reason, refuses deploys until the link is repaired, and
+/// takes them again once it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_current_link_is_reported_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(root.join("releases")).unwrap();
+    std::os::unix::fs::symlink("releases/gone", root.join("current")).unwrap();
+    let port = free_port();
+    let daemon = Daemon::start(config(tmp.path(), port, "", ""))
+        .await
+        .expect("the agent did not start with a broken current link");
+    let _kill = KillService(daemon.service.clone());
+    let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    let s = client
+        .status(AgentStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.health, 3, "unhealthy: {s:?}");
+    assert!(s.last_error.contains("current"), "{s:?}");
+    let (path, sha) = release(tmp.path(), "v1", false);
+    let req = DeployRequest {
+        release: Some(Release {
+            id: "v1".into(),
+            artifact_url: format!("file://{}", path.display()),
+            sha256: sha,
+            signature: String::new(),
+        }),
+        rollout_id: String::new(),
+    };
+    let err = client.deploy(req.clone()).await.err().unwrap();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("current"), "{err:?}");
+    // An operator repairs it (here: removes it; the host is unprovisioned).
+    std::fs::remove_file(root.join("current")).unwrap();
+    let s = wait_status(&mut client, "the repair to be noticed", |s| {
+        !s.last_error.contains("current")
+    })
+    .await;
+    assert_eq!(s.health, 1, "unprovisioned: {s:?}");
+    let (o, e, _) = deploy(&mut client, tmp.path(), "v1", false).await;
+    assert_eq!(o, Outcome::Succeeded, "{e}");
+    assert_eq!(app_version(port).await.as_deref(), Some("v1"));
+    let service = daemon.service.clone();
+    daemon.shutdown().await;
+    service.stop().await.unwrap();
+}
+
+/// Item 10: an agent starting (after a reboot: nothing runs) with a deploy in progress whose
+/// `current` may not be verified does not start `current` by itself: recovery does, under a
+/// fenced restart. Here the slot was revoked meanwhile, so recovery is fenced and nothing is
+/// ever started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_current_is_not_started_outside_a_fence() {
+    use crate::journal::{DeployKind, DeployRecord, Journal, Phase};
+    use crate::store::ReleaseStore;
+    use crate::testing::coordinator::FakeCoordinator;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // What the previous boot left: v1 and v2 staged, `current` swapped to v2, the journal in
+    // `verifying` of v1 → v2 under slot 7.
+    let store = ReleaseStore::open(&tmp.path().join("srv"), 5).unwrap();
+    for v in ["v1", "v2"] {
+        let (path, sha) = release(tmp.path(), v, false);
+        let spec = crate::artifact::ArtifactSpec {
+            url: format!("file://{}", path.display()),
+            sha256: sha,
+            signature: None,
+        };
+        let policy = crate::artifact::ArtifactPolicy::new(1 << 30, false, Vec::new());
+        crate::artifact::stage(&store, v, &spec, &policy, &|_| {})
+            .await
+            .unwrap();
+    }
+    store.set_current("v2").unwrap();
+    {
+        let j = Journal::open(&tmp.path().join("data"), "web-1").unwrap();
+        j.reconciled().unwrap();
+        let mut rec = DeployRecord::new(DeployKind::Deploy, "", Some("v1".into()), "v2", 1);
+        rec.phase = Phase::Verifying;
+        rec.token = 7;
+        j.put_deploy(&rec).unwrap();
+    }
+    // The coordinators revoked slot 7 meanwhile.
+    let coord = FakeCoordinator::default();
+    let (addr, _guard) = coord.clone().serve().await;
+    let top = format!("groups = [\"web\"]\ncoordinators = [\"{addr}\"]");
+    let daemon = Daemon::start(config(tmp.path(), port, &top, ""))
+        .await
+        .unwrap();
+    let _kill = KillService(daemon.service.clone());
+    assert_eq!(
+        daemon.service.child(),
+        None,
+        "the agent started the unverified current at start"
+    );
+    let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    let s = wait_status(&mut client, "recovery to end", |s| s.phase == "idle").await;
+    assert_eq!(s.last_outcome, "fenced", "{s:?}");
+    assert_eq!(daemon.service.child(), None, "started outside a fence");
+    assert_eq!(app_version(port).await, None);
+    assert!(coord.state().report_calls > 0, "no restart fence was tried");
+    daemon.shutdown().await;
+}
+
+/// Item 11: an agent whose journal's child record is unreadable does not start a second copy
+/// of a service that still runs: it finds it running from the release store and adopts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_child_record_does_not_start_a_second_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let daemon = Daemon::start(config(tmp.path(), port, "", ""))
+        .await
+        .unwrap();
+    let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    let (o, e, _) = deploy(&mut client, tmp.path(), "v1", false).await;
+    assert_eq!(o, Outcome::Succeeded, "{e}");
+    let pid = daemon.service.child().unwrap().pid;
+    drop(client);
+    daemon.shutdown().await; // the service keeps running
+    let kill = scopeguard(pid);
+    {
+        let j = crate::journal::Journal::open(&tmp.path().join("data"), "web-1").unwrap();
+        j.corrupt_child().unwrap();
+        assert!(j.child::<crate::service::ChildRecord>().is_err());
+    }
+    let daemon = Daemon::start(config(tmp.path(), port, "", ""))
+        .await
+        .unwrap();
+    assert_eq!(daemon.service.child().map(|c| c.pid), Some(pid));
+    // Adopted, not started afresh: the health it had established stands from the first answer.
+    let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    let s = client
+        .status(AgentStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        s.health, 2,
+        "an adopted service must not prove itself again: {s:?}"
+    );
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let releases = std::fs::canonicalize(tmp.path().join("srv/releases")).unwrap();
+    let copies: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c.starts_with(&releases))
+                && std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "))
+        })
+        .collect();
+    assert_eq!(copies, vec![pid], "a second copy was started");
+    assert_eq!(app_version(port).await.as_deref(), Some("v1"));
+    daemon.service.stop().await.unwrap();
+    daemon.shutdown().await;
+    drop(kill);
+}
+
+/// SIGKILLs process group `pid` when dropped, whatever happens to the test, if that process is
+/// still the one it was (same start time).
+fn scopeguard(pid: i32) -> impl Drop {
+    fn start_time(pid: i32) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(19).map(str::to_owned)
+    }
+    struct Kill(i32, Option<String>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if self.1.is_some() && start_time(self.0) == self.1 {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(self.0),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    Kill(pid, start_time(pid))
+}
+
+/// The reported health is the monitor's fact with the engine's overrides on top
+/// (`health::reported`): a host a deploy left under a `verify_failed` hold reports `unhealthy`
+/// however well the probes go, until the hold ends; then the probes decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_failed_hold_is_unhealthy_whatever_the_probes_say() {
+    use crate::journal::{Hold, HoldKind, Journal, Purpose};
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let top = "[health]\ninterval = \"100ms\"\nunhealthy_after = 1\nhealthy_after = 1";
+    let daemon = Daemon::start(config(tmp.path(), port, top, ""))
+        .await
+        .unwrap();
+    let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    let (o, e, _) = deploy(&mut client, tmp.path(), "v1", false).await;
+    assert_eq!(o, Outcome::Succeeded, "{e}");
+    let pid = daemon.service.child().unwrap().pid;
+    drop(client);
+    daemon.shutdown().await; // the service keeps running
+    let kill = scopeguard(pid);
+    {
+        // What a deploy whose rollback also failed verify leaves (standalone: no token).
+        let j = Journal::open(&tmp.path().join("data"), "web-1").unwrap();
+        j.set_hold(Some(&Hold {
+            kind: HoldKind::VerifyFailed,
+            purpose: Purpose::Deploy,
+            token: 0,
+            note: "deploy of v2 did not end in rotation (verify_failed)".into(),
+            since_ms: 1,
+        }))
+        .unwrap();
+    }
+    let daemon = Daemon::start(config(tmp.path(), port, top, ""))
+        .await
+        .unwrap();
+    assert_eq!(daemon.service.child().map(|c| c.pid), Some(pid));
+    let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    // The probes pass every 100 ms (one round would bring the fact back): the host still
+    // reports unhealthy, from its first answer on.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut samples = 0;
+    while tokio::time::Instant::now() < deadline {
+        let s = client
+            .status(AgentStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.health, 3, "a verify_failed host reported {s:?}");
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(samples >= 10, "only {samples} samples");
+    assert_eq!(
+        app_version(port).await.as_deref(),
+        Some("v1"),
+        "the app answers"
+    );
+    // The operator ends the hold: now the probes say how the service is.
+    client
+        .undrain(hotdeploy_common::proto::UndrainRequest {})
+        .await
+        .unwrap();
+    let s = wait_status(&mut client, "the probes to be believed", |s| s.health == 2).await;
+    assert_eq!(s.rotation, 1, "back in rotation: {s:?}");
+    daemon.service.stop().await.unwrap();
+    daemon.shutdown().await;
+    drop(kill);
+}

@@ -3,6 +3,7 @@
 use super::auth::authorize;
 use super::validate;
 use crate::deploy::{Engine, EngineError, Progress};
+use crate::journal::{HoldKind, Purpose};
 use crate::link::{Link, LinkError};
 use crate::rotation::RotationControl;
 use crate::service::ServiceController;
@@ -30,6 +31,7 @@ pub struct AgentService {
     pub rotation: Arc<RotationControl>,
     pub service: Arc<ServiceController>,
     pub link: Option<Link>,
+    /// The health this host reports (`health::reported`, kept by the daemon's report task).
     pub health: watch::Receiver<Health>,
 }
 
@@ -46,6 +48,18 @@ pub fn status_of(e: EngineError) -> Status {
         EngineError::Link(_) => Status::failed_precondition(e.to_string()),
         EngineError::Host(ref h) if h.retryable => Status::unavailable(e.to_string()),
         EngineError::Host(_) | EngineError::Journal(_) => Status::internal(e.to_string()),
+        EngineError::Shutdown => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Waits for an operation the engine runs in a task of its own. The caller going away drops
+/// this wait, never the operation.
+async fn finished(task: tokio::task::JoinHandle<Result<(), EngineError>>) -> Result<(), Status> {
+    match task.await {
+        Ok(r) => r.map_err(status_of),
+        Err(e) => Err(Status::internal(format!(
+            "the operation's task failed: {e}"
+        ))),
     }
 }
 
@@ -66,7 +80,10 @@ impl AgentService {
                 .last_outcome
                 .map(|o| o.as_str().to_owned())
                 .unwrap_or_default(),
-            last_error: view.last_error.clone(),
+            last_error: match &view.problem {
+                Some(p) => p.clone(),
+                None => view.last_error.clone(),
+            },
             slot_token: view.token,
             service_pid: self
                 .service
@@ -76,7 +93,7 @@ impl AgentService {
             maintenance: view
                 .hold
                 .as_ref()
-                .is_some_and(|h| h.purpose == "maintenance"),
+                .is_some_and(|h| h.kind == HoldKind::Maintenance),
             coordinator_connected: self.link.as_ref().is_some_and(Link::connected),
         }
     }
@@ -115,16 +132,18 @@ impl Agent for AgentService {
 
     async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<AgentStatus>, Status> {
         authorize(&req, "Drain")?;
-        self.engine
-            .drain("drain", "operator drain through the agent API")
-            .await
+        // Owned by the engine: a client that hangs up does not cancel it half done.
+        let task = self
+            .engine
+            .drain(Purpose::Drain, "operator drain through the agent API")
             .map_err(status_of)?;
+        finished(task).await?;
         Ok(Response::new(AgentService::status(self)))
     }
 
     async fn undrain(&self, req: Request<UndrainRequest>) -> Result<Response<AgentStatus>, Status> {
         authorize(&req, "Undrain")?;
-        self.engine.undrain().await.map_err(status_of)?;
+        finished(self.engine.undrain().map_err(status_of)?).await?;
         Ok(Response::new(AgentService::status(self)))
     }
 
@@ -177,12 +196,13 @@ impl Agent for AgentService {
             } else {
                 req.reason
             };
-            self.engine
-                .drain("maintenance", &reason)
-                .await
+            let task = self
+                .engine
+                .drain(Purpose::Maintenance, &reason)
                 .map_err(status_of)?;
+            finished(task).await?;
         } else {
-            self.engine.undrain().await.map_err(status_of)?;
+            finished(self.engine.undrain().map_err(status_of)?).await?;
         }
         Ok(Response::new(AgentService::status(self)))
     }

@@ -44,6 +44,8 @@ pub fn deploy_request(req: &DeployRequest) -> Result<DeployParams, Status> {
             signature: (!signature.is_empty()).then(|| signature.to_owned()),
         },
         rollout: req.rollout_id.clone(),
+        // A local deploy: its rollout id is free text, and nothing is reported for it.
+        step: None,
     })
 }
 

@@ -10,9 +10,15 @@
 //! blocking thread fed by a small channel, so a large artifact does not hog the async runtime.
 //!
 //! Deadlines: a connect timeout, a read timeout that catches a stalled transfer, and the
-//! policy's overall fetch timeout. Redirects: at most `MAX_REDIRECTS`, and never from https
-//! down to http. Left out: proxies beyond reqwest's defaults, `file://host/` URLs, and
-//! percent-decoding of `file://` paths.
+//! policy's overall fetch timeout, for `file://` as for HTTP. A `file://` source must be a
+//! regular file: it is opened non-blocking and checked first, so a FIFO (whose open would wait
+//! for a writer forever) or a device is refused at once. The copy runs on a blocking thread
+//! watched from the async side: a read that delivers nothing for [`READ_TIMEOUT`] (a stuck
+//! network mount) or a copy past the overall deadline fails the fetch, and the thread is told
+//! to stop at its next read. (A thread stuck inside the kernel cannot be interrupted; it ends
+//! whenever the read returns, and the engine has moved on.) Redirects: at most
+//! `MAX_REDIRECTS`, and never from https down to http. Left out: proxies beyond reqwest's
+//! defaults, `file://host/` URLs, and percent-decoding of `file://` paths.
 
 use super::error::ArtifactError;
 use super::policy::ArtifactPolicy;
@@ -22,13 +28,16 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Enough for a CDN or an object store's signed-URL hop, few enough to stop a loop quickly.
 const MAX_REDIRECTS: usize = 5;
 /// A host that does not accept a TCP/TLS connection within this is down or unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// A transfer that delivers nothing for this long has stalled.
+/// A transfer (HTTP or `file://`) that delivers nothing for this long has stalled.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Chunks in flight between the network task and the writer thread: bounds memory to a few
 /// hundred KiB while letting the two overlap.
@@ -90,10 +99,16 @@ pub async fn fetch(
     match scheme(url)? {
         Scheme::File => {
             let src = file_path(url)?.to_path_buf();
-            let (url, dest, limit) = (url.to_string(), dest.to_path_buf(), policy.max_bytes);
-            tokio::task::spawn_blocking(move || copy_file(&url, &src, &dest, limit))
-                .await
-                .map_err(|e| ArtifactError::io("file copy task", std::io::Error::other(e)))?
+            let u = url.to_string();
+            watched_copy(
+                url,
+                move || open_regular(&u, &src),
+                dest,
+                policy.max_bytes,
+                policy.fetch_timeout,
+                READ_TIMEOUT,
+            )
+            .await
         }
         Scheme::Http => {
             let fut = fetch_http(url, dest, policy.max_bytes);
@@ -125,16 +140,112 @@ fn too_large(url: &str, limit: u64) -> ArtifactError {
     }
 }
 
-fn copy_file(url: &str, src: &Path, dest: &Path, limit: u64) -> Result<Fetched, ArtifactError> {
-    let mut input = File::open(src).map_err(|e| ArtifactError::Fetch {
+/// Opens `src` for reading, refusing anything but a regular file. Non-blocking, so that a
+/// FIFO's open does not wait for a writer.
+fn open_regular(url: &str, src: &Path) -> Result<File, ArtifactError> {
+    let fetch_err = |message: String| ArtifactError::Fetch {
         url: url.into(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(src)
+        .map_err(|e| fetch_err(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fetch_err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(ArtifactError::InvalidSpec {
+            message: format!(
+                "artifact {url} is not a regular file (a FIFO, a device, a socket or a \
+                 directory)"
+            ),
+        });
+    }
+    Ok(file)
+}
+
+/// Copies what `open` gives into `dest` on a blocking thread, hashing it, under the size limit,
+/// the overall deadline `overall`, and `stall`: no byte for that long fails the copy.
+pub(crate) async fn watched_copy<R, F>(
+    url: &str,
+    open: F,
+    dest: &Path,
+    limit: u64,
+    overall: Duration,
+    stall: Duration,
+) -> Result<Fetched, ArtifactError>
+where
+    R: Read,
+    F: FnOnce() -> Result<R, ArtifactError> + Send + 'static,
+{
+    let progress = Arc::new(AtomicU64::new(0));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut job = {
+        let (url, dest, progress, cancel) = (
+            url.to_string(),
+            dest.to_path_buf(),
+            progress.clone(),
+            cancel.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let r =
+                open().and_then(|input| copy_stream(&url, input, &dest, limit, &progress, &cancel));
+            if r.is_err() {
+                // Also when the caller gave up long ago: leave no download behind.
+                let _ = std::fs::remove_file(&dest);
+            }
+            r
+        })
+    };
+    let started = Instant::now();
+    let check = (stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let (mut seen, mut since) = (0, Instant::now());
+    loop {
+        tokio::select! {
+            r = &mut job => {
+                return r.map_err(|e| ArtifactError::io("file copy task", std::io::Error::other(e)))?;
+            }
+            _ = tokio::time::sleep(check) => {}
+        }
+        let now = progress.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        }
+        let why = if since.elapsed() >= stall {
+            format!("no data for {stall:?} (a stuck mount?)")
+        } else if started.elapsed() >= overall {
+            format!("timed out after {overall:?}")
+        } else {
+            continue;
+        };
+        cancel.store(true, Ordering::Relaxed);
+        return Err(ArtifactError::Fetch {
+            url: url.into(),
+            message: why,
+        });
+    }
+}
+
+/// The copy loop: reports each read in `progress`, stops when `cancel` is set.
+fn copy_stream(
+    url: &str,
+    mut input: impl Read,
+    dest: &Path,
+    limit: u64,
+    progress: &AtomicU64,
+    cancel: &AtomicBool,
+) -> Result<Fetched, ArtifactError> {
     let mut out = create_dest(dest)?;
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     let mut buf = vec![0u8; COPY_BUF];
     loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ArtifactError::Fetch {
+                url: url.into(),
+                message: "cancelled".into(),
+            });
+        }
         let n = input.read(&mut buf).map_err(|e| ArtifactError::Fetch {
             url: url.into(),
             message: e.to_string(),
@@ -142,6 +253,7 @@ fn copy_file(url: &str, src: &Path, dest: &Path, limit: u64) -> Result<Fetched, 
         if n == 0 {
             break;
         }
+        progress.fetch_add(1, Ordering::Relaxed);
         bytes += n as u64;
         if bytes > limit {
             return Err(too_large(url, limit));
@@ -252,4 +364,56 @@ async fn fetch_http(url: &str, dest: &Path, limit: u64) -> Result<Fetched, Artif
         .map_err(|e| ArtifactError::io("artifact writer task", std::io::Error::other(e)))?;
     streamed?;
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> ArtifactPolicy {
+        ArtifactPolicy::new(1 << 20, false, Vec::new())
+    }
+
+    /// A FIFO's open would wait for a writer forever: it is refused at once.
+    #[tokio::test]
+    async fn a_fifo_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("artifact.tar");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let url = format!("file://{}", fifo.display());
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            fetch(&url, &dir.path().join("dl"), &policy()),
+        )
+        .await
+        .expect("a fetch of a FIFO hung");
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    /// A source that stops delivering bytes (what a stuck mount looks like) fails the fetch
+    /// after the stall bound, rather than holding the deploy forever.
+    #[tokio::test]
+    async fn a_stalled_read_fails_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let t0 = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            watched_copy(
+                "file:///stuck",
+                move || Ok(reader),
+                &dir.path().join("dl"),
+                1 << 20,
+                Duration::from_secs(60),
+                Duration::from_millis(300),
+            ),
+        )
+        .await
+        .expect("a stalled copy hung");
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("no data"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        drop(writer);
+    }
 }

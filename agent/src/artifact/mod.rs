@@ -4,12 +4,19 @@
 //! [`stage`] is the one entry point the agent uses. It runs, in order:
 //! 1. cheap checks of the spec (release id, hex digest, URL scheme, signature presence and
 //!    shape), so a bad spec fails before any byte is fetched;
-//! 2. the idempotency check: already staged with the same digest returns at once, with
+//! 2. the idempotency check: already staged with the same digest returns at once (after the
+//!    request's signature, if any, is checked against the staged digest and kept), with
 //!    another digest fails with `ReleaseConflict`;
 //! 3. fetch into `releases/.download-<id>-<nonce>`, hashing while streaming, under the size
 //!    limit;
 //! 4. the sha256 check, then the signature check (over the raw digest);
-//! 5. unpack into `releases/.staging-<id>-<nonce>/` and commit it through the store.
+//! 5. unpack into `releases/.staging-<id>-<nonce>/` and commit it through the store, keeping
+//!    the signature next to it (`releases/<id>.sig`).
+//!
+//! The policy is also checked **at use**: [`check_staged`] runs before a staged release goes
+//! live (a deploy's swap, a rollback), so that switching `require_signature` on covers releases
+//! staged before, and a release whose kept signature no longer verifies under the trusted keys
+//! is refused.
 //!
 //! Whatever fails, the download file and the staging directory are removed, and no link is
 //! touched: `stage` never swaps anything, that is the deploy engine's job once staging is done.
@@ -64,8 +71,14 @@ pub async fn stage(
         return Err(ArtifactError::UntrustedKey);
     }
 
-    // 2. Idempotency.
+    // 2. Idempotency. The signature still has to be right: it is checked against the digest
+    // the release was staged from.
     if let Some(dir) = already_staged(store, id, &expected_hex)? {
+        if let Some(sig) = &signature {
+            verify::verify_digest(&expected, sig, &policy.trusted_keys)?;
+            keep_signature(store, id, spec)?;
+            progress("signature verified".into());
+        }
         progress(format!("release {id} is already staged"));
         return Ok(dir);
     }
@@ -115,11 +128,50 @@ pub async fn stage(
     let (dir, stats) = job
         .await
         .map_err(|e| ArtifactError::io("unpack task", std::io::Error::other(e.to_string())))??;
+    if signature.is_some() {
+        keep_signature(store, id, spec)?;
+    }
     progress(format!(
         "unpacked {} files, {} directories, {} links ({} bytes); release {id} staged",
         stats.files, stats.dirs, stats.links, stats.bytes
     ));
     Ok(dir)
+}
+
+/// Keeps the (verified) signature of `spec` next to release `id`.
+fn keep_signature(
+    store: &ReleaseStore,
+    id: &str,
+    spec: &ArtifactSpec,
+) -> Result<(), ArtifactError> {
+    match &spec.signature {
+        Some(sig) => Ok(store.set_release_signature(id, sig)?),
+        None => Ok(()),
+    }
+}
+
+/// Checks, at use, that staged release `id` may go live under `policy`: with
+/// `require_signature`, its kept signature must verify over its staged digest under one of the
+/// trusted keys, whenever and under whatever policy it was staged.
+pub fn check_staged(
+    store: &ReleaseStore,
+    id: &str,
+    policy: &ArtifactPolicy,
+) -> Result<(), ArtifactError> {
+    if !policy.require_signature {
+        return Ok(());
+    }
+    let digest = store
+        .release_sha256(id)
+        .ok_or_else(|| ArtifactError::InvalidSpec {
+            message: format!("release {id} is not staged (or its digest file is unreadable)"),
+        })?;
+    let digest = verify::parse_sha256(&digest)?;
+    let Some(sig) = store.release_signature(id) else {
+        return Err(ArtifactError::SignatureMissing);
+    };
+    let sig = verify::decode_signature(&sig)?;
+    verify::verify_digest(&digest, &sig, &policy.trusted_keys)
 }
 
 fn unpack_and_commit(

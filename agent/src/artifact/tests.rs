@@ -361,6 +361,52 @@ async fn a_signature_with_no_trusted_keys_is_refused_and_optional_ones_are_check
     fx.stage("unsigned", &raw, None).await.unwrap();
 }
 
+/// Item 14: the policy is checked at use, not only at staging. A release staged before
+/// `require_signature` was switched on is refused when it is about to go live; staging it again
+/// with a bad signature is refused although it is staged already; a good one is kept with the
+/// release, and checked again at every use (a trusted key removed since fails it).
+#[tokio::test]
+async fn signatures_are_checked_at_use_whenever_the_release_was_staged() {
+    let mut fx = Fx::new().await;
+    let raw = good_tar();
+    fx.stage("v1", &raw, None).await.unwrap();
+    check_staged(&fx.store, "v1", &fx.policy).unwrap();
+
+    let trusted = keypair(1);
+    fx.policy = ArtifactPolicy::new(LIMIT, true, vec![trusted.verifying_key()]);
+    let err = check_staged(&fx.store, "v1", &fx.policy).unwrap_err();
+    assert!(matches!(err, ArtifactError::SignatureMissing), "{err}");
+
+    let err = fx
+        .stage("v1", &raw, Some(sign(&keypair(2), &raw)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ArtifactError::SignatureInvalid { .. }),
+        "an already-staged release skipped signature verification: {err}"
+    );
+    assert!(check_staged(&fx.store, "v1", &fx.policy).is_err());
+
+    fx.stage("v1", &raw, Some(sign(&trusted, &raw)))
+        .await
+        .unwrap();
+    check_staged(&fx.store, "v1", &fx.policy).unwrap();
+
+    // Staged fresh with a signature: kept, checked at use.
+    fx.stage("v2", &raw, Some(sign(&trusted, &raw)))
+        .await
+        .unwrap();
+    check_staged(&fx.store, "v2", &fx.policy).unwrap();
+
+    // The key is no longer trusted: the kept signature fails at the next use.
+    fx.policy = ArtifactPolicy::new(LIMIT, true, vec![keypair(3).verifying_key()]);
+    let err = check_staged(&fx.store, "v2", &fx.policy).unwrap_err();
+    assert!(
+        matches!(err, ArtifactError::SignatureInvalid { .. }),
+        "{err}"
+    );
+}
+
 #[test]
 fn policy_from_config_reads_inline_keys_and_key_files() {
     use base64::Engine as _;

@@ -48,6 +48,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::start(cfg).await?;
+    let shutdown = daemon.shutdown_token();
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::debug!(error = %e, "sd_notify READY failed (not under systemd?)");
     }
@@ -55,10 +56,14 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let watchdog = if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
         let every = Duration::from_micros(usec / 2);
         tracing::info!(?every, "systemd watchdog enabled");
+        let shutdown = shutdown.clone();
         Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
         }))
@@ -84,7 +89,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.shutdown().await;
     if let Some(w) = watchdog {
-        w.abort();
+        let _ = w.await;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The real [`HostOps`]: the release store, artifacts, rotation, the service, verify and hooks.
 
-use super::{ArtifactRef, Hook, HookCtx, HostOps, OpError, OpResult, ProgressFn};
+use super::{ArtifactRef, Hook, HookCtx, HostOps, OpError, OpResult, ProgressFn, RotationView};
 use crate::artifact::{self, ArtifactPolicy, ArtifactSpec};
 use crate::hooks::{HookEnv, HookPoint, Hooks};
 use crate::rotation::RotationControl;
@@ -84,6 +84,34 @@ impl HostOps for RealHost {
 
     fn gc(&self, protect: &[&str]) -> OpResult {
         self.store.gc(protect).map(|_| ()).map_err(store_err)
+    }
+
+    fn check_release(&self, id: &str) -> OpResult {
+        artifact::check_staged(&self.store, id, &self.policy).map_err(|e| OpError {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        })
+    }
+
+    fn rotation(&self) -> RotationView {
+        RotationView {
+            state: self.rotation.state(),
+            settled: self.rotation.settled(),
+        }
+    }
+
+    fn running(&self) -> Option<bool> {
+        self.service.running()
+    }
+
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, OpResult> {
+        async move {
+            self.service
+                .start(id)
+                .await
+                .map_err(|e| OpError::fatal(e.to_string()))
+        }
+        .boxed()
     }
 
     fn drain(&self) -> BoxFuture<'_, OpResult<Duration>> {

@@ -1,9 +1,9 @@
 //! One deploy, step by step. See the module docs of [`super`] for the flow and its rules.
 
-use super::{Hook, HookCtx, Inner, Progress, SlotRequest};
+use super::{outcome, Hook, HookCtx, Inner, Progress, SlotRequest, StepReport};
 use crate::failpoint::failpoint;
 use crate::health::EngineClaim;
-use crate::journal::{DeployRecord, Hold, Outcome, Phase};
+use crate::journal::{DeployKind, DeployRecord, Hold, HoldKind, Outcome, OutcomeReport, Phase};
 use crate::link::LinkError;
 use hotdeploy_common::proto::Health;
 use hotdeploy_common::time::now_ms;
@@ -15,7 +15,8 @@ use std::time::Duration;
 pub(super) enum Stop {
     /// Nothing to undo: end with `failed`.
     Failed(String),
-    /// Before the swap: return to rotation if drained, release the slot, end with `failed`.
+    /// Before the swap (or with it undone): return to rotation if drained, release the slot,
+    /// end with `failed`.
     Abort(String),
     /// The token is stale: touch nothing more, end with `fenced`.
     Fenced(String),
@@ -29,6 +30,19 @@ pub(super) enum Stop {
 /// The outcome of a deploy and why.
 pub(super) type Verdict = (Outcome, String);
 
+/// What a deploy task answers when the agent shuts down under it: the journal is left as it
+/// was, and recovery resumes the deploy at the next start.
+pub(super) fn interrupted() -> Verdict {
+    (
+        Outcome::Failed,
+        "the agent is shutting down; the deploy resumes when it starts again".into(),
+    )
+}
+
+/// Pause between attempts to commit a rollback's fence.
+const FENCE_RETRY_MIN: Duration = Duration::from_secs(1);
+const FENCE_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// A deploy in progress.
 pub(super) struct Run {
     pub(super) eng: Arc<Inner>,
@@ -40,6 +54,10 @@ pub(super) struct Run {
     judged: bool,
     /// The service was (or may have been) restarted by this deploy.
     restarted: bool,
+    /// The deploy was abandoned for a reason that is not the release's fault (a fence that
+    /// could not be confirmed, an agent restart before the swap took effect): a rollout deploy
+    /// that aborts then ends `fenced`, and the coordinators drive it again.
+    pub(super) redrive: bool,
 }
 
 impl Run {
@@ -51,14 +69,81 @@ impl Run {
             health: None,
             judged: false,
             restarted: false,
+            redrive: false,
+        }
+    }
+
+    /// A rollout's canary host (its slot request says so).
+    fn canary(&self) -> bool {
+        self.rec.step.as_ref().is_some_and(|s| s.canary)
+    }
+
+    /// Whether a failed verify is rolled back (always, unless a rollout says otherwise).
+    fn auto_rollback(&self) -> bool {
+        self.rec.step.as_ref().is_none_or(|s| s.auto_rollback)
+    }
+
+    /// A rollout deploy that never disrupted anything because it got no slot (or was
+    /// interrupted before it did): there is no outcome to report, and the driver asks again.
+    pub(super) fn not_admitted(&mut self) {
+        if let Some(s) = &mut self.rec.step {
+            s.report = OutcomeReport::NotAdmitted;
+        }
+    }
+
+    /// What an aborted deploy (nothing swapped, or the swap undone) ends as.
+    fn abort_outcome(&self) -> Outcome {
+        if self.redrive && self.rec.step.is_some() {
+            Outcome::Fenced
+        } else {
+            Outcome::Failed
+        }
+    }
+
+    /// Before anything disruptive happened, a phase that cannot be committed aborts the
+    /// deploy (and a rollout drives it again).
+    fn unconfirmed_aborts(&mut self, stop: Stop) -> Stop {
+        match stop {
+            Stop::Unconfirmed(m) => {
+                self.redrive = true;
+                Stop::Abort(m)
+            }
+            other => other,
+        }
+    }
+
+    /// Reports the outcome of a rollout deploy, once, before its slot is released; the
+    /// journal records that it was.
+    async fn report_outcome(&mut self, outcome: Outcome, error: &str) {
+        let report = match &self.rec.step {
+            Some(s) if s.report == OutcomeReport::Due => {
+                outcome::send(&self.eng, &self.rec, outcome, error).await
+            }
+            _ => return,
+        };
+        if let Some(s) = &mut self.rec.step {
+            s.report = report;
+        }
+        if let Err(e) = self.eng.journal.put_deploy(&self.rec) {
+            tracing::warn!(error = %e, "cannot journal that the outcome was reported");
+        }
+    }
+
+    /// A first install's progress, for display (it holds no slot to fence with). A failure
+    /// is only logged.
+    async fn report_progress(&self, report: StepReport) {
+        if let Some(step) = &self.rec.step {
+            outcome::progress(&self.eng, &self.rec.rollout, step.attempt, report).await;
         }
     }
 
     /// Recovery of a deploy that may have disrupted the service: the health is the engine's
-    /// until the recovery ends.
+    /// until the recovery ends (or, with nothing left to judge, until it returns to rotation).
+    /// From `restarted` to `rolling_back` the service may run a release nobody judged yet; at
+    /// `undraining` the verdict was reached before the crash, and the journaled fact holds it.
     pub(super) fn recovering(&mut self) {
         self.claim_health();
-        if self.rec.phase >= Phase::Restarted {
+        if self.rec.phase >= Phase::Restarted && self.rec.phase < Phase::Undraining {
             self.restarted = true;
         }
     }
@@ -116,7 +201,7 @@ impl Run {
         if token == 0 {
             return Ok(());
         }
-        match lock.report_phase(token, phase.as_str()).await {
+        match lock.report_phase(token, phase).await {
             Ok(()) => Ok(()),
             Err(LinkError::Stale(m)) => Err(Stop::Fenced(format!(
                 "slot token {token} is stale ({m}): stopped before {phase}, service left as it is"
@@ -124,6 +209,28 @@ impl Run {
             Err(e) => Err(Stop::Unconfirmed(format!(
                 "could not commit phase {phase} with token {token}: {e}"
             ))),
+        }
+    }
+
+    /// Commits `phase`, retrying while the coordinators cannot be reached, until it is
+    /// committed or the token is found stale. For steps that must happen under the slot the
+    /// host already holds out of rotation (a rollback, a recovery's restart): waiting is safe,
+    /// giving up would leave the host drained on a bad release for good.
+    pub(super) async fn fence_until_confirmed(&self, phase: Phase) -> Result<(), Stop> {
+        let mut pause = FENCE_RETRY_MIN;
+        loop {
+            match self.fence(phase).await {
+                Err(Stop::Unconfirmed(m)) => {
+                    tracing::warn!("{m}; retrying while the slot is held");
+                    self.progress.note(
+                        phase.as_str(),
+                        format!("{m}; retrying while the slot is held"),
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(FENCE_RETRY_MAX);
+                }
+                other => return other,
+            }
         }
     }
 
@@ -173,6 +280,12 @@ impl Run {
         r
     }
 
+    /// Whether the service is known not to run (an agent that started after a reboot with a
+    /// deploy in progress does not start it: recovery does, under a fence).
+    pub(super) fn not_running(&self) -> bool {
+        self.eng.ops.running() == Some(false)
+    }
+
     /// A deploy of the release that is already live and healthy: nothing to do.
     pub(super) async fn already_live(mut self) -> Verdict {
         self.rec.phase = Phase::Released;
@@ -181,10 +294,23 @@ impl Run {
         self.conclude(Outcome::Succeeded, String::new())
     }
 
-    /// Runs the deploy to its end, staging `artifact` first (a rollback stages nothing).
+    /// Runs the deploy to its end, staging `artifact` first (a rollback stages nothing). At the
+    /// agent's shutdown it stops where it is and tells the caller.
     pub(super) async fn execute(mut self, artifact: Option<super::ArtifactRef>) -> Verdict {
-        let r = self.steps(artifact.as_ref()).await;
-        self.settle(r).await
+        let shutdown = self.eng.shutdown.clone();
+        let progress = self.progress.clone();
+        let work = async move {
+            let r = self.steps(artifact.as_ref()).await;
+            self.settle(r).await
+        };
+        tokio::select! {
+            v = work => v,
+            _ = shutdown.cancelled() => {
+                let (outcome, error) = interrupted();
+                progress.done(outcome, &error, 0);
+                (outcome, error)
+            }
+        }
     }
 
     /// Turns the result of the steps into the outcome, undoing what must be undone.
@@ -192,26 +318,31 @@ impl Run {
         match r {
             Ok((outcome, error)) => self.conclude(outcome, error),
             Err(Stop::Failed(m)) => self.conclude(Outcome::Failed, m),
-            Err(Stop::Abort(m)) => match self.back_in_rotation(Outcome::Failed, m.clone()).await {
-                Ok((o, e)) => self.conclude(o, e),
-                Err(_) => {
-                    self.keep_slot("deploy");
-                    self.conclude(Outcome::Failed, m)
+            Err(Stop::Abort(m)) => {
+                match self.back_in_rotation(self.abort_outcome(), m.clone()).await {
+                    Ok((o, e)) => self.conclude(o, e),
+                    Err(Stop::Fenced(f)) => self.fenced(format!("{m}; {f}")),
+                    Err(_) => {
+                        self.keep_slot(HoldKind::Interrupted);
+                        self.conclude(Outcome::Failed, m)
+                    }
                 }
-            },
-            Err(Stop::Fenced(m)) => {
-                tracing::error!(token = self.rec.token, "{m}");
-                if let Some(lock) = &self.eng.lock {
-                    lock.unclaim(self.rec.token);
-                }
-                self.conclude(Outcome::Fenced, m)
             }
+            Err(Stop::Fenced(m)) => self.fenced(m),
             Err(Stop::Unconfirmed(m)) | Err(Stop::Journal(m)) => {
                 tracing::error!("{m}");
-                self.keep_slot("deploy");
+                self.keep_slot(HoldKind::Interrupted);
                 self.conclude(Outcome::Failed, m)
             }
         }
+    }
+
+    fn fenced(self, m: String) -> Verdict {
+        tracing::error!(token = self.rec.token, "{m}");
+        if let Some(lock) = &self.eng.lock {
+            lock.unclaim(self.rec.token);
+        }
+        self.conclude(Outcome::Fenced, m)
     }
 
     async fn steps(&mut self, artifact: Option<&super::ArtifactRef>) -> Result<Verdict, Stop> {
@@ -233,43 +364,63 @@ impl Run {
         }
         failpoint("after_staged");
         self.enter(Phase::Staged, format!("{to} staged"))?;
+        // At use, whatever was true at staging: the policy may have changed since.
+        if let Err(e) = self.eng.ops.check_release(&to) {
+            return Err(Stop::Failed(format!("{to} may not go live: {e}")));
+        }
         let Some(from) = self.rec.from.clone() else {
             return self.first_deploy().await;
         };
 
         if let Some(lock) = self.eng.lock.clone() {
-            let write = self
+            let kept = self
                 .eng
                 .journal
-                .next_write_id()
-                .map_err(|e| Stop::Failed(e.to_string()))?;
-            self.rec.write = Some(write.clone());
-            self.enter(
-                Phase::SlotRequested,
-                format!("asking for a {} slot", self.rec.kind.purpose()),
-            )?;
-            let req = SlotRequest {
-                purpose: self.rec.kind.purpose().to_owned(),
-                reason: format!("{} {to}", self.rec.kind.purpose()),
-                rollout: self.rec.rollout.clone(),
-                wait: self.eng.timing.slot_wait,
+                .hold()
+                .ok()
+                .flatten()
+                .filter(|h| !h.kind.operator() && h.token != 0);
+            let token = match kept {
+                // The host keeps a slot from an earlier deploy: repair it under that slot.
+                Some(h) => h.token,
+                None => {
+                    let write = self
+                        .eng
+                        .journal
+                        .next_write_id()
+                        .map_err(|e| Stop::Failed(e.to_string()))?;
+                    self.rec.write = Some(write.clone());
+                    let purpose = self.rec.kind.purpose();
+                    self.enter(Phase::SlotRequested, format!("asking for a {purpose} slot"))?;
+                    let req = SlotRequest {
+                        purpose,
+                        reason: format!("{} {to}", self.rec.kind.as_str()),
+                        rollout: self.rec.rollout.clone(),
+                        canary: self.canary(),
+                        wait: self.eng.timing.slot_wait,
+                    };
+                    match lock.acquire(req, write).await {
+                        Ok(token) => token,
+                        Err(e) => {
+                            // Nothing was disrupted. For a rollout this is "not admitted (yet)":
+                            // no outcome; the driver follows the assignment again.
+                            self.not_admitted();
+                            return Err(Stop::Failed(format!("no slot: {e}")));
+                        }
+                    }
+                }
             };
-            let token = lock
-                .acquire(req, write)
-                .await
-                .map_err(|e| Stop::Failed(format!("no slot: {e}")))?;
             self.rec.token = token;
             self.eng.update(|v| v.token = token);
-            self.enter(Phase::SlotHeld, format!("slot granted, token {token}"))?;
+            self.enter(Phase::SlotHeld, format!("slot held, token {token}"))?;
         }
 
         // A gate hook may run for a long time (or the agent may be frozen in it), so it runs
         // *before* the fence: the token is checked right before the step it guards, never
         // before a hook that could outlive the slot.
         self.gate(Hook::BeforeDrain).await?;
-        self.fence(Phase::Draining)
-            .await
-            .map_err(unconfirmed_aborts)?;
+        let fenced = self.fence(Phase::Draining).await;
+        fenced.map_err(|s| self.unconfirmed_aborts(s))?;
         self.claim_health();
         self.rec.drained_at_ms = Some(now_ms());
         self.enter(Phase::Draining, "leaving rotation")?;
@@ -287,9 +438,8 @@ impl Run {
         failpoint("after_drain");
 
         self.gate(Hook::BeforeSwap).await?;
-        self.fence(Phase::Swapped)
-            .await
-            .map_err(unconfirmed_aborts)?;
+        let fenced = self.fence(Phase::Swapped).await;
+        fenced.map_err(|s| self.unconfirmed_aborts(s))?;
         self.enter(Phase::Swapped, format!("swapping current to {to}"))?;
         if let Err(e) = self.eng.ops.set_current(&to) {
             return self.roll_back(format!("swap to {to} failed: {e}")).await;
@@ -299,37 +449,67 @@ impl Run {
 
         if let Err(stop) = self.fence(Phase::Restarted).await {
             if let Stop::Unconfirmed(m) = stop {
-                // Nothing restarted yet: put the link back and abort.
-                return match self.eng.ops.set_current(&from) {
-                    Ok(()) => {
-                        self.set_current_view(Some(&from));
-                        Err(Stop::Abort(m))
-                    }
-                    Err(e) => Err(Stop::Unconfirmed(format!("{m}; and cannot swap back: {e}"))),
-                };
+                self.redrive = true;
+                return self.swap_back_and_abort(&from, m);
             }
             return Err(stop);
         }
+        self.restart_new(&from).await
+    }
+
+    /// Nothing restarted yet: put `current` back on `from` and abort.
+    pub(super) fn swap_back_and_abort(&mut self, from: &str, why: String) -> Result<Verdict, Stop> {
+        match self.eng.ops.set_current(from) {
+            Ok(()) => {
+                self.set_current_view(Some(from));
+                Err(Stop::Abort(why))
+            }
+            Err(e) => Err(Stop::Unconfirmed(format!(
+                "{why}; and cannot swap back: {e}"
+            ))),
+        }
+    }
+
+    /// `restarted` (fenced already) and what follows it.
+    pub(super) async fn restart_new(&mut self, from: &str) -> Result<Verdict, Stop> {
+        let to = self.rec.to.clone();
         self.enter(Phase::Restarted, format!("restarting on {to}"))?;
         self.restarted = true;
         if let Err(e) = self.eng.ops.restart(&to).await {
             return self.roll_back(format!("restart on {to} failed: {e}")).await;
         }
         self.notify(Hook::AfterSwap, &to).await;
-        self.verify_new(&from).await
+        self.verify_new(from).await
     }
 
     /// `verifying` and what follows it, for a host with an old release to fall back on.
     pub(super) async fn verify_new(&mut self, from: &str) -> Result<Verdict, Stop> {
         let to = self.rec.to.clone();
+        // Verifying disrupts nothing, but a stale token found here stops the deploy before it
+        // decides anything more under a slot it no longer holds.
+        match self.fence(Phase::Verifying).await {
+            Err(Stop::Unconfirmed(m)) => {
+                tracing::warn!("{m}; verifying anyway: {to} already runs");
+            }
+            Err(stop) => return Err(stop),
+            Ok(()) => {}
+        }
         self.enter(Phase::Verifying, format!("verifying {to}"))?;
         failpoint("during_verify");
         if let Err(e) = self.verify().await {
+            if !self.auto_rollback() {
+                return Ok(self.keep_failed(format!(
+                    "verify of {to} failed: {e}; not rolled back (auto_rollback is off): the \
+                     host stays out of rotation on {to} and keeps its slot"
+                )));
+            }
             return self.roll_back(format!("verify of {to} failed: {e}")).await;
         }
         self.judge(Health::Healthy);
-        // A re-deploy of the live release (repairing an unhealthy host) keeps `previous`.
-        if from != to {
+        // `previous` is the last good release *before* the live one. A rollback does not move
+        // it: the release rolled away from is not good, and a second rollback must not bring
+        // it back. A re-deploy of the live release (repairing an unhealthy host) keeps it too.
+        if self.rec.kind == DeployKind::Deploy && from != to {
             if let Err(e) = self.eng.ops.set_previous(from) {
                 tracing::warn!(error = %e, "cannot move previous");
             }
@@ -339,12 +519,24 @@ impl Run {
             .await
     }
 
+    /// A failed verify left as it is (a rollout with `auto_rollback` off): the host stays out
+    /// of rotation, reports `unhealthy` and keeps its slot, as when no release verifies.
+    fn keep_failed(&mut self, why: String) -> Verdict {
+        tracing::warn!("{why}");
+        self.eng.update(|v| v.verify_failed = true);
+        self.judge(Health::Unhealthy);
+        self.rec.error = Some(why.clone());
+        self.keep_slot(HoldKind::VerifyFailed);
+        (Outcome::Failed, why)
+    }
+
     /// A first deploy: no slot, no drain. On failure the service is stopped and the host is
     /// unprovisioned again.
     async fn first_deploy(&mut self) -> Result<Verdict, Stop> {
         let to = self.rec.to.clone();
         // Not healthy until verified: the fact stays `unprovisioned`, and the engine's.
         self.claim_health();
+        self.report_progress(StepReport::Swapping).await;
         self.enter(Phase::Swapped, format!("first release: current → {to}"))?;
         if let Err(e) = self.eng.ops.set_current(&to) {
             return Err(Stop::Failed(format!("swap to {to} failed: {e}")));
@@ -368,6 +560,7 @@ impl Run {
 
     pub(super) async fn first_verify(&mut self) -> Result<Verdict, Stop> {
         let to = self.rec.to.clone();
+        self.report_progress(StepReport::Verifying).await;
         self.enter(Phase::Verifying, format!("verifying {to}"))?;
         failpoint("during_verify");
         if let Err(e) = self.verify().await {
@@ -393,18 +586,21 @@ impl Run {
         (Outcome::Failed, format!("{reason}; service stopped"))
     }
 
-    /// Swaps the old release back in, restarts and verifies it.
+    /// Swaps the old release back in, restarts and verifies it. The decision is journaled
+    /// first (`rolling_back`, with the reason), so that an agent restarted before the fence is
+    /// committed resumes the rollback; the fence is then retried until it is committed or
+    /// found stale.
     pub(super) async fn roll_back(&mut self, reason: String) -> Result<Verdict, Stop> {
         let Some(from) = self.rec.from.clone() else {
             return Ok(self.undo_first(reason).await);
         };
         tracing::warn!(%reason, %from, "rolling back");
-        self.fence(Phase::RollingBack).await?;
         self.rec.error = Some(reason.clone());
         self.enter(
             Phase::RollingBack,
             format!("{reason}; rolling back to {from}"),
         )?;
+        self.fence_until_confirmed(Phase::RollingBack).await?;
         self.notify(Hook::OnRollback, &from).await;
         let r = async {
             self.eng
@@ -433,7 +629,7 @@ impl Run {
             Err(e) => {
                 self.eng.update(|v| v.verify_failed = true);
                 self.judge(Health::Unhealthy);
-                self.keep_slot("deploy");
+                self.keep_slot(HoldKind::VerifyFailed);
                 Ok((
                     Outcome::Failed,
                     format!(
@@ -455,8 +651,37 @@ impl Run {
         if !error.is_empty() {
             self.rec.error = Some(error.clone());
         }
-        let drained = self.rec.phase >= Phase::Draining;
+        if matches!(outcome, Outcome::Failed | Outcome::Fenced) {
+            if let Some(kind) = self.rec.repairs {
+                // The host was out of rotation, keeping its slot, before this deploy; it still
+                // is not repaired. It stays out, and keeps the slot.
+                self.keep_slot(kind);
+                return Ok((outcome, error));
+            }
+        }
+        let drained = self.rec.phase >= Phase::Draining || self.rec.repairs.is_some();
         self.enter(Phase::Undraining, "returning to rotation")?;
+        if self.not_running() {
+            // Never return to rotation with nothing running (after a reboot, the service is
+            // started by recovery only). `current` is the release judged good here.
+            let id = self.eng.ops.current().ok().flatten();
+            if let Some(id) = id {
+                // Started, not judged: unless a verify of this deploy vouched for it, the
+                // health is handed back `unhealthy` and the monitor's rounds must prove it.
+                self.restarted = true;
+                if let Err(e) = self.eng.ops.start(&id).await {
+                    tracing::warn!(error = %e, "cannot start the service on {id}");
+                }
+            }
+        }
+        // Nothing left for this deploy to judge (it set a verdict, or restarted nothing it has
+        // not handed over as unproven): the monitor's probes decide from here, so that what the
+        // load balancer is told while the host returns is the service's state now, not a value
+        // from before the deploy (say, `unhealthy` from a lost journal, which would keep the
+        // return from ever being confirmed).
+        if !self.judged {
+            self.release_health();
+        }
         if drained {
             let mut last = None;
             for attempt in 0..3u32 {
@@ -477,7 +702,7 @@ impl Run {
                 }
             }
             if let Some(e) = last {
-                self.keep_slot("deploy");
+                self.keep_slot(HoldKind::UndrainFailed);
                 let why = if error.is_empty() {
                     format!("undrain failed: {e}")
                 } else {
@@ -486,16 +711,23 @@ impl Run {
                 return Ok((Outcome::Failed, why));
             }
         }
-        self.eng.release(self.rec.token).await;
-        self.eng.update(|v| v.token = 0);
+        // The hold (if this deploy repaired one) goes first: a crash between the two leaves a
+        // slot nobody claims (released by reconciliation), never a journaled hold of a slot
+        // already released.
         if let Ok(Some(h)) = self.eng.journal.hold() {
-            if h.purpose == "deploy" {
+            if !h.kind.operator() {
                 if let Err(e) = self.eng.journal.set_hold(None) {
                     tracing::warn!(error = %e, "cannot clear the hold");
                 }
                 self.eng.update(|v| v.hold = None);
             }
         }
+        // A rollout hears the outcome *before* the slot is freed: the next host then waits on
+        // the leader when it frees, and a slot released first would re-drive the step.
+        self.report_outcome(outcome, &error).await;
+        failpoint("after_outcome_reported");
+        self.eng.release(self.rec.token).await;
+        self.eng.update(|v| v.token = 0);
         self.enter(Phase::Released, "slot released")?;
         if outcome == Outcome::Succeeded {
             let from = self.rec.from.clone().unwrap_or_default();
@@ -506,14 +738,15 @@ impl Run {
         Ok((outcome, error))
     }
 
-    /// Keeps the slot of a host left out of rotation as a journaled hold.
-    fn keep_slot(&self, purpose: &str) {
+    /// Keeps the slot of a host left out of rotation as a journaled hold of `kind`.
+    fn keep_slot(&self, kind: HoldKind) {
         let hold = Hold {
-            purpose: purpose.to_owned(),
+            kind,
+            purpose: self.rec.kind.purpose(),
             token: self.rec.token,
-            reason: format!(
-                "{} of {} did not end in rotation",
-                self.rec.kind.purpose(),
+            note: format!(
+                "{} of {} did not end in rotation ({kind})",
+                self.rec.kind.as_str(),
                 self.rec.to
             ),
             since_ms: now_ms(),
@@ -555,13 +788,5 @@ impl Run {
         });
         self.progress.done(outcome, &error, oor);
         (outcome, error)
-    }
-}
-
-/// Before anything disruptive happened, a phase that cannot be committed aborts the deploy.
-fn unconfirmed_aborts(stop: Stop) -> Stop {
-    match stop {
-        Stop::Unconfirmed(m) => Stop::Abort(m),
-        other => other,
     }
 }

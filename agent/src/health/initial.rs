@@ -4,10 +4,13 @@
 //! restarted under a serving host must say `ready up` from its first answer, and one restarted
 //! under a broken host must not. The rules, in order:
 //!
+//! 0. A `current` link that cannot be read: `unhealthy` (something is installed, and it is
+//!    broken; see [`super::reported`]); once it is repaired, the probes decide.
 //! 1. No `current`: `unprovisioned`.
 //! 2. A deploy in progress: what the journal last recorded (the engine's value when the agent
-//!    died); recovery owns the fact from here. Without a record, `unprovisioned` for a first
-//!    deploy, else `unhealthy`.
+//!    died), except that a service this agent had to start afresh (after a reboot) is
+//!    `unhealthy`; recovery owns the fact from here. Without a record, `unprovisioned` for a
+//!    first deploy, else `unhealthy`.
 //! 3. A record for the live release: its value, except that a service this agent had to start
 //!    afresh (not adopted) is `unhealthy` until its probes pass. A record that says
 //!    `unprovisioned` stays so: no verify has passed on this host.
@@ -24,6 +27,8 @@ use hotdeploy_common::proto::Health;
 pub struct StartFacts<'a> {
     /// The release `current` names.
     pub current: Option<&'a str>,
+    /// The `current` link exists but cannot be read (`current` is then `None`).
+    pub current_broken: bool,
     /// The journal's health record.
     pub record: Option<&'a HealthRecord>,
     /// The journal's last deploy.
@@ -34,11 +39,16 @@ pub struct StartFacts<'a> {
 
 /// The health to start from; see the module docs.
 pub fn initial(f: StartFacts<'_>) -> Health {
+    if f.current_broken {
+        return Health::Unhealthy;
+    }
     let Some(current) = f.current else {
         return Health::Unprovisioned;
     };
     if let Some(rec) = f.deploy.filter(|r| r.in_progress()) {
         return match (f.record, &rec.from) {
+            (Some(r), _) if r.health == HostHealth::Unprovisioned => Health::Unprovisioned,
+            (Some(_), _) if f.started_afresh => Health::Unhealthy,
             (Some(r), _) => r.health.into(),
             (None, None) => Health::Unprovisioned,
             (None, Some(_)) => Health::Unhealthy,
@@ -97,6 +107,7 @@ mod tests {
     ) -> StartFacts<'a> {
         StartFacts {
             current,
+            current_broken: false,
             record,
             deploy,
             started_afresh,
@@ -110,6 +121,16 @@ mod tests {
             initial(facts(None, Some(&r), None, false)),
             Health::Unprovisioned
         );
+    }
+
+    #[test]
+    fn a_broken_current_link_is_unhealthy_not_unprovisioned() {
+        let r = rec(HostHealth::Healthy, Some("v1"));
+        let f = StartFacts {
+            current_broken: true,
+            ..facts(None, Some(&r), None, false)
+        };
+        assert_eq!(initial(f), Health::Unhealthy);
     }
 
     #[test]
@@ -192,6 +213,18 @@ mod tests {
         assert_eq!(
             initial(facts(Some("v1"), None, Some(&d), false)),
             Health::Unhealthy
+        );
+        // After a reboot the service was started afresh: the record is of a process now gone.
+        assert_eq!(
+            initial(facts(Some("v1"), Some(&r), Some(&d), true)),
+            Health::Unhealthy
+        );
+        // A first deploy stays unprovisioned whatever ran.
+        let first = deploy(None, "v1", None);
+        let unprov = rec(HostHealth::Unprovisioned, None);
+        assert_eq!(
+            initial(facts(Some("v1"), Some(&unprov), Some(&first), true)),
+            Health::Unprovisioned
         );
     }
 }

@@ -23,7 +23,9 @@
 //!   when a verify passed, `unhealthy` when neither release verified, `unprovisioned` when a
 //!   first deploy failed. When the deploy ends the claim is released, with `unhealthy` if the
 //!   service was restarted but never judged (fenced, unconfirmed); the monitor resumes from the
-//!   value it is handed, its counts reset. Each claim and release bumps a *handover* number, so
+//!   value it is handed, its counts reset. A deploy with no verdict of its own (aborted before
+//!   the swap) releases it before it returns to rotation, so the probes decide what the load
+//!   balancer sees during the undrain. Each claim and release bumps a *handover* number, so
 //!   the monitor notices a whole deploy that happened between two of its looks.
 //!
 //! Invariants:
@@ -35,6 +37,13 @@
 //!   good one. A service the restarted agent had to start afresh (not adopted) starts
 //!   `unhealthy` and must prove itself.
 //!
+//! What the host *reports* is the fact with two overrides the engine knows of, applied in one
+//! place ([`reported`]): an unusable `current` link and a failed verify with nothing verified
+//! since are `unhealthy`, whatever the probes say.
+//!
+//! The monitor is one of the agent's long-lived tasks: it ends when the agent's shutdown token
+//! is cancelled, even in the middle of a probe round.
+//!
 //! Left out on purpose: the monitor never restarts or repairs anything. A broken service is
 //! repaired by a deploy (which needs no extra budget: the host is already unavailable) or by
 //! whatever supervises it (the `exec` supervisor's backoff, systemd's `Restart=`).
@@ -44,13 +53,15 @@ mod initial;
 mod journaled;
 mod monitor;
 mod record;
+mod reported;
 #[cfg(test)]
 mod tests;
 mod tracker;
 
 pub use fact::{EngineClaim, HealthFact, Owner, Snapshot};
 pub use initial::{initial, StartFacts};
-pub use journaled::journaled_fact;
+pub use journaled::{journaled_fact, AtStart};
 pub use monitor::HealthMonitor;
 pub use record::{HealthRecord, HostHealth};
+pub use reported::reported;
 pub use tracker::Tracker;

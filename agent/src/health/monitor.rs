@@ -10,8 +10,7 @@
 //! `unhealthy` at once (a round in flight is abandoned), and the monitor waits for the next
 //! rounds to bring it back.
 //!
-//! The task ends when the shutdown receiver says `true` (or its sender is dropped), even in the
-//! middle of a round.
+//! The task ends when the agent's shutdown token is cancelled, even in the middle of a round.
 
 use super::fact::{HealthFact, Owner};
 use super::tracker::Tracker;
@@ -22,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 
 /// Slack on top of the probes' own timeouts for one whole round.
 const ROUND_SLACK: Duration = Duration::from_secs(1);
@@ -77,15 +77,15 @@ impl HealthMonitor {
         self.rounds.subscribe()
     }
 
-    /// Runs until `shutdown` turns `true` or its sender is dropped.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut alive = self.alive.take();
         loop {
             let due = tokio::select! {
                 biased;
-                _ = stopped(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
                 _ = died(&mut alive) => false,
                 _ = tick.tick() => true,
             };
@@ -102,7 +102,7 @@ impl HealthMonitor {
             }
             let ok = tokio::select! {
                 biased;
-                _ = stopped(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
                 _ = died(&mut alive) => {
                     let h = self.tracker.dead();
                     self.publish(handover, h);
@@ -158,11 +158,6 @@ impl HealthMonitor {
             )),
         }
     }
-}
-
-/// Resolves when shutdown is asked for (or can no longer be asked for).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Resolves when the supervised process is seen dead; never in modes without one (or once

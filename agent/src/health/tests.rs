@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 struct Running {
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     rounds: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
@@ -22,7 +23,7 @@ impl Running {
     }
 
     async fn shutdown(self) {
-        self.stop.send_replace(true);
+        self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(2), self.task)
             .await
             .expect("the monitor did not stop within 2 s of shutdown")
@@ -60,8 +61,8 @@ fn start(
 ) -> Running {
     let m = HealthMonitor::new(&config(interval), &verify(dir), fact.clone(), alive);
     let rounds = m.subscribe_rounds();
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(m.run(stop_rx));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(m.run(stop.clone()));
     Running { stop, rounds, task }
 }
 
@@ -169,12 +170,12 @@ async fn a_child_that_dies_mid_round_is_unhealthy_without_waiting_for_the_round(
     let mut cfg = config(Duration::from_millis(50));
     cfg.probe_timeout = Some(Duration::from_secs(20));
     let m = HealthMonitor::new(&cfg, &verify(dir.path()), fact.clone(), Some(alive_rx));
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(m.run(stop_rx));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(m.run(stop.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
     alive_tx.send_replace(false);
     wait_health(&fact, Health::Unhealthy, Duration::from_secs(1)).await;
-    stop.send_replace(true);
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(2), task)
         .await
         .expect("stopped mid-round")
@@ -233,23 +234,33 @@ async fn shutdown_ends_the_task_in_the_middle_of_a_hung_round() {
     let mut cfg = config(Duration::from_millis(50));
     cfg.probe_timeout = Some(Duration::from_secs(30));
     let m = HealthMonitor::new(&cfg, &verify(dir.path()), fact.clone(), None);
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(m.run(stop_rx));
+    let rounds = m.subscribe_rounds();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(m.run(stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.send_replace(true);
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(2), task)
         .await
         .expect("the monitor did not stop within 2 s")
         .unwrap();
-    // A dropped sender ends it too.
-    let m = HealthMonitor::new(&cfg, &verify(dir.path()), fact, None);
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(m.run(stop_rx));
-    drop(stop);
+    assert_eq!(*rounds.borrow(), 0, "the hung round was counted as run");
+    // The agent's token: a child of it (as any task may take) is cancelled with it, and a
+    // token cancelled before the monitor starts ends it before its first round.
+    let agent = CancellationToken::new();
+    let m = HealthMonitor::new(&cfg, &verify(dir.path()), fact.clone(), None);
+    let task = tokio::spawn(m.run(agent.child_token()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.cancel();
     tokio::time::timeout(Duration::from_secs(2), task)
         .await
-        .expect("the monitor did not stop when its shutdown sender was dropped")
+        .expect("the monitor did not stop when the agent's token was cancelled")
         .unwrap();
+    let m = HealthMonitor::new(&cfg, &verify(dir.path()), fact, None);
+    let rounds = m.subscribe_rounds();
+    tokio::time::timeout(Duration::from_secs(2), m.run(agent))
+        .await
+        .expect("a monitor started after shutdown did not end at once");
+    assert_eq!(*rounds.borrow(), 0, "it probed after shutdown");
 }
 
 #[tokio::test]

@@ -11,11 +11,23 @@
 //! - the agent's client id for coordinator writes, stable per data_dir
 //!   (`agent/<host>/<random>`, drawn at first start), and the write counter: every write id is
 //!   persisted before it is used, so a seq is never reused across restarts for a new write;
-//! - the supervised child (pid and start time), so that a restarted agent adopts it instead of
-//!   starting a second copy of the service;
-//! - a [`Hold`]: a slot held outside a deploy (an operator's drain, maintenance, a broken host);
+//! - the supervised child (pid, start time, boot id), so that a restarted agent adopts it
+//!   instead of starting a second copy of the service, and the release the service was last
+//!   started on (what `command` mode's `stop` stops);
+//! - a [`Hold`]: a slot held outside a deploy, of a [`HoldKind`] that says why (an operator's
+//!   drain or maintenance; a host a deploy left out: verify failed, undrain failed,
+//!   interrupted);
+//! - whether the journal is new ([`Journal::is_new`]): created at this start and not yet
+//!   reconciled with the slot the coordinators say the host holds, so that a lost journal can be
+//!   rebuilt from that slot;
+//! - for a deploy a rollout drove, its step ([`RolloutStep`]): the attempt, and whether the
+//!   outcome has reached the coordinators ([`OutcomeReport`]), so that a restarted agent reports
+//!   an outcome it had not reported before it releases anything;
 //! - the last health this host established (see [`crate::health`]), so that a restarted agent
 //!   neither hides a bad state nor invents a good one.
+//!
+//! Slot purposes are typed ([`Purpose`]); the coordinators keep them as strings, and the mapping
+//! ([`Purpose::wire`], [`Purpose::from_wire`]) is the only place a purpose string is spelled.
 //!
 //! Everything is small JSON under a handful of keys; sled gives atomic single-key writes and a
 //! durable `flush`, which is all the journal needs.
@@ -24,7 +36,9 @@ mod phase;
 mod record;
 
 pub use phase::{Outcome, Phase};
-pub use record::{DeployKind, DeployRecord, Hold, WriteId};
+pub use record::{
+    DeployKind, DeployRecord, Hold, HoldKind, OutcomeReport, Purpose, RolloutStep, WriteId,
+};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -37,6 +51,8 @@ const KEY_DEPLOY: &str = "deploy";
 const KEY_CHILD: &str = "child";
 const KEY_HOLD: &str = "hold";
 const KEY_HEALTH: &str = "health";
+const KEY_SERVICE_RELEASE: &str = "service_release";
+const KEY_NEW: &str = "meta/new";
 
 /// The journal cannot be read or written. Always fatal for the step at hand: the agent must not
 /// act on a phase it could not make durable.
@@ -94,12 +110,30 @@ impl Journal {
         j.client_id = match j.get::<String>(KEY_CLIENT_ID)? {
             Some(id) => id,
             None => {
+                // A new journal: whatever slot the coordinators say this host holds predates
+                // it (a first start, or a journal that was lost).
+                j.put(KEY_NEW, &true)?;
                 let id = format!("agent/{host_id}/{:016x}", rand::random::<u64>());
                 j.put(KEY_CLIENT_ID, &id)?;
                 id
             }
         };
         Ok(j)
+    }
+
+    /// Whether the journal was created afresh and has not yet been reconciled with the slot the
+    /// coordinators say the host holds: a first start, or a journal that was lost, whose slot
+    /// is to be rebuilt from what the coordinators say.
+    pub fn is_new(&self) -> Result<bool, JournalError> {
+        Ok(self.get::<bool>(KEY_NEW)?.unwrap_or(false))
+    }
+
+    /// The coordinators' view of the host's slot has been reconciled with this journal.
+    pub fn reconciled(&self) -> Result<(), JournalError> {
+        if self.is_new()? {
+            self.remove(KEY_NEW)?;
+        }
+        Ok(())
     }
 
     /// The client id of this agent's coordinator writes.
@@ -166,6 +200,32 @@ impl Journal {
     /// Records the host's health.
     pub fn set_health<T: Serialize>(&self, health: &T) -> Result<(), JournalError> {
         self.put(KEY_HEALTH, health)
+    }
+
+    /// Test-only: overwrites the child record with bytes that do not parse.
+    #[cfg(test)]
+    pub(crate) fn corrupt_child(&self) -> Result<(), JournalError> {
+        self.db
+            .insert(KEY_CHILD, &b"{not json"[..])
+            .map_err(|source| JournalError::Io {
+                op: "write",
+                key: KEY_CHILD,
+                source,
+            })?;
+        self.flush(KEY_CHILD)
+    }
+
+    /// The release the service was last (re)started on (`command` mode's `stop` is run with it).
+    pub fn service_release(&self) -> Result<Option<String>, JournalError> {
+        self.get(KEY_SERVICE_RELEASE)
+    }
+
+    /// Records the release the service is being (re)started on.
+    pub fn set_service_release(&self, id: Option<&str>) -> Result<(), JournalError> {
+        match id {
+            Some(id) => self.put(KEY_SERVICE_RELEASE, id),
+            None => self.remove(KEY_SERVICE_RELEASE),
+        }
     }
 
     fn get<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, JournalError> {
@@ -235,9 +295,10 @@ mod tests {
             rec.token = 42;
             j.put_deploy(&rec).unwrap();
             j.set_hold(Some(&Hold {
-                purpose: "drain".into(),
+                kind: HoldKind::Drain,
+                purpose: Purpose::Drain,
                 token: 7,
-                reason: "ops".into(),
+                note: "ops".into(),
                 since_ms: 1,
             }))
             .unwrap();
@@ -257,6 +318,87 @@ mod tests {
         let j = Journal::open(dir.path(), "web-1").unwrap();
         assert!(j.hold().unwrap().is_none());
         assert!(j.child::<(u32, u64)>().unwrap().is_none());
+    }
+
+    /// A deploy record written before rollouts has no step; one with a step keeps its attempt
+    /// and where its outcome's report stands.
+    #[test]
+    fn deploy_records_with_and_without_a_rollout_step_round_trip() {
+        let old = r#"{"kind":"deploy","rollout":"","token":0,"from":"v1","to":"v2",
+            "phase":"released","write":null,"error":null,"outcome":"succeeded",
+            "started_at_ms":1,"updated_at_ms":2,"finished_at_ms":2,"drained_at_ms":null}"#;
+        let rec: DeployRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.step, None);
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), "web-1").unwrap();
+        let mut rec = DeployRecord::new(DeployKind::Deploy, "r1", Some("v1".into()), "v2", 5);
+        let mut step = RolloutStep::new(3, true, false);
+        step.report = OutcomeReport::NotAdmitted;
+        rec.step = Some(step.clone());
+        j.put_deploy(&rec).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path(), "web-1").unwrap();
+        assert_eq!(j.deploy().unwrap().unwrap().step, Some(step));
+        let legacy_step: RolloutStep =
+            serde_json::from_str(r#"{"attempt":2,"canary":false,"auto_rollback":true}"#).unwrap();
+        assert_eq!(legacy_step.report, OutcomeReport::Due);
+    }
+
+    /// Holds journaled before hold kinds existed (`purpose` "drain", "maintenance" or "deploy"
+    /// for any failure, and `reason`) still read, as the kinds they meant.
+    #[test]
+    fn holds_of_older_journals_read_as_their_kinds() {
+        for (old, kind, purpose) in [
+            ("drain", HoldKind::Drain, Purpose::Drain),
+            ("maintenance", HoldKind::Maintenance, Purpose::Maintenance),
+            ("deploy", HoldKind::VerifyFailed, Purpose::Deploy),
+        ] {
+            let text = format!(r#"{{"purpose":"{old}","token":7,"reason":"why","since_ms":1}}"#);
+            let h: Hold = serde_json::from_str(&text).unwrap();
+            assert_eq!((h.kind, h.purpose, h.token), (kind, purpose, 7), "{old}");
+            assert_eq!(h.note, "why");
+        }
+        let h = Hold {
+            kind: HoldKind::UndrainFailed,
+            purpose: Purpose::Rollback,
+            token: 9,
+            note: "n".into(),
+            since_ms: 2,
+        };
+        let back: Hold = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        assert_eq!(back, h);
+        assert!(serde_json::from_str::<Hold>(r#"{"purpose":"x","token":1,"since_ms":1}"#).is_err());
+    }
+
+    #[test]
+    fn wire_purposes_map_both_ways_and_the_operators_is_not_ours() {
+        for p in [
+            Purpose::Deploy,
+            Purpose::Rollback,
+            Purpose::Drain,
+            Purpose::Maintenance,
+        ] {
+            assert_eq!(Purpose::from_wire(p.wire()), Some(p));
+        }
+        // `hotdeployctl locks acquire` takes "maintenance": never one of the agent's slots.
+        assert_eq!(Purpose::from_wire("maintenance"), None);
+        assert_eq!(Purpose::from_wire("fleetlock"), None);
+    }
+
+    #[test]
+    fn a_new_journal_says_so_until_reconciled() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), "web-1").unwrap();
+        assert!(j.is_new().unwrap());
+        drop(j);
+        let j = Journal::open(dir.path(), "web-1").unwrap();
+        assert!(j.is_new().unwrap(), "new until reconciled, across restarts");
+        j.reconciled().unwrap();
+        drop(j);
+        assert!(!Journal::open(dir.path(), "web-1")
+            .unwrap()
+            .is_new()
+            .unwrap());
     }
 
     #[test]

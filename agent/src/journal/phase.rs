@@ -52,11 +52,38 @@ impl Phase {
         }
     }
 
+    /// The phase named `s` (as [`Phase::as_str`] writes it), e.g. in a slot's last committed
+    /// phase.
+    pub fn parse(s: &str) -> Option<Phase> {
+        ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Whether `current` may name a release that has not passed verify in this phase: from the
+    /// swap until the rollback is done. An agent starting with such a deploy in progress must
+    /// not start the service on `current` before recovery fences the restart.
+    pub fn current_may_be_unverified(self) -> bool {
+        self >= Phase::Swapped && self <= Phase::RollingBack
+    }
+
     /// Whether the host may be out of rotation in this phase.
     pub fn may_be_drained(self) -> bool {
         self >= Phase::Draining && self < Phase::Released
     }
 }
+
+const ALL: [Phase; 11] = [
+    Phase::Staging,
+    Phase::Staged,
+    Phase::SlotRequested,
+    Phase::SlotHeld,
+    Phase::Draining,
+    Phase::Swapped,
+    Phase::Restarted,
+    Phase::Verifying,
+    Phase::RollingBack,
+    Phase::Undraining,
+    Phase::Released,
+];
 
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,5 +153,9 @@ mod tests {
         );
         assert!(Phase::Draining.may_be_drained());
         assert!(!Phase::SlotHeld.may_be_drained());
+        for p in ALL {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Phase::parse("nope"), None);
     }
 }

@@ -10,6 +10,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
+/// Which answers a call retries, besides transport errors and "not the leader".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Only transient failures; a definitive "not now" (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED)
+    /// goes back to the caller (AcquireSlot: no budget within the wait, ask again afresh).
+    Transient,
+    /// "Not now" too: a fenced write (ReportPhase, ReleaseSlot) has nothing else to try, and a
+    /// busy or slow leader must not abort a deploy.
+    AlsoBusy,
+}
+
 /// A call that did not get a usable answer.
 #[derive(Debug)]
 pub(crate) enum CallError {
@@ -68,6 +79,7 @@ pub(crate) async fn unary<T, F, Fut>(
     what: &str,
     deadline: Instant,
     per_call: Duration,
+    retry: Retry,
     mut f: F,
 ) -> Result<T, CallError>
 where
@@ -123,6 +135,10 @@ where
                     Verdict::Retry => {
                         tracing::debug!("{last}; retrying");
                         inner.set_leader(None);
+                    }
+                    Verdict::NotNow if retry == Retry::AlsoBusy => {
+                        // The leader answered, busy: ask it again (same write id).
+                        tracing::debug!("{last}; retrying");
                     }
                     Verdict::NotNow | Verdict::Precondition | Verdict::Fatal => {
                         return Err(CallError::Status(s))

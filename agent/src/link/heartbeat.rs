@@ -1,48 +1,72 @@
-//! Register, then one heartbeat stream to the leader, for as long as the agent runs.
+//! Register, then one heartbeat stream to the leader, until the agent shuts down.
+//!
+//! Reports go up on a timer and on every change; answers come down with the slot the
+//! coordinator thinks the host holds, which is published for the engine (`LinkInner::slot`),
+//! and the host's rollout step, published for the rollout driver (`LinkInner::assignment`).
+//! The loop never waits on its own sends: a report that finds the outgoing queue full is
+//! dropped (the next one carries the latest state anyway), so a stream whose sending side
+//! stalls still has its answers read, and the silence check still runs.
 
 use super::error::{classify, Verdict};
-use super::{call, lock, LinkInner};
+use super::{call, slot_view, LinkInner};
+use futures::{Stream, StreamExt};
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
-use hotdeploy_common::proto::{HeartbeatRequest, RegisterRequest, Slot};
-use std::sync::atomic::Ordering;
+use hotdeploy_common::proto::{
+    Assignment, HeartbeatRequest, HeartbeatResponse, RegisterRequest, Slot,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
 /// How often a report goes up when nothing changes.
 const BEAT: Duration = Duration::from_secs(1);
 /// A stream with no answer for this long is dead.
 const SILENCE: Duration = Duration::from_secs(5);
+/// Reports queued for the stream; more are dropped, not waited for.
+const QUEUE: usize = 16;
 
-/// Runs sessions forever, backing off between them.
-pub(crate) async fn run(inner: Arc<LinkInner>) {
+/// Runs sessions until `shutdown`, backing off between them.
+pub(crate) async fn run(inner: Arc<LinkInner>, shutdown: CancellationToken) {
     let mut pause = Duration::from_millis(200);
     loop {
         let started = Instant::now();
-        let err = session(&inner).await;
+        let end = tokio::select! {
+            end = session(&inner) => end,
+            _ = shutdown.cancelled() => SessionEnd::Shutdown,
+        };
         inner.connected.send_replace(false);
         if started.elapsed() > Duration::from_secs(10) {
             pause = Duration::from_millis(200);
         }
-        match err {
+        match end {
             SessionEnd::Refused(m) => {
                 tracing::error!("the coordinators refuse this agent: {m}");
                 pause = Duration::from_secs(10);
             }
             SessionEnd::Lost(m) => tracing::warn!("coordinator link lost: {m}"),
+            SessionEnd::Shutdown => {
+                tracing::info!("coordinator link stopped");
+                return;
+            }
         }
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return,
+        }
         pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
-enum SessionEnd {
+pub(crate) enum SessionEnd {
     /// Registration refused deterministically (unknown group, permission).
     Refused(String),
     /// Anything retryable.
     Lost(String),
+    /// The agent is shutting down.
+    Shutdown,
 }
 
 fn report(inner: &LinkInner) -> HeartbeatRequest {
@@ -50,6 +74,21 @@ fn report(inner: &LinkInner) -> HeartbeatRequest {
         host: inner.cfg.host_id.clone(),
         report: Some(inner.report.borrow().clone()),
     }
+}
+
+/// Publishes what an answer says about this host's slot and its rollout step.
+fn publish(inner: &LinkInner, slot: Option<Slot>, assignment: Option<Assignment>) {
+    let view = slot_view(slot);
+    inner.slot.send_if_modified(|v| {
+        let changed = *v != view;
+        *v = view;
+        changed
+    });
+    inner.assignment.send_if_modified(|a| {
+        let changed = *a != assignment;
+        *a = assignment;
+        changed
+    });
 }
 
 async fn session(inner: &Arc<LinkInner>) -> SessionEnd {
@@ -70,6 +109,7 @@ async fn session(inner: &Arc<LinkInner>) -> SessionEnd {
         "Register",
         deadline,
         Duration::from_secs(5),
+        call::Retry::Transient,
         |mut c| {
             let req = req.clone();
             async move { c.register(req).await }
@@ -77,7 +117,7 @@ async fn session(inner: &Arc<LinkInner>) -> SessionEnd {
     )
     .await;
     match r {
-        Ok(resp) => reconcile(inner, resp.slot),
+        Ok(resp) => publish(inner, resp.slot, resp.assignment),
         Err(call::CallError::Status(s)) => {
             return SessionEnd::Refused(format!("{:?}: {}", s.code(), s.message()))
         }
@@ -89,17 +129,30 @@ async fn session(inner: &Arc<LinkInner>) -> SessionEnd {
         Ok(c) => c,
         Err(e) => return SessionEnd::Lost(e),
     };
-    let (tx, rx) = mpsc::channel(16);
-    if tx.send(report(inner)).await.is_err() {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    if tx.try_send(report(inner)).is_err() {
         return SessionEnd::Lost("heartbeat channel closed".into());
     }
     let mut client = CoordinatorClient::new(ch);
     let opened = tokio::time::timeout(SILENCE, client.heartbeat(ReceiverStream::new(rx))).await;
-    let mut stream = match opened {
+    let stream = match opened {
         Err(_) => return SessionEnd::Lost(format!("heartbeat to {addr}: no answer")),
         Ok(Err(s)) => return lost(inner, &addr, s),
         Ok(Ok(resp)) => resp.into_inner(),
     };
+    beat(inner, &addr, &tx, stream).await
+}
+
+/// The heartbeat loop of one session: reports up on `tx`, answers from `answers`.
+pub(crate) async fn beat<S>(
+    inner: &LinkInner,
+    addr: &str,
+    tx: &mpsc::Sender<HeartbeatRequest>,
+    mut answers: S,
+) -> SessionEnd
+where
+    S: Stream<Item = Result<HeartbeatResponse, tonic::Status>> + Unpin,
+{
     let mut tick = tokio::time::interval(BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut changes = inner.report.clone();
@@ -109,10 +162,13 @@ async fn session(inner: &Arc<LinkInner>) -> SessionEnd {
         tokio::select! {
             _ = tick.tick() => {
                 if last_answer.elapsed() > SILENCE {
-                    return SessionEnd::Lost(format!("heartbeat to {addr}: silent for {} s", SILENCE.as_secs()));
+                    return SessionEnd::Lost(format!(
+                        "heartbeat to {addr}: silent for {} s",
+                        SILENCE.as_secs()
+                    ));
                 }
-                if tx.send(report(inner)).await.is_err() {
-                    return SessionEnd::Lost("heartbeat stream closed".into());
+                if let Some(end) = send(tx, report(inner)) {
+                    return end;
                 }
             }
             changed = changes.changed(), if watching => {
@@ -122,19 +178,34 @@ async fn session(inner: &Arc<LinkInner>) -> SessionEnd {
                     continue;
                 }
                 changes.borrow_and_update();
-                if tx.send(report(inner)).await.is_err() {
-                    return SessionEnd::Lost("heartbeat stream closed".into());
+                if let Some(end) = send(tx, report(inner)) {
+                    return end;
                 }
             }
-            msg = stream.message() => match msg {
-                Ok(Some(resp)) => {
+            msg = answers.next() => match msg {
+                Some(Ok(resp)) => {
                     last_answer = Instant::now();
                     inner.connected.send_replace(true);
-                    reconcile(inner, resp.slot);
+                    publish(inner, resp.slot, resp.assignment);
                 }
-                Ok(None) => return SessionEnd::Lost(format!("heartbeat to {addr}: stream ended")),
-                Err(s) => return lost(inner, &addr, s),
+                None => return SessionEnd::Lost(format!("heartbeat to {addr}: stream ended")),
+                Some(Err(s)) => return lost(inner, addr, s),
             }
+        }
+    }
+}
+
+/// Queues a report without waiting: a full queue drops it (the next one carries the latest
+/// state); a closed one ends the session.
+fn send(tx: &mpsc::Sender<HeartbeatRequest>, req: HeartbeatRequest) -> Option<SessionEnd> {
+    match tx.try_send(req) {
+        Ok(()) => None,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::debug!("heartbeat queue full; this report is dropped");
+            None
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            Some(SessionEnd::Lost("heartbeat stream closed".into()))
         }
     }
 }
@@ -149,39 +220,4 @@ fn lost(inner: &LinkInner, addr: &str, s: tonic::Status) -> SessionEnd {
         s.code(),
         s.message()
     ))
-}
-
-/// The purpose of slots that operators take for maintenance; never released by the agent.
-const OPERATOR_PURPOSE: &str = "maintenance";
-
-/// Releases the slot the coordinator says this host holds, unless something here uses it.
-fn reconcile(inner: &Arc<LinkInner>, slot: Option<Slot>) {
-    let Some(slot) = slot.filter(|s| s.token != 0) else {
-        return;
-    };
-    let token = slot.token;
-    if inner.acquiring.load(Ordering::SeqCst) > 0 || lock(&inner.claimed).contains(&token) {
-        return;
-    }
-    // A maintenance slot is an operator's (`hotdeployctl locks acquire`): the host is being
-    // worked on by someone else, and only they know when it is done. The agent's own
-    // maintenance holds are claimed above from its journal.
-    if slot.purpose == OPERATOR_PURPOSE {
-        return;
-    }
-    if !lock(&inner.releasing).insert(token) {
-        return;
-    }
-    tracing::warn!(
-        token,
-        purpose = %slot.purpose,
-        "the coordinator says this host holds a slot it has no use for; releasing it"
-    );
-    let inner = inner.clone();
-    tokio::spawn(async move {
-        if let Err(e) = super::release(&inner, token).await {
-            tracing::warn!(token, error = %e, "releasing an unwanted slot failed");
-        }
-        lock(&inner.releasing).remove(&token);
-    });
 }

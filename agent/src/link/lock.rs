@@ -1,19 +1,21 @@
 //! The link as the engine's [`SlotLock`].
 
 use super::{Link, LinkError};
-use crate::deploy::{SlotLock, SlotRequest};
-use crate::journal::WriteId;
+use crate::deploy::{SlotLock, SlotRequest, SlotView, StepUpdate};
+use crate::journal::{Phase, WriteId};
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tokio::sync::watch;
 
 impl SlotLock for Link {
     fn acquire(&self, req: SlotRequest, write: WriteId) -> BoxFuture<'_, Result<u64, LinkError>> {
         async move {
             Link::acquire(
                 self,
-                &req.purpose,
+                req.purpose,
                 &req.reason,
                 &req.rollout,
+                req.canary,
                 req.wait,
                 write,
             )
@@ -26,11 +28,7 @@ impl SlotLock for Link {
         Link::release(self, token).boxed()
     }
 
-    fn report_phase<'a>(
-        &'a self,
-        token: u64,
-        phase: &'a str,
-    ) -> BoxFuture<'a, Result<(), LinkError>> {
+    fn report_phase(&self, token: u64, phase: Phase) -> BoxFuture<'_, Result<(), LinkError>> {
         Link::report_phase(self, token, phase).boxed()
     }
 
@@ -40,5 +38,17 @@ impl SlotLock for Link {
 
     fn unclaim(&self, token: u64) {
         Link::unclaim(self, token)
+    }
+
+    fn adopt(&self, token: u64) -> bool {
+        Link::adopt(self, token)
+    }
+
+    fn slot(&self) -> watch::Receiver<SlotView> {
+        Link::subscribe_slot(self)
+    }
+
+    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<(), LinkError>> {
+        Link::report_step(self, update).boxed()
     }
 }

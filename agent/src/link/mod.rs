@@ -8,15 +8,27 @@
 //! - **Write ids.** Every write carries a `(client_id, seq)` from the journal. A retry after a
 //!   leader change or a lost answer reuses the same pair, so the coordinator applies it once; a
 //!   fresh pair is drawn only after a definitive answer (no budget within the wait).
+//! - **Fenced writes** (ReportPhase, ReleaseSlot) retry every transient answer (no leader,
+//!   RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, a lost connection) until [`FENCE_DEADLINE`], and
+//!   tell a stale token (FAILED_PRECONDITION, NOT_FOUND) apart from the rest.
 //! - **Heartbeat.** After `Register`, one bidirectional stream to the leader: a report every
 //!   second and on every state change, and in every answer the slot the coordinator thinks the
-//!   host holds. A slot that no operation of this agent claims (a grant that committed after the
-//!   agent gave up waiting, a slot from a lost journal) is released. Tokens are claimed by the
-//!   engine from the journal at start and by [`Link::acquire`] as soon as a grant arrives; while
-//!   an acquire is in flight nothing is released, since its grant may show up in a heartbeat
-//!   before the call's own answer does.
+//!   host holds, published as a [`SlotView`] for the engine. The link itself never decides to
+//!   release a slot: the engine does (`deploy::reconcile`), once the host is confirmed back in
+//!   rotation.
+//! - **Assignments.** Register and heartbeat answers also carry the host's rollout step, if
+//!   any; the link publishes the latest one ([`Link::subscribe_assignment`]) for the rollout
+//!   driver (`crate::rollout`), and sends that driver's `ReportStep`s ([`Link::report_step`]),
+//!   retried like a fenced write. A stale attempt or a step that is gone is a refusal: the
+//!   report is dropped.
+//! - **Claims.** Which tokens are in use, and the rule that an acquire and a release of one
+//!   token never overlap, live in `claims::SlotClaims` (see there).
+//!
+//! Purposes are typed ([`Purpose`]) everywhere but on the wire, where the coordinator keeps
+//! strings; the mapping is here and in `journal`.
 
 mod call;
+mod claims;
 mod error;
 mod heartbeat;
 mod lock;
@@ -25,19 +37,23 @@ mod tests;
 
 pub use error::LinkError;
 
-use crate::journal::{Journal, WriteId};
+use crate::deploy::{HeldSlot, SlotOwner, SlotView, StepUpdate};
+use crate::journal::{Journal, Phase, Purpose, WriteId};
+use claims::SlotClaims;
 use hotdeploy_common::config::TlsConfig;
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
 use hotdeploy_common::proto::{
-    AcquireSlotRequest, HostReport, ReleaseSlotRequest, ReportPhaseRequest,
+    AcquireSlotRequest, Assignment, HostReport, ReleaseSlotRequest, ReportPhaseRequest,
+    ReportStepRequest, Slot,
 };
 use hotdeploy_common::tls::{ClientTls, TlsError};
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// Deadline of a release or a phase report, across retries.
@@ -66,9 +82,12 @@ pub(crate) struct LinkInner {
     next: AtomicUsize,
     channels: Mutex<HashMap<String, Channel>>,
     connected: watch::Sender<bool>,
-    claimed: Mutex<HashSet<u64>>,
-    releasing: Mutex<HashSet<u64>>,
-    acquiring: AtomicUsize,
+    /// Which tokens are in use, and the acquire/release exclusion (see `claims`).
+    claims: SlotClaims,
+    /// The slot the coordinators said this host holds, in their last answer.
+    slot: watch::Sender<SlotView>,
+    /// The host's rollout step, in their last answer (`None`: no step, or no answer yet).
+    assignment: watch::Sender<Option<Assignment>>,
 }
 
 /// The link to the coordinators. Cheap to clone.
@@ -94,6 +113,8 @@ impl Link {
             return Err(LinkError::Standalone);
         }
         let (connected, _) = watch::channel(false);
+        let (slot, _) = watch::channel(SlotView::Unknown);
+        let (assignment, _) = watch::channel(None);
         Ok(Self {
             inner: Arc::new(LinkInner {
                 cfg,
@@ -104,9 +125,9 @@ impl Link {
                 next: AtomicUsize::new(0),
                 channels: Mutex::new(HashMap::new()),
                 connected,
-                claimed: Mutex::new(HashSet::new()),
-                releasing: Mutex::new(HashSet::new()),
-                acquiring: AtomicUsize::new(0),
+                claims: SlotClaims::default(),
+                slot,
+                assignment,
             }),
         })
     }
@@ -119,10 +140,10 @@ impl Link {
         Ok(())
     }
 
-    /// Starts registering and heartbeating, for as long as the process lives.
-    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+    /// Starts registering and heartbeating, until `shutdown` is cancelled.
+    pub fn start(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let inner = self.inner.clone();
-        tokio::spawn(async move { heartbeat::run(inner).await })
+        tokio::spawn(async move { heartbeat::run(inner, shutdown).await })
     }
 
     /// Whether the heartbeat stream to a leader is up right now.
@@ -135,21 +156,38 @@ impl Link {
         self.inner.connected.subscribe()
     }
 
+    /// Follows what the coordinators say about this host's slot.
+    pub fn subscribe_slot(&self) -> watch::Receiver<SlotView> {
+        self.inner.slot.subscribe()
+    }
+
+    /// Follows the host's rollout step, as the coordinators' last answer gave it.
+    pub fn subscribe_assignment(&self) -> watch::Receiver<Option<Assignment>> {
+        self.inner.assignment.subscribe()
+    }
+
     /// Takes a slot of the lock. Retryable answers (no leader, no budget yet) are retried until
     /// `wait` has passed; the first attempt carries `write`, and a fresh id is drawn only after a
-    /// definitive "not now". The granted token is claimed before it is returned.
+    /// definitive "not now". Nothing is sent while a release of this host's slot is in flight
+    /// (see `claims`). The granted token is claimed before it is returned.
     pub async fn acquire(
         &self,
-        purpose: &str,
+        purpose: Purpose,
         reason: &str,
         rollout: &str,
+        canary: bool,
         wait: Duration,
         write: WriteId,
     ) -> Result<u64, LinkError> {
         let inner = &self.inner;
-        let _acquiring = AcquiringGuard::new(inner);
         let start = Instant::now();
         let deadline = start + wait;
+        let Some(ticket) = inner.claims.begin_acquire(deadline).await else {
+            return Err(LinkError::Timeout {
+                waited_ms: start.elapsed().as_millis() as u64,
+                last: "the release of this host's previous slot was still in flight".into(),
+            });
+        };
         let mut write = write;
         let mut pause = Duration::from_millis(200);
         loop {
@@ -164,17 +202,24 @@ impl Link {
             let req = AcquireSlotRequest {
                 write: Some(write.to_proto()),
                 host: inner.cfg.host_id.clone(),
-                purpose: purpose.to_owned(),
+                purpose: purpose.wire().to_owned(),
                 reason: reason.to_owned(),
                 rollout: rollout.to_owned(),
                 wait_ms,
-                canary: false,
+                canary,
             };
             let per_call = Duration::from_millis(wait_ms) + Duration::from_secs(5);
-            let r = call::unary(inner, "AcquireSlot", deadline, per_call, |mut c| {
-                let req = req.clone();
-                async move { c.acquire_slot(req).await }
-            })
+            let r = call::unary(
+                inner,
+                "AcquireSlot",
+                deadline,
+                per_call,
+                call::Retry::Transient,
+                |mut c| {
+                    let req = req.clone();
+                    async move { c.acquire_slot(req).await }
+                },
+            )
             .await;
             match r {
                 Ok(resp) => {
@@ -184,13 +229,13 @@ impl Link {
                             "the coordinator granted no token".into(),
                         ));
                     }
-                    self.claim(token);
-                    tracing::info!(token, purpose, "slot granted");
+                    ticket.granted(token);
+                    tracing::info!(token, %purpose, "slot granted");
                     return Ok(token);
                 }
                 Err(call::CallError::Status(s)) => match error::classify(&s) {
                     error::Verdict::NotNow => {
-                        tracing::info!(purpose, "no slot yet: {}", s.message());
+                        tracing::info!(%purpose, "no slot yet: {}", s.message());
                         write = inner
                             .journal
                             .next_write_id()
@@ -214,14 +259,14 @@ impl Link {
 
     /// Commits `phase` with `token` before the agent acts on it. [`LinkError::Stale`] means the
     /// agent is fenced.
-    pub async fn report_phase(&self, token: u64, phase: &str) -> Result<(), LinkError> {
+    pub async fn report_phase(&self, token: u64, phase: Phase) -> Result<(), LinkError> {
         let inner = &self.inner;
         let write = next_write(inner)?;
         let req = ReportPhaseRequest {
             write: Some(write.to_proto()),
             host: inner.cfg.host_id.clone(),
             token,
-            phase: phase.to_owned(),
+            phase: phase.as_str().to_owned(),
         };
         let r = fenced_call(inner, "ReportPhase", |mut c| {
             let req = req.clone();
@@ -235,20 +280,65 @@ impl Link {
         }
     }
 
-    /// Marks `token` as in use.
-    pub fn claim(&self, token: u64) {
-        if token != 0 {
-            lock(&self.inner.claimed).insert(token);
+    /// Sends a `ReportStep`, with this host's report (its `release` replaced by
+    /// `update.release` when given), retrying transient failures until [`FENCE_DEADLINE`] with
+    /// one write id. A stale attempt, or a rollout or step the coordinators do not know, is
+    /// [`LinkError::Refused`]: the report will never be taken and is to be dropped.
+    pub async fn report_step(&self, update: StepUpdate) -> Result<(), LinkError> {
+        let inner = &self.inner;
+        let write = next_write(inner)?;
+        let mut host_report = inner.report.borrow().clone();
+        if let Some(r) = &update.release {
+            host_report.release = r.clone();
+        }
+        let req = ReportStepRequest {
+            write: Some(write.to_proto()),
+            host: inner.cfg.host_id.clone(),
+            rollout: update.rollout.clone(),
+            attempt: update.attempt,
+            report: update.report.to_proto() as i32,
+            error: update.error.clone(),
+            host_report: Some(host_report),
+        };
+        let r = fenced_call(inner, "ReportStep", |mut c| {
+            let req = req.clone();
+            async move { c.report_step(req).await.map(|_| ()) }
+        })
+        .await;
+        match r {
+            Ok(()) => {
+                tracing::info!(
+                    rollout = %update.rollout,
+                    attempt = update.attempt,
+                    report = %update.report,
+                    "step reported"
+                );
+                Ok(())
+            }
+            Err(Fenced::Stale(msg)) => Err(LinkError::Refused(msg)),
+            Err(Fenced::Other(e)) => Err(e),
         }
     }
 
-    /// Marks `token` as unused: if the coordinator still lists it, it will be released.
+    /// Marks `token` as in use.
+    pub fn claim(&self, token: u64) {
+        self.inner.claims.claim(token);
+    }
+
+    /// Marks `token` as unused: if the coordinator still lists it, the engine releases it.
     pub fn unclaim(&self, token: u64) {
-        lock(&self.inner.claimed).remove(&token);
+        self.inner.claims.unclaim(token);
+    }
+
+    /// Claims an unclaimed token (see `claims::SlotClaims::try_adopt`).
+    pub fn adopt(&self, token: u64) -> bool {
+        self.inner.claims.try_adopt(token)
     }
 }
 
+/// Releases `token`; while the call is in flight no acquire is sent (see `claims`).
 async fn release(inner: &Arc<LinkInner>, token: u64) -> Result<(), LinkError> {
+    let ticket = inner.claims.begin_release(token);
     let write = next_write(inner)?;
     let req = ReleaseSlotRequest {
         write: Some(write.to_proto()),
@@ -269,10 +359,25 @@ async fn release(inner: &Arc<LinkInner>, token: u64) -> Result<(), LinkError> {
         Err(Fenced::Other(e)) => Err(e),
     };
     if out.is_ok() {
-        lock(&inner.claimed).remove(&token);
+        ticket.released();
         tracing::info!(token, "slot released");
     }
     out
+}
+
+/// What a Register or heartbeat answer says about this host's slot.
+pub(crate) fn slot_view(slot: Option<Slot>) -> SlotView {
+    match slot.filter(|s| s.token != 0) {
+        None => SlotView::Free,
+        Some(s) => SlotView::Held(HeldSlot {
+            token: s.token,
+            owner: match Purpose::from_wire(&s.purpose) {
+                Some(p) => SlotOwner::Agent(p),
+                None => SlotOwner::Other(s.purpose),
+            },
+            phase: Phase::parse(&s.phase),
+        }),
+    }
 }
 
 /// How a token-fenced write (ReportPhase, ReleaseSlot) ended, when not in success.
@@ -298,10 +403,17 @@ where
     Fut: std::future::Future<Output = Result<(), tonic::Status>>,
 {
     let deadline = Instant::now() + FENCE_DEADLINE;
-    match call::unary(inner, what, deadline, Duration::from_secs(5), |c| {
-        let fut = f(c);
-        async move { fut.await.map(tonic::Response::new) }
-    })
+    match call::unary(
+        inner,
+        what,
+        deadline,
+        Duration::from_secs(5),
+        call::Retry::AlsoBusy,
+        |c| {
+            let fut = f(c);
+            async move { fut.await.map(tonic::Response::new) }
+        },
+    )
     .await
     {
         Ok(_) => Ok(()),
@@ -319,21 +431,5 @@ where
         Err(call::CallError::Timeout { waited_ms, last }) => {
             Err(Fenced::Other(LinkError::Timeout { waited_ms, last }))
         }
-    }
-}
-
-/// Counts an acquire in flight for as long as it lives.
-struct AcquiringGuard<'a>(&'a LinkInner);
-
-impl<'a> AcquiringGuard<'a> {
-    fn new(inner: &'a LinkInner) -> Self {
-        inner.acquiring.fetch_add(1, Ordering::SeqCst);
-        Self(inner)
-    }
-}
-
-impl Drop for AcquiringGuard<'_> {
-    fn drop(&mut self) {
-        self.0.acquiring.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -19,15 +19,18 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 /// Most concurrent connections per front end.
 pub(crate) const MAX_CONNECTIONS: usize = 256;
 
-/// Accepts connections until the process ends, handling each with `handle` within `timeout`.
+/// Accepts connections until `shutdown` is cancelled, handling each with `handle` within
+/// `timeout`. Connections being answered when it is cancelled finish within their deadline.
 pub(crate) async fn accept_bounded<F, Fut>(
     listener: TcpListener,
     what: &'static str,
     timeout: Duration,
+    shutdown: CancellationToken,
     handle: F,
 ) where
     F: Fn(TcpStream) -> Fut,
@@ -35,7 +38,14 @@ pub(crate) async fn accept_bounded<F, Fut>(
 {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let sock = match listener.accept().await {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => {
+                tracing::debug!("{what}: stopped accepting");
+                return;
+            }
+        };
+        let sock = match accepted {
             Ok((sock, _)) => sock,
             Err(e) => {
                 tracing::warn!(error = %e, "{what} accept failed");

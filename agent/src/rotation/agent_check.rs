@@ -38,6 +38,7 @@ use std::io;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Most bytes read from a client (HAProxy's `agent-send` is one short line).
 pub const MAX_INPUT: u64 = 1024;
@@ -53,10 +54,14 @@ pub fn agent_check_reply(rotation: Rotation, health: Health) -> &'static str {
 }
 
 /// Accepts connections until the process ends.
-pub(crate) async fn serve(listener: TcpListener, ctl: Arc<RotationControl>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctl: Arc<RotationControl>,
+    shutdown: CancellationToken,
+) {
     let timeout = ctl.io_timeout;
-    super::accept::accept_bounded(listener, "agent-check", timeout, move |sock| {
-        let line = reply_line(ctl.state(), ctl.health());
+    super::accept::accept_bounded(listener, "agent-check", timeout, shutdown, move |sock| {
+        let line = reply_line(ctl.advertised(), ctl.health());
         async move {
             let _ = answer(sock, line).await;
         }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// hyper's smallest allowed read buffer; also our cap on a request head.
 const MAX_HEAD: usize = 8192;
@@ -51,7 +52,7 @@ fn respond(ctl: &RotationControl, req: &Request<Incoming>) -> Response<Full<Byte
             "method not allowed\n".into(),
         )
     } else {
-        match readiness(ctl.state(), ctl.health()) {
+        match readiness(ctl.advertised(), ctl.health()) {
             Ok(()) => (StatusCode::OK, "ready\n".into()),
             Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
         }
@@ -70,9 +71,13 @@ fn respond(ctl: &RotationControl, req: &Request<Incoming>) -> Response<Full<Byte
 }
 
 /// Accepts connections until the process ends.
-pub(crate) async fn serve(listener: TcpListener, ctl: Arc<RotationControl>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctl: Arc<RotationControl>,
+    shutdown: CancellationToken,
+) {
     let timeout = ctl.io_timeout;
-    super::accept::accept_bounded(listener, "readiness", timeout, move |sock| {
+    super::accept::accept_bounded(listener, "readiness", timeout, shutdown, move |sock| {
         connection(sock, ctl.clone(), timeout)
     })
     .await;

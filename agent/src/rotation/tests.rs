@@ -19,7 +19,7 @@ fn listen_cfg() -> RotationConfig {
 async fn served(cfg: &RotationConfig) -> (Arc<RotationControl>, watch::Sender<Health>) {
     let (htx, hrx) = watch::channel(Health::Healthy);
     let ctl = RotationControl::build(cfg, "web-1", Rotation::InRotation, hrx, TEST_IO_TIMEOUT);
-    ctl.serve().await.unwrap();
+    ctl.serve(CancellationToken::new()).await.unwrap();
     (ctl, htx)
 }
 
@@ -170,7 +170,7 @@ async fn bind_error_names_the_address() {
     };
     let (_htx, hrx) = watch::channel(Health::Healthy);
     let ctl = RotationControl::new(&cfg, "web-1", Rotation::InRotation, hrx);
-    let e = ctl.serve().await.unwrap_err();
+    let e = ctl.serve(CancellationToken::new()).await.unwrap_err();
     assert!(e.to_string().contains(&addr), "{e}");
 }
 
@@ -461,4 +461,153 @@ fn fuzz_regressions_ready() {
             assert_eq!(readiness(rotation, health), Ok(()));
         }
     }
+}
+
+/// (advertised, reported, `show stat`s answered so far).
+type Sample = (Rotation, Rotation, usize);
+
+/// Samples every 5 ms until stopped.
+fn sample(
+    ctl: &Arc<RotationControl>,
+    fake: &FakeHaproxy,
+) -> (
+    tokio::task::JoinHandle<Vec<Sample>>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ctl, state, stop2) = (ctl.clone(), fake.state.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            let stats = state
+                .lock()
+                .unwrap()
+                .commands
+                .iter()
+                .filter(|c| *c == "show stat")
+                .count();
+            samples.push((ctl.advertised(), ctl.state(), stats));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        samples
+    });
+    (task, stop)
+}
+
+/// Item 7: an undrain advertises `ready` at once (that is what brings the host back), but the
+/// host is reported `in_rotation` only once HAProxy confirms it UP.
+#[tokio::test]
+async fn undrain_reports_in_rotation_only_once_confirmed() {
+    let fake = FakeHaproxy::start(&[0], &["MAINT", "DOWN", "DOWN 1/2", "UP"]);
+    let ctl = control(&fake.cfg(Duration::from_secs(10)), "web-1");
+    ctl.set_state(Rotation::OutOfRotation);
+    let (samples, stop) = sample(&ctl, &fake);
+    ctl.undrain().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = samples.await.unwrap();
+    assert!(samples.len() > 20, "too few samples: {}", samples.len());
+    let early: Vec<_> = samples
+        .iter()
+        .filter(|(_, reported, stats)| *reported == Rotation::InRotation && *stats < 4)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "reported in rotation before HAProxy said UP: {:?}",
+        early.first()
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|(adv, rep, _)| *adv == Rotation::InRotation && *rep == Rotation::OutOfRotation),
+        "the front ends did not advertise ready while the undrain waited"
+    );
+    assert_eq!(ctl.state(), Rotation::InRotation);
+    assert!(ctl.settled());
+}
+
+/// Item 7: an undrain that cannot be confirmed is reverted: advertised `drain` again, HAProxy
+/// told `state drain`, and the host never reported in rotation.
+#[tokio::test]
+async fn a_failed_undrain_is_reverted() {
+    let fake = FakeHaproxy::start(&[0], &["DOWN"]);
+    let ctl = control(&fake.cfg(Duration::from_millis(500)), "web-1");
+    ctl.set_state(Rotation::OutOfRotation);
+    let (samples, stop) = sample(&ctl, &fake);
+    assert!(ctl.undrain().await.is_err());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = samples.await.unwrap();
+    assert!(samples.len() > 20, "too few samples: {}", samples.len());
+    assert!(
+        samples
+            .iter()
+            .all(|(_, rep, _)| *rep != Rotation::InRotation),
+        "reported in rotation although the undrain failed"
+    );
+    assert_eq!(ctl.state(), Rotation::OutOfRotation);
+    assert_eq!(ctl.advertised(), Rotation::OutOfRotation);
+    let cmds = fake.commands();
+    assert_eq!(
+        cmds.last().map(String::as_str),
+        Some("set server be/web-1 state drain"),
+        "{cmds:?}"
+    );
+}
+
+/// Item 3: at start, a server that HAProxy does not have UP (in DRAIN or MAINT, a previous
+/// agent's doing, or DOWN, which may hide an admin drain) is not reported in rotation; one
+/// that is UP is, and gets `state ready` re-asserted;
+/// a host the journal says is drained gets `state drain` re-asserted.
+#[tokio::test]
+async fn reassert_at_start_trusts_haproxy_over_a_lost_journal() {
+    for status in [
+        "DRAIN",
+        "MAINT",
+        "DRAIN (agent)",
+        "DOWN",
+        "MAINT (resolution)",
+    ] {
+        let fake = FakeHaproxy::start(&[0], &[status]);
+        let ctl = control(&fake.cfg(Duration::from_secs(1)), "web-1");
+        ctl.reassert(false).await;
+        assert_eq!(ctl.state(), Rotation::OutOfRotation, "{status}");
+        assert_eq!(ctl.advertised(), Rotation::OutOfRotation, "{status}");
+        assert!(ctl.settled());
+    }
+    let fake = FakeHaproxy::start(&[0], &["UP"]);
+    let ctl = control(&fake.cfg(Duration::from_secs(1)), "web-1");
+    ctl.reassert(false).await;
+    assert_eq!(ctl.state(), Rotation::InRotation);
+    assert_eq!(
+        fake.commands(),
+        ["show stat", "set server be/web-1 state ready"]
+    );
+
+    let fake = FakeHaproxy::start(&[0], &["UP"]);
+    let ctl = control(&fake.cfg(Duration::from_secs(1)), "web-1");
+    ctl.set_state(Rotation::OutOfRotation);
+    ctl.reassert(true).await;
+    assert_eq!(ctl.state(), Rotation::OutOfRotation);
+    assert_eq!(fake.commands(), ["set server be/web-1 state drain"]);
+
+    // HAProxy cannot be asked: out until confirmed.
+    let cfg = RotationConfig {
+        haproxy_socket: Some("/nonexistent/haproxy.sock".into()),
+        haproxy_backend: Some("be".into()),
+        ..RotationConfig::default()
+    };
+    let ctl = control(&cfg, "web-1");
+    ctl.reassert(false).await;
+    assert_eq!(ctl.state(), Rotation::OutOfRotation);
+
+    // Without the socket the state counts as confirmed after undrain_grace.
+    let cfg = RotationConfig {
+        undrain_grace: Duration::from_millis(300),
+        ..RotationConfig::default()
+    };
+    let ctl = control(&cfg, "web-1");
+    ctl.reassert(false).await;
+    assert_eq!(ctl.state(), Rotation::InRotation);
+    assert!(!ctl.settled());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(ctl.settled());
 }

@@ -1,36 +1,48 @@
 //! The `exec` supervisor: one task per supervised service process.
 //!
-//! The task owns the process and waits for one of three things:
+//! The task owns the process and waits for one of four things:
 //!
 //! - **A stop request** from the controller (stop or restart). It sends SIGTERM to the process
 //!   group, waits up to `stop_timeout` for the leader, then SIGKILLs the group. Stragglers left
 //!   in the group get the rest of `stop_timeout`, then SIGKILL too. This is not a crash: `alive`
-//!   is not touched.
+//!   is not touched. A stop that fails (the process outlives SIGKILL) leaves the task
+//!   supervising the same process, so the controller never starts a second copy next to it.
 //! - **The process exiting on its own.** `alive` goes false, the journal hears `None`, leftovers
 //!   of the old group are killed (a worker still holding the port would make the restart fail),
 //!   and the task respawns the same release with exponential backoff ([`BACKOFF_MIN`] doubling
 //!   to [`BACKOFF_MAX`]; a process that ran for [`BACKOFF_RESET`] starts the ladder over). A stop
 //!   request during the backoff ends the task at once.
-//! - **The controller going away** (its stop sender dropped): the task ends *without* touching
-//!   the process. That is what an agent exit looks like, and the service must survive it.
+//! - **The controller going away** (its request sender dropped) or **the agent shutting down**:
+//!   the task ends *without* touching the process. That is what an agent exit looks like, and
+//!   the service must survive it.
 //!
-//! A process we spawned is our child: we `wait()` for it. A process adopted after an agent
-//! restart is not (its parent died), so we poll `/proc/<pid>/stat` every [`ADOPTED_POLL`] and
-//! treat a different start time, a zombie, or no entry as "exited".
+//! A process we spawned is our child. We learn that it exited (woken by SIGCHLD) with
+//! `waitid(WNOWAIT)`, which
+//! leaves it an unreaped zombie: its pid, which is also its group's id, cannot be handed to
+//! another process until we reap it, so signalling the group stays safe while we clean up
+//! stragglers; we reap it last. A process adopted after an agent restart is not our child (its
+//! parent died), so we poll `/proc/<pid>/stat` every [`ADOPTED_POLL`] and treat a different
+//! start time, a zombie, or no entry as "exited"; once its leader is gone its group id may be
+//! reused, so its stragglers are signalled one by one (`proc::kill_stragglers`).
 //!
 //! stdout and stderr are inherited from the agent (journald), never piped through it: a pipe
 //! would die with the agent and take the service down with SIGPIPE.
 
-use super::proc::{group_exists, is_alive, record_of, signal_record};
+use super::proc::{
+    group_exists, is_alive, kill_stragglers, now_ticks, record_of, signal_record, stragglers_left,
+};
 use super::{ChildRecord, ServiceError};
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -38,6 +50,9 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub(crate) const BACKOFF_RESET: Duration = Duration::from_secs(30);
 /// How often an adopted (non-child) process is checked.
 pub(crate) const ADOPTED_POLL: Duration = Duration::from_millis(200);
+/// How often our own child is checked for having exited when no SIGCHLD says so (a missed or
+/// merged signal); SIGCHLD wakes the check at once.
+const OWN_POLL: Duration = Duration::from_millis(500);
 /// How often a stopping process is checked.
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// The most we wait after SIGKILL.
@@ -48,6 +63,12 @@ pub(crate) struct Shared {
     pub alive: watch::Sender<bool>,
     pub child: Mutex<Option<ChildRecord>>,
     pub on_child: Arc<dyn Fn(Option<ChildRecord>) + Send + Sync>,
+    /// The agent's shutdown: supervisors detach from their process.
+    pub shutdown: CancellationToken,
+    /// Test fault: this many stops fail as if the process outlived SIGKILL (a process in
+    /// uninterruptible sleep), without signalling anything.
+    #[cfg(test)]
+    pub fail_stops: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -68,11 +89,8 @@ pub(crate) struct SpawnSpec {
 
 /// A supervised process.
 pub(crate) enum Proc {
-    /// Spawned by this agent: we can `wait()` for it.
-    Own {
-        child: tokio::process::Child,
-        rec: ChildRecord,
-    },
+    /// Spawned by this agent: our child, reaped only once its group is empty.
+    Own(ChildRecord),
     /// Adopted from a previous agent run.
     Adopted(ChildRecord),
 }
@@ -80,17 +98,31 @@ pub(crate) enum Proc {
 impl Proc {
     pub fn record(&self) -> &ChildRecord {
         match self {
-            Proc::Own { rec, .. } | Proc::Adopted(rec) => rec,
+            Proc::Own(rec) | Proc::Adopted(rec) => rec,
         }
     }
 
-    /// Resolves when the process has exited; says how.
-    async fn exited(&mut self) -> String {
+    /// Resolves when the process has exited (our child: not reaped yet); says how.
+    async fn exited(&self) -> String {
         match self {
-            Proc::Own { child, .. } => match child.wait().await {
-                Ok(status) => status.to_string(),
-                Err(e) => format!("wait failed: {e}"),
-            },
+            Proc::Own(rec) => {
+                // Listening before the first check: an exit in between still wakes us.
+                let mut sigchld = signal(SignalKind::child()).ok();
+                loop {
+                    if let Some(how) = own_exit(rec.pid) {
+                        return how;
+                    }
+                    match &mut sigchld {
+                        Some(s) => {
+                            tokio::select! {
+                                _ = s.recv() => {}
+                                _ = tokio::time::sleep(OWN_POLL) => {}
+                            }
+                        }
+                        None => tokio::time::sleep(OWN_POLL).await,
+                    }
+                }
+            }
             Proc::Adopted(rec) => {
                 while is_alive(rec) {
                     tokio::time::sleep(ADOPTED_POLL).await;
@@ -99,6 +131,63 @@ impl Proc {
             }
         }
     }
+
+    /// Kills what is left of the process group of a process that has exited, then reaps our
+    /// child. The leader of our own child's group is still an unreaped zombie here, so its
+    /// group id cannot have been reused.
+    async fn clean_up(&self, until: Instant) {
+        match self {
+            Proc::Own(rec) => {
+                let pgid = Pid::from_raw(rec.pid);
+                while group_exists(rec.pid) && Instant::now() < until {
+                    tokio::time::sleep(STOP_POLL).await;
+                }
+                if group_exists(rec.pid) {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    let kill_until = Instant::now() + KILL_WAIT;
+                    while group_exists(rec.pid) && Instant::now() < kill_until {
+                        tokio::time::sleep(STOP_POLL).await;
+                    }
+                    if group_exists(rec.pid) {
+                        // Unreaped zombies (a PID 1 that does not reap) keep the group
+                        // "existing"; they run nothing, so this is not worth failing over.
+                        tracing::warn!(pgid = rec.pid, "process group not empty after SIGKILL");
+                    }
+                }
+                reap(rec.pid);
+            }
+            Proc::Adopted(rec) => {
+                let Some(gone) = now_ticks() else { return };
+                while stragglers_left(rec, gone) && Instant::now() < until {
+                    tokio::time::sleep(STOP_POLL).await;
+                }
+                if kill_stragglers(rec, gone) > 0 {
+                    let kill_until = Instant::now() + KILL_WAIT;
+                    while stragglers_left(rec, gone) && Instant::now() < kill_until {
+                        tokio::time::sleep(STOP_POLL).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How our child `pid` exited, if it has, without reaping it.
+fn own_exit(pid: i32) -> Option<String> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+        Ok(WaitStatus::StillAlive) => None,
+        Ok(WaitStatus::Exited(_, code)) => Some(format!("exit status: {code}")),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Some(format!("signal: {sig}")),
+        Ok(other) => Some(format!("{other:?}")),
+        // Not our child any more (reaped elsewhere): it is gone.
+        Err(e) => Some(format!("wait failed: {e}")),
+    }
+}
+
+/// Reaps our child `pid` (it has exited).
+fn reap(pid: i32) {
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
 }
 
 /// Spawns the service in its own process group, stdin null, stdout/stderr inherited.
@@ -108,64 +197,72 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> Result<Proc, ServiceError> {
         .argv
         .split_first()
         .ok_or_else(|| ServiceError::Config("service.exec is empty".into()))?;
-    let mut cmd = tokio::process::Command::new(program);
+    // std, not tokio: the child is reaped by the supervisor alone, and only once its process
+    // group is empty (dropping a std `Child` neither kills nor reaps it).
+    let mut cmd = std::process::Command::new(program);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args(args)
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .kill_on_drop(false);
+        .stderr(Stdio::inherit());
     let child = cmd.spawn().map_err(|source| ServiceError::Spawn {
         what: what.clone(),
         source,
     })?;
-    let pid = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .ok_or_else(|| ServiceError::Failed {
-            what: what.clone(),
-            reason: "exited before its pid could be read".into(),
-        })?;
+    let pid = i32::try_from(child.id()).map_err(|_| ServiceError::Failed {
+        what: what.clone(),
+        reason: "pid out of range".into(),
+    })?;
+    drop(child);
     // Unreaped, the process stays in /proc even if it already exited.
     let rec = record_of(pid).ok_or_else(|| ServiceError::Failed {
         what,
         reason: format!("/proc/{pid}/stat unreadable right after spawn"),
     })?;
     tracing::info!(pid, release = %spec.release, "service started");
-    Ok(Proc::Own { child, rec })
+    Ok(Proc::Own(rec))
+}
+
+/// A request to a supervisor.
+enum Request {
+    /// Stop the process; the answer says whether it is gone.
+    Stop(oneshot::Sender<Result<(), ServiceError>>),
 }
 
 /// The controller's handle on a supervisor task.
 pub(crate) struct Running {
-    stop_tx: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+    requests: mpsc::Sender<Request>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Starts supervising `proc` (already announced through `shared`).
     pub fn start(proc: Proc, spec: SpawnSpec, shared: Arc<Shared>, stop_timeout: Duration) -> Self {
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(supervise(proc, spec, shared, stop_timeout, stop_rx));
-        Self { stop_tx, task }
+        let (requests, rx) = mpsc::channel(1);
+        let task = tokio::spawn(supervise(proc, spec, shared, stop_timeout, rx));
+        Self { requests, task }
     }
 
-    /// Stops the process (or the backoff loop) and waits for the task to end.
-    pub async fn stop(self) -> Result<(), ServiceError> {
-        let _ = self.stop_tx.send(());
-        match self.task.await {
-            Ok(r) => r,
-            Err(e) => Err(ServiceError::Failed {
-                what: "exec supervisor".into(),
-                reason: e.to_string(),
-            }),
+    /// Stops the process (or the backoff loop). On success the supervisor has ended; on error
+    /// it still supervises the process, which may still run.
+    pub async fn stop(&self) -> Result<(), ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Stop(tx)).await.is_err() {
+            return Ok(()); // the supervisor has ended: nothing runs
         }
+        rx.await.unwrap_or(Ok(()))
+    }
+
+    /// Whether the supervisor task has ended (detached at shutdown).
+    pub fn ended(&self) -> bool {
+        self.task.is_finished()
     }
 }
 
 enum Event {
-    Stop,
+    Stop(oneshot::Sender<Result<(), ServiceError>>),
     Detach,
     Exited(String),
 }
@@ -175,44 +272,54 @@ async fn supervise(
     spec: SpawnSpec,
     shared: Arc<Shared>,
     stop_timeout: Duration,
-    mut stop_rx: oneshot::Receiver<()>,
-) -> Result<(), ServiceError> {
+    mut requests: mpsc::Receiver<Request>,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = Instant::now();
         let event = tokio::select! {
-            r = &mut stop_rx => if r.is_ok() { Event::Stop } else { Event::Detach },
+            r = requests.recv() => match r {
+                Some(Request::Stop(reply)) => Event::Stop(reply),
+                None => Event::Detach,
+            },
+            _ = shared.shutdown.cancelled() => Event::Detach,
             how = proc.exited() => Event::Exited(how),
         };
         let how = match event {
-            Event::Stop => {
-                let r = stop_proc(proc, stop_timeout).await;
-                shared.set_child(None);
-                return r;
-            }
-            Event::Detach => return Ok(()),
+            Event::Stop(reply) => match stop_proc(&proc, &shared, stop_timeout).await {
+                Ok(()) => {
+                    shared.set_child(None);
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(pid = proc.record().pid, error = %e, "stop failed; still supervising the process");
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            },
+            Event::Detach => return,
             Event::Exited(how) => how,
         };
         let pid = proc.record().pid;
         tracing::warn!(pid, %how, release = %spec.release, "service exited on its own; restarting");
         shared.alive.send_replace(false);
         shared.set_child(None);
-        if group_exists(pid) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        drop(proc);
+        proc.clean_up(Instant::now()).await;
         if started.elapsed() >= BACKOFF_RESET {
             backoff = BACKOFF_MIN;
         }
         proc = loop {
             tokio::select! {
-                r = &mut stop_rx => {
-                    if r.is_ok() {
+                r = requests.recv() => {
+                    if let Some(Request::Stop(reply)) = r {
                         // Stopped while down: nothing to kill, and not a crash any more.
                         shared.alive.send_replace(true);
+                        let _ = reply.send(Ok(()));
                     }
-                    return Ok(());
+                    return;
                 }
+                _ = shared.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -226,65 +333,80 @@ async fn supervise(
     }
 }
 
-/// SIGTERM to the group, SIGKILL after `stop_timeout`, then wait for the group to empty.
-async fn stop_proc(proc: Proc, stop_timeout: Duration) -> Result<(), ServiceError> {
+/// SIGTERM to the group, SIGKILL after `stop_timeout`, then wait for the group to empty. An
+/// error means the process may still run (it is still supervised).
+async fn stop_proc(
+    proc: &Proc,
+    shared: &Shared,
+    stop_timeout: Duration,
+) -> Result<(), ServiceError> {
     let deadline = Instant::now() + stop_timeout;
     let rec = proc.record().clone();
-    let pgid = Pid::from_raw(rec.pid);
+    #[cfg(test)]
+    if shared
+        .fail_stops
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        )
+        .is_ok()
+    {
+        return Err(stop_failed(
+            &rec,
+            "still running after SIGKILL (test fault)".into(),
+        ));
+    }
+    #[cfg(not(test))]
+    let _ = shared;
     match proc {
-        Proc::Own { mut child, .. } => {
-            // Still unreaped, so the pid cannot have been reused: signal the group directly.
+        Proc::Own(rec) => {
+            // Not reaped until the end, so the pid (the group id) cannot have been reused.
+            let pgid = Pid::from_raw(rec.pid);
             let _ = killpg(pgid, Signal::SIGTERM);
-            if tokio::time::timeout_at(deadline, child.wait())
-                .await
-                .is_err()
-            {
+            if !wait_own_exit(rec.pid, deadline).await {
                 tracing::warn!(
                     pid = rec.pid,
                     ?stop_timeout,
                     "service ignored SIGTERM; SIGKILL"
                 );
                 let _ = killpg(pgid, Signal::SIGKILL);
-                match tokio::time::timeout(KILL_WAIT, child.wait()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(stop_failed(&rec, e.to_string())),
-                    Err(_) => return Err(stop_failed(&rec, "still running after SIGKILL".into())),
+                if !wait_own_exit(rec.pid, Instant::now() + KILL_WAIT).await {
+                    return Err(stop_failed(rec, "still running after SIGKILL".into()));
                 }
             }
         }
         Proc::Adopted(rec) => {
-            signal_record(&rec, Signal::SIGTERM);
-            if !wait_gone(&rec, deadline).await {
+            signal_record(rec, Signal::SIGTERM);
+            if !wait_gone(rec, deadline).await {
                 tracing::warn!(
                     pid = rec.pid,
                     ?stop_timeout,
                     "service ignored SIGTERM; SIGKILL"
                 );
-                signal_record(&rec, Signal::SIGKILL);
-                if !wait_gone(&rec, Instant::now() + KILL_WAIT).await {
-                    return Err(stop_failed(&rec, "still running after SIGKILL".into()));
+                signal_record(rec, Signal::SIGKILL);
+                if !wait_gone(rec, Instant::now() + KILL_WAIT).await {
+                    return Err(stop_failed(rec, "still running after SIGKILL".into()));
                 }
             }
         }
     }
     // Workers left in the group get what remains of stop_timeout.
-    while group_exists(rec.pid) && Instant::now() < deadline {
-        tokio::time::sleep(STOP_POLL).await;
-    }
-    if group_exists(rec.pid) {
-        let _ = killpg(pgid, Signal::SIGKILL);
-        let until = Instant::now() + KILL_WAIT;
-        while group_exists(rec.pid) && Instant::now() < until {
-            tokio::time::sleep(STOP_POLL).await;
-        }
-        if group_exists(rec.pid) {
-            // Unreaped zombies (a PID 1 that does not reap) keep the group "existing";
-            // they run nothing, so this is not worth failing the deploy over.
-            tracing::warn!(pgid = rec.pid, "process group not empty after SIGKILL");
-        }
-    }
+    proc.clean_up(deadline).await;
     tracing::info!(pid = rec.pid, "service stopped");
     Ok(())
+}
+
+async fn wait_own_exit(pid: i32, deadline: Instant) -> bool {
+    loop {
+        if own_exit(pid).is_some() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(STOP_POLL).await;
+    }
 }
 
 async fn wait_gone(rec: &ChildRecord, deadline: Instant) -> bool {

@@ -7,6 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -280,8 +281,8 @@ async fn stale_record_starts_a_fresh_process() {
     let svc = fx.controller(&fx.cfg(ServiceControl::Exec, SLEEPER));
     let me = proc::record_of(std::process::id() as i32).unwrap();
     let stale = ChildRecord {
-        pid: me.pid,
         start_time: me.start_time + 7,
+        ..me.clone()
     };
     svc.adopt_or_start(Some(stale), None).await.unwrap();
     let rec = svc.child().unwrap();
@@ -350,4 +351,168 @@ async fn command_mode_failure_names_the_command_and_stderr() {
     assert!(e.contains("start command"), "{e}");
     assert!(e.contains("port in use"), "{e}");
     assert!(e.contains('4'), "{e}");
+}
+
+fn repoint_current(fx: &Fixture, id: &str) {
+    let link = fx.root.join("current");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(format!("releases/{id}"), &link).unwrap();
+}
+
+/// Item 4: in `command` mode, `stop` runs with `{current}` and `HOTDEPLOY_RELEASE` of the
+/// release being stopped, although a deploy has already swapped `current` to the new one; and a
+/// restarted agent knows, from the journal, which release it last started.
+#[tokio::test]
+async fn command_mode_stops_the_release_that_runs_not_the_new_current() {
+    let fx = Fixture::new();
+    let log = fx.root.join("log");
+    let mut cfg = fx.cfg(ServiceControl::Command, "");
+    for (argv, word) in [(&mut cfg.stop, "stop"), (&mut cfg.start, "start")] {
+        *argv = vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "echo \"{word} $HOTDEPLOY_RELEASE {{current}}\" >> {}",
+                log.display()
+            ),
+        ];
+    }
+    let started = Arc::new(Mutex::new(Vec::<String>::new()));
+    let controller = |last: Option<&str>| {
+        let started = started.clone();
+        ServiceController::with_hooks(
+            &cfg,
+            &fx.root,
+            ServiceHooks {
+                on_child: Arc::new(|_| {}),
+                on_release: Arc::new(move |id: &str| started.lock().unwrap().push(id.into())),
+                last_release: last.map(str::to_owned),
+                shutdown: CancellationToken::new(),
+            },
+        )
+    };
+    let r = |id: &str| fx.root.join("releases").join(id).display().to_string();
+    let svc = controller(None);
+    // The first start, on r1 (what `current` names).
+    svc.restart("r1").await.unwrap();
+    // A deploy of r2 over r1: the swap comes first, then the restart.
+    repoint_current(&fx, "r2");
+    svc.restart("r2").await.unwrap();
+    // Its rollback: `current` back to r1, then the restart.
+    repoint_current(&fx, "r1");
+    svc.restart("r1").await.unwrap();
+    drop(svc);
+    // The agent restarts; a deploy of r2 again.
+    let last = started.lock().unwrap().last().cloned();
+    let svc = controller(last.as_deref());
+    repoint_current(&fx, "r2");
+    svc.restart("r2").await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            format!("stop r1 {}", r("r1")),
+            format!("start r1 {}", r("r1")),
+            format!("stop r1 {}", r("r1")),
+            format!("start r2 {}", r("r2")),
+            format!("stop r2 {}", r("r2")),
+            format!("start r1 {}", r("r1")),
+            format!("stop r1 {}", r("r1")),
+            format!("start r2 {}", r("r2")),
+        ]
+    );
+    assert_eq!(*started.lock().unwrap(), ["r1", "r2", "r1", "r2"]);
+}
+
+/// Item 11: a stop that fails leaves the process supervised, so a restart after it never
+/// starts a second copy next to one that may still run.
+#[tokio::test]
+async fn a_failed_stop_never_leads_to_a_second_copy() {
+    let fx = Fixture::new();
+    let svc = fx.controller(&fx.cfg(ServiceControl::Exec, SLEEPER));
+    svc.adopt_or_start(None, None).await.unwrap();
+    let first = svc.child().unwrap();
+    svc.fail_next_stops(1);
+    assert!(svc.stop().await.is_err());
+    assert!(proc::is_alive(&first));
+    assert_eq!(
+        svc.child(),
+        Some(first.clone()),
+        "the process is no longer supervised"
+    );
+    // A restart whose stop fails again does not start anything.
+    svc.fail_next_stops(1);
+    assert!(svc.restart("r2").await.is_err());
+    assert_eq!(fx.procs(), vec![first.pid], "a second copy was started");
+    // Once the stop works, the restart does.
+    svc.restart("r2").await.unwrap();
+    let second = svc.child().unwrap();
+    assert!(!proc::is_alive(&first));
+    wait_until("only the new process", || fx.procs() == vec![second.pid]).await;
+    svc.stop().await.unwrap();
+}
+
+/// Item 11: with the journal's record lost (or unreadable), a restarted agent finds the service
+/// running from the release store and adopts it instead of starting a second copy.
+#[tokio::test]
+async fn without_a_record_the_service_running_from_the_store_is_adopted() {
+    let fx = Fixture::new();
+    let cfg = fx.cfg(ServiceControl::Exec, SLEEPER);
+    let first = fx.controller(&cfg);
+    first.adopt_or_start(None, None).await.unwrap();
+    let rec = first.child().unwrap();
+    fx.wait_file("out").await;
+    drop(first);
+    let second = fx.controller(&cfg);
+    second.adopt_or_start(None, None).await.unwrap();
+    assert_eq!(second.child().map(|c| c.pid), Some(rec.pid));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fx.procs(), vec![rec.pid], "a second copy was started");
+    second.stop().await.unwrap();
+    assert!(fx.procs().is_empty());
+}
+
+/// Item 11: our own child's group is signalled only while its leader is unreaped, so that the
+/// group id cannot have been handed to another process: while a straggler that ignores
+/// SIGTERM keeps the group alive, the leader that did exit stays a zombie; it is reaped last.
+#[tokio::test]
+async fn the_leader_is_reaped_only_after_its_group_is_empty() {
+    let fx = Fixture::new();
+    let mut cfg = fx.cfg(
+        ServiceControl::Exec,
+        "(trap '' TERM; while :; do sleep 0.05; done) & echo $$ > \"$OUT\"; exec sleep 1000",
+    );
+    // Long enough that, however loaded the machine, the leader has exited on SIGTERM well
+    // before the straggler is killed.
+    cfg.stop_timeout = Duration::from_secs(4);
+    let svc = fx.controller(&cfg);
+    svc.adopt_or_start(None, None).await.unwrap();
+    fx.wait_file("out").await;
+    let leader = svc.child().unwrap();
+    let s2 = svc.clone();
+    let stop = tokio::spawn(async move { s2.stop().await });
+    // The leader exits on SIGTERM at once; the straggler outlives it until SIGKILL.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let st = loop {
+        let st = proc::read_stat(leader.pid);
+        if st.as_ref().is_none_or(|s| s.state == 'Z') || tokio::time::Instant::now() >= until {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        st.is_some_and(|s| s.state == 'Z'),
+        "the leader was reaped while its group still had members (or never exited): {st:?}"
+    );
+    assert!(
+        proc::group_exists(leader.pid),
+        "the straggler is gone already"
+    );
+    stop.await.unwrap().unwrap();
+    assert_eq!(
+        proc::read_stat(leader.pid),
+        None,
+        "the leader was never reaped"
+    );
+    assert!(fx.procs().is_empty());
 }

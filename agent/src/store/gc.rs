@@ -15,7 +15,7 @@ use super::error::{IoContext, StoreError};
 use super::fsops::{fsync_dir, nonce, remove_tree, NONCE_LEN};
 use super::links::{CURRENT, PREVIOUS};
 use super::staging::{DOWNLOAD_PREFIX, STAGING_PREFIX};
-use super::{ReleaseStore, SHA256_SUFFIX};
+use super::{ReleaseStore, SHA256_SUFFIX, SIG_SUFFIX};
 use std::collections::HashSet;
 use std::fs;
 
@@ -59,6 +59,13 @@ impl ReleaseStore {
             .ctx(|| format!("rename {} to {}", dir.display(), trash.display()))?;
         let sha = self.sha256_path(id);
         fs::remove_file(&sha).ctx(|| format!("remove {}", sha.display()))?;
+        let sig = self.sig_path(id);
+        match fs::remove_file(&sig) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io(format!("remove {}", sig.display()), e))
+            }
+            _ => {}
+        }
         fsync_dir(&self.releases)?;
         remove_tree(&trash)?;
         tracing::info!(release = id, "old release removed");
@@ -79,9 +86,10 @@ impl ReleaseStore {
                 .any(|p| name.starts_with(p))
                 || (!is_dir && is_tmp_name(&name))
                 || (!is_dir
-                    && name
-                        .strip_suffix(SHA256_SUFFIX)
-                        .is_some_and(|id| !self.release_dir(id).is_dir()));
+                    && [SHA256_SUFFIX, SIG_SUFFIX].iter().any(|suffix| {
+                        name.strip_suffix(suffix)
+                            .is_some_and(|id| !self.release_dir(id).is_dir())
+                    }));
             if debris {
                 tracing::warn!(path = %entry.path().display(), "removing release-store debris");
                 remove_tree(&entry.path())?;

@@ -6,6 +6,7 @@
 //! ```text
 //! releases/<id>/                      an unpacked release; read-only once staged
 //! releases/<id>.sha256                the artifact digest it was staged from (hex)
+//! releases/<id>.sig                   the release's signature (base64), when it came with one
 //! releases/.staging-<id>-<nonce>/     an unpack in progress
 //! releases/.download-<id>-<nonce>     an artifact being fetched
 //! releases/.trash-<id>-<nonce>/       a release being deleted by gc
@@ -48,6 +49,10 @@ const RELEASES_DIR: &str = "releases";
 const LOCK_FILE: &str = ".lock";
 /// The suffix of the digest file next to each release directory.
 const SHA256_SUFFIX: &str = ".sha256";
+/// The suffix of the signature file next to a release directory.
+const SIG_SUFFIX: &str = ".sig";
+/// The longest signature file read back (base64 of 64 bytes is 88 characters).
+const MAX_SIG_FILE: u64 = 1024;
 
 /// One staged release, as listed by [`ReleaseStore::list`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,6 +122,41 @@ impl ReleaseStore {
         let text = fs::read_to_string(self.sha256_path(id)).ok()?;
         let hex = text.trim().to_ascii_lowercase();
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+    }
+
+    fn sig_path(&self, id: &str) -> PathBuf {
+        self.releases.join(format!("{id}{SIG_SUFFIX}"))
+    }
+
+    /// The signature (base64) release `id` was staged or deployed with, if any. Kept so that a
+    /// signature can be checked at every use, not only at staging.
+    pub fn release_signature(&self, id: &str) -> Option<String> {
+        if !self.has_release(id) {
+            return None;
+        }
+        use std::io::Read;
+        let mut text = String::new();
+        File::open(self.sig_path(id))
+            .ok()?
+            .take(MAX_SIG_FILE)
+            .read_to_string(&mut text)
+            .ok()?;
+        let text = text.trim();
+        (!text.is_empty()).then(|| text.to_owned())
+    }
+
+    /// Records the signature of a staged release (atomically; replaces an earlier one).
+    pub fn set_release_signature(&self, id: &str, signature_b64: &str) -> Result<(), StoreError> {
+        check_id(id)?;
+        let _lock = self.lock()?;
+        if !self.has_release(id) {
+            return Err(StoreError::NotStaged { id: id.into() });
+        }
+        fsops::write_atomic(
+            &self.sig_path(id),
+            format!("{}\n", signature_b64.trim()).as_bytes(),
+        )?;
+        fsops::fsync_dir(&self.releases)
     }
 
     /// Every staged release, oldest first. A broken `current` or `previous` link marks no

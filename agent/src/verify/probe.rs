@@ -10,7 +10,7 @@
 //! A [`ProbeError`] names the probe and says what went wrong in operator terms: "status 500",
 //! "body lacks \"ok\"", "connection refused", "timed out after 2s".
 
-use crate::service::cmd;
+use crate::cmd;
 use std::time::Duration;
 
 /// The most body we read looking for `body_contains`.

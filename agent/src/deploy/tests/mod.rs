@@ -1,208 +1,38 @@
-//! Engine tests with a fake host and a fake lock that record every effect in order.
+//! Engine tests with a fake host and a fake lock that record every effect in order
+//! ([`fake`]), and with the real link against a fake coordinator ([`with_link`]).
 
 use super::*;
 use crate::health::{HealthFact, Owner};
 use crate::journal::{DeployKind, DeployRecord, Journal, Outcome, Phase};
-use futures::future::BoxFuture;
-use futures::FutureExt;
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use hotdeploy_common::proto::Rotation;
 
-#[derive(Default)]
-struct State {
-    log: Vec<String>,
-    current: Option<String>,
-    previous: Option<String>,
-    verify: VecDeque<bool>,
-    stale_at: Option<String>,
-    block_stage: Option<Arc<tokio::sync::Notify>>,
-    /// The engine's health fact, and what it said at each effect ("effect: Owner health").
-    fact: Option<Arc<HealthFact>>,
-    seen: Vec<String>,
-}
+pub(crate) mod fake;
+mod with_link;
 
-#[derive(Clone, Default)]
-struct Fake(Arc<Mutex<State>>);
-
-impl Fake {
-    fn with(current: Option<&str>, previous: Option<&str>, verify: &[bool]) -> Self {
-        let f = Fake::default();
-        {
-            let mut s = f.0.lock().unwrap();
-            s.current = current.map(str::to_owned);
-            s.previous = previous.map(str::to_owned);
-            s.verify = verify.iter().copied().collect();
-        }
-        f
-    }
-    fn log(&self, e: impl Into<String>) {
-        let mut s = self.0.lock().unwrap();
-        let e = e.into();
-        if let Some(f) = s.fact.clone() {
-            let snap = f.snapshot();
-            s.seen
-                .push(format!("{e}: {:?} {}", snap.owner, snap.health.label()));
-        }
-        s.log.push(e);
-    }
-    /// What the health fact said when `effect` happened.
-    fn health_at(&self, effect: &str) -> String {
-        let s = self.0.lock().unwrap();
-        let prefix = format!("{effect}: ");
-        s.seen
-            .iter()
-            .find_map(|x| x.strip_prefix(&prefix).map(str::to_owned))
-            .unwrap_or_else(|| panic!("{effect} missing from {:?}", s.seen))
-    }
-    fn fact(&self) -> Arc<HealthFact> {
-        self.0.lock().unwrap().fact.clone().unwrap()
-    }
-    fn effects(&self) -> Vec<String> {
-        self.0.lock().unwrap().log.clone()
-    }
-    fn current(&self) -> Option<String> {
-        self.0.lock().unwrap().current.clone()
-    }
-}
-
-impl HostOps for Fake {
-    fn current(&self) -> OpResult<Option<String>> {
-        Ok(self.0.lock().unwrap().current.clone())
-    }
-    fn previous(&self) -> OpResult<Option<String>> {
-        Ok(self.0.lock().unwrap().previous.clone())
-    }
-    fn has_release(&self, _id: &str) -> OpResult<bool> {
-        Ok(true)
-    }
-    fn stage<'a>(
-        &'a self,
-        id: &'a str,
-        spec: &'a ArtifactRef,
-        _p: ProgressFn<'a>,
-    ) -> BoxFuture<'a, OpResult> {
-        async move {
-            let block = self.0.lock().unwrap().block_stage.clone();
-            if let Some(n) = block {
-                n.notified().await;
-            }
-            self.log(format!("stage {id}"));
-            if spec.sha256.starts_with("bad") {
-                return Err(OpError::fatal("sha256 mismatch"));
-            }
-            Ok(())
-        }
-        .boxed()
-    }
-    fn set_current(&self, id: &str) -> OpResult {
-        self.log(format!("set_current {id}"));
-        self.0.lock().unwrap().current = Some(id.to_owned());
-        Ok(())
-    }
-    fn clear_current(&self) -> OpResult {
-        self.log("clear_current");
-        self.0.lock().unwrap().current = None;
-        Ok(())
-    }
-    fn set_previous(&self, id: &str) -> OpResult {
-        self.log(format!("set_previous {id}"));
-        self.0.lock().unwrap().previous = Some(id.to_owned());
-        Ok(())
-    }
-    fn gc(&self, _protect: &[&str]) -> OpResult {
-        self.log("gc");
-        Ok(())
-    }
-    fn drain(&self) -> BoxFuture<'_, OpResult<Duration>> {
-        self.log("drain");
-        async { Ok(Duration::ZERO) }.boxed()
-    }
-    fn undrain(&self) -> BoxFuture<'_, OpResult<Duration>> {
-        self.log("undrain");
-        async { Ok(Duration::ZERO) }.boxed()
-    }
-    fn restart<'a>(&'a self, id: &'a str) -> BoxFuture<'a, OpResult> {
-        self.log(format!("restart {id}"));
-        async { Ok(()) }.boxed()
-    }
-    fn stop(&self) -> BoxFuture<'_, OpResult> {
-        self.log("stop");
-        async { Ok(()) }.boxed()
-    }
-    fn verify<'a>(&'a self, _p: ProgressFn<'a>) -> BoxFuture<'a, OpResult> {
-        let ok = self.0.lock().unwrap().verify.pop_front().unwrap_or(true);
-        self.log(format!("verify {}", if ok { "ok" } else { "fail" }));
-        async move {
-            if ok {
-                Ok(())
-            } else {
-                Err(OpError::fatal("health 500"))
-            }
-        }
-        .boxed()
-    }
-    fn hook<'a>(&'a self, point: Hook, _ctx: &'a HookCtx) -> BoxFuture<'a, OpResult> {
-        self.log(format!("hook {point:?}"));
-        async { Ok(()) }.boxed()
-    }
-}
-
-impl SlotLock for Fake {
-    fn acquire(
-        &self,
-        req: SlotRequest,
-        _w: crate::journal::WriteId,
-    ) -> BoxFuture<'_, Result<u64, LinkError>> {
-        self.log(format!("acquire {}", req.purpose));
-        async { Ok(7) }.boxed()
-    }
-    fn release(&self, token: u64) -> BoxFuture<'_, Result<(), LinkError>> {
-        self.log(format!("release {token}"));
-        async { Ok(()) }.boxed()
-    }
-    fn report_phase<'a>(
-        &'a self,
-        token: u64,
-        phase: &'a str,
-    ) -> BoxFuture<'a, Result<(), LinkError>> {
-        self.log(format!("report {phase}"));
-        let stale = self.0.lock().unwrap().stale_at.as_deref() == Some(phase);
-        async move {
-            if stale {
-                Err(LinkError::Stale(format!("token {token} revoked")))
-            } else {
-                Ok(())
-            }
-        }
-        .boxed()
-    }
-    fn claim(&self, _token: u64) {}
-    fn unclaim(&self, _token: u64) {}
-}
+use fake::Fake;
 
 fn engine(fake: &Fake, dir: &std::path::Path, with_lock: bool) -> Engine {
     engine_on(fake, Journal::open(dir, "web-1").unwrap(), with_lock)
 }
 
 fn engine_on(fake: &Fake, journal: Journal, with_lock: bool) -> Engine {
-    let health = {
-        let mut s = fake.0.lock().unwrap();
-        let initial = if s.current.is_some() {
-            Health::Healthy
-        } else {
-            Health::Unprovisioned
-        };
-        s.fact
-            .get_or_insert_with(|| HealthFact::in_memory(initial))
-            .clone()
-    };
+    engine_with(fake, journal, with_lock, CancellationToken::new())
+}
+
+fn engine_with(
+    fake: &Fake,
+    journal: Journal,
+    with_lock: bool,
+    shutdown: CancellationToken,
+) -> Engine {
     Engine::new(EngineParts {
         host_id: "web-1".into(),
         ops: Arc::new(fake.clone()),
         lock: with_lock.then(|| Arc::new(fake.clone()) as Arc<dyn SlotLock>),
         journal,
         timing: Timing::default(),
-        health,
+        health: fake.fact_or_default(),
+        shutdown,
     })
     .unwrap()
 }
@@ -216,6 +46,7 @@ fn params(id: &str, sha: &str) -> DeployParams {
             signature: None,
         },
         rollout: String::new(),
+        step: None,
     }
 }
 
@@ -223,7 +54,7 @@ fn params(id: &str, sha: &str) -> DeployParams {
 fn core(effects: &[String]) -> Vec<String> {
     effects
         .iter()
-        .filter(|e| !e.starts_with("hook") && !e.starts_with("report"))
+        .filter(|e| !e.starts_with("hook") && !e.starts_with("report") && !e.starts_with("claim"))
         .cloned()
         .collect()
 }
@@ -330,7 +161,10 @@ async fn failed_rollback_keeps_the_slot_out_of_rotation() {
     let v = eng.view();
     assert!(v.verify_failed);
     assert_eq!(v.token, 7);
-    assert_eq!(v.hold.as_ref().map(|h| h.purpose.as_str()), Some("deploy"));
+    assert_eq!(
+        v.hold.as_ref().map(|h| h.kind),
+        Some(HoldKind::VerifyFailed)
+    );
     // A later deploy repairs the host, under the same (re-entrant) slot, and clears the hold.
     fake.0.lock().unwrap().verify = [true].into_iter().collect();
     let (outcome, err) = eng
@@ -345,10 +179,10 @@ async fn failed_rollback_keeps_the_slot_out_of_rotation() {
 
 #[tokio::test]
 async fn stale_token_stops_everything_disruptive() {
-    for stale in ["draining", "swapped", "restarted"] {
+    for stale in [Phase::Draining, Phase::Swapped, Phase::Restarted] {
         let dir = tempfile::tempdir().unwrap();
         let fake = Fake::with(Some("v1"), None, &[true]);
-        fake.0.lock().unwrap().stale_at = Some(stale.into());
+        fake.0.lock().unwrap().stale_at = Some(stale);
         let eng = engine(&fake, dir.path(), true);
         let (outcome, err) = eng
             .deploy(params("v2", "aa"), Progress::none())
@@ -467,7 +301,7 @@ async fn a_second_deploy_is_refused_while_one_runs() {
         .unwrap();
     assert_eq!(err.to_string(), "deploy of v2 in progress");
     assert!(matches!(
-        eng.drain("drain", "x").await,
+        eng.drain(Purpose::Drain, "x"),
         Err(EngineError::Busy(_))
     ));
     fake.0.lock().unwrap().block_stage = None;
@@ -481,13 +315,17 @@ async fn drain_holds_a_slot_until_undrain() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::with(Some("v1"), None, &[]);
     let eng = engine(&fake, dir.path(), true);
-    eng.drain("drain", "ops").await.unwrap();
+    eng.drain(Purpose::Drain, "ops")
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
     assert!(eng.starts_drained().unwrap());
     assert!(matches!(
         eng.deploy(params("v2", "aa"), Progress::none()),
         Err(EngineError::Precondition(_))
     ));
-    eng.undrain().await.unwrap();
+    eng.undrain().unwrap().await.unwrap().unwrap();
     assert_eq!(
         fake.effects(),
         [
@@ -702,7 +540,7 @@ async fn a_service_restarted_and_never_judged_is_handed_back_unhealthy() {
     // the unverified v2 and the engine stops there.
     let dir = tempfile::tempdir().unwrap();
     let fake = fake_at(Some("v1"), &[false], Health::Healthy);
-    fake.0.lock().unwrap().stale_at = Some("rolling_back".into());
+    fake.0.lock().unwrap().stale_at = Some(Phase::RollingBack);
     let eng = engine(&fake, dir.path(), true);
     assert_eq!(run_deploy(&eng, "v2").await.0, Outcome::Fenced);
     let after = fake.fact().snapshot();
@@ -713,7 +551,7 @@ async fn a_service_restarted_and_never_judged_is_handed_back_unhealthy() {
     // Fenced before anything was restarted: the health is left as it was.
     let dir = tempfile::tempdir().unwrap();
     let fake = fake_at(Some("v1"), &[true], Health::Healthy);
-    fake.0.lock().unwrap().stale_at = Some("restarted".into());
+    fake.0.lock().unwrap().stale_at = Some(Phase::Restarted);
     let eng = engine(&fake, dir.path(), true);
     assert_eq!(run_deploy(&eng, "v2").await.0, Outcome::Fenced);
     assert_eq!(fake.fact().get(), Health::Healthy);
@@ -759,4 +597,397 @@ async fn recovery_takes_the_health_before_the_monitor_can_judge() {
         (after.owner, after.health),
         (Owner::Monitor, Health::Healthy)
     );
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Item 2: a finished deploy's token is not claimed at start (its release may have failed;
+/// reconciliation must be free to release it). A hold's and an in-progress deploy's are.
+#[tokio::test]
+async fn only_tokens_in_use_are_claimed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), "web-1").unwrap();
+    let mut rec = DeployRecord::new(DeployKind::Deploy, "", Some("v1".into()), "v2", 1);
+    rec.token = 7;
+    rec.phase = Phase::Released;
+    rec.outcome = Some(Outcome::Succeeded);
+    rec.finished_at_ms = Some(2);
+    j.put_deploy(&rec).unwrap();
+    let fake = Fake::with(Some("v2"), Some("v1"), &[]);
+    let _eng = engine_on(&fake, j.clone(), true);
+    assert!(
+        !fake.effects().contains(&"claim 7".to_owned()),
+        "{:?}",
+        fake.effects()
+    );
+
+    rec.finished_at_ms = None;
+    rec.phase = Phase::Verifying;
+    j.put_deploy(&rec).unwrap();
+    j.set_hold(Some(&Hold {
+        kind: HoldKind::Drain,
+        purpose: Purpose::Drain,
+        token: 5,
+        note: String::new(),
+        since_ms: 1,
+    }))
+    .unwrap();
+    let fake = Fake::with(Some("v2"), Some("v1"), &[]);
+    let _eng = engine_on(&fake, j, true);
+    let e = fake.effects();
+    assert!(
+        e.contains(&"claim 7".to_owned()) && e.contains(&"claim 5".to_owned()),
+        "{e:?}"
+    );
+}
+
+/// Item 5: a rollback whose fence cannot be committed (coordinators unreachable) is not
+/// abandoned while the slot is held: the fence is retried until it commits.
+#[tokio::test]
+async fn an_unconfirmed_rollback_fence_is_retried_until_it_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[false, true]);
+    fake.set(|s| s.unconfirmed = [Phase::RollingBack, Phase::RollingBack].into());
+    let eng = engine(&fake, dir.path(), true);
+    let (outcome, err) = eng
+        .deploy(params("v2", "aa"), Progress::none())
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::RolledBack, "{err}");
+    let e = fake.effects();
+    let reports = e.iter().filter(|x| *x == "report rolling_back").count();
+    assert_eq!(
+        reports, 3,
+        "two unconfirmed attempts, then the commit: {e:?}"
+    );
+    assert!(pos(&e, "verify fail") < pos(&e, "set_current v1"));
+    assert_eq!(fake.current().as_deref(), Some("v1"));
+    assert!(eng.view().hold.is_none());
+}
+
+/// Item 5: an agent that stops while a rollback's fence is still unconfirmed resumes the
+/// rollback at its next start.
+#[tokio::test]
+async fn recovery_resumes_a_rollback_whose_fence_was_not_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[false]);
+    fake.set(|s| s.unconfirmed = std::iter::repeat_n(Phase::RollingBack, 1000).collect());
+    let shutdown = CancellationToken::new();
+    let j = Journal::open(dir.path(), "web-1").unwrap();
+    let eng = engine_with(&fake, j.clone(), true, shutdown.clone());
+    let deploy = eng.deploy(params("v2", "aa"), Progress::none()).unwrap();
+    wait_for("the rollback's fence to be tried", || {
+        fake.effects().contains(&"report rolling_back".to_owned())
+    })
+    .await;
+    shutdown.cancel();
+    let (outcome, _) = deploy.await.unwrap();
+    assert_eq!(outcome, Outcome::Failed);
+    assert!(eng.wait_stopped(Duration::from_secs(5)).await);
+    drop(eng);
+
+    let rec = j.deploy().unwrap().unwrap();
+    assert!(rec.in_progress(), "the rollback was abandoned: {rec:?}");
+    assert_eq!(rec.phase, Phase::RollingBack);
+    assert!(j.hold().unwrap().is_none());
+    let fake2 = Fake::with(Some("v2"), None, &[true]);
+    let eng = engine_on(&fake2, j, true);
+    eng.start_recovery().unwrap().unwrap().await.unwrap();
+    assert_eq!(
+        core(&fake2.effects()),
+        [
+            "set_current v1",
+            "restart v1",
+            "verify ok",
+            "undrain",
+            "release 7"
+        ]
+    );
+    assert_eq!(eng.view().last_outcome, Some(Outcome::RolledBack));
+    std::mem::forget(dir);
+}
+
+/// Item 6: a drain refused at its fence journals no hold (the host would start drained with
+/// no slot) and gives the fresh slot back.
+#[tokio::test]
+async fn a_drain_refused_at_its_fence_journals_nothing_and_gives_the_slot_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[]);
+    fake.set(|s| s.stale_at = Some(Phase::Draining));
+    let eng = engine(&fake, dir.path(), true);
+    let r = eng.drain(Purpose::Drain, "ops").unwrap().await.unwrap();
+    assert!(
+        matches!(r, Err(EngineError::Link(LinkError::Stale(_)))),
+        "{r:?}"
+    );
+    assert!(!eng.starts_drained().unwrap(), "a hold was journaled");
+    assert!(eng.view().hold.is_none());
+    assert_eq!(
+        fake.effects(),
+        ["acquire drain", "report draining", "release 7"]
+    );
+}
+
+/// Item 6: an undrain that stops (a crash) between its two steps leaves, at worst, a slot
+/// nobody claims (reconciliation releases it); never a journal saying "drained" for a slot
+/// that may already be released.
+#[tokio::test]
+async fn an_undrain_cut_short_before_its_release_leaves_no_drained_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[]);
+    let shutdown = CancellationToken::new();
+    let j = Journal::open(dir.path(), "web-1").unwrap();
+    let eng = engine_with(&fake, j.clone(), true, shutdown.clone());
+    eng.drain(Purpose::Drain, "ops")
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    fake.set(|s| s.hang_release = true);
+    let undrain = eng.undrain().unwrap();
+    wait_for("the release to be sent", || {
+        fake.effects().contains(&"release 7".to_owned())
+    })
+    .await;
+    shutdown.cancel(); // what a crash there would leave
+    assert!(matches!(undrain.await.unwrap(), Err(EngineError::Shutdown)));
+    assert!(
+        j.hold().unwrap().is_none(),
+        "the journal still says drained"
+    );
+    assert!(!starts_drained(&j).unwrap());
+}
+
+/// Item 8: a deploy whose only failure is the undrain keeps its slot, but the service is fine:
+/// after a restart the host does not report `unhealthy`.
+#[tokio::test]
+async fn a_failed_undrain_keeps_the_slot_without_calling_the_service_unhealthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[true]);
+    fake.set(|s| s.undrain_failures = 3);
+    let j = Journal::open(dir.path(), "web-1").unwrap();
+    let eng = engine_on(&fake, j.clone(), true);
+    let (outcome, err) = eng
+        .deploy(params("v2", "aa"), Progress::none())
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Failed);
+    assert!(err.contains("undrain failed"), "{err}");
+    let hold = j.hold().unwrap().unwrap();
+    assert_eq!((hold.kind, hold.token), (HoldKind::UndrainFailed, 7));
+    assert!(!eng.view().verify_failed);
+    drop(eng);
+    // The agent restarts.
+    let eng = engine_on(&fake, j, true);
+    assert!(!eng.view().verify_failed, "unhealthy after a restart");
+    assert!(
+        eng.starts_drained().unwrap(),
+        "but still out, keeping its slot"
+    );
+    std::mem::forget(dir);
+}
+
+/// Item 9: a rollback does not move `previous` to the release it rolled away from, so a second
+/// rollback cannot re-deploy it.
+#[tokio::test]
+async fn a_rollback_leaves_previous_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v2"), Some("v1"), &[true]);
+    let eng = engine(&fake, dir.path(), true);
+    let (outcome, err) = eng.rollback(Progress::none()).unwrap().await.unwrap();
+    assert_eq!(outcome, Outcome::Succeeded, "{err}");
+    assert_eq!(fake.current().as_deref(), Some("v1"));
+    assert_eq!(fake.previous().as_deref(), Some("v1"), "previous moved");
+    assert!(!fake.effects().iter().any(|e| e.starts_with("set_previous")));
+    let again = eng.rollback(Progress::none());
+    assert!(matches!(again, Err(EngineError::Precondition(_))));
+}
+
+/// Item 14: a release that may not go live under the policy at use is refused before anything
+/// disruptive, whenever it was staged.
+#[tokio::test]
+async fn a_release_refused_at_use_disrupts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[true]);
+    fake.set(|s| {
+        s.refused.insert("v2".into());
+    });
+    let eng = engine(&fake, dir.path(), true);
+    let (outcome, err) = eng
+        .deploy(params("v2", "aa"), Progress::none())
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Failed);
+    assert!(err.contains("signatures are required"), "{err}");
+    assert_eq!(fake.effects(), ["stage v2"]);
+}
+
+/// Item 10: after a reboot, with a deploy left in `verifying`, nothing runs and recovery starts
+/// `current` only under a committed `restarted` fence; a stale token starts nothing.
+#[tokio::test]
+async fn after_a_reboot_recovery_starts_current_only_under_a_fence() {
+    for stale in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::with(Some("v2"), Some("v0"), &[true]);
+        fake.set(|s| {
+            s.running = Some(false);
+            if stale {
+                s.stale_at = Some(Phase::Restarted);
+            }
+        });
+        let j = Journal::open(dir.path(), "web-1").unwrap();
+        let mut rec = DeployRecord::new(DeployKind::Deploy, "", Some("v1".into()), "v2", 1);
+        rec.phase = Phase::Verifying;
+        rec.token = 7;
+        j.put_deploy(&rec).unwrap();
+        assert!(current_may_be_unverified(&j).unwrap());
+        let eng = engine_on(&fake, j, true);
+        eng.start_recovery().unwrap().unwrap().await.unwrap();
+        let e = fake.effects();
+        if stale {
+            assert_eq!(eng.view().last_outcome, Some(Outcome::Fenced));
+            assert!(
+                !e.iter()
+                    .any(|x| x.starts_with("restart") || x.starts_with("start")),
+                "{e:?}"
+            );
+        } else {
+            assert!(pos(&e, "report restarted") < pos(&e, "restart v2"), "{e:?}");
+            assert!(pos(&e, "restart v2") < pos(&e, "verify ok"), "{e:?}");
+            assert_eq!(eng.view().last_outcome, Some(Outcome::Succeeded));
+        }
+        std::mem::forget(dir);
+    }
+}
+
+/// Reconciliation returns to rotation a host that reports itself out while nothing keeps it
+/// out, and leaves a held host alone.
+#[tokio::test]
+async fn a_host_out_of_rotation_for_no_reason_is_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[]);
+    fake.set(|s| {
+        s.rotation = RotationView {
+            state: Rotation::OutOfRotation,
+            settled: true,
+        }
+    });
+    let eng = engine(&fake, dir.path(), false);
+    let _t = eng.start_reconcile();
+    wait_for("the undrain", || {
+        fake.effects().contains(&"undrain".to_owned())
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[]);
+    let eng = engine(&fake, dir.path(), false);
+    eng.drain(Purpose::Maintenance, "disk swap")
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    let _t = eng.start_reconcile();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !fake.effects().contains(&"undrain".to_owned()),
+        "{:?}",
+        fake.effects()
+    );
+}
+
+/// Item 16 with the health fact: a host whose `current` link is unusable refuses deploys; once
+/// the link is repaired the engine hands the fact over to what it then knows: `unprovisioned`
+/// if nothing is installed, `unhealthy` (for the probes to prove) if a release is.
+#[tokio::test]
+async fn a_repaired_current_link_hands_the_health_to_what_is_installed() {
+    for (repaired_to, want) in [
+        (None, Health::Unprovisioned),
+        (Some("v1"), Health::Unhealthy),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_at(None, &[], Health::Unhealthy);
+        fake.set(|s| s.current_error = Some("dangling symlink".into()));
+        let eng = engine(&fake, dir.path(), true);
+        assert!(eng.view().problem.is_some());
+        let refused = eng.deploy(params("v2", "aa"), Progress::none());
+        assert!(
+            matches!(refused, Err(EngineError::Precondition(_))),
+            "a deploy was taken with an unusable current link"
+        );
+        fake.set(|s| {
+            s.current_error = None;
+            s.current = repaired_to.map(str::to_owned);
+        });
+        let _t = eng.start_reconcile();
+        wait_for("the repair to be noticed", || eng.view().problem.is_none()).await;
+        let after = fake.fact().snapshot();
+        assert_eq!(
+            (after.owner, after.health),
+            (Owner::Monitor, want),
+            "repaired to {repaired_to:?}"
+        );
+    }
+}
+
+/// After a reboot with a deploy whose swap never took effect, recovery starts the old release
+/// (nothing runs) and aborts. That start was never verified: the fact goes back to the monitor
+/// `unhealthy`, and the probes must prove the service again, instead of the `healthy` recorded
+/// before the reboot standing for a process that no longer exists.
+#[tokio::test]
+async fn an_old_release_started_after_a_reboot_must_prove_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v1"), &[], Health::Healthy);
+    fake.set(|s| s.running = Some(false));
+    let j = Journal::open(dir.path(), "web-1").unwrap();
+    let mut rec = DeployRecord::new(DeployKind::Deploy, "", Some("v1".into()), "v2", 1);
+    rec.phase = Phase::Swapped;
+    rec.token = 7;
+    j.put_deploy(&rec).unwrap();
+    let eng = engine_on(&fake, j, true);
+    eng.start_recovery().unwrap().unwrap().await.unwrap();
+    let e = fake.effects();
+    assert!(e.contains(&"start v1".to_owned()), "{e:?}");
+    assert_eq!(fake.health_at("start v1"), "Engine healthy");
+    assert_eq!(eng.view().last_outcome, Some(Outcome::Failed));
+    let after = fake.fact().snapshot();
+    assert_eq!(
+        (after.owner, after.health),
+        (Owner::Monitor, Health::Unhealthy)
+    );
+}
+
+/// A deploy that ends before anything was restarted (here a recovery from `draining`, on a host
+/// whose health was unproven, as after a lost journal) has no verdict to give: it hands the
+/// fact back to the monitor *before* returning to rotation, so that the probes, not the stale
+/// value, decide what the load balancer sees while the return is confirmed. A deploy that
+/// judged the service keeps its verdict through the undrain (see
+/// `a_deploy_owns_the_health_from_its_drain_to_its_end`).
+#[tokio::test]
+async fn an_abort_hands_the_health_back_before_it_returns_to_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_at(Some("v1"), &[], Health::Unhealthy);
+    let j = Journal::open(dir.path(), "web-1").unwrap();
+    let mut rec = DeployRecord::new(DeployKind::Deploy, "", Some("v1".into()), "v2", 1);
+    rec.phase = Phase::Draining;
+    rec.token = 7;
+    j.put_deploy(&rec).unwrap();
+    let eng = engine_on(&fake, j, true);
+    let task = eng.start_recovery().unwrap().unwrap();
+    assert_eq!(fake.fact().snapshot().owner, Owner::Engine);
+    task.await.unwrap();
+    assert_eq!(core(&fake.effects()), ["undrain", "release 7"]);
+    assert_eq!(fake.health_at("undrain"), "Monitor unhealthy");
 }

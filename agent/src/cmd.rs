@@ -6,8 +6,10 @@
 //! verify probes. They share three rules:
 //!
 //! - The program runs in its own process group, with stdin from `/dev/null`. When the deadline
-//!   passes the whole group gets SIGKILL, so a hook that forked a helper cannot outlive its
-//!   timeout.
+//!   passes the whole group gets SIGKILL, and so does the program itself (it may have left its
+//!   group), so a hook that forked a helper cannot outlive its timeout. After the SIGKILL we
+//!   wait at most [`KILL_WAIT`] for it to go: a process stuck in the kernel (a hung mount)
+//!   cannot hold the caller past its deadline; tokio reaps it whenever it does go.
 //! - stdout and stderr are read concurrently into small ring buffers: only the last
 //!   [`TAIL_BYTES`] are kept, so a chatty program cannot grow the agent's memory, and a full
 //!   pipe never blocks it.
@@ -18,7 +20,7 @@
 //! Errors are plain strings at the edges of the crate (each caller wraps them with its own
 //! context: which hook, which unit), so this module's error type stays crate-private.
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -31,6 +33,9 @@ pub(crate) const TAIL_BYTES: usize = 4096;
 
 /// How long to wait for the pipes after the process has exited.
 const PIPE_GRACE: Duration = Duration::from_millis(200);
+
+/// The most we wait for a program to go after SIGKILL.
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// What a finished command left behind.
 #[derive(Debug)]
@@ -109,10 +114,13 @@ pub(crate) async fn run(
             })
         }
         Err(_) => {
-            if let Some(pgid) = pgid {
-                let _ = killpg(pgid, Signal::SIGKILL);
+            if let Some(pid) = pgid {
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = kill(pid, Signal::SIGKILL);
             }
-            let _ = child.wait().await;
+            if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
+                tracing::warn!(program = %program, "still running {KILL_WAIT:?} after SIGKILL; not waiting for it");
+            }
             out.abort();
             err.abort();
             return Err(CmdError::Timeout {
@@ -226,6 +234,36 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(!marker.exists(), "the forked helper outlived the timeout");
+    }
+
+    /// A program that leaves its process group is killed at the deadline too, and the call
+    /// returns within the deadline plus the bounded wait after SIGKILL.
+    #[tokio::test]
+    async fn timeout_kills_a_program_that_left_its_group() {
+        // Python joins the test's own process group, so SIGKILL to its original group misses
+        // it; the marker says it got that far before the deadline.
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("left");
+        let script = "import os, sys, time\n\
+                      os.setpgid(0, os.getpgid(os.getppid()))\n\
+                      open(sys.argv[1], 'w').write('left')\n\
+                      time.sleep(60)";
+        let argv = vec![
+            "python3".to_string(),
+            "-c".to_string(),
+            script.to_string(),
+            marker.display().to_string(),
+        ];
+        let t0 = std::time::Instant::now();
+        let timeout = Duration::from_secs(3);
+        let e = run(&argv, &[], None, timeout).await.unwrap_err();
+        assert!(matches!(e, CmdError::Timeout { .. }), "{e}");
+        assert!(marker.exists(), "the program never left its group");
+        assert!(
+            t0.elapsed() < timeout + KILL_WAIT,
+            "run waited {:?}",
+            t0.elapsed()
+        );
     }
 
     #[tokio::test]
