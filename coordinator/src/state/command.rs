@@ -24,7 +24,8 @@
 //! wildcard, so the compiler asks), and raise [`FORMAT_VERSION`] to it. Entries of the kinds that
 //! existed before keep their old version, so a mixed cluster keeps applying them.
 //!
-//! Left out: FleetLock lock-only hosts; their commands come with that feature.
+//! Version 3 brought FleetLock's lock-only hosts ([`Command::RegisterLockOnly`]). A FleetLock
+//! lock itself is an ordinary `Acquire`/`Release` of purpose `fleetlock` (version 1).
 
 use super::group::{GroupSeed, GroupView};
 use super::host::Report;
@@ -35,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 /// The newest command format version this binary can apply. Every command kind it knows has a
 /// version at most this.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The payload of one raft log entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -218,6 +219,12 @@ pub enum Command {
     CheckProgress {
         rollout: String,
     },
+    /// FleetLock: makes `host` a lock-only host of `group` if no agent has registered it (see
+    /// `fleetlock.rs`); a no-op for a host already known in that group.
+    RegisterLockOnly {
+        host: String,
+        group: String,
+    },
 }
 
 impl Command {
@@ -244,6 +251,7 @@ impl Command {
             | Command::AbortRollout { .. }
             | Command::ReportStep { .. }
             | Command::CheckProgress { .. } => 2,
+            Command::RegisterLockOnly { .. } => 3,
         }
     }
 }

@@ -23,14 +23,18 @@
 //! removed) that tell the rollouts what happened; after every successful command the rollouts
 //! are reconciled (admission is derived on apply).
 //!
-//! Left out (they come with their features): FleetLock lock-only hosts, and limits on the length of free-text fields, which the service layer enforces on its
+//! FleetLock's lock-only hosts live in `fleetlock.rs` (`RegisterLockOnly`); their locks are
+//! ordinary slots of purpose `fleetlock`.
+//!
+//! Left out: limits on the length of free-text fields, which the service layer enforces on its
 //! network inputs.
 
 use super::audit::{AuditEvent, AuditLog};
 use super::command::{Answer, Command, Proposal, Response, FORMAT_VERSION};
 use super::error::StateError;
+use super::fleetlock::FLEETLOCK;
 use super::group::{Group, GroupSeed, GroupView};
-use super::host::{Host, Reachability, Report};
+use super::host::{Host, HostKind, Reachability, Report};
 use super::lock::{self, Slot};
 use super::rollout::{Assignment, At, Desired, Fleet, Rollout, Rollouts, Wait};
 use super::session::Sessions;
@@ -65,10 +69,10 @@ const SNAPSHOT_FORMAT: u32 = 1;
 pub struct StateMachine {
     /// The raft index of the last entry applied.
     applied: u64,
-    groups: BTreeMap<String, Group>,
-    hosts: BTreeMap<String, Host>,
+    pub(super) groups: BTreeMap<String, Group>,
+    pub(super) hosts: BTreeMap<String, Host>,
     /// Token → slot.
-    slots: BTreeMap<u64, Slot>,
+    pub(super) slots: BTreeMap<u64, Slot>,
     /// Raft member id → peer address.
     members: BTreeMap<u64, String>,
     sessions: Sessions,
@@ -335,6 +339,7 @@ impl StateMachine {
                 return Err(format!("slot {token} of {:?} is not its host's", slot.host));
             }
         }
+        self.check_lock_only_hosts()?;
         self.rollouts.check_consistency(fleet!(self))
     }
 
@@ -382,16 +387,16 @@ impl StateMachine {
             } => self.register(&ctx, host, groups, address, report),
             Command::UpdateReport { host, report } => {
                 check_report(&report)?;
-                self.host_mut(&host)?.apply_report(report);
+                self.agent_host_mut(&host)?.apply_report(report);
                 Ok(Answer::Done)
             }
             Command::MarkUnreachable { host } => {
-                self.host_mut(&host)?.reachability = Reachability::Unreachable;
+                self.agent_host_mut(&host)?.reachability = Reachability::Unreachable;
                 Ok(Answer::Done)
             }
             Command::MarkReachable { host, report } => {
                 check_report(&report)?;
-                let h = self.host_mut(&host)?;
+                let h = self.agent_host_mut(&host)?;
                 h.reachability = Reachability::Reachable;
                 h.apply_report(report);
                 self.rollouts.on_reachable(&ctx.at(), &host, fleet!(self));
@@ -482,6 +487,7 @@ impl StateMachine {
                     .check_progress(&ctx.at(), &rollout, fleet!(self))?;
                 Ok(Answer::Done)
             }
+            Command::RegisterLockOnly { host, group } => self.register_lock_only(&ctx, host, group),
         }
     }
 
@@ -646,10 +652,13 @@ impl StateMachine {
             phase: String::new(),
             slot: None,
             registered_at_ms: ctx.at_ms,
+            kind: HostKind::Agent,
         });
         host.groups = groups;
         host.address = address;
         host.reachability = Reachability::Reachable;
+        // An agent registering a lock-only host's id speaks for it from now on.
+        host.kind = HostKind::Agent;
         host.apply_report(report);
         let host_id = host.id.clone();
         self.rollouts
@@ -691,6 +700,13 @@ impl StateMachine {
                 slot.host, slot.token, slot.reason
             );
             self.record(ctx, "acquire_maintenance", detail);
+        }
+        if slot.purpose == FLEETLOCK {
+            let detail = format!(
+                "host {}: FleetLock slot {} granted, reason {:?}",
+                slot.host, slot.token, slot.reason
+            );
+            self.record(ctx, "acquire_fleetlock", detail);
         }
         if !slot.rollout.is_empty() {
             self.rollouts
@@ -785,7 +801,8 @@ impl StateMachine {
 
     fn remove_host(&mut self, ctx: &Ctx, id: &str, force: bool) -> Response {
         let host = self.host_ref(id)?;
-        if host.reachability == Reachability::Reachable && !force {
+        // A lock-only host has no heartbeats to go silent: it is never `unreachable`.
+        if host.reachability == Reachability::Reachable && !force && !host.is_lock_only() {
             return Err(StateError::HostReachable {
                 host: id.to_string(),
             });
@@ -814,13 +831,13 @@ impl StateMachine {
 
     // ---- helpers ----
 
-    fn host_ref(&self, id: &str) -> Result<&Host, StateError> {
+    pub(super) fn host_ref(&self, id: &str) -> Result<&Host, StateError> {
         self.hosts.get(id).ok_or_else(|| StateError::UnknownHost {
             host: id.to_string(),
         })
     }
 
-    fn host_mut(&mut self, id: &str) -> Result<&mut Host, StateError> {
+    pub(super) fn host_mut(&mut self, id: &str) -> Result<&mut Host, StateError> {
         self.hosts
             .get_mut(id)
             .ok_or_else(|| StateError::UnknownHost {
@@ -828,7 +845,7 @@ impl StateMachine {
             })
     }
 
-    fn index(&mut self, id: &str, groups: &[String]) {
+    pub(super) fn index(&mut self, id: &str, groups: &[String]) {
         for g in groups {
             if let Some(group) = self.groups.get_mut(g) {
                 group.members.insert(id.to_string());
@@ -836,7 +853,7 @@ impl StateMachine {
         }
     }
 
-    fn unindex(&mut self, id: &str, groups: &[String]) {
+    pub(super) fn unindex(&mut self, id: &str, groups: &[String]) {
         for g in groups {
             if let Some(group) = self.groups.get_mut(g) {
                 group.members.remove(id);
@@ -859,7 +876,7 @@ impl StateMachine {
         }
     }
 
-    fn record(&mut self, ctx: &Ctx, action: &str, detail: String) {
+    pub(super) fn record(&mut self, ctx: &Ctx, action: &str, detail: String) {
         self.audit.push(AuditEvent {
             index: ctx.index,
             at_ms: ctx.at_ms,
@@ -871,10 +888,10 @@ impl StateMachine {
 }
 
 /// What every handler knows about the entry it applies.
-struct Ctx<'a> {
-    index: u64,
-    at_ms: u64,
-    actor: &'a str,
+pub(super) struct Ctx<'a> {
+    pub(super) index: u64,
+    pub(super) at_ms: u64,
+    pub(super) actor: &'a str,
 }
 
 impl<'a> Ctx<'a> {
