@@ -7,21 +7,31 @@
 //! READY=1 once the server accepts connections and the raft loop runs, and feeds the watchdog
 //! (and reports `grpc.health.v1` SERVING) only while the raft loop keeps turning. SIGHUP re-reads
 //! the `[tls]` files.
+//!
+//! With `http_listen` set, its listener is bound next to the gRPC one (a bad address stops the
+//! start), and serves `/metrics`, `/leader` and, with `[fleetlock] enabled`, FleetLock once the
+//! raft node runs. SIGTERM (or Ctrl-C) is the one shutdown signal: both listeners stop
+//! accepting and finish what is in flight, and the rollout-progress task ends.
 
 use anyhow::Context;
 use clap::Parser;
 use hotdeploy_common::config::{ClusterState, CoordinatorConfig};
 use hotdeploy_common::time::now_ms;
 use hotdeploy_common::tls::{ClientTls, ServerTls};
+use hotdeploy_coordinator::fleetlock::FleetLock;
+use hotdeploy_coordinator::http::{self, Routes};
 use hotdeploy_coordinator::liveness::Liveness;
+use hotdeploy_coordinator::metrics::Metrics;
 use hotdeploy_coordinator::raft::{bootstrap, RaftNode};
 use hotdeploy_coordinator::service::{self, CoordinatorService};
 use hotdeploy_coordinator::state::{Command, GroupSeed, Proposal, StateMachine};
 use hotdeploy_coordinator::supervisor::{self, Systemd};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,6 +86,10 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let http_listener = match &cfg.http_listen {
+        Some(a) => Some(bind_http(a).await?),
+        None => None,
+    };
     let storage = RaftNode::open_storage(&cfg)?;
     if storage.is_blank() && cfg.initial_cluster_state == ClusterState::New {
         // Answer the peers' ClusterInfo while asking them: a brand-new cluster's nodes each wait
@@ -107,9 +121,41 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
     tokio::spawn(liveness.clone().run());
     tokio::spawn(seed_groups(node.clone(), cfg.clone()));
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let progress = tokio::spawn(hotdeploy_coordinator::progress::run(node.clone(), stopping));
-    let svc = CoordinatorService::new(node.clone(), liveness);
+    // The one shutdown signal, for every long-lived task.
+    let (stop, stopping) = watch::channel(false);
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signalled.send(true);
+    });
+    let progress = tokio::spawn(hotdeploy_coordinator::progress::run(
+        node.clone(),
+        stopping.clone(),
+    ));
+    let metrics = Arc::new(Metrics::new(&node));
+    let http_server = http_listener.map(|l| {
+        let fleetlock = cfg
+            .fleetlock
+            .enabled
+            .then(|| FleetLock::new(node.clone(), cfg.fleetlock.allow.clone(), metrics.clone()));
+        let routes = Arc::new(Routes::new(node.clone(), metrics.clone(), fleetlock));
+        tracing::info!(
+            http_listen = ?cfg.http_listen,
+            tls = server_tls.is_some(),
+            fleetlock = cfg.fleetlock.enabled,
+            "serving /metrics, /leader{} over HTTP{}",
+            if cfg.fleetlock.enabled { " and FleetLock" } else { "" },
+            if server_tls.is_some() { "S" } else { "" },
+        );
+        tokio::spawn(http::serve(
+            l,
+            server_tls.clone(),
+            http::Limits::default(),
+            routes,
+            stopped(stopping.clone()),
+        ))
+    });
+    let svc = CoordinatorService::new(node.clone(), liveness).with_metrics(&metrics);
     let health = tonic_health::server::HealthReporter::new();
     let (serving, is_serving) = tokio::sync::oneshot::channel();
     tokio::spawn(supervisor::supervise(
@@ -131,11 +177,14 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         peer,
         health,
         serving,
-        shutdown_signal(),
+        stopped(stopping),
     )
     .await;
     let _ = stop.send(true);
     let _ = progress.await;
+    if let Some(h) = http_server {
+        let _ = h.await;
+    }
     served?;
     tracing::info!("shut down");
     Ok(())
@@ -215,6 +264,23 @@ async fn reload_on_sighup(server: Option<ServerTls>, client: ClientTls) {
             Err(e) => tracing::error!("SIGHUP: {e}; the previous certificates stay in use"),
         }
     }
+}
+
+/// Binds `http_listen`.
+async fn bind_http(address: &str) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = tokio::net::lookup_host(address)
+        .await
+        .with_context(|| format!("cannot resolve http_listen address {address}"))?
+        .next()
+        .with_context(|| format!("http_listen address {address} resolves to nothing"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on http_listen {addr}"))
+}
+
+/// Resolves once the shutdown signal is given (or its sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 async fn shutdown_signal() {

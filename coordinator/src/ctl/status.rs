@@ -59,7 +59,12 @@ pub async fn run(opts: &GlobalOpts) -> anyhow::Result<i32> {
         "term": s.term,
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
         "groups": s.groups.iter().map(group_json).collect::<Vec<_>>(),
-        "hosts": {"total": hosts.total, "in_rotation": hosts.in_rotation, "unreachable": hosts.unreachable},
+        "hosts": {
+            "total": hosts.total,
+            "in_rotation": hosts.in_rotation,
+            "unreachable": hosts.unreachable,
+            "lock_only": hosts.lock_only,
+        },
         "commit_index": s.commit_index,
     });
     if opts.output == super::Output::Json {
@@ -77,8 +82,8 @@ pub async fn run(opts: &GlobalOpts) -> anyhow::Result<i32> {
         s.commit_index
     );
     println!(
-        "hosts: {} total, {} in rotation, {} unreachable",
-        hosts.total, hosts.in_rotation, hosts.unreachable
+        "hosts: {} total, {} in rotation, {} unreachable, {} lock-only (FleetLock)",
+        hosts.total, hosts.in_rotation, hosts.unreachable, hosts.lock_only
     );
     let rows = s
         .members

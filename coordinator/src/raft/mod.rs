@@ -15,7 +15,8 @@
 //! - `proposals`, `reads`: pending proposals and ReadIndex requests;
 //! - `conf_context`: what a membership change carries (address, actor, time);
 //! - `storage`, `transport`, `peer_service`: sled, and the peer gRPC streams both ways;
-//! - `bootstrap`: how a blank node starts; `progress`: the loop's heartbeat; `status`, `error`.
+//! - `bootstrap`: how a blank node starts; `progress`: the loop's heartbeat; `status`, `error`;
+//! - `stats`: commit latency and failed requests, measured at this handle, for the metrics.
 //!
 //! Invariants:
 //! - only the node thread mutates the state machine, and only by applying committed entries;
@@ -36,6 +37,7 @@ mod reads;
 mod replicated;
 #[cfg(test)]
 pub(crate) mod sim;
+mod stats;
 mod status;
 mod storage;
 mod transport;
@@ -45,6 +47,7 @@ pub use error::{Fatal, NodeError};
 pub use peer_service::{BlankPeerService, PeerService};
 pub use progress::Progress;
 pub use replicated::{EntryError, MemberChange, MembershipChange, Replicated, SnapshotError};
+pub use stats::{error_kind, ErrorLabels, NodeStats, COMMIT_LATENCY_BUCKETS};
 pub use status::{NodeStatus, Role};
 pub use storage::{SledStorage, StorageError};
 
@@ -73,6 +76,7 @@ pub struct RaftNode {
     state: Arc<RwLock<StateMachine>>,
     transport: transport::Transport,
     progress: Progress,
+    stats: NodeStats,
 }
 
 /// The peer gRPC service to mount next to the public API.
@@ -171,6 +175,7 @@ impl RaftNode {
             state,
             transport,
             progress,
+            stats: NodeStats::default(),
         };
         Ok((handle, server))
     }
@@ -181,21 +186,36 @@ impl RaftNode {
 
     /// Proposes a command and waits until it is applied (or fails), up to `timeout`.
     pub async fn propose(&self, p: Proposal, timeout: Duration) -> Result<Response, NodeError> {
+        let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         let data = p.encode();
-        self.call(Msg::Propose { data, reply }, rx, timeout).await
+        let result = self.call(Msg::Propose { data, reply }, rx, timeout).await;
+        self.stats.proposal(started, &result);
+        result
     }
 
     /// Proposes a membership change and waits until it is applied.
     pub async fn conf_change(&self, cc: ConfChangeV2, timeout: Duration) -> Result<(), NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.call(Msg::ConfChange { cc, reply }, rx, timeout).await
+        let result = self.call(Msg::ConfChange { cc, reply }, rx, timeout).await;
+        if let Err(e) = &result {
+            self.stats.failed("conf_change", e);
+        }
+        result
     }
 
     /// Waits until this node has applied everything committed at the time of the call, as
     /// confirmed by the leader (ReadIndex). Reads of the state machine after it are
     /// linearizable.
     pub async fn read_barrier(&self, timeout: Duration) -> Result<(), NodeError> {
+        let result = self.wait_read_index(timeout).await;
+        if let Err(e) = &result {
+            self.stats.failed("read", e);
+        }
+        result
+    }
+
+    async fn wait_read_index(&self, timeout: Duration) -> Result<(), NodeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let (reply, rx) = oneshot::channel();
         let index = self.call(Msg::ReadIndex { reply }, rx, timeout).await?;
@@ -241,6 +261,11 @@ impl RaftNode {
     /// The raft loop's heartbeat, for health reporting.
     pub fn progress(&self) -> Progress {
         self.progress.clone()
+    }
+
+    /// Commit latency and failed requests of this node's clients, for the metrics.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
     }
 
     /// The in-memory state machine. Do not hold the guard across an await.

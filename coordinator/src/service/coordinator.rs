@@ -16,6 +16,7 @@ use super::members;
 use super::waiters::Waiters;
 use super::{heartbeat, rollout};
 use crate::liveness::Liveness;
+use crate::metrics::{GrpcErrors, Metrics};
 use crate::raft::RaftNode;
 use crate::state::{Answer, Command, Reachability, Rotation};
 use hotdeploy_common::config::MaxUnavailable;
@@ -38,6 +39,8 @@ pub struct CoordinatorService {
     node: RaftNode,
     liveness: Arc<Liveness>,
     waiters: Waiters,
+    /// Refused calls on this listener, counted by the layer `serve` puts around it.
+    grpc_errors: GrpcErrors,
 }
 
 impl CoordinatorService {
@@ -46,7 +49,19 @@ impl CoordinatorService {
             node,
             liveness,
             waiters: Waiters::new(),
+            grpc_errors: GrpcErrors::default(),
         }
+    }
+
+    /// Counts this listener's refused calls into `metrics` (`hotdeploy_grpc_errors_total`).
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.grpc_errors = metrics.grpc_errors();
+        self
+    }
+
+    /// The counter of refused calls.
+    pub(super) fn grpc_errors(&self) -> GrpcErrors {
+        self.grpc_errors.clone()
     }
 }
 
@@ -281,6 +296,7 @@ impl Coordinator for CoordinatorService {
                 .hosts()
                 .filter(|h| h.reachability == Reachability::Unreachable)
                 .count() as u64,
+            lock_only: state.hosts().filter(|h| h.is_lock_only()).count() as u64,
         };
         Ok(Response::new(StatusResponse {
             leader: st.leader,

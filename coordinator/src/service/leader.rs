@@ -19,16 +19,22 @@ pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read may wait for its ReadIndex barrier.
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// "not the leader; the leader is node 2 at HOST:PORT", or that no leader is known.
+pub fn leader_hint(node: &RaftNode) -> String {
+    let leader = node.status().leader;
+    let address = (leader != 0).then(|| node.address_of(leader)).flatten();
+    match (&address, leader) {
+        (Some(a), l) => format!("not the leader; the leader is node {l} at {a}"),
+        (None, 0) => "no leader elected right now; retry shortly".to_string(),
+        (None, l) => format!("not the leader; the leader is node {l} (address unknown)"),
+    }
+}
+
 /// UNAVAILABLE with a leader hint when one is known.
 pub(crate) fn not_leader(node: &RaftNode) -> Status {
     let leader = node.status().leader;
     let address = (leader != 0).then(|| node.address_of(leader)).flatten();
-    let msg = match (&address, leader) {
-        (Some(a), l) => format!("not the leader; the leader is node {l} at {a}"),
-        (None, 0) => "no leader elected right now; retry shortly".to_string(),
-        (None, l) => format!("not the leader; the leader is node {l} (address unknown)"),
-    };
-    let mut status = Status::unavailable(msg);
+    let mut status = Status::unavailable(leader_hint(node));
     if let Some(a) = address {
         if let Ok(v) = a.parse() {
             status.metadata_mut().insert(LEADER_ADDRESS_KEY, v);

@@ -4,6 +4,8 @@
 //! (`grpc.health.v1`) and server reflection (so `grpcurl` works). Writes go through raft;
 //! reads of replicated state go through a ReadIndex barrier at the leader. Health starts
 //! `NOT_SERVING`; the supervisor (`crate::supervisor`) sets it from the raft loop's progress.
+//! A layer around every service counts refused calls by call and code for the metrics
+//! (`crate::metrics::GrpcErrorsLayer`).
 //!
 //! While a blank node waits to bootstrap, [`serve_blank`] answers only the peers' `ClusterInfo`
 //! on the same listen address (see `raft::bootstrap`).
@@ -25,6 +27,7 @@ mod rollout_wire;
 mod waiters;
 
 pub use coordinator::CoordinatorService;
+pub use leader::leader_hint;
 
 use crate::raft::{BlankPeerService, PeerServer};
 use hotdeploy_common::proto::coordinator_server::CoordinatorServer;
@@ -64,12 +67,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(hotdeploy_common::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let refusals = crate::metrics::GrpcErrorsLayer::new(coordinator.grpc_errors());
     let api = CoordinatorServer::new(coordinator).max_decoding_message_size(MAX_REQUEST_BYTES);
     let incoming = FirstPoll {
         inner: hotdeploy_common::tls::incoming(listener, tls, max_connections),
         first: Some(serving),
     };
     builder()
+        .layer(refusals)
         .add_service(api)
         .add_service(peer)
         .add_service(health)
