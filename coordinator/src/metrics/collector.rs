@@ -249,6 +249,17 @@ fn encode_fleet(enc: &mut DescriptorEncoder, f: &FleetSample) -> fmt::Result {
         None,
         f.unhealthy,
     )?;
+    gauges(
+        enc,
+        "hosts_health",
+        "Registered hosts by health as their agents report it (lock-only hosts count as healthy).",
+        None,
+        [
+            ([("health", "unprovisioned")], f.unprovisioned),
+            ([("health", "healthy")], f.healthy),
+            ([("health", "unhealthy")], f.unhealthy),
+        ],
+    )?;
     gauge(
         enc,
         "hosts_out_of_rotation",

@@ -10,7 +10,9 @@
 //!   rollout that matters now its state and its hosts by phase;
 //! - **fed from the edges**: the commit latency (proposal to applied, measured by the raft
 //!   handle on the leader) and failed raft requests by kind (`raft::NodeStats`), gRPC refusals
-//!   by call and code (`grpc`, a tower layer), FleetLock requests by operation and result.
+//!   by call and code (`grpc`, a tower layer), `AcquireSlot` calls by purpose and result, the
+//!   wait for a grant and the calls waiting now (`lock`), FleetLock requests by operation and
+//!   result.
 //!
 //! Each node reports its own view. The replicated series (groups, slots, hosts, rollouts) are
 //! the same on every node up to replication lag; dashboards and alerts read them from the
@@ -27,10 +29,12 @@
 
 mod collector;
 mod grpc;
+mod lock;
 mod sample;
 
 pub use collector::{Source, StateCollector};
 pub use grpc::{code_name, GrpcErrors, GrpcErrorsLayer, GrpcLabels};
+pub use lock::{purpose_label, AcquireLabels, AcquireResult, LockStats, Waiting};
 pub use sample::{FleetSample, GroupSample, PeerSample, RaftSample, RolloutSample, SlotSample};
 
 use crate::raft::RaftNode;
@@ -61,6 +65,7 @@ pub struct FleetLockLabels {
 pub struct Metrics {
     registry: Registry,
     grpc_errors: GrpcErrors,
+    lock: LockStats,
     fleetlock: Family<FleetLockLabels, Counter>,
 }
 
@@ -115,6 +120,25 @@ impl Metrics {
             "gRPC calls refused, by call (Service/Method, or unknown) and code",
             grpc_errors.clone(),
         );
+        let lock = LockStats::default();
+        registry.register(
+            "lock_acquires",
+            "AcquireSlot calls answered, by purpose (deploy, drain, rollback, maintenance, \
+             fleetlock, other) and result (granted, refused, queue_timeout, not_leader, failed)",
+            lock.acquires.clone(),
+        );
+        registry.register_with_unit(
+            "lock_grant_wait",
+            "Granted AcquireSlot calls: time from the call to the grant, the wait for budget \
+             included",
+            Unit::Seconds,
+            lock.grant_wait.clone(),
+        );
+        registry.register(
+            "lock_waiters",
+            "AcquireSlot calls in progress on this node (on the leader: waiting for budget)",
+            lock.waiters.clone(),
+        );
         let fleetlock = Family::<FleetLockLabels, Counter>::default();
         registry.register(
             "fleetlock_requests",
@@ -126,6 +150,7 @@ impl Metrics {
         Self {
             registry,
             grpc_errors,
+            lock,
             fleetlock,
         }
     }
@@ -140,6 +165,11 @@ impl Metrics {
     /// The counter the gRPC layer feeds.
     pub fn grpc_errors(&self) -> GrpcErrors {
         self.grpc_errors.clone()
+    }
+
+    /// The instruments `AcquireSlot` feeds.
+    pub fn lock(&self) -> LockStats {
+        self.lock.clone()
     }
 
     /// Counts one answered FleetLock request.

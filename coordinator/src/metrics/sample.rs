@@ -139,6 +139,8 @@ pub struct FleetSample {
     pub agent_hosts: u64,
     pub lock_only_hosts: u64,
     pub unreachable: u64,
+    pub unprovisioned: u64,
+    pub healthy: u64,
     pub unhealthy: u64,
     pub out_of_rotation: u64,
     /// Every rollout kept, by state (every state listed).
@@ -181,7 +183,11 @@ impl FleetSample {
                 HostKind::LockOnly => sample.lock_only_hosts += 1,
             }
             sample.unreachable += u64::from(h.reachability == Reachability::Unreachable);
-            sample.unhealthy += u64::from(h.health == Health::Unhealthy);
+            match h.health {
+                Health::Unprovisioned => sample.unprovisioned += 1,
+                Health::Healthy => sample.healthy += 1,
+                Health::Unhealthy => sample.unhealthy += 1,
+            }
             sample.out_of_rotation += u64::from(h.rotation != Rotation::InRotation);
         }
         let all = st.rollouts();

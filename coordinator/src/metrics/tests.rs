@@ -229,6 +229,9 @@ fn every_metric_is_named_hotdeploy_and_carries_the_sample() {
         ("hotdeploy_slot_oldest_age_seconds", 60.0),
         ("hotdeploy_hosts{kind=\"lock_only\"}", 1.0),
         ("hotdeploy_hosts{kind=\"agent\"}", 3.0),
+        ("hotdeploy_hosts_health{health=\"healthy\"}", 4.0),
+        ("hotdeploy_hosts_health{health=\"unhealthy\"}", 0.0),
+        ("hotdeploy_lock_waiters", 0.0),
         ("hotdeploy_rollouts{state=\"running\"}", 1.0),
         (
             "hotdeploy_rollout_state{rollout=\"r1\",group=\"web\",state=\"running\"}",
@@ -254,14 +257,15 @@ fn every_metric_is_named_hotdeploy_and_carries_the_sample() {
             "hotdeploy_grpc_errors_total{call=\"Coordinator/AcquireSlot\",code=\"PERMISSION_DENIED\"}",
             1.0,
         ),
-        (
-            "hotdeploy_build_info{version=\"0.1.0\",command_format_version=\"3\"}",
-            1.0,
-        ),
     ];
     for (series, want) in expect {
         assert_eq!(value(&text, series), Some(want), "{series} in:\n{text}");
     }
+    let build = format!(
+        "hotdeploy_build_info{{version=\"{}\",command_format_version=\"{FORMAT_VERSION}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&text, &build), Some(1.0), "{build} in:\n{text}");
     assert!(text.ends_with("# EOF\n"));
 }
 
@@ -272,7 +276,7 @@ async fn commit_latency_and_refusals_move_on_a_running_node() {
     use crate::liveness::Liveness;
     use crate::service::{self, CoordinatorService};
     use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
-    use hotdeploy_common::proto::ListHostsRequest;
+    use hotdeploy_common::proto::{AcquireSlotRequest, ListHostsRequest};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -357,4 +361,53 @@ async fn commit_latency_and_refusals_move_on_a_running_node() {
         !text.contains("code=\"OK\""),
         "successes are not errors:\n{text}"
     );
+    // AcquireSlot: one refused (unknown host), one granted; neither is left waiting.
+    for (i, host) in ["web-1", "web-2"].into_iter().enumerate() {
+        node.propose(
+            Proposal::new(
+                None,
+                2 + i as u64,
+                &format!("agent/{host}"),
+                Command::Register {
+                    host: host.into(),
+                    groups: vec!["web".into()],
+                    address: String::new(),
+                    report: Report {
+                        health: Health::Healthy,
+                        rotation: Rotation::InRotation,
+                        release: "v1".into(),
+                        phase: String::new(),
+                    },
+                },
+            ),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    let acquire = |host: &str| AcquireSlotRequest {
+        host: host.into(),
+        purpose: "deploy".into(),
+        reason: "metrics test".into(),
+        ..AcquireSlotRequest::default()
+    };
+    client.acquire_slot(acquire("nobody")).await.unwrap_err();
+    client.acquire_slot(acquire("web-1")).await.unwrap();
+    let text = m.render().unwrap();
+    for (series, want) in [
+        (
+            "hotdeploy_lock_acquires_total{purpose=\"deploy\",result=\"refused\"}",
+            1.0,
+        ),
+        (
+            "hotdeploy_lock_acquires_total{purpose=\"deploy\",result=\"granted\"}",
+            1.0,
+        ),
+        ("hotdeploy_lock_grant_wait_seconds_count", 1.0),
+        ("hotdeploy_lock_waiters", 0.0),
+        ("hotdeploy_slots_held{purpose=\"deploy\"}", 1.0),
+    ] {
+        assert_eq!(value(&text, series), Some(want), "{series} in:\n{text}");
+    }
 }

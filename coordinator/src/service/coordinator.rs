@@ -16,7 +16,7 @@ use super::members;
 use super::waiters::Waiters;
 use super::{heartbeat, rollout};
 use crate::liveness::Liveness;
-use crate::metrics::{GrpcErrors, Metrics};
+use crate::metrics::{GrpcErrors, LockStats, Metrics};
 use crate::raft::RaftNode;
 use crate::state::{Answer, Command, Reachability, Rotation};
 use hotdeploy_common::config::MaxUnavailable;
@@ -41,6 +41,8 @@ pub struct CoordinatorService {
     waiters: Waiters,
     /// Refused calls on this listener, counted by the layer `serve` puts around it.
     grpc_errors: GrpcErrors,
+    /// `AcquireSlot` outcomes and waits.
+    lock_stats: LockStats,
 }
 
 impl CoordinatorService {
@@ -50,12 +52,14 @@ impl CoordinatorService {
             liveness,
             waiters: Waiters::new(),
             grpc_errors: GrpcErrors::default(),
+            lock_stats: LockStats::default(),
         }
     }
 
     /// Counts this listener's refused calls into `metrics` (`hotdeploy_grpc_errors_total`).
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         self.grpc_errors = metrics.grpc_errors();
+        self.lock_stats = metrics.lock();
         self
     }
 
@@ -199,7 +203,14 @@ impl Coordinator for CoordinatorService {
             wait,
         };
         let host = request.host.clone();
-        match acquire::acquire(&self.node, &self.waiters, request, WRITE_TIMEOUT).await {
+        let purpose = request.purpose.clone();
+        let started = std::time::Instant::now();
+        let waiting = self.lock_stats.waiting();
+        let outcome = acquire::acquire(&self.node, &self.waiters, request, WRITE_TIMEOUT).await;
+        drop(waiting);
+        self.lock_stats
+            .answered(&purpose, outcome.result(), started.elapsed());
+        match outcome {
             AcquireOutcome::Granted(s) => Ok(Response::new(AcquireSlotResponse {
                 slot: Some(slot_to_wire(&s)),
             })),

@@ -20,12 +20,16 @@
 //! member knows it, so meeting one means this binary must be upgraded, and applying a guess (or
 //! skipping the entry) would fork the replicas.
 //!
-//! Adding a command kind: give it the next version in [`Command::version`] (the match has no
-//! wildcard, so the compiler asks), and raise [`FORMAT_VERSION`] to it. Entries of the kinds that
-//! existed before keep their old version, so a mixed cluster keeps applying them.
+//! Adding a command kind: name its version in a constant below ([`BASE_VERSION`],
+//! [`ROLLOUTS_VERSION`], [`FLEETLOCK_VERSION`]), use the constant in [`Command::version`] (the
+//! match has no wildcard, so the compiler asks), and let [`FORMAT_VERSION`] take it into its
+//! maximum. Each number is written once, here, so renumbering a feature is a one-line change.
+//! Entries of the kinds that existed before keep their old version, so a mixed cluster keeps
+//! applying them.
 //!
-//! Version 3 brought FleetLock's lock-only hosts ([`Command::RegisterLockOnly`]). A FleetLock
-//! lock itself is an ordinary `Acquire`/`Release` of purpose `fleetlock` (version 1).
+//! [`FLEETLOCK_VERSION`] brought FleetLock's lock-only hosts ([`Command::RegisterLockOnly`]). A
+//! FleetLock lock itself is an ordinary `Acquire`/`Release` of purpose `fleetlock`
+//! ([`BASE_VERSION`]).
 
 use super::group::{GroupSeed, GroupView};
 use super::host::Report;
@@ -34,9 +38,24 @@ use super::rollout::{RolloutSpec, StepReport};
 use hotdeploy_common::config::MaxUnavailable;
 use serde::{Deserialize, Serialize};
 
-/// The newest command format version this binary can apply. Every command kind it knows has a
-/// version at most this.
-pub const FORMAT_VERSION: u32 = 3;
+/// The first commands: hosts, groups, the lock, membership.
+pub const BASE_VERSION: u32 = 1;
+/// Rollouts.
+pub const ROLLOUTS_VERSION: u32 = 2;
+/// FleetLock's lock-only hosts (`RegisterLockOnly`).
+pub const FLEETLOCK_VERSION: u32 = 3;
+
+/// The newest command format version this binary can apply: the largest of the versions above.
+/// Every command kind it knows has a version at most this.
+pub const FORMAT_VERSION: u32 = max(max(BASE_VERSION, ROLLOUTS_VERSION), FLEETLOCK_VERSION);
+
+const fn max(a: u32, b: u32) -> u32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
 
 /// The payload of one raft log entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -244,14 +263,14 @@ impl Command {
             | Command::ReportPhase { .. }
             | Command::RemoveHost { .. }
             | Command::SetMember { .. }
-            | Command::RemoveMember { .. } => 1,
+            | Command::RemoveMember { .. } => BASE_VERSION,
             Command::StartRollout { .. }
             | Command::PauseRollout { .. }
             | Command::ResumeRollout { .. }
             | Command::AbortRollout { .. }
             | Command::ReportStep { .. }
-            | Command::CheckProgress { .. } => 2,
-            Command::RegisterLockOnly { .. } => 3,
+            | Command::CheckProgress { .. } => ROLLOUTS_VERSION,
+            Command::RegisterLockOnly { .. } => FLEETLOCK_VERSION,
         }
     }
 }

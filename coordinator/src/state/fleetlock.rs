@@ -4,8 +4,9 @@
 //! and a group. The id is a host id and the group a group of the same lock, so a reboot and a
 //! deploy share one budget. An id no agent has registered becomes a *lock-only* host of that
 //! group ([`Command::RegisterLockOnly`](super::Command::RegisterLockOnly), command format
-//! version 3): it has no heartbeats and no reports, it is kept `reachable`, `healthy` and
-//! `in_rotation`, so it counts as available, and it is unavailable only while it holds a slot.
+//! version [`FLEETLOCK_VERSION`](super::FLEETLOCK_VERSION)): it has no heartbeats and no
+//! reports, it is kept `reachable`, `healthy` and `in_rotation`, so it counts as available, and
+//! it is unavailable only while it holds a slot.
 //!
 //! The lock itself is nothing new: an `Acquire` of purpose [`FLEETLOCK`] (re-entrant for the
 //! same host, as every grant is) and a `Release` with its token. Registering is a command of its

@@ -399,9 +399,9 @@ fn snapshots_keep_lock_only_hosts_and_old_states_unchanged() {
     assert_eq!(restored.host("node-1").unwrap().kind, HostKind::LockOnly);
 }
 
-/// `RegisterLockOnly` is command format version 3, the newest this binary knows.
+/// `RegisterLockOnly` is stamped with [`FLEETLOCK_VERSION`], and this binary can apply it.
 #[test]
-fn register_lock_only_is_command_format_version_3() {
+fn register_lock_only_is_stamped_with_the_fleetlock_version() {
     let p = Proposal::new(
         None,
         1,
@@ -411,7 +411,8 @@ fn register_lock_only_is_command_format_version_3() {
             group: "web".into(),
         },
     );
-    assert_eq!(p.version, 3);
-    assert_eq!(FORMAT_VERSION, 3);
+    assert_eq!(p.version, FLEETLOCK_VERSION);
+    assert!(FLEETLOCK_VERSION > ROLLOUTS_VERSION);
+    assert!(FORMAT_VERSION >= FLEETLOCK_VERSION);
     assert_eq!(Proposal::decode(&p.encode()), Ok(p));
 }

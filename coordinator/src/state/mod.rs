@@ -39,7 +39,10 @@ mod proptest;
 mod tests;
 
 pub use audit::AuditEvent;
-pub use command::{Answer, Command, DecodeError, Proposal, Response, WriteId, FORMAT_VERSION};
+pub use command::{
+    Answer, Command, DecodeError, Proposal, Response, WriteId, BASE_VERSION, FLEETLOCK_VERSION,
+    FORMAT_VERSION, ROLLOUTS_VERSION,
+};
 pub use error::StateError;
 pub use fleetlock::{LockOnlyPlan, FLEETLOCK};
 pub use group::{GroupSeed, GroupView};
