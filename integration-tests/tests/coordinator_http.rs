@@ -561,6 +561,7 @@ fn metrics_parse_on_every_node_and_move_when_a_lock_is_taken() {
         m.value_or_zero("hotdeploy_slots_held{purpose=\"fleetlock\"}"),
         0.0
     );
+
     deadline.check("done");
 }
 

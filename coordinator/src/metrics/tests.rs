@@ -269,6 +269,70 @@ fn every_metric_is_named_hotdeploy_and_carries_the_sample() {
     assert!(text.ends_with("# EOF\n"));
 }
 
+/// The Grafana dashboard in deploy/ asks only for metrics the coordinator serves: every
+/// `hotdeploy_*` name in it is a family of a scrape where every family has a series.
+#[test]
+fn the_grafana_dashboard_uses_only_served_metrics() {
+    let stats = NodeStats::default();
+    stats.commit_latency.observe(0.003);
+    stats
+        .errors
+        .get_or_create(&crate::raft::ErrorLabels {
+            op: "propose",
+            kind: "timeout",
+        })
+        .inc();
+    let m = Metrics::with_source(
+        Fixed(
+            RaftSample::of(&leader_status(), Duration::from_millis(30)),
+            FleetSample::of(&state(), T0 + 70_000),
+        ),
+        &stats,
+    );
+    m.fleetlock_request("pre_reboot", "ok");
+    m.lock()
+        .answered("deploy", AcquireResult::Granted, Duration::from_millis(4));
+    grpc::count(
+        &m.grpc_errors(),
+        "Coordinator/AcquireSlot".into(),
+        tonic::Code::PermissionDenied,
+    );
+    let text = m.render().unwrap();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/hotdeploy-coordinator.json");
+    let dashboard =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10));
+    let mut used = Vec::new();
+    let mut rest = dashboard.as_str();
+    while let Some(at) = rest.find("hotdeploy_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        used.push(name);
+    }
+    assert!(used.len() >= 20, "the dashboard uses the metrics: {used:?}");
+    for name in &used {
+        let family = ["_bucket", "_count", "_sum", "_total"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            families.contains(&family),
+            "the dashboard's {name} is not served; served: {families:?}"
+        );
+    }
+}
+
 /// On a running node, the edge-fed series move: a write adds to the commit latency, a refused
 /// gRPC call is counted by call and code, a follower's proposal by kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,7 +431,7 @@ async fn commit_latency_and_refusals_move_on_a_running_node() {
             Proposal::new(
                 None,
                 2 + i as u64,
-                &format!("agent/{host}"),
+                format!("agent/{host}"),
                 Command::Register {
                     host: host.into(),
                     groups: vec!["web".into()],

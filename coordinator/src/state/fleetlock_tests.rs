@@ -412,7 +412,6 @@ fn register_lock_only_is_stamped_with_the_fleetlock_version() {
         },
     );
     assert_eq!(p.version, FLEETLOCK_VERSION);
-    assert!(FLEETLOCK_VERSION > ROLLOUTS_VERSION);
-    assert!(FORMAT_VERSION >= FLEETLOCK_VERSION);
+    const { assert!(FLEETLOCK_VERSION > ROLLOUTS_VERSION && FORMAT_VERSION >= FLEETLOCK_VERSION) };
     assert_eq!(Proposal::decode(&p.encode()), Ok(p));
 }
