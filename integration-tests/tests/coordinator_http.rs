@@ -13,6 +13,8 @@
 //! - `/metrics` parses on every node, names the leader, and its series move when a lock is
 //!   taken (slots, budget use, commit latency, FleetLock and `AcquireSlot` counters), on the
 //!   leader and, replicated, on a follower;
+//! - a FleetLock slot survives `kill -9` of the leader: the new leader gives the same client the
+//!   same slot, still refuses a second host, and frees it on `steady-state`;
 //! - with the project's TLS, the same listener speaks HTTPS only.
 //!
 //! The test's client binds its socket to chosen loopback addresses: one in `[fleetlock] allow`,
@@ -562,6 +564,53 @@ fn metrics_parse_on_every_node_and_move_when_a_lock_is_taken() {
         0.0
     );
 
+    deadline.check("done");
+}
+
+#[test]
+fn a_fleetlock_slot_survives_a_leader_kill_and_the_new_leader_frees_it() {
+    let _serial = serial();
+    let deadline = Deadline::new("fleetlock across a leader kill", Duration::from_secs(120));
+    let mut w = World::start(&[("web", "1")], None);
+    let old = w.leader;
+    for host in ["node-a", "node-b"] {
+        released(&w.fleetlock(old, "steady-state", host, "web"));
+    }
+    let token = granted_token(&w.fleetlock(old, "pre-reboot", "node-a", "web"));
+
+    w.cluster.kill(old);
+    let new = w.cluster.wait_leader(ELECTION, Some(old));
+    w.leader = new;
+    deadline.check("a new leader");
+    assert_ne!(new, old);
+    // The slot is in the replicated state: the same client gets the same slot back, and the
+    // budget is still used.
+    assert_eq!(
+        granted_token(&w.fleetlock(new, "pre-reboot", "node-a", "web")),
+        token
+    );
+    assert_refused(
+        &w.fleetlock(new, "pre-reboot", "node-b", "web"),
+        409,
+        "failed_lock_semaphore_full",
+    );
+    assert_eq!(
+        released(&w.fleetlock(new, "steady-state", "node-a", "web")),
+        Some(token)
+    );
+    assert!(granted_token(&w.fleetlock(new, "pre-reboot", "node-b", "web")) > token);
+    // The killed node's listener is gone with it; a surviving follower still answers.
+    let follower = w
+        .cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != old && *id != new)
+        .unwrap_or_else(|| panic!("three nodes"));
+    assert_refused(
+        &w.fleetlock(follower, "pre-reboot", "node-a", "web"),
+        503,
+        "not_leader",
+    );
     deadline.check("done");
 }
 

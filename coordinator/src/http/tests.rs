@@ -240,3 +240,42 @@ impl JsonValue for reqwest::Response {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     }
 }
+
+/// With `[fleetlock] enabled = false` the FleetLock paths answer 404 `fleetlock_disabled` in
+/// the protocol's error shape, saying how to turn it on; `/metrics` still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetlock_paths_say_it_is_off_when_disabled() {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+
+    let data = tempfile::tempdir().unwrap();
+    let cfg = test_node::config(data.path(), "127.0.0.1:1");
+    let node = test_node::start(&cfg).await;
+    let metrics = Arc::new(Metrics::new(&node));
+    let routes = Routes::new(node, metrics, None);
+    let ip = "127.0.0.1".parse().unwrap();
+    for path in ["/v1/pre-reboot", "/v1/steady-state"] {
+        let req = http::Request::post(path)
+            .header("fleet-lock-protocol", "true")
+            .body(Full::new(Bytes::from_static(
+                br#"{"client_params":{"id":"node-1","group":"web"}}"#,
+            )))
+            .unwrap();
+        let resp = routes.answer(ip, req).await;
+        assert_eq!(resp.status(), 404, "{path}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["kind"], "fleetlock_disabled", "{v}");
+        assert!(
+            v["value"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("enabled = true"),
+            "{v}"
+        );
+    }
+    let req = http::Request::get("/metrics")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(routes.answer(ip, req).await.status(), 200);
+}
