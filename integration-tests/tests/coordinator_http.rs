@@ -5,8 +5,8 @@
 //! - FleetLock as Zincati speaks it: hosts report `steady-state` at boot (and so count in the
 //!   group), `pre-reboot` takes a slot of the group's budget, is re-entrant, refuses a second
 //!   host over budget with 409 and `{kind, value}`; `steady-state` frees it; a follower answers
-//!   503 `not_leader` naming the leader; a FleetLock holder blocks a maintenance slot of the same
-//!   group (one budget), and `steady-state` never frees a slot of another purpose;
+//!   503 `not_leader` naming the leader; a FleetLock holder blocks a deploy or maintenance slot
+//!   of the same group (one budget), and `steady-state` never frees a slot of another purpose;
 //! - bad requests (no header, a bad body, a bad id, an unknown group, a huge body, a client
 //!   outside `allow`, the wrong method or path) each get their own clear error and change
 //!   nothing;
@@ -272,6 +272,17 @@ fn fleetlock_takes_the_budget_refuses_over_it_and_frees_on_steady_state() {
         "the refusal names the holder: {}",
         output_text(&blocked)
     );
+    // And an agent's deploy slot, as an agent asks for it.
+    let deploy = rt.block_on(agent.acquire(
+        &agent.next_write(),
+        "web-2",
+        "deploy",
+        Duration::ZERO,
+        Duration::from_secs(20),
+    ));
+    let refused = deploy.expect_err("the FleetLock holder uses the deploy budget too");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("node-a"), "{refused}");
     deadline.check("budget shared");
 
     // steady-state frees it, and the next host gets the slot.
