@@ -12,7 +12,7 @@
 //!   nothing;
 //! - `/metrics` parses on every node, names the leader, and its series move when a lock is
 //!   taken (slots, budget use, commit latency, FleetLock and `AcquireSlot` counters), on the
-//!   leader and, replicated, on a follower;
+//!   leader and, replicated, on a follower, and when a rollout starts (by state, by phase);
 //! - a FleetLock slot survives `kill -9` of the leader: the new leader gives the same client the
 //!   same slot, still refuses a second host, and frees it on `steady-state`;
 //! - with the project's TLS, the same listener speaks HTTPS only.
@@ -526,7 +526,14 @@ fn metrics_parse_on_every_node_and_move_when_a_lock_is_taken() {
         "commit latency observed: {commits} -> {:?}",
         after.get("hotdeploy_raft_commit_latency_seconds_count")
     );
-    assert!(after.get("hotdeploy_raft_commit_index").unwrap_or(0.0) >= commit_index + 3.0);
+    // The raft status is published at the end of each loop turn, which may come just after the
+    // answer: wait a moment for it.
+    let mut m = after.clone();
+    while m.get("hotdeploy_raft_commit_index").unwrap_or(0.0) < commit_index + 3.0 {
+        deadline.check("the commit index moves by the three entries");
+        std::thread::sleep(Duration::from_millis(50));
+        m = w.scrape(leader);
+    }
 
     // A follower sees the replicated state move too.
     loop {
@@ -575,6 +582,43 @@ fn metrics_parse_on_every_node_and_move_when_a_lock_is_taken() {
         0.0
     );
 
+    // A rollout shows up by state and by phase (its hosts wait to stage: no agent acts here).
+    let out = w.cluster.ctl(&["locks", "release", "web-1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let before = w.scrape(leader);
+    let sha = "5f3c9d1e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d";
+    let out = w.cluster.ctl(&[
+        "rollout",
+        "start",
+        "web",
+        "--release",
+        "v2",
+        "--artifact",
+        "file:///releases/v2.tar.gz",
+        "--sha256",
+        sha,
+        "--id",
+        "r1",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let m = w.scrape(leader);
+    assert_eq!(
+        m.get("hotdeploy_rollouts{state=\"running\"}"),
+        Some(before.value_or_zero("hotdeploy_rollouts{state=\"running\"}") + 1.0)
+    );
+    assert_eq!(
+        m.get("hotdeploy_rollout_state{rollout=\"r1\",group=\"web\",state=\"running\"}"),
+        Some(1.0)
+    );
+    let hosts: f64 = m
+        .series_of("hotdeploy_rollout_hosts")
+        .filter(|(s, _)| s.contains("rollout=\"r1\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(hosts, 2.0, "the rollout's two agent hosts, by phase");
+    assert!(m
+        .get("hotdeploy_rollout_since_progress_seconds{rollout=\"r1\",group=\"web\"}")
+        .is_some());
     deadline.check("done");
 }
 
