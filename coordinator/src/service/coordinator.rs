@@ -266,6 +266,7 @@ impl Coordinator for CoordinatorService {
                     address,
                     role: role.into(),
                     reachable,
+                    format_version: st.versions.get(&id).and_then(|k| k.version()).unwrap_or(0),
                 }
             })
             .collect();

@@ -22,7 +22,19 @@
 //!
 //! Adding a command kind: give it the next version in [`Command::version`] (the match has no
 //! wildcard, so the compiler asks), and raise [`FORMAT_VERSION`] to it. Entries of the kinds that
-//! existed before keep their old version, so a mixed cluster keeps applying them.
+//! existed before keep their old version, so a mixed cluster keeps applying them. The leader's
+//! version gate (`raft/versions.rs`) then keeps the new kind out of the log until every member
+//! reports that it knows it; nothing else is needed for a rolling upgrade.
+//!
+//! The versions so far:
+//! - 1 ([`V1_LOCK`]): the lock: groups, hosts, slots, members;
+//! - 2 ([`V2_ROLLOUTS`]): rollouts;
+//! - 3 ([`V3_MEMBER_VERSIONS`]): `SetMemberVersion`, the leader's record of what each member
+//!   knows.
+//!
+//! The cargo feature `command-format-v1` builds an honest old binary for the mixed-version
+//! tests: [`FORMAT_VERSION`] is 1, so it applies and advertises version 1 only, refuses newer
+//! entries as any old binary would, and its own gate refuses to propose newer kinds.
 //!
 //! Left out: FleetLock lock-only hosts; their commands come with that feature.
 
@@ -33,9 +45,21 @@ use super::rollout::{RolloutSpec, StepReport};
 use hotdeploy_common::config::MaxUnavailable;
 use serde::{Deserialize, Serialize};
 
+/// The command format of the lock: groups, hosts, slots, members. Every binary knows it.
+pub const V1_LOCK: u32 = 1;
+/// The command format that added rollouts.
+pub const V2_ROLLOUTS: u32 = 2;
+/// The command format that added `SetMemberVersion`.
+pub const V3_MEMBER_VERSIONS: u32 = 3;
+
 /// The newest command format version this binary can apply. Every command kind it knows has a
 /// version at most this.
-pub const FORMAT_VERSION: u32 = 2;
+#[cfg(not(feature = "command-format-v1"))]
+pub const FORMAT_VERSION: u32 = V3_MEMBER_VERSIONS;
+/// The newest command format version this binary can apply: built as an old binary (the cargo
+/// feature `command-format-v1`, for mixed-version tests), only the first.
+#[cfg(feature = "command-format-v1")]
+pub const FORMAT_VERSION: u32 = V1_LOCK;
 
 /// The payload of one raft log entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -84,8 +108,15 @@ impl Proposal {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Parses a log entry, refusing newer format versions and commands that do not decode.
+    /// Parses a log entry, refusing newer format versions than [`FORMAT_VERSION`] and commands
+    /// that do not decode.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_known(bytes, FORMAT_VERSION)
+    }
+
+    /// [`Proposal::decode`] for a node that knows versions up to `known` (the simulator runs
+    /// nodes of several versions in one process).
+    pub fn decode_known(bytes: &[u8], known: u32) -> Result<Self, DecodeError> {
         #[derive(Deserialize)]
         struct Versioned {
             version: u32,
@@ -94,10 +125,10 @@ impl Proposal {
         // than a confusing one about a field or command this binary does not know.
         let v: Versioned = serde_json::from_slice(bytes)
             .map_err(|e| DecodeError::Malformed(format!("log entry is not a proposal: {e}")))?;
-        if v.version > FORMAT_VERSION {
+        if v.version > known {
             return Err(DecodeError::NeedsVersion {
                 needs: v.version,
-                known: FORMAT_VERSION,
+                known,
             });
         }
         if v.version == 0 {
@@ -218,6 +249,13 @@ pub enum Command {
     CheckProgress {
         rollout: String,
     },
+    /// Leader-proposed: member `id` reports that it knows command format versions up to
+    /// `version` (from its peer frames). Kept so that a later leader knows the version of a
+    /// member that is down (see `raft/versions.rs`).
+    SetMemberVersion {
+        id: u64,
+        version: u32,
+    },
 }
 
 impl Command {
@@ -237,13 +275,40 @@ impl Command {
             | Command::ReportPhase { .. }
             | Command::RemoveHost { .. }
             | Command::SetMember { .. }
-            | Command::RemoveMember { .. } => 1,
+            | Command::RemoveMember { .. } => V1_LOCK,
             Command::StartRollout { .. }
             | Command::PauseRollout { .. }
             | Command::ResumeRollout { .. }
             | Command::AbortRollout { .. }
             | Command::ReportStep { .. }
-            | Command::CheckProgress { .. } => 2,
+            | Command::CheckProgress { .. } => V2_ROLLOUTS,
+            Command::SetMemberVersion { .. } => V3_MEMBER_VERSIONS,
+        }
+    }
+
+    /// The command's kind, as errors name it (`StartRollout`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::SeedGroups { .. } => "SeedGroups",
+            Command::SetGroupPolicy { .. } => "SetGroupPolicy",
+            Command::Register { .. } => "Register",
+            Command::UpdateReport { .. } => "UpdateReport",
+            Command::MarkUnreachable { .. } => "MarkUnreachable",
+            Command::MarkReachable { .. } => "MarkReachable",
+            Command::Acquire { .. } => "Acquire",
+            Command::Release { .. } => "Release",
+            Command::ForceRelease { .. } => "ForceRelease",
+            Command::ReportPhase { .. } => "ReportPhase",
+            Command::RemoveHost { .. } => "RemoveHost",
+            Command::SetMember { .. } => "SetMember",
+            Command::RemoveMember { .. } => "RemoveMember",
+            Command::StartRollout { .. } => "StartRollout",
+            Command::PauseRollout { .. } => "PauseRollout",
+            Command::ResumeRollout { .. } => "ResumeRollout",
+            Command::AbortRollout { .. } => "AbortRollout",
+            Command::ReportStep { .. } => "ReportStep",
+            Command::CheckProgress { .. } => "CheckProgress",
+            Command::SetMemberVersion { .. } => "SetMemberVersion",
         }
     }
 }

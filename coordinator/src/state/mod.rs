@@ -35,9 +35,14 @@ mod session;
 mod proptest;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_tests;
 
 pub use audit::AuditEvent;
-pub use command::{Answer, Command, DecodeError, Proposal, Response, WriteId, FORMAT_VERSION};
+pub use command::{
+    Answer, Command, DecodeError, Proposal, Response, WriteId, FORMAT_VERSION, V1_LOCK,
+    V2_ROLLOUTS, V3_MEMBER_VERSIONS,
+};
 pub use error::StateError;
 pub use group::{GroupSeed, GroupView};
 pub use host::{Health, Host, Reachability, Report, Rotation};

@@ -1217,7 +1217,10 @@ fn proposals_encode_and_decode() {
             known: FORMAT_VERSION
         }
     );
-    assert!(err.to_string().contains(&format!("version {newer}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("version {newer}")),
+        "{err}"
+    );
     v2["version"] = 1.into();
     let err = Proposal::decode(&serde_json::to_vec(&v2).unwrap()).unwrap_err();
     assert!(err.to_string().contains("Teleport"), "{err}");
