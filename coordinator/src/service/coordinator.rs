@@ -14,7 +14,7 @@ use super::leader::{
 };
 use super::members;
 use super::waiters::Waiters;
-use super::{heartbeat, rollout};
+use super::{heartbeat, rollout, snapshot};
 use crate::liveness::Liveness;
 use crate::raft::RaftNode;
 use crate::state::{Answer, Command, Reachability, Rotation};
@@ -449,6 +449,14 @@ impl Coordinator for CoordinatorService {
             })
             .collect();
         Ok(Response::new(ListAuditResponse { events }))
+    }
+
+    async fn save_snapshot(
+        &self,
+        req: Request<SaveSnapshotRequest>,
+    ) -> Result<Response<SaveSnapshotResponse>, Status> {
+        let actor = authorize(&req, "SaveSnapshot", Need::Operator)?;
+        Ok(Response::new(snapshot::save(&self.node, &actor).await?))
     }
 
     async fn remove_host(

@@ -10,8 +10,8 @@
 //!
 //! Files: `coordinator` (the thin handlers), `acquire` (the AcquireSlot wait loop and its
 //! outcome), `heartbeat` (the agents' stream), `rollout` (the rollout RPCs' logic) and
-//! `rollout_wire` (its conversions), `members`, `waiters` (the AcquireSlot queue), `leader`
-//! (routing and statuses), `auth`, `convert`.
+//! `rollout_wire` (its conversions), `members`, `snapshot` (the state for `snapshot save`),
+//! `waiters` (the AcquireSlot queue), `leader` (routing and statuses), `auth`, `convert`.
 
 mod acquire;
 mod auth;
@@ -22,6 +22,7 @@ mod leader;
 mod members;
 mod rollout;
 mod rollout_wire;
+mod snapshot;
 mod waiters;
 
 pub use coordinator::CoordinatorService;

@@ -58,7 +58,7 @@ pub const MAINTENANCE: &str = "maintenance";
 const OPERATOR_PREFIX: &str = "operator/";
 
 /// The snapshot format this binary writes and reads.
-const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 1;
 
 /// The replicated state of a coordinator cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

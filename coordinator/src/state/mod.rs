@@ -47,7 +47,7 @@ pub use error::StateError;
 pub use group::{GroupSeed, GroupView};
 pub use host::{Health, Host, Reachability, Report, Rotation};
 pub use lock::{GrantChecker, Outlook, Slot};
-pub use machine::{StateMachine, MAINTENANCE};
+pub use machine::{StateMachine, MAINTENANCE, SNAPSHOT_FORMAT};
 pub use rollout::{
     check_release_spec, Assignment, Event as RolloutEvent, PhaseTime, Policy, ReleaseSpec, Rollout,
     RolloutError, RolloutKind, RolloutSpec, RolloutState, Step, StepPhase, StepReport, Unavailable,
