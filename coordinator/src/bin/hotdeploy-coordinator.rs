@@ -12,7 +12,7 @@
 //! the `[tls]` files.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use hotdeploy_common::config::{ClusterState, CoordinatorConfig};
 use hotdeploy_common::time::now_ms;
 use hotdeploy_common::tls::{ClientTls, ServerTls};
@@ -27,16 +27,20 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// `--version`: the release, and the newest command format version this binary knows (what
-/// a rolling upgrade is about: docs/operations.md).
-#[cfg(not(feature = "command-format-v1"))]
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (command format 3)");
-#[cfg(feature = "command-format-v1")]
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (command format 1)");
+/// a rolling upgrade is about: docs/operations.md). Built from
+/// [`hotdeploy_coordinator::state::FORMAT_VERSION`], so renumbering a format is a change there
+/// alone.
+fn version() -> String {
+    format!(
+        "{} (command format {})",
+        env!("CARGO_PKG_VERSION"),
+        hotdeploy_coordinator::state::FORMAT_VERSION
+    )
+}
 
 #[derive(Debug, Parser)]
 #[command(
     name = "hotdeploy-coordinator",
-    version = VERSION,
     about = "A node of the hotdeploy coordinator cluster",
     args_conflicts_with_subcommands = true
 )]
@@ -74,7 +78,12 @@ fn load_config(path: &std::path::Path) -> CoordinatorConfig {
 }
 
 fn main() {
-    let args = Args::parse();
+    // clap's derive takes a `&'static str` version; the string is built once, at start-up.
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let args = match Args::from_arg_matches(&Args::command().version(version).get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     hotdeploy_common::telemetry::init();
     let config = match args.command {
         Some(Cmd::Restore { from, config }) => {
@@ -328,6 +337,6 @@ mod tests {
             "(command format {})",
             hotdeploy_coordinator::state::FORMAT_VERSION
         );
-        assert!(super::VERSION.ends_with(&want), "{}", super::VERSION);
+        assert!(super::version().ends_with(&want), "{}", super::version());
     }
 }

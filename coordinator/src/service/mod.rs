@@ -5,6 +5,13 @@
 //! reads of replicated state go through a ReadIndex barrier at the leader. Health starts
 //! `NOT_SERVING`; the supervisor (`crate::supervisor`) sets it from the raft loop's progress.
 //!
+//! **Shutdown** (SIGTERM, `systemctl stop`, the restart of a rolling upgrade): the server stops
+//! accepting connections and lets the requests in flight finish, for at most
+//! [`SHUTDOWN_GRACE`]. Then it closes what is still open: the long-lived streams (the peers'
+//! raft frames, the agents' heartbeats, `rollout watch`) never end by themselves, and waiting
+//! for them would keep a member of a cluster from ever stopping. Their clients reconnect, to
+//! this node once it is back or to another.
+//!
 //! While a blank node waits to bootstrap, [`serve_blank`] answers only the peers' `ClusterInfo`
 //! on the same listen address (see `raft::bootstrap`).
 //!
@@ -42,6 +49,8 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 /// Largest request any client may send. Requests are small; this bounds a hostile one.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// How long a shutdown waits for the requests in flight before it closes the connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Concurrent streams per connection, bounding one client's share of the server.
 const MAX_STREAMS: u32 = 1024;
 
@@ -70,13 +79,32 @@ pub async fn serve(
         inner: hotdeploy_common::tls::incoming(listener, tls, max_connections),
         first: Some(serving),
     };
-    builder()
+    let (stopping, stop_requested) = oneshot::channel::<()>();
+    let server = builder()
         .add_service(api)
         .add_service(peer)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, async {
+            shutdown.await;
+            let _ = stopping.send(());
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served?,
+        () = async {
+            if stop_requested.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::info!(
+                grace = ?SHUTDOWN_GRACE,
+                "shutting down: closing the streams still open (peers, agents, watches)"
+            );
+        }
+    }
     Ok(())
 }
 
