@@ -173,7 +173,12 @@ fn a_new_kind_is_not_proposed_while_an_old_member_is_in_the_cluster() {
 
     // The new kind is refused, naming the old member, and is not retryable.
     deadline.check("the refused start");
-    let applied_before = cluster.status_of(OLD).expect("node 3 answers")["commit_index"].clone();
+    // Nothing it cannot apply reached the old node so far (it would have stopped on it).
+    let applied_before = cluster
+        .status_of(OLD)
+        .unwrap_or_else(|e| panic!("node 3 does not answer: {e}\n{}", cluster.log_tail(OLD)))
+        ["commit_index"]
+        .clone();
     let refused = start_rollout(&cluster);
     let text = output_text(&refused);
     assert_eq!(refused.status.code(), Some(1), "{text}");
