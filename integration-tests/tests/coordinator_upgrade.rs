@@ -12,6 +12,10 @@
 //! - once it is upgraded in place (stopped, the new binary started on the same data_dir), the
 //!   same start goes through and the rollout completes, the old node's replica included;
 //! - an old node is not added to a cluster that already applied newer entries.
+//! - a rolling upgrade of a cluster of old binaries, followers first and the leader last, each
+//!   node stopped with SIGTERM and started with the new binary on its data_dir: the new kind is
+//!   refused, naming a node still old, until the last node is upgraded, and then accepted; the
+//!   lock's commands commit on every node throughout, and no node stops.
 //!
 //! Build first: `cargo build --workspace --bins` and `scripts/build-old-coordinator`.
 
@@ -290,4 +294,164 @@ fn a_new_kind_is_not_proposed_while_an_old_member_is_in_the_cluster() {
     for a in agents {
         rt.block_on(a.stop());
     }
+}
+
+/// Stops node `id` the way systemd does (SIGTERM; it must exit by itself) and starts the
+/// workspace's coordinator on the same data_dir.
+fn upgrade_in_place(cluster: &mut Cluster, id: u64) {
+    cluster.stop_signal(id, Signal::SIGTERM);
+    assert!(
+        cluster.wait_exit(id, Duration::from_secs(20)).is_some(),
+        "node {id} did not stop on SIGTERM\n{}",
+        cluster.log_tail(id)
+    );
+    cluster.set_binary(id, None);
+    cluster.restart(id);
+}
+
+/// Every node runs, has stopped on nothing, and has applied at least `commit`.
+fn all_caught_up(cluster: &mut Cluster, commit: u64) {
+    for id in cluster.ids() {
+        assert!(
+            cluster.is_running(id),
+            "node {id} died\n{}",
+            cluster.log_tail(id)
+        );
+        assert!(!fatal_in_log(cluster, id), "{}", cluster.log_tail(id));
+    }
+    wait_until(Duration::from_secs(20), "every node caught up", || {
+        for id in cluster.ids() {
+            let s = cluster.status_of(id)?;
+            if s["commit_index"].as_u64().unwrap_or(0) < commit {
+                return Err(format!("node {id}: {s}"));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_rolling_upgrade_from_old_binaries_allows_the_new_kind_after_the_last_node() {
+    let _serial = serial();
+    let deadline = Deadline::new("rolling upgrade", Duration::from_secs(240));
+    let old = bins::old_coordinator();
+    assert_eq!(format_of(&old), 1, "{} is not an old binary", old.display());
+    let new = format_of(&bins::coordinator());
+
+    // A cluster of old binaries only, with hosts.
+    let opts = ClusterOpts {
+        binaries: (1..=3).map(|id| (id, old.clone())).collect(),
+        ..ClusterOpts::default()
+    };
+    let mut cluster = Cluster::start(3, &[("web", "1")], opts);
+    let leader = cluster.wait_leader(ELECTION, None);
+    let rt = runtime();
+    let journal = Arc::new(Mutex::new(Journal::default()));
+    let agents: Vec<ScriptedAgent> = {
+        let _rt = rt.enter();
+        ["web-1", "web-2", "web-3"]
+            .iter()
+            .map(|h| {
+                ScriptedAgent::start(
+                    &cluster.coordinator_addrs(),
+                    h,
+                    &["web"],
+                    "v1",
+                    Script::default(),
+                    journal.clone(),
+                )
+            })
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), "3 hosts registered", || {
+        let hosts = cluster.try_ctl_json(&["hosts", "list"])?;
+        match hosts.as_array().map(Vec::len) {
+            Some(3) => Ok(()),
+            _ => Err(hosts.to_string()),
+        }
+    });
+
+    // Followers first, the leader last, as docs/operations.md says. Before each node and after
+    // all but the last, the new kind is refused naming a node still old; the lock's commands
+    // keep committing on every node, old and new.
+    let mut order: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    order.push(leader);
+    let mut still_old: Vec<u64> = order.clone();
+    for (step, &id) in order.iter().enumerate() {
+        deadline.check("a refused start");
+        let refused = start_rollout(&cluster);
+        let text = output_text(&refused);
+        assert_eq!(refused.status.code(), Some(1), "step {step}: {text}");
+        assert!(
+            text.contains("knows command format version 1; StartRollout needs 2: upgrade it first")
+                && text.contains("FailedPrecondition")
+                && still_old
+                    .iter()
+                    .any(|o| text.contains(&format!("member {o}"))),
+            "step {step} (old: {still_old:?}): {text}"
+        );
+        let rollouts = cluster.ctl_json(&["rollout", "list"]);
+        assert_eq!(rollouts, Value::Array(vec![]), "a rollout was committed");
+        let budget = if step % 2 == 0 { "2" } else { "1" };
+        let set = cluster.ctl(&["groups", "set", "web", "--max-unavailable", budget]);
+        assert!(set.status.success(), "step {step}: {}", output_text(&set));
+        let commit = cluster.ctl_json(&["status"])["commit_index"]
+            .as_u64()
+            .unwrap_or(0);
+        all_caught_up(&mut cluster, commit);
+
+        deadline.check("a node upgraded");
+        upgrade_in_place(&mut cluster, id);
+        still_old.retain(|&o| o != id);
+        wait_until(
+            Duration::from_secs(30),
+            "the upgraded node's version",
+            || {
+                let v = member_versions(&cluster)?;
+                let want: BTreeMap<u64, u64> = cluster
+                    .ids()
+                    .into_iter()
+                    .map(|m| (m, if still_old.contains(&m) { 1 } else { new }))
+                    .collect();
+                if v == want {
+                    Ok(())
+                } else {
+                    Err(format!("{v:?}, want {want:?}"))
+                }
+            },
+        );
+    }
+
+    // Every node upgraded: the same start goes through, and completes on every replica.
+    deadline.check("the accepted start");
+    ctl_budget_one(&cluster);
+    let started = start_rollout(&cluster);
+    assert!(started.status.success(), "{}", output_text(&started));
+    wait_until(Duration::from_secs(90), "rollout r1 completed", || {
+        let s = cluster.try_ctl_json(&["rollout", "status", "r1"])?;
+        if s["state"] == "completed" {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    assert!(agents.iter().all(|a| a.release() == "v2"));
+    let commit = cluster.ctl_json(&["status"])["commit_index"]
+        .as_u64()
+        .unwrap_or(0);
+    all_caught_up(&mut cluster, commit);
+
+    for a in agents {
+        rt.block_on(a.stop());
+    }
+}
+
+/// `groups set web --max-unavailable 1`, which must succeed.
+fn ctl_budget_one(cluster: &Cluster) {
+    let set = cluster.ctl(&["groups", "set", "web", "--max-unavailable", "1"]);
+    assert!(set.status.success(), "{}", output_text(&set));
 }
