@@ -214,7 +214,7 @@ fn a_cluster_that_lost_its_quorum_is_restored_from_a_snapshot_file() {
     let no_quorum = cluster.ctl_at(
         &cluster.addr(1).to_string(),
         &["locks", "acquire", "web-3", "--reason", "x"],
-        Duration::from_secs(15),
+        Duration::from_secs(8),
     );
     assert!(
         !no_quorum.status.success(),
