@@ -17,6 +17,8 @@
 //! - [`supervisor`]: READY=1, the systemd watchdog and `grpc.health.v1`, from the raft loop's
 //!   own progress.
 //! - [`progress`]: leader-only rollout progress deadlines; proposes `CheckProgress` only.
+//! - [`recovery`]: disaster recovery: the snapshot file of `hotdeployctl snapshot save`, and
+//!   `hotdeploy-coordinator restore`.
 //! - [`ctl`]: the `hotdeployctl` command line.
 
 pub mod ctl;
@@ -26,6 +28,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod progress;
 pub mod raft;
+pub mod recovery;
 pub mod service;
 pub mod state;
 pub mod supervisor;

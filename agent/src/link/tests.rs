@@ -176,6 +176,12 @@ impl Coordinator for Fake {
     ) -> Result<Response<ListAuditResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn save_snapshot(
+        &self,
+        _r: Request<SaveSnapshotRequest>,
+    ) -> Result<Response<SaveSnapshotResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn report_step(
         &self,
         _r: Request<ReportStepRequest>,

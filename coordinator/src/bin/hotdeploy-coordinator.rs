@@ -1,4 +1,7 @@
 //! `hotdeploy-coordinator --config FILE`: one node of the coordinator cluster.
+//! `hotdeploy-coordinator restore --from FILE --config FILE`: rebuild a one-node cluster in an
+//! empty data_dir from a `hotdeployctl snapshot save` file (disaster recovery; see
+//! `hotdeploy_coordinator::recovery`), then exit.
 //!
 //! Start-up order: parse and check the config (a bad one exits 2 with the key named), bind the
 //! listener, open storage; a blank node with `initial_cluster_state = "new"` then asks its peers
@@ -14,7 +17,7 @@
 //! accepting and finish what is in flight, and the rollout-progress task ends.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use hotdeploy_common::config::{ClusterState, CoordinatorConfig};
 use hotdeploy_common::time::now_ms;
 use hotdeploy_common::tls::{ClientTls, ServerTls};
@@ -33,28 +36,82 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// `--version`: the release, and the newest command format version this binary knows (what
+/// a rolling upgrade is about: docs/operations.md). Built from
+/// [`hotdeploy_coordinator::state::FORMAT_VERSION`], so renumbering a format is a change there
+/// alone.
+fn version() -> String {
+    format!(
+        "{} (command format {})",
+        env!("CARGO_PKG_VERSION"),
+        hotdeploy_coordinator::state::FORMAT_VERSION
+    )
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hotdeploy-coordinator",
-    version,
-    about = "A node of the hotdeploy coordinator cluster"
+    about = "A node of the hotdeploy coordinator cluster",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
     /// The node's TOML config file.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
 }
 
-fn main() {
-    let args = Args::parse();
-    hotdeploy_common::telemetry::init();
-    let cfg = match CoordinatorConfig::load(&args.config) {
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Rebuild a one-node cluster, in the config's empty data_dir, from a snapshot file written
+    /// by `hotdeployctl snapshot save` (after the cluster lost its quorum for good). Then start
+    /// the node as usual and add members back with `hotdeployctl members add`.
+    Restore {
+        /// The snapshot file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The config of the node to restore (its id, listen address and data_dir).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn load_config(path: &std::path::Path) -> CoordinatorConfig {
+    match CoordinatorConfig::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
+    }
+}
+
+fn main() {
+    // clap's derive takes a `&'static str` version; the string is built once, at start-up.
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let args = match Args::from_arg_matches(&Args::command().version(version).get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
     };
+    hotdeploy_common::telemetry::init();
+    let config = match args.command {
+        Some(Cmd::Restore { from, config }) => {
+            let cfg = load_config(&config);
+            std::process::exit(restore(&cfg, &from));
+        }
+        None => match args.config {
+            Some(c) => c,
+            None => {
+                eprintln!(
+                    "error: --config FILE is required (or `restore --from FILE --config FILE`); \
+                     see --help"
+                );
+                std::process::exit(2);
+            }
+        },
+    };
+    let cfg = load_config(&config);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -66,6 +123,50 @@ fn main() {
         tracing::error!("{e:#}");
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// `restore`: writes the data_dir and says what to do next. The exit code.
+fn restore(cfg: &CoordinatorConfig, from: &std::path::Path) -> i32 {
+    let actor = format!(
+        "local/{}",
+        std::env::var("USER").unwrap_or_else(|_| "restore".into())
+    );
+    match hotdeploy_coordinator::recovery::restore(cfg, from, now_ms(), &actor) {
+        Ok(r) => {
+            tracing::info!(
+                audit = true,
+                node = r.node,
+                cluster_id = format!("{:016x}", r.cluster_id),
+                old_cluster_id = %r.old_cluster_id,
+                index = r.index,
+                "restored a one-node cluster from {}",
+                from.display()
+            );
+            println!(
+                "restored {} into {}: node {} alone, new cluster id {:016x} (the backup was of \
+                 cluster {} at index {}, term {}); {} hosts, {} groups, {} slots held, {} \
+                 rollouts.\nNext: start it (hotdeploy-coordinator --config ...), then add each \
+                 member back, started blank with initial_cluster_state = \"existing\": \
+                 hotdeployctl members add ID HOST:PORT",
+                from.display(),
+                r.data_dir.display(),
+                r.node,
+                r.cluster_id,
+                r.old_cluster_id,
+                r.backup_index,
+                r.term,
+                r.hosts,
+                r.groups,
+                r.slots,
+                r.rollouts
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
     }
 }
 
@@ -291,5 +392,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_names_the_command_format_this_binary_knows() {
+        let want = format!(
+            "(command format {})",
+            hotdeploy_coordinator::state::FORMAT_VERSION
+        );
+        assert!(super::version().ends_with(&want), "{}", super::version());
     }
 }

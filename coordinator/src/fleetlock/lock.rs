@@ -16,8 +16,12 @@
 //! process (`fleetlock/<node>/<nonce>/<id>`), seqs from one counter, so a client's writes are
 //! in order and a burst of many clients never crowds one session's window.
 //!
-//! Every proposal goes through [`Lock::propose`]: that is where the version gate ("propose a
-//! new kind of command only once every member knows it") sits for `RegisterLockOnly`.
+//! Every proposal goes through [`Lock::propose`], and so through the raft node's version gate
+//! ("propose a new kind of command only once every member knows it", `raft/versions.rs`):
+//! `RegisterLockOnly` and the `fleetlock` `Acquire` need command format version 4, so while a
+//! member knows less (a rolling upgrade from an older release is not finished) a request is
+//! refused with `member_too_old` (503), naming the member; while a member's version is not known
+//! yet, `unavailable` (503, retry).
 
 use super::protocol::{ErrorKind, Refusal};
 use crate::raft::{NodeError, RaftNode};
@@ -164,6 +168,11 @@ impl Lock {
         match e {
             NodeError::NotLeader { .. } | NodeError::LeadershipLost => self.not_leader(),
             NodeError::Stopped => Refusal::new(ErrorKind::Internal, e.to_string()),
+            // The version gate: a member cannot apply the entry yet. Its message names it.
+            e @ NodeError::MemberTooOld { .. } => Refusal::new(
+                ErrorKind::MemberTooOld,
+                format!("{e}; FleetLock waits for it"),
+            ),
             e => Refusal::new(ErrorKind::Unavailable, format!("{e}")),
         }
     }

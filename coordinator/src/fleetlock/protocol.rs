@@ -112,6 +112,9 @@ pub enum ErrorKind {
     NotLeader,
     /// The cluster could not answer now (an election, a timeout); ask again.
     Unavailable,
+    /// A coordinator of the cluster is too old for FleetLock (a rolling upgrade is not finished);
+    /// `value` names it. Asking again helps only once it is upgraded.
+    MemberTooOld,
     Internal,
 }
 
@@ -134,6 +137,7 @@ impl ErrorKind {
             ErrorKind::GroupMismatch => "group_mismatch",
             ErrorKind::NotLeader => "not_leader",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::MemberTooOld => "member_too_old",
             ErrorKind::Internal => "internal",
         }
     }
@@ -153,7 +157,9 @@ impl ErrorKind {
             | ErrorKind::LoneHost
             | ErrorKind::HeldForOtherPurpose
             | ErrorKind::GroupMismatch => StatusCode::CONFLICT,
-            ErrorKind::NotLeader | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NotLeader | ErrorKind::Unavailable | ErrorKind::MemberTooOld => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

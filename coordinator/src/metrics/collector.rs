@@ -135,6 +135,17 @@ fn encode_raft(enc: &mut DescriptorEncoder, r: &RaftSample) -> fmt::Result {
     )?;
     gauges(
         enc,
+        "raft_member_format_version",
+        "The newest command format version each member knows, as this node knows it (0 while \
+         not known). Members below the newest are not upgraded yet; the version gate keeps \
+         newer commands out of the log until none is.",
+        None,
+        r.member_versions
+            .iter()
+            .map(|(id, v)| ([("member", id.to_string())], i64::from(*v))),
+    )?;
+    gauges(
+        enc,
         "raft_peer_lag_entries",
         "Leader only: committed entries the peer has not acknowledged yet.",
         None,

@@ -57,6 +57,9 @@ pub struct RaftSample {
     /// Leader only: each other member's id, whether it was recently active, and how many
     /// committed entries it has yet to acknowledge.
     pub peers: Vec<PeerSample>,
+    /// Each member's command format version as this node knows it (the version gate's view;
+    /// 0 while not known), by member id.
+    pub member_versions: Vec<(u64, u32)>,
     /// How long ago the raft loop last finished a turn.
     pub since_last_turn: Duration,
 }
@@ -95,6 +98,11 @@ impl RaftSample {
             voters: st.voters.len() as u64,
             learners: st.learners.len() as u64,
             peers,
+            member_versions: st
+                .versions
+                .iter()
+                .map(|(id, known)| (*id, known.version().unwrap_or(0)))
+                .collect(),
             since_last_turn,
         }
     }

@@ -2,7 +2,7 @@
 //! edge-fed series move on a running node.
 
 use super::*;
-use crate::raft::{test_node, NodeStats, NodeStatus, Role};
+use crate::raft::{test_node, Known, NodeStats, NodeStatus, Role};
 use crate::state::{
     Command, Health, Proposal, ReleaseSpec, Report, RolloutSpec, Rotation, StateMachine, FLEETLOCK,
 };
@@ -104,6 +104,11 @@ fn leader_status() -> NodeStatus {
         learners: vec![],
         matched: BTreeMap::from([(1, 40), (2, 40), (3, 31)]),
         active: BTreeMap::from([(1, true), (2, true), (3, false)]),
+        versions: BTreeMap::from([
+            (1, Known::Own(4)),
+            (2, Known::Reported(4)),
+            (3, Known::Recorded(2)),
+        ]),
     }
 }
 
@@ -215,6 +220,8 @@ fn every_metric_is_named_hotdeploy_and_carries_the_sample() {
         ("hotdeploy_raft_applied_index", 39.0),
         ("hotdeploy_raft_peer_active{peer=\"3\"}", 0.0),
         ("hotdeploy_raft_peer_lag_entries{peer=\"3\"}", 9.0),
+        ("hotdeploy_raft_member_format_version{member=\"1\"}", 4.0),
+        ("hotdeploy_raft_member_format_version{member=\"3\"}", 2.0),
         ("hotdeploy_raft_commit_latency_seconds_count", 2.0),
         ("hotdeploy_raft_commit_latency_seconds_bucket{le=\"0.005\"}", 1.0),
         ("hotdeploy_group_budget{group=\"web\"}", 1.0),

@@ -15,6 +15,7 @@
 //! - `proposals`, `reads`: pending proposals and ReadIndex requests;
 //! - `conf_context`: what a membership change carries (address, actor, time);
 //! - `storage`, `transport`, `peer_service`: sled, and the peer gRPC streams both ways;
+//! - `versions`: the version gate, which every proposal passes (DESIGN §8, rolling upgrade);
 //! - `bootstrap`: how a blank node starts; `progress`: the loop's heartbeat; `status`, `error`;
 //! - `stats`: commit latency and failed requests, measured at this handle, for the metrics.
 //!
@@ -41,6 +42,7 @@ mod stats;
 mod status;
 mod storage;
 mod transport;
+mod versions;
 
 pub use conf_context::{membership_change, ConfContext};
 pub use error::{Fatal, NodeError};
@@ -50,8 +52,9 @@ pub use replicated::{EntryError, MemberChange, MembershipChange, Replicated, Sna
 pub use stats::{error_kind, ErrorLabels, NodeStats, COMMIT_LATENCY_BUCKETS};
 pub use status::{NodeStatus, Role};
 pub use storage::{SledStorage, StorageError};
+pub use versions::Known;
 
-use crate::state::{Proposal, Response, StateMachine};
+use crate::state::{Proposal, Response, StateMachine, FORMAT_VERSION};
 use core::{Core, CoreConfig};
 use hotdeploy_common::config::CoordinatorConfig;
 use hotdeploy_common::proto::raft_peer_server::RaftPeerServer;
@@ -77,6 +80,8 @@ pub struct RaftNode {
     transport: transport::Transport,
     progress: Progress,
     stats: NodeStats,
+    cluster_id: Arc<AtomicU64>,
+    tls: hotdeploy_common::tls::ClientTls,
 }
 
 /// The peer gRPC service to mount next to the public API.
@@ -110,12 +115,18 @@ impl RaftNode {
         let transport = transport::Transport::new(
             cfg.id,
             cfg.listen.clone(),
+            FORMAT_VERSION,
             cluster_id.clone(),
-            client_tls,
+            client_tls.clone(),
             pinned,
             tx.clone(),
         );
-        let core_cfg = CoreConfig::new(cfg.id, cfg.raft.election_ticks, cfg.raft.heartbeat_ticks);
+        let core_cfg = CoreConfig::new(
+            cfg.id,
+            cfg.raft.election_ticks,
+            cfg.raft.heartbeat_ticks,
+            FORMAT_VERSION,
+        );
         let core = Core::<StateMachine>::new(core_cfg, storage.clone())?;
         let state = core.state();
         // Both watches start where the restored node is: the applied index is the snapshot's,
@@ -157,7 +168,7 @@ impl RaftNode {
         })
         .map_err(|e| anyhow::anyhow!("cannot start the raft thread: {e}"))?;
         let peer = peer_service::PeerService {
-            cluster_id,
+            cluster_id: cluster_id.clone(),
             storage,
             node: tx.clone(),
             transport: transport.clone(),
@@ -176,6 +187,8 @@ impl RaftNode {
             transport,
             progress,
             stats: NodeStats::default(),
+            cluster_id,
+            tls: client_tls,
         };
         Ok((handle, server))
     }
@@ -184,14 +197,33 @@ impl RaftNode {
         self.id
     }
 
-    /// Proposes a command and waits until it is applied (or fails), up to `timeout`.
+    /// Proposes a command and waits until it is applied (or fails), up to `timeout`. The
+    /// leader's version gate refuses a command some member does not know
+    /// ([`NodeError::MemberTooOld`], [`NodeError::VersionUnknown`]).
     pub async fn propose(&self, p: Proposal, timeout: Duration) -> Result<Response, NodeError> {
         let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
+        let gate = versions::Gate {
+            needs: p.version,
+            kind: p.command.kind(),
+        };
         let data = p.encode();
-        let result = self.call(Msg::Propose { data, reply }, rx, timeout).await;
+        let result = self
+            .call(Msg::Propose { data, gate, reply }, rx, timeout)
+            .await;
         self.stats.proposal(started, &result);
         result
+    }
+
+    /// The cluster id this node belongs to (0 while blank).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Asks the coordinator at `address` about itself (`RaftPeer.ClusterInfo`, with this
+    /// node's own client certificate): its cluster, and the command format version it knows.
+    pub async fn ask_peer(&self, address: &str) -> Result<bootstrap::PeerAnswer, String> {
+        bootstrap::ask(self.id, address, &self.tls).await
     }
 
     /// Proposes a membership change and waits until it is applied.

@@ -1,10 +1,17 @@
 //! The inbound half of the peer transport: the `RaftPeer` gRPC service.
 //!
-//! Each frame is checked before raft sees it: the cluster id must match ours (a blank node
-//! adopts the first non-zero id it hears, from the leader that is adding it), the embedded
+//! Each frame is checked before raft sees it: the cluster id must match ours, the embedded
 //! message's `from` must match the frame's sender, and, under mTLS, the sender must hold the
-//! certificate of that coordinator id. Raft payloads are decoded only after these checks:
-//! raft 0.7's protobuf 2.x decoder is not meant for untrusted input.
+//! certificate of that coordinator id. Raft payloads are decoded only after the sender's
+//! certificate is checked: raft 0.7's protobuf 2.x decoder is not meant for untrusted input.
+//!
+//! A blank node (no cluster id yet) adopts the cluster id of the first *leader's* message it
+//! gets (an append, a heartbeat or a snapshot: the leader that is adding it), and drops anything
+//! else: a leaderless survivor of an old cluster asking for votes must not make a node meant for
+//! a restored cluster (`hotdeploy-coordinator restore`) join the old one by accident.
+//!
+//! Every frame's command format version goes to the node with its message, for the leader's
+//! version gate (`versions.rs`).
 //!
 //! `ClusterInfo` (what a blank node asks before it bootstraps) answers coordinators only: the
 //! member list and commit index are the cluster's business. [`BlankPeerService`] is what a blank
@@ -14,12 +21,12 @@
 use super::node::Msg;
 use super::status::NodeStatus;
 use super::transport::Transport;
-use crate::state::StateMachine;
+use crate::state::{StateMachine, FORMAT_VERSION};
 use hotdeploy_common::proto::raft_peer_server::RaftPeer;
 use hotdeploy_common::proto::{ClusterInfoRequest, ClusterInfoResponse, PeerAck, PeerFrame};
 use hotdeploy_common::tls::{caller_role, Role};
 use protobuf::Message as _;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, watch};
@@ -36,21 +43,40 @@ pub struct PeerService {
     pub(crate) state: Arc<RwLock<StateMachine>>,
 }
 
+/// What to do with one frame, by its cluster id.
+enum Verdict {
+    Accept,
+    /// A blank node's answer to a message that is not a leader's: drop it, adopt nothing.
+    Drop,
+}
+
 impl PeerService {
-    /// Checks (and, for a blank node, adopts) the sender's cluster id.
-    fn check_cluster(&self, theirs: u64) -> Result<(), Status> {
+    /// Checks (and, for a blank node, adopts from a leader's message) the sender's cluster id.
+    fn check_cluster(&self, theirs: u64, msg: &Message) -> Result<Verdict, Status> {
         let ours = self.cluster_id.load(Ordering::Acquire);
         if ours == theirs && ours != 0 {
-            return Ok(());
+            return Ok(Verdict::Accept);
         }
         if ours == 0 && theirs != 0 {
+            if !from_a_leader(msg) {
+                tracing::debug!(
+                    from = msg.from,
+                    kind = ?msg.get_msg_type(),
+                    "blank node: dropping a message that is not a leader's (cluster id not adopted)"
+                );
+                return Ok(Verdict::Drop);
+            }
             if let Err(e) = self.storage.set_cluster_id(theirs) {
                 tracing::error!("fatal storage error persisting the cluster id: {e}");
                 std::process::exit(1);
             }
             self.cluster_id.store(theirs, Ordering::Release);
-            tracing::info!(cluster_id = format!("{theirs:016x}"), "joined cluster");
-            return Ok(());
+            tracing::info!(
+                cluster_id = format!("{theirs:016x}"),
+                leader = msg.from,
+                "joined cluster"
+            );
+            return Ok(Verdict::Accept);
         }
         Err(Status::failed_precondition(format!(
             "cluster id mismatch: this node is in cluster {ours:016x}, the sender in {theirs:016x}"
@@ -89,7 +115,6 @@ impl RaftPeer for PeerService {
                 ));
             }
             sender = Some(frame.from);
-            self.check_cluster(frame.cluster_id)?;
             let msg = Message::parse_from_bytes(&frame.message)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
             if msg.from != frame.from {
@@ -98,8 +123,17 @@ impl RaftPeer for PeerService {
                     msg.from, frame.from
                 )));
             }
+            if let Verdict::Drop = self.check_cluster(frame.cluster_id, &msg)? {
+                continue;
+            }
             self.transport.learn(frame.from, &frame.from_address);
-            if self.node.send(Msg::Step(Box::new(msg))).await.is_err() {
+            let version = frame.format_version;
+            if self
+                .node
+                .send(Msg::Step(Box::new(msg), version))
+                .await
+                .is_err()
+            {
                 return Err(Status::unavailable("raft node stopped"));
             }
         }
@@ -122,6 +156,7 @@ impl RaftPeer for PeerService {
             commit_index: st.commit,
             node: st.id,
             members,
+            format_version: FORMAT_VERSION,
         }))
     }
 }
@@ -174,6 +209,15 @@ impl RaftPeer for BlankPeerService {
             commit_index: 0,
             node: self.id,
             members: Vec::new(),
+            format_version: FORMAT_VERSION,
         }))
     }
+}
+
+/// Whether only a leader sends `msg`: what a blank node may adopt a cluster id from.
+fn from_a_leader(msg: &Message) -> bool {
+    matches!(
+        msg.get_msg_type(),
+        MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+    )
 }

@@ -79,5 +79,8 @@ pub fn error_kind(e: &NodeError) -> &'static str {
         NodeError::ReadUnconfirmed { .. } => "read_unconfirmed",
         NodeError::Timeout(_) => "timeout",
         NodeError::Stopped => "stopped",
+        NodeError::MemberTooOld { .. } => "member_too_old",
+        NodeError::VersionUnknown { .. } => "version_unknown",
+        NodeError::VersionGatePending { .. } => "version_gate_pending",
     }
 }

@@ -1,7 +1,8 @@
 //! The outbound half of the peer transport: one long-lived gRPC client stream per peer.
 //!
 //! Raft messages travel as opaque bytes (raft-rs's protobuf encoding) inside our own
-//! [`PeerFrame`], which also carries the cluster id and the sender's advertised address. Each
+//! [`PeerFrame`], which also carries the cluster id, the sender's advertised address and the
+//! newest command format version the sender knows (for the leader's version gate). Each
 //! peer has a bounded queue drained by its own task; the node task never blocks on the network:
 //! when a queue is full, the message is dropped and raft is told the peer is unreachable, which
 //! makes the leader probe it gently instead of piling up appends. Raft retransmits what matters.
@@ -48,6 +49,8 @@ pub(crate) struct Transport {
 struct Inner {
     id: u64,
     my_address: String,
+    /// The newest command format version this node knows, sent in every frame.
+    format_version: u32,
     cluster_id: Arc<AtomicU64>,
     tls: ClientTls,
     /// `[peers]` from the config: never overridden.
@@ -71,6 +74,7 @@ impl Transport {
     pub(crate) fn new(
         id: u64,
         my_address: String,
+        format_version: u32,
         cluster_id: Arc<AtomicU64>,
         tls: ClientTls,
         pinned: HashMap<u64, String>,
@@ -80,6 +84,7 @@ impl Transport {
             inner: Arc::new(Inner {
                 id,
                 my_address: my_address.clone(),
+                format_version,
                 cluster_id,
                 tls,
                 pinned: pinned.clone(),
@@ -202,6 +207,7 @@ fn frame(inner: &Inner, m: &Message) -> Option<PeerFrame> {
         from: inner.id,
         from_address: inner.my_address.clone(),
         message: bytes,
+        format_version: inner.format_version,
     })
 }
 

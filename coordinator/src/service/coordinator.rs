@@ -14,7 +14,7 @@ use super::leader::{
 };
 use super::members;
 use super::waiters::Waiters;
-use super::{heartbeat, rollout};
+use super::{heartbeat, rollout, snapshot};
 use crate::liveness::Liveness;
 use crate::metrics::{GrpcErrors, LockStats, Metrics};
 use crate::raft::RaftNode;
@@ -292,6 +292,7 @@ impl Coordinator for CoordinatorService {
                     address,
                     role: role.into(),
                     reachable,
+                    format_version: st.versions.get(&id).and_then(|k| k.version()).unwrap_or(0),
                 }
             })
             .collect();
@@ -475,6 +476,14 @@ impl Coordinator for CoordinatorService {
             })
             .collect();
         Ok(Response::new(ListAuditResponse { events }))
+    }
+
+    async fn save_snapshot(
+        &self,
+        req: Request<SaveSnapshotRequest>,
+    ) -> Result<Response<SaveSnapshotResponse>, Status> {
+        let actor = authorize(&req, "SaveSnapshot", Need::Operator)?;
+        Ok(Response::new(snapshot::save(&self.node, &actor).await?))
     }
 
     async fn remove_host(

@@ -4,8 +4,10 @@
 //! the leader's address in the `x-hotdeploy-leader` metadata (and its id in
 //! `x-hotdeploy-leader-id`); clients retry there. Errors keep their meaning on the wire:
 //! deterministic state errors carry their own codes (FAILED_PRECONDITION, NOT_FOUND, ...), and
-//! anything that may succeed on retry is UNAVAILABLE, ABORTED (another membership change is in
-//! progress) or RESOURCE_EXHAUSTED.
+//! so does the version gate's "member 3 knows command format version 1; StartRollout needs 2:
+//! upgrade it first" (FAILED_PRECONDITION); anything that may succeed on retry is UNAVAILABLE
+//! (a member whose version is not known yet among them), ABORTED (another membership change is
+//! in progress) or RESOURCE_EXHAUSTED.
 
 use crate::raft::{NodeError, RaftNode};
 use crate::state::{Answer, Command, Proposal, StateError, WriteId};
@@ -64,6 +66,8 @@ pub(crate) fn node_status(node: &RaftNode, e: NodeError) -> Status {
         NodeError::Stopped => Status::internal("raft node stopped"),
         // A concurrency conflict, not an outage: clients retry it (ABORTED).
         e @ NodeError::MembershipChangeInProgress => Status::aborted(e.to_string()),
+        // The version gate: a member must be upgraded first; retrying will not help.
+        e @ NodeError::MemberTooOld { .. } => Status::failed_precondition(e.to_string()),
         other => Status::unavailable(other.to_string()),
     }
 }

@@ -399,9 +399,11 @@ fn snapshots_keep_lock_only_hosts_and_old_states_unchanged() {
     assert_eq!(restored.host("node-1").unwrap().kind, HostKind::LockOnly);
 }
 
-/// `RegisterLockOnly` is stamped with [`FLEETLOCK_VERSION`], and this binary can apply it.
+/// `RegisterLockOnly` and the `fleetlock` `Acquire` are stamped with [`FLEETLOCK_VERSION`]
+/// (other acquires and the release keep the lock's version), this binary can apply them, and a
+/// state they changed is refused by a node that knows less.
 #[test]
-fn register_lock_only_is_stamped_with_the_fleetlock_version() {
+fn fleetlock_commands_are_stamped_with_the_fleetlock_version() {
     let p = Proposal::new(
         None,
         1,
@@ -412,6 +414,34 @@ fn register_lock_only_is_stamped_with_the_fleetlock_version() {
         },
     );
     assert_eq!(p.version, FLEETLOCK_VERSION);
-    const { assert!(FLEETLOCK_VERSION > ROLLOUTS_VERSION && FORMAT_VERSION >= FLEETLOCK_VERSION) };
+    const { assert!(FLEETLOCK_VERSION > VERSION_GATE_VERSION && FORMAT_VERSION >= FLEETLOCK_VERSION) };
     assert_eq!(Proposal::decode(&p.encode()), Ok(p));
+    let acquire = |purpose: &str| Command::Acquire {
+        host: "node-1".into(),
+        purpose: purpose.into(),
+        reason: String::new(),
+        rollout: String::new(),
+    };
+    assert_eq!(acquire(FLEETLOCK).version(), FLEETLOCK_VERSION);
+    assert_eq!(acquire("deploy").version(), BASE_VERSION);
+    let release = Command::Release {
+        host: "node-1".into(),
+        token: 1,
+    };
+    assert_eq!(release.version(), BASE_VERSION);
+
+    // A deploy slot leaves the state at the lock's version; a FleetLock slot of an agent host
+    // (no RegisterLockOnly needed) raises it.
+    let mut w = World::new();
+    w.group("web", "2");
+    w.agent("web-1", &["web"]).unwrap();
+    w.agent("web-2", &["web"]).unwrap();
+    w.agent("web-3", &["web"]).unwrap();
+    slot(w.acquire("web-1", "deploy"));
+    assert_eq!(w.sm.format_version(), BASE_VERSION);
+    slot(w.acquire("web-2", FLEETLOCK));
+    assert_eq!(w.sm.format_version(), FLEETLOCK_VERSION);
+    let bytes = w.sm.snapshot().unwrap();
+    assert!(StateMachine::restore_known(&bytes, VERSION_GATE_VERSION).is_err());
+    assert!(StateMachine::restore_known(&bytes, FLEETLOCK_VERSION).is_ok());
 }

@@ -30,7 +30,7 @@
 //! network inputs.
 
 use super::audit::{AuditEvent, AuditLog};
-use super::command::{Answer, Command, Proposal, Response, FORMAT_VERSION};
+use super::command::{Answer, Command, Proposal, Response, FORMAT_VERSION, ROLLOUTS_VERSION};
 use super::error::StateError;
 use super::fleetlock::FLEETLOCK;
 use super::group::{Group, GroupSeed, GroupView};
@@ -62,7 +62,7 @@ pub const MAINTENANCE: &str = "maintenance";
 const OPERATOR_PREFIX: &str = "operator/";
 
 /// The snapshot format this binary writes and reads.
-const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 1;
 
 /// The replicated state of a coordinator cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -80,6 +80,15 @@ pub struct StateMachine {
     /// Rollouts and desired releases. `default` so that a snapshot from before rollouts loads.
     #[serde(default)]
     rollouts: Rollouts,
+    /// The newest command format version of any entry that changed the state (0 reads as 1). A
+    /// node that knows less refuses a snapshot of this state: it could not have applied what
+    /// made it.
+    #[serde(default)]
+    format_version: u32,
+    /// Raft member id → the newest command format version it reported, as a leader recorded it
+    /// (`SetMemberVersion`). A later leader judges a member that is down by it.
+    #[serde(default)]
+    member_versions: BTreeMap<u64, u32>,
 }
 
 /// The snapshot as written: the state wrapped in a format number.
@@ -119,20 +128,21 @@ impl StateMachine {
                 proposal.version
             )));
         }
+
         let Proposal {
+            version,
             write,
             at_ms,
             actor,
             command,
-            ..
         } = proposal;
         let Some(write) = write else {
-            return self.execute(index, at_ms, &actor, command);
+            return self.execute_versioned(index, at_ms, &actor, version, command);
         };
         if let Some(answer) = self.sessions.check(index, at_ms, &write) {
             return answer;
         }
-        let response = self.execute(index, at_ms, &actor, command);
+        let response = self.execute_versioned(index, at_ms, &actor, version, command);
         self.sessions.record(index, at_ms, &write, &response);
         response
     }
@@ -180,9 +190,14 @@ impl StateMachine {
         })
     }
 
-    /// The inverse of [`StateMachine::snapshot`]. Refuses an unknown format and an inconsistent
-    /// state.
+    /// The inverse of [`StateMachine::snapshot`]. Refuses an unknown format, a state made by
+    /// newer commands than [`FORMAT_VERSION`], and an inconsistent state.
     pub fn restore(bytes: &[u8]) -> Result<Self, StateError> {
+        Self::restore_known(bytes, FORMAT_VERSION)
+    }
+
+    /// [`StateMachine::restore`] for a node that knows command format versions up to `known`.
+    pub fn restore_known(bytes: &[u8], known: u32) -> Result<Self, StateError> {
         let snap: SnapshotIn = serde_json::from_slice(bytes)
             .map_err(|e| StateError::Decode(format!("invalid state snapshot: {e}")))?;
         if snap.format != SNAPSHOT_FORMAT {
@@ -192,6 +207,17 @@ impl StateMachine {
             )));
         }
         let mut state = snap.state;
+        // A state written before versions were tracked: rollouts mean version 2 entries.
+        if !state.rollouts.list().is_empty() {
+            state.format_version = state.format_version.max(ROLLOUTS_VERSION);
+        }
+        if state.format_version() > known {
+            return Err(StateError::Decode(format!(
+                "the state snapshot was made by entries of command format version {}, and this \
+                 coordinator knows versions up to {known}; upgrade this coordinator",
+                state.format_version()
+            )));
+        }
         state.rebuild_members();
         state
             .check_consistency()
@@ -240,6 +266,50 @@ impl StateMachine {
     /// Raft member id → peer address.
     pub fn members(&self) -> &BTreeMap<u64, String> {
         &self.members
+    }
+
+    /// Raft member id → the command format version a leader recorded for it.
+    pub fn member_versions(&self) -> &BTreeMap<u64, u32> {
+        &self.member_versions
+    }
+
+    /// The newest command format version of any entry that changed the state (at least 1).
+    pub fn format_version(&self) -> u32 {
+        self.format_version.max(1)
+    }
+
+    /// Turns this state, restored from a backup of another cluster (`hotdeploy-coordinator
+    /// restore`), into the first state of a new one-node cluster of member `node` at `address`:
+    /// the applied index moves to `index` (above the backup's, so that tokens keep
+    /// increasing), the members are that one node (the old ones are not members of the new
+    /// cluster; operators add members back), the recorded versions are forgotten, and the
+    /// restore is audited with `detail`. Hosts, groups, slots, rollouts, sessions and the audit
+    /// trail are kept as they are: a slot held at backup time stays held.
+    pub fn rebase_for_restore(
+        &mut self,
+        index: u64,
+        at_ms: u64,
+        actor: &str,
+        node: u64,
+        address: &str,
+        detail: String,
+    ) -> Result<(), StateError> {
+        if index <= self.applied {
+            return Err(StateError::AlreadyApplied {
+                index,
+                applied: self.applied,
+            });
+        }
+        self.applied = index;
+        self.members = BTreeMap::from([(node, address.to_string())]);
+        self.member_versions.clear();
+        let ctx = Ctx {
+            index,
+            at_ms,
+            actor,
+        };
+        self.record(&ctx, "restore", detail);
+        Ok(())
     }
 
     /// The audit trail, oldest first.
@@ -345,6 +415,23 @@ impl StateMachine {
 
     // ---- commands ----
 
+    /// [`StateMachine::execute`] of a command of format `version`; a success raises the
+    /// state's format version to it (a refusal changed nothing).
+    fn execute_versioned(
+        &mut self,
+        index: u64,
+        at_ms: u64,
+        actor: &str,
+        version: u32,
+        command: Command,
+    ) -> Response {
+        let response = self.execute(index, at_ms, actor, command);
+        if response.is_ok() {
+            self.format_version = self.format_version.max(version);
+        }
+        response
+    }
+
     /// Applies `command`, then moves the rollouts to their fixpoint (admission is derived on
     /// apply: see `rollout/admit.rs`). Only after a success: a refusal changes nothing.
     fn execute(&mut self, index: u64, at_ms: u64, actor: &str, command: Command) -> Response {
@@ -425,6 +512,7 @@ impl StateMachine {
             }
             Command::RemoveMember { id } => {
                 // Idempotent: raft has already removed the member; this only records it.
+                self.member_versions.remove(&id);
                 let detail = match self.members.remove(&id) {
                     Some(address) => format!("member {id} at {address} removed"),
                     None => format!("member {id} removed (no address was recorded)"),
@@ -485,6 +573,23 @@ impl StateMachine {
             Command::CheckProgress { rollout } => {
                 self.rollouts
                     .check_progress(&ctx.at(), &rollout, fleet!(self))?;
+                Ok(Answer::Done)
+            }
+            Command::SetMemberVersion { id, version } => {
+                if version == 0 {
+                    return Err(StateError::Decode(format!(
+                        "member {id}: command format version 0 does not exist"
+                    )));
+                }
+                let old = self.member_versions.insert(id, version);
+                let detail = match old {
+                    Some(old) if old == version => return Ok(Answer::Done),
+                    Some(old) => {
+                        format!("member {id} knows command format version {version} (was {old})")
+                    }
+                    None => format!("member {id} knows command format version {version}"),
+                };
+                self.record(&ctx, "member_version", detail);
                 Ok(Answer::Done)
             }
             Command::RegisterLockOnly { host, group } => self.register_lock_only(&ctx, host, group),

@@ -37,18 +37,20 @@ mod fleetlock_tests;
 mod proptest;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_tests;
 
 pub use audit::AuditEvent;
 pub use command::{
     Answer, Command, DecodeError, Proposal, Response, WriteId, BASE_VERSION, FLEETLOCK_VERSION,
-    FORMAT_VERSION, ROLLOUTS_VERSION,
+    FORMAT_VERSION, ROLLOUTS_VERSION, VERSION_GATE_VERSION,
 };
 pub use error::StateError;
 pub use fleetlock::{LockOnlyPlan, FLEETLOCK};
 pub use group::{GroupSeed, GroupView};
 pub use host::{Health, Host, HostKind, Reachability, Report, Rotation};
 pub use lock::{GrantChecker, Outlook, Slot};
-pub use machine::{StateMachine, MAINTENANCE};
+pub use machine::{StateMachine, MAINTENANCE, SNAPSHOT_FORMAT};
 pub use rollout::{
     check_release_spec, Assignment, Event as RolloutEvent, PhaseTime, Policy, ReleaseSpec, Rollout,
     RolloutError, RolloutKind, RolloutSpec, RolloutState, Step, StepPhase, StepReport, Unavailable,
