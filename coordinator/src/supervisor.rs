@@ -24,7 +24,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 /// How long the raft loop may go without a turn before the node counts as stuck. The loop turns
-/// at least once per raft tick (100 ms by default); a second fsync-bound turn is already slow.
+/// at least once per raft tick (100 ms by default); a second fdatasync-bound turn is already slow.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Where readiness and watchdog pings go.

@@ -23,6 +23,8 @@ pub const CTL: &str = "hotdeployctl";
 pub const SAMPLE_APP: &str = "sample-app";
 /// The release packer.
 pub const HD_PACK: &str = "hd-pack";
+/// The launcher that makes a child die with the test (see `proc`).
+pub const HD_PDEATHSIG: &str = "hd-pdeathsig";
 
 /// The `target/<profile>/` directory the running executable belongs to.
 pub fn profile_dir() -> PathBuf {
@@ -99,4 +101,9 @@ pub fn sample_app() -> PathBuf {
 /// `hd-pack`.
 pub fn hd_pack() -> PathBuf {
     path(HD_PACK)
+}
+
+/// `hd-pdeathsig`.
+pub fn hd_pdeathsig() -> PathBuf {
+    path(HD_PDEATHSIG)
 }

@@ -365,6 +365,11 @@ impl Cluster {
         }
     }
 
+    /// The pid of node `id`'s coordinator process, while it runs under this cluster.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(ChildGuard::pid)
+    }
+
     /// Whether node `id`'s process is alive (a stopped one counts).
     pub fn is_running(&mut self, id: u64) -> bool {
         self.node_mut(id)

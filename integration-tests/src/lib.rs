@@ -27,6 +27,10 @@
 //!   socket.
 //! - [`nspawn`] boots a Debian container under `systemd-nspawn`: a real systemd as PID 1, for
 //!   the agent's `systemd` control mode (and anything else that must be tested under systemd).
+//! - [`test_lock`] keeps tests that must run one at a time apart across test processes (nextest
+//!   runs each test in its own).
+//! - [`strace`] counts a running process's syscalls (`strace -f -c -p`): the evidence that a
+//!   node syncs what it acknowledges.
 //!
 //! The harness panics with clear messages when something it needs is missing; the binaries in
 //! this crate (`sample-app`, `hd-pack`, `hd-load`) never panic in their long-running paths.
@@ -49,4 +53,6 @@ pub mod pack;
 pub mod proc;
 pub mod prom_text;
 pub mod scripted_agent;
+pub mod strace;
+pub mod test_lock;
 pub mod toml_config;

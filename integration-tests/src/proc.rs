@@ -16,7 +16,15 @@
 //!
 //! Every wait here is a bounded loop with a deadline. [`run_with_timeout`] does the same for
 //! short-lived commands such as `hotdeployctl`.
+//!
+//! `Drop` does not run when the test process itself is killed (nextest's timeout, Ctrl-C,
+//! `kill -9`). So every child is started through the `hd-pdeathsig` launcher, which has the
+//! kernel SIGKILL it when the thread that started it exits (`PR_SET_PDEATHSIG`; start children
+//! from a thread that outlives them, such as the test's own). Strays in process groups of their
+//! own are not children of ours; they learn the test's pid from [`HARNESS_PID_ENV`], which every
+//! child inherits, and the sample app exits when that process is gone.
 
+use crate::bins;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::ffi::OsStr;
@@ -32,6 +40,34 @@ pub use nix::sys::signal::Signal as Sig;
 
 /// How often bounded waits poll.
 const POLL: Duration = Duration::from_millis(20);
+
+/// Set in every child's environment to the pid of the test process that owns it. Programs of
+/// this crate that may outlive their direct parent (the sample app, started by an agent in a
+/// process group of its own) watch that pid and exit when it is gone.
+pub const HARNESS_PID_ENV: &str = "HD_HARNESS_PID";
+
+/// `command` run through `hd-pdeathsig`, so that the kernel kills it when the calling thread
+/// exits, with [`HARNESS_PID_ENV`] set. Program, arguments, environment changes and working
+/// directory are carried over; stdio and the process group are for the caller to set.
+pub fn dies_with_this_thread(command: &Command) -> Command {
+    let me = std::process::id().to_string();
+    let mut launcher = Command::new(bins::hd_pdeathsig());
+    launcher
+        .arg(&me)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(v) => launcher.env(key, v),
+            None => launcher.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        launcher.current_dir(dir);
+    }
+    launcher.env(HARNESS_PID_ENV, me);
+    launcher
+}
 
 /// A spawned process group, killed when dropped.
 pub struct ChildGuard {
@@ -60,10 +96,11 @@ impl ChildGuard {
     /// Like [`ChildGuard::spawn`], for a prepared command (extra environment, working dir).
     pub fn spawn_command(
         name: &str,
-        mut command: Command,
+        command: Command,
         log: &Path,
         stray_marker: Option<&Path>,
     ) -> ChildGuard {
+        let mut command = dies_with_this_thread(&command);
         let out = OpenOptions::new()
             .create(true)
             .append(true)
@@ -252,7 +289,8 @@ pub fn log_tail(path: &Path, max_bytes: u64) -> String {
 /// Runs a short-lived command to completion with captured output, in its own process group.
 /// If it runs past `timeout`, the group is SIGKILLed and the returned output's stderr ends with
 /// a `[harness] timed out` line (its status is then the kill signal's).
-pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
+pub fn run_with_timeout(command: Command, timeout: Duration) -> Output {
+    let mut command = dies_with_this_thread(&command);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -5,7 +5,9 @@
 //! release slots the way an agent does, retrying a write with the same `(client_id, seq)`.
 //!
 //! - the cluster forms: one leader, three members, every node agreeing;
-//! - `kill -9` of the leader: a new leader within 3 s, acquire works, held slots survive;
+//! - `kill -9` of the leader: a new leader is elected, acquire works, held slots survive (how
+//!   fast is a performance figure: `hd-bench failover`; this test holds only a generous liveness
+//!   bound);
 //! - `kill -9` of every node: hosts, groups (with a `groups set` change) and slots come back
 //!   identical after a restart;
 //! - a partitioned leader grants nothing; the majority elects a leader that grants; after the
@@ -99,7 +101,7 @@ fn three_nodes_form_a_cluster_with_one_leader() {
 }
 
 #[test]
-fn killing_the_leader_elects_a_new_one_within_3s_and_keeps_held_slots() {
+fn killing_the_leader_elects_a_new_one_and_keeps_held_slots() {
     let _serial = serial();
     let deadline = Deadline::new("leader kill -9", Duration::from_secs(90));
     let rt = runtime();
@@ -128,8 +130,8 @@ fn killing_the_leader_elects_a_new_one_within_3s_and_keeps_held_slots() {
         .unwrap_or_else(|| panic!("h1 holds its slot: {}", pretty(&locks_before)));
     assert_eq!(h1_before["token"], held.token, "{}", pretty(&locks_before));
 
-    // kill -9 the leader and time the election from the outside: poll both survivors' own
-    // Status every 50 ms until one names another leader.
+    // kill -9 the leader, then poll both survivors' own Status every 50 ms until one names
+    // another leader. Liveness only: the election's speed is measured by `hd-bench failover`.
     let survivors: Vec<String> = cluster
         .ids()
         .into_iter()
@@ -162,11 +164,6 @@ fn killing_the_leader_elects_a_new_one_within_3s_and_keeps_held_slots() {
         }
     });
     eprintln!("leader {old} killed; node {new} named leader after {elected_after:?}");
-    assert!(
-        elected_after < Duration::from_secs(3),
-        "a new leader took {elected_after:?} (> 3 s) after kill -9 of leader {old}\n{}",
-        cluster.all_logs()
-    );
     deadline.check("the new leader confirms itself");
     assert_eq!(cluster.wait_leader(Duration::from_secs(15), Some(old)), new);
 

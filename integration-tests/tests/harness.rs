@@ -373,7 +373,9 @@ fn load_generator_counts_failures_against_a_closed_port() {
     });
     let report = load.wait(Duration::from_secs(10));
     assert_eq!(report.ok, 0, "{report:?}");
-    assert!(report.failed >= 20, "{report:?}");
+    // Enough samples to show that every one is counted as failed. Not 40 (50/s for 800 ms):
+    // the rate a starved machine sustains is not what this test is about.
+    assert!(report.failed >= 5, "{report:?}");
     assert_eq!(report.requests, report.failed);
     assert!(report.errors.contains_key("connect"), "{report:?}");
     assert!(!report.error_samples.is_empty());
@@ -653,4 +655,192 @@ fn nspawn_container_runs_commands_and_units_and_is_torn_down() {
             .unwrap_or(true)
     };
     assert!(gone(leader), "the container's PID 1 survived its teardown");
+}
+
+/// Set for the child role of [`children_die_when_their_test_process_is_killed`]: the directory
+/// to report into.
+const ORPHAN_ROLE_ENV: &str = "HD_T_ORPHAN_DIR";
+
+/// A test process killed outright (nextest's timeout, Ctrl-C, `kill -9`) runs no `Drop`. Its
+/// children must die anyway: a direct child (through `hd-pdeathsig`), and a stray in a process
+/// group of its own, the way an agent starts its app (the sample app watches `HD_HARNESS_PID`).
+///
+/// The test runs its own binary again, filtered to this test, as the "test process" that gets
+/// killed; that copy takes the child role below.
+#[test]
+fn children_die_when_their_test_process_is_killed() {
+    if let Some(dir) = std::env::var_os(ORPHAN_ROLE_ENV) {
+        return orphan_owner(Path::new(&dir));
+    }
+    let tmp = temp_dir("hd-t-orphans-");
+    let addr = net::addr(net::alloc_ips(1)[0], APP_PORT);
+    std::fs::write(tmp.path().join("addr"), addr.to_string()).unwrap();
+    let log = std::fs::File::create(tmp.path().join("owner.log")).unwrap();
+    let mut owner = Command::new(std::env::current_exe().unwrap());
+    owner
+        .args([
+            "--exact",
+            "children_die_when_their_test_process_is_killed",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(ORPHAN_ROLE_ENV, tmp.path())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(std::process::Stdio::null());
+    // Started directly, not through the harness: this process plays the test that is killed.
+    let mut owner = std::os::unix::process::CommandExt::process_group(&mut owner, 0)
+        .spawn()
+        .unwrap();
+    let ready = tmp.path().join("ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        if Instant::now() >= deadline || owner.try_wait().unwrap().is_some() {
+            let _ = owner.kill();
+            panic!(
+                "the owner process never got ready:\n{}",
+                proc::log_tail(&tmp.path().join("owner.log"), 4000)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids: Vec<i32> = std::fs::read_to_string(&ready)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "owner reported {pids:?}");
+
+    owner.kill().unwrap(); // SIGKILL: no Drop, no unwinding
+    owner.wait().unwrap();
+
+    let alive = |pid: i32| {
+        // A zombie is dead; its parent (init or a subreaper) reaps it.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        !stat.is_empty()
+            && stat
+                .rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+                != Some(true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let survivors: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    for p in &survivors {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    assert!(
+        survivors.is_empty(),
+        "processes outlived their killed test process (now killed): {survivors:?} of \
+         [sleep, sh, stray sample-app] = {pids:?}"
+    );
+    assert!(net::wait_port_closed(addr, Duration::from_secs(5)));
+}
+
+/// The killed test process of [`children_die_when_their_test_process_is_killed`]: starts a
+/// direct child and a stray, reports their pids, and waits to be killed.
+fn orphan_owner(dir: &Path) {
+    let addr: SocketAddr = std::fs::read_to_string(dir.join("addr"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sleeper = ChildGuard::spawn(
+        "sleep",
+        Path::new("/bin/sleep"),
+        &["300"],
+        &dir.join("sleep.log"),
+        None,
+    );
+    let release = release_dir(dir, "orphan");
+    let script = r#"setsid "$0" --dir "$1" --listen "$2" & exec sleep 300"#;
+    let args = [
+        "-c".to_string(),
+        script.to_string(),
+        bins::sample_app().to_string_lossy().into_owned(),
+        release.to_string_lossy().into_owned(),
+        addr.to_string(),
+    ];
+    let sh = ChildGuard::spawn("sh", Path::new("/bin/sh"), &args, &dir.join("sh.log"), None);
+    assert!(net::wait_port(addr, Duration::from_secs(10)));
+    let app = proc::pids_matching(&format!("--listen {addr}"));
+    assert_eq!(app.len(), 1, "stray app pids: {app:?}");
+    let report = format!("{} {} {}", sleeper.pid(), sh.pid(), app[0]);
+    std::fs::write(dir.join("ready.tmp"), report).unwrap();
+    std::fs::rename(dir.join("ready.tmp"), dir.join("ready")).unwrap();
+    // Killed long before this; bounded anyway.
+    std::thread::sleep(Duration::from_secs(120));
+    std::mem::forget((sleeper, sh));
+}
+
+/// Set for the child role of [`the_test_lock_keeps_test_processes_apart`]: the lock directory.
+const LOCK_ROLE_ENV: &str = "HD_T_LOCK_DIR";
+
+/// nextest runs every test in its own process, so the lock that keeps the coordinator cluster
+/// tests apart must hold across processes, not just threads. Two copies of this test binary
+/// take it at once; their hold intervals must not overlap.
+#[test]
+fn the_test_lock_keeps_test_processes_apart() {
+    use hotdeploy_integration_tests::test_lock::TestLock;
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    };
+    if let Some(dir) = std::env::var_os(LOCK_ROLE_ENV) {
+        let dir = PathBuf::from(dir);
+        let _lock = TestLock::acquire(&dir, "apart");
+        let start = now_us();
+        std::thread::sleep(Duration::from_millis(500));
+        let line = format!("{start} {}\n", now_us());
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("intervals"))
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+        return;
+    }
+    let tmp = temp_dir("hd-t-lock-");
+    let mut children: Vec<_> = (0..2)
+        .map(|i| {
+            // Their libtest lines must not reach this run's output (scripts/test counts them).
+            let log = std::fs::File::create(tmp.path().join(format!("child{i}.log"))).unwrap();
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "the_test_lock_keeps_test_processes_apart",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(LOCK_ROLE_ENV, tmp.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in &mut children {
+        assert!(child.wait().unwrap().success());
+    }
+    let text = std::fs::read_to_string(tmp.path().join("intervals")).unwrap();
+    let mut spans: Vec<(u128, u128)> = text
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 2, "{text}");
+    assert!(
+        spans[0].1 <= spans[1].0,
+        "two processes held the test lock at once: {spans:?}"
+    );
 }

@@ -4,20 +4,40 @@
 //! [`Core`] is what both drivers share: the production node (`node.rs`, a thread with an inbox, a
 //! ticker and the tonic transport) and the deterministic test driver (`sim`, which owns the
 //! network and the clock). Each calls the same methods: hand over proposals, conf changes,
-//! ReadIndex requests, messages and ticks, then [`Core::handle_ready`]. What goes out goes
-//! through a [`Network`] the caller provides; what time it is, the caller says.
+//! ReadIndex requests, messages and ticks, then handle the Ready in its stages (see below).
+//! What goes out goes through a [`Network`] the caller provides; what time it is, the caller
+//! says.
 //!
-//! `handle_ready` follows DESIGN §2's order:
+//! A Ready is handled in DESIGN §2's order:
 //!
 //! 1. send `messages`;
 //! 2. apply the snapshot (storage first, then the state machine);
 //! 3. apply the committed entries to the state machine and answer their proposers;
-//! 4. append the entries and hard state, then flush (when raft says it must);
+//! 4. append the entries and hard state in one sled batch, then make them durable (sled's flush
+//!    and `fdatasync` of every file sled wrote, see `sled_files`; when raft says it must: new
+//!    entries, term or vote; a commit index alone is written without a sync);
 //! 5. send `persisted_messages`, and answer ReadIndex requests;
 //! 6. `advance`, then handle the light ready the same way.
 //!
 //! Then, in one place, it looks at the role: a node that lost leadership fails its pending
 //! proposals, and any change of role or leader fails the pending reads ([`RoleChange`]).
+//!
+//! # Stages
+//!
+//! A Ready is handled in three stages, each a method that takes what the one before returned,
+//! so that they can only run in order: [`Core::send_ready`] (step 1), [`Core::persist_ready`]
+//! (steps 2 to 5) and [`Core::finish_ready`] (the rest of 5, and 6). `handle_ready` runs them
+//! back to back; the simulator uses it. The production node runs them itself, and yields to
+//! its runtime between them (see `node`): its peer streams run on the raft thread, so a yield
+//! after step 1 puts the leader's appends on the wire before the thread blocks in `fdatasync`,
+//! and the followers persist while the leader does; a yield after step 5 puts the answers the
+//! leader waits for on the wire before the light ready's work. Between the stages nothing may
+//! reach the core: the caller holds the stage, and every input (`step`, `propose`, `tick`, ...)
+//! waits for the next turn.
+//!
+//! Durability: `persisted_messages` (votes, append responses, a follower's every message) are
+//! sent only by [`Core::persist_ready`], after the storage has made the Ready's entries and hard
+//! state durable; the stages keep that order whoever runs them.
 //!
 //! Anything that would let this replica diverge or lose state is a [`Fatal`] error, returned to
 //! the caller, which stops the node: a storage error, a committed entry or conf change that does
@@ -121,6 +141,38 @@ pub(crate) struct RoleChange {
     pub to: StateRole,
     pub leader: u64,
     pub term: u64,
+}
+
+/// A Ready whose `messages` are sent ([`Core::send_ready`]); next, [`Core::persist_ready`].
+#[must_use = "a Ready must be persisted and finished"]
+pub(crate) struct Sent {
+    rd: Ready,
+    sent_before_sync: bool,
+}
+
+impl Sent {
+    /// Whether messages went out and the next stage blocks in a sync (new entries, a term or
+    /// vote, a snapshot): the point where the production node yields, so that its peer streams
+    /// put them on the wire first.
+    pub(crate) fn sent_before_sync(&self) -> bool {
+        self.sent_before_sync
+    }
+}
+
+/// A Ready persisted, its `persisted_messages` sent ([`Core::persist_ready`]); next,
+/// [`Core::finish_ready`].
+#[must_use = "a Ready must be finished"]
+pub(crate) struct Persisted {
+    rd: Ready,
+    answered: bool,
+}
+
+impl Persisted {
+    /// Whether `persisted_messages` went out (votes, append responses: what the leader waits
+    /// for).
+    pub(crate) fn answered(&self) -> bool {
+        self.answered
+    }
 }
 
 pub(crate) struct Core<S: Replicated> {
@@ -390,58 +442,103 @@ impl<S: Replicated> Core<S> {
 
     // ---- the Ready loop ----
 
-    /// Handles a `Ready` if raft has one (DESIGN §2's order), then looks at the role. `now_ms`
-    /// stamps the leader's own entries.
+    /// Handles a `Ready` if raft has one (DESIGN §2's order, its three stages back to back),
+    /// then looks at the role. `now_ms` stamps the leader's own entries. The simulator's turn;
+    /// the production node runs the same stages itself, yielding between them (see `node`).
+    #[cfg(test)]
     pub(crate) fn handle_ready(
         &mut self,
         net: &mut impl Network,
         now_ms: u64,
     ) -> Result<Option<RoleChange>, Fatal> {
-        self.record_members(net, now_ms)?;
-        self.record_versions(now_ms)?;
-        if self.raw.has_ready() {
-            let mut rd = self.raw.ready();
-            // 1. Messages that need no persistence first (leader's appends, heartbeats).
-            net.send(rd.take_messages());
-            // 2. A snapshot from the leader.
-            if !rd.snapshot().is_empty() {
-                let snap = rd.snapshot().clone();
-                self.storage
-                    .apply_snapshot(&snap)
-                    .map_err(Fatal::storage("apply snapshot"))?;
-                self.install_snapshot(&snap, net)?;
-            }
-            // 3. Committed entries.
-            self.apply_entries(rd.take_committed_entries(), net)?;
-            // 4. New entries and hard state.
-            let hs = rd.hs().cloned();
-            self.storage
-                .persist_ready(rd.entries(), hs.as_ref(), rd.must_sync())
-                .map_err(Fatal::storage("append entries"))?;
-            // 5. Messages that must follow persistence (votes, append responses), and reads.
-            net.send(rd.take_persisted_messages());
-            for rs in rd.take_read_states() {
-                self.reads.answer(&rs.request_ctx, rs.index);
-            }
-            // 6. Advance, and the light ready.
-            let mut light = self.raw.advance(rd);
-            if let Some(commit) = light.commit_index() {
-                self.storage
-                    .set_commit(commit)
-                    .map_err(Fatal::storage("persist commit"))?;
-            }
-            net.send(light.take_messages());
-            self.apply_entries(light.take_committed_entries(), net)?;
-            self.raw.advance_apply();
-            self.maybe_snapshot()?;
+        if let Some(sent) = self.send_ready(net, now_ms)? {
+            let persisted = self.persist_ready(sent, net)?;
+            self.finish_ready(persisted, net)?;
         }
         Ok(self.observe_role())
     }
 
-    /// The one place where role changes are handled. Losing leadership fails every pending
-    /// proposal (the entries may still commit; clients retry with the same write id); any change
-    /// of role or leader fails the pending reads, which were addressed to the old leader.
-    fn observe_role(&mut self) -> Option<RoleChange> {
+    /// Stage 1 (see the module docs): as leader, proposes the recording of members and of
+    /// their command format versions (through the version gate); then, if
+    /// raft has a Ready, takes it and sends its `messages` (the leader's appends and heartbeats,
+    /// which need no persistence first). `None`: no Ready; the turn ends with
+    /// [`Core::observe_role`].
+    pub(crate) fn send_ready(
+        &mut self,
+        net: &mut impl Network,
+        now_ms: u64,
+    ) -> Result<Option<Sent>, Fatal> {
+        self.record_members(net, now_ms)?;
+        self.record_versions(now_ms)?;
+        if !self.raw.has_ready() {
+            return Ok(None);
+        }
+        let mut rd = self.raw.ready();
+        let messages = rd.take_messages();
+        let sent = !messages.is_empty();
+        net.send(messages);
+        let syncs = rd.must_sync() || !rd.entries().is_empty() || !rd.snapshot().is_empty();
+        Ok(Some(Sent {
+            rd,
+            sent_before_sync: sent && syncs,
+        }))
+    }
+
+    /// Stage 2: the snapshot from the leader (storage first, then the state machine), the
+    /// committed entries, the new entries and hard state made durable (when raft says they must
+    /// be), and only then the `persisted_messages` (votes, append responses).
+    pub(crate) fn persist_ready(
+        &mut self,
+        sent: Sent,
+        net: &mut impl Network,
+    ) -> Result<Persisted, Fatal> {
+        let mut rd = sent.rd;
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.storage
+                .apply_snapshot(&snap)
+                .map_err(Fatal::storage("apply snapshot"))?;
+            self.install_snapshot(&snap, net)?;
+        }
+        self.apply_entries(rd.take_committed_entries(), net)?;
+        let hs = rd.hs().cloned();
+        self.storage
+            .persist_ready(rd.entries(), hs.as_ref(), rd.must_sync())
+            .map_err(Fatal::storage("append entries"))?;
+        let persisted = rd.take_persisted_messages();
+        let answered = !persisted.is_empty();
+        net.send(persisted);
+        Ok(Persisted { rd, answered })
+    }
+
+    /// Stage 3: answers ReadIndex requests, advances raft, and handles the light ready (the
+    /// commit index, its messages and committed entries); stores a state snapshot when due.
+    pub(crate) fn finish_ready(
+        &mut self,
+        persisted: Persisted,
+        net: &mut impl Network,
+    ) -> Result<(), Fatal> {
+        let mut rd = persisted.rd;
+        for rs in rd.take_read_states() {
+            self.reads.answer(&rs.request_ctx, rs.index);
+        }
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.storage
+                .set_commit(commit)
+                .map_err(Fatal::storage("persist commit"))?;
+        }
+        net.send(light.take_messages());
+        self.apply_entries(light.take_committed_entries(), net)?;
+        self.raw.advance_apply();
+        self.maybe_snapshot()
+    }
+
+    /// The one place where role changes are handled, at the end of every turn. Losing
+    /// leadership fails every pending proposal (the entries may still commit; clients retry with
+    /// the same write id); any change of role or leader fails the pending reads, which were
+    /// addressed to the old leader.
+    pub(crate) fn observe_role(&mut self) -> Option<RoleChange> {
         let (to, leader) = (self.raw.raft.state, self.raw.raft.leader_id);
         if to == self.role && leader == self.leader {
             return None;
@@ -860,7 +957,168 @@ fn decode_conf_change(e: &Entry) -> Result<ConfChangeV2, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::bootstrap;
+    use crate::raft::storage::SyncCounts;
     use crate::state::StateMachine;
+
+    /// A network that keeps every message sent, with the sender's sync counts at that moment.
+    struct Recorder {
+        storage: SledStorage,
+        sent: Vec<(Message, SyncCounts)>,
+    }
+
+    impl Recorder {
+        fn new(storage: &SledStorage) -> Self {
+            Self {
+                storage: storage.clone(),
+                sent: Vec::new(),
+            }
+        }
+
+        fn sent_of(&self, kind: MessageType) -> Vec<&(Message, SyncCounts)> {
+            self.sent
+                .iter()
+                .filter(|(m, _)| m.get_msg_type() == kind)
+                .collect()
+        }
+    }
+
+    impl Network for Recorder {
+        fn send(&mut self, msgs: Vec<Message>) {
+            for m in msgs {
+                self.sent.push((m, self.storage.sync_counts()));
+            }
+        }
+        fn ensure_peer(&mut self, _id: u64, _address: &str) {}
+        fn remove_peer(&mut self, _id: u64) {}
+        fn address_of(&self, _id: u64) -> Option<String> {
+            None
+        }
+    }
+
+    /// Node `id` of the voters 1 and 2, on real sled files in `dir`.
+    fn core_on_disk(dir: &std::path::Path, id: u64) -> (Core<StateMachine>, SledStorage) {
+        let storage = SledStorage::open(dir).unwrap();
+        bootstrap::initialize::<StateMachine>(&storage, &[1, 2]).unwrap();
+        let cfg = CoreConfig {
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            ..CoreConfig::new(id, 10, 2, crate::state::FORMAT_VERSION)
+        };
+        (Core::new(cfg, storage.clone()).unwrap(), storage)
+    }
+
+    fn message(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.from = from;
+        m.to = to;
+        m.term = term;
+        m
+    }
+
+    /// A follower's append response vouches that the entries are on disk: it leaves only in the
+    /// persist stage, after the `fdatasync` of sled's log that made them durable, and nothing
+    /// leaves before.
+    #[test]
+    fn a_follower_acknowledges_entries_only_after_their_fdatasync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut core, storage) = core_on_disk(dir.path(), 2);
+        let mut append = message(MessageType::MsgAppend, 1, 2, 2);
+        append.index = BOOTSTRAP_INDEX;
+        append.log_term = BOOTSTRAP_TERM;
+        append.commit = BOOTSTRAP_INDEX;
+        append.set_entries(
+            vec![Entry {
+                index: BOOTSTRAP_INDEX + 1,
+                term: 2,
+                ..Default::default()
+            }]
+            .into(),
+        );
+        core.step(append, crate::state::FORMAT_VERSION);
+
+        let mut net = Recorder::new(&storage);
+        let before = storage.sync_counts();
+        let sent = core.send_ready(&mut net, 0).unwrap().expect("a Ready");
+        assert!(net.sent.is_empty(), "a follower sent before persisting");
+        assert!(!sent.sent_before_sync());
+        let persisted = core.persist_ready(sent, &mut net).unwrap();
+        assert!(persisted.answered());
+        let responses = net.sent_of(MessageType::MsgAppendResponse);
+        assert_eq!(responses.len(), 1, "{:?}", net.sent);
+        let (response, at) = responses[0];
+        assert!(!response.reject);
+        assert_eq!(response.index, BOOTSTRAP_INDEX + 1);
+        assert!(
+            at.log_fdatasyncs > before.log_fdatasyncs,
+            "the append response left before sled's log was fdatasynced: {before:?} -> {at:?}"
+        );
+        core.finish_ready(persisted, &mut net).unwrap();
+        assert_eq!(
+            raft::Storage::last_index(&storage).unwrap(),
+            BOOTSTRAP_INDEX + 1
+        );
+    }
+
+    /// A candidate's vote request vouches for its own durable vote: it leaves after the
+    /// `fdatasync` of the new term and vote. Once it leads, its first append leaves in the send
+    /// stage, before its own sync of the entry (Raft allows that), and the stage says so: that
+    /// is where the production node yields.
+    #[test]
+    fn a_candidate_asks_for_votes_only_after_its_vote_is_fdatasynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut core, storage) = core_on_disk(dir.path(), 1);
+        let mut net = Recorder::new(&storage);
+        for _ in 0..100 {
+            core.tick();
+            core.handle_ready(&mut net, 0).unwrap();
+            if !net.sent_of(MessageType::MsgRequestPreVote).is_empty() {
+                break;
+            }
+        }
+        let pre_vote = net.sent_of(MessageType::MsgRequestPreVote)[0].0.clone();
+        let mut granted = message(MessageType::MsgRequestPreVoteResponse, 2, 1, pre_vote.term);
+        granted.reject = false;
+        core.step(granted, crate::state::FORMAT_VERSION);
+
+        net.sent.clear();
+        let before = storage.sync_counts();
+        let sent = core.send_ready(&mut net, 0).unwrap().expect("a Ready");
+        assert!(net.sent.is_empty(), "a candidate sent before persisting");
+        let persisted = core.persist_ready(sent, &mut net).unwrap();
+        let votes = net.sent_of(MessageType::MsgRequestVote);
+        assert_eq!(votes.len(), 1, "{:?}", net.sent);
+        let (vote, at) = (votes[0].0.clone(), votes[0].1);
+        assert_eq!(storage.hard_state().vote, 1);
+        assert_eq!(storage.hard_state().term, vote.term);
+        assert!(
+            at.log_fdatasyncs > before.log_fdatasyncs,
+            "the vote request left before the vote was fdatasynced: {before:?} -> {at:?}"
+        );
+        core.finish_ready(persisted, &mut net).unwrap();
+
+        core.step(
+            message(MessageType::MsgRequestVoteResponse, 2, 1, vote.term),
+            crate::state::FORMAT_VERSION,
+        );
+        net.sent.clear();
+        let before = storage.sync_counts();
+        let sent = core.send_ready(&mut net, 0).unwrap().expect("a Ready");
+        assert!(core.is_leader());
+        let appends = net.sent_of(MessageType::MsgAppend);
+        assert_eq!(appends.len(), 1, "{:?}", net.sent);
+        assert_eq!(
+            appends[0].1, before,
+            "the leader's append waits for nothing"
+        );
+        assert!(
+            sent.sent_before_sync(),
+            "the leader's own entry is still to sync"
+        );
+        let persisted = core.persist_ready(sent, &mut net).unwrap();
+        assert!(storage.sync_counts().log_fdatasyncs > before.log_fdatasyncs);
+        core.finish_ready(persisted, &mut net).unwrap();
+    }
 
     fn snapshot(index: u64, term: u64, data: Vec<u8>) -> Snapshot {
         let mut snap = Snapshot {

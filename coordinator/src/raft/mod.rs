@@ -11,10 +11,12 @@
 //! - `core`: the Ready loop over `RawNode`, storage and the state machine; shared by the
 //!   production node and the deterministic simulator (`sim`, tests only);
 //! - `replicated`: the [`Replicated`] trait, all the core knows about the state machine;
-//! - `node`: the production loop (a thread, an inbox, a ticker) around the core;
+//! - `node`: the production loop (a thread with its own runtime, an inbox, a ticker) around
+//!   the core;
 //! - `proposals`, `reads`: pending proposals and ReadIndex requests;
 //! - `conf_context`: what a membership change carries (address, actor, time);
-//! - `storage`, `transport`, `peer_service`: sled, and the peer gRPC streams both ways;
+//! - `storage`, `sled_files`: sled, and the `fdatasync`s that make its writes durable;
+//! - `transport`, `peer_service`: the peer gRPC streams both ways, and snapshots in chunks;
 //! - `versions`: the version gate, which every proposal passes (DESIGN §8, rolling upgrade);
 //! - `bootstrap`: how a blank node starts; `progress`: the loop's heartbeat; `status`, `error`;
 //! - `stats`: commit latency and failed requests, measured at this handle, for the metrics.
@@ -38,6 +40,7 @@ mod reads;
 mod replicated;
 #[cfg(test)]
 pub(crate) mod sim;
+mod sled_files;
 mod stats;
 mod status;
 mod storage;
@@ -51,7 +54,7 @@ pub use progress::Progress;
 pub use replicated::{EntryError, MemberChange, MembershipChange, Replicated, SnapshotError};
 pub use stats::{error_kind, ErrorLabels, NodeStats, COMMIT_LATENCY_BUCKETS};
 pub use status::{NodeStatus, Role};
-pub use storage::{SledStorage, StorageError};
+pub use storage::{SledStorage, StorageError, SyncCounts, SyncError};
 pub use versions::Known;
 
 use crate::state::{Proposal, Response, StateMachine, FORMAT_VERSION};
@@ -112,14 +115,20 @@ impl RaftNode {
         let cluster_id = Arc::new(AtomicU64::new(storage.cluster_id().unwrap_or(0)));
         let (tx, rx) = mpsc::channel(INBOX);
         let pinned: HashMap<u64, String> = cfg.peer_map().into_iter().collect();
+        // The node's thread and runtime come first: the transport's outbound peer streams run on
+        // that runtime (see `node`).
+        let (raft_rt, start_node) = node::start_raft_thread(cfg.id)?;
         let transport = transport::Transport::new(
-            cfg.id,
-            cfg.listen.clone(),
-            FORMAT_VERSION,
+            transport::LocalNode {
+                id: cfg.id,
+                address: cfg.listen.clone(),
+                format_version: FORMAT_VERSION,
+            },
             cluster_id.clone(),
             client_tls.clone(),
             pinned,
             tx.clone(),
+            raft_rt,
         );
         let core_cfg = CoreConfig::new(
             cfg.id,
@@ -152,21 +161,9 @@ impl RaftNode {
                 progress: progress.clone(),
             },
         );
-        // The node gets a thread of its own: it blocks in fsync once per Ready, which on a
-        // small machine would otherwise stall one of the few runtime workers serving gRPC.
-        node::spawn_raft_thread(format!("raft-{}", cfg.id), move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(node.run()),
-                Err(e) => {
-                    tracing::error!("cannot start the raft node's runtime: {e}");
-                    std::process::exit(1);
-                }
-            }
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the raft thread: {e}"))?;
+        start_node
+            .send(node)
+            .map_err(|_| anyhow::anyhow!("the raft thread ended before its node started"))?;
         let peer = peer_service::PeerService {
             cluster_id: cluster_id.clone(),
             storage,

@@ -7,6 +7,25 @@
 //! one sync. After every turn it publishes the node's status and applied index, and beats its
 //! [`Progress`].
 //!
+//! # One thread, one runtime
+//!
+//! The node runs on a thread of its own with a current-thread tokio runtime
+//! ([`start_raft_thread`]): it blocks in `fdatasync` once per Ready that must be durable, which
+//! on a small machine would otherwise stall one of the few runtime workers serving gRPC. The
+//! outbound peer streams, and the HTTP/2 connections under them, run on that same runtime (the
+//! transport is given its handle), so a message the node sends reaches its socket on this thread
+//! without a hand-off to another one.
+//!
+//! That makes the order within a Ready matter: a stream task runs only while the node awaits.
+//! So the node runs the core's three Ready stages itself ([`Core::send_ready`],
+//! [`Core::persist_ready`], [`Core::finish_ready`]) and yields once between them: after the
+//! leader's appends are sent and before it blocks in `fdatasync`, so that they leave while it
+//! persists and the followers persist at the same time; and after the `persisted_messages`
+//! (votes, append responses) are sent, so that they are on the wire before the light ready's
+//! work. The core stays synchronous, and the same for the simulator; nothing reaches it during a
+//! yield (the inbox waits for the next turn). A yield never moves a `persisted_message` ahead of
+//! the sync: those are sent only by `persist_ready`, after it.
+//!
 //! A [`Fatal`](super::error::Fatal) error from the core ends the process with status 1: systemd
 //! restarts it (a fatal entry stops it again, until it is upgraded). A panic on this thread ends
 //! the process too ([`spawn_raft_thread`]): a node whose raft loop died must not keep serving
@@ -15,7 +34,8 @@
 //! Deliberately absent: request deadlines (the service layer owns them) and any wall clock in
 //! the state machine (this loop stamps the leader's own entries with the time).
 
-use super::core::{Core, Network};
+use super::core::{Core, Network, RoleChange};
+use super::error::Fatal;
 use super::progress::Progress;
 use super::status::NodeStatus;
 use super::transport::Transport;
@@ -28,7 +48,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Inbox messages processed per loop turn before handling Ready, so that a burst of proposals
-/// is batched into one append + fsync.
+/// is batched into one append + sync.
 const BATCH: usize = 256;
 
 /// What the node task is asked to do.
@@ -101,7 +121,8 @@ impl Node {
         }
     }
 
-    /// Runs the loop until every handle is dropped.
+    /// Runs the loop until every handle is dropped. Runs on the raft thread's runtime
+    /// ([`start_raft_thread`]), where the transport's peer streams run too.
     pub(crate) async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,10 +141,7 @@ impl Node {
                     }
                 }
             }
-            match self
-                .core
-                .handle_ready(&mut self.transport, hotdeploy_common::time::now_ms())
-            {
+            match self.handle_ready().await {
                 Ok(Some(change)) => tracing::info!(
                     from = ?change.from,
                     to = ?change.to,
@@ -140,6 +158,24 @@ impl Node {
             }
             self.publish();
         }
+    }
+
+    /// Handles a Ready (if raft has one) in the core's three stages, yielding between them so
+    /// that the peer streams on this thread send what the stage before sent (see the module
+    /// docs); then looks at the role.
+    async fn handle_ready(&mut self) -> Result<Option<RoleChange>, Fatal> {
+        let now_ms = hotdeploy_common::time::now_ms();
+        if let Some(sent) = self.core.send_ready(&mut self.transport, now_ms)? {
+            if sent.sent_before_sync() {
+                tokio::task::yield_now().await;
+            }
+            let persisted = self.core.persist_ready(sent, &mut self.transport)?;
+            if persisted.answered() {
+                tokio::task::yield_now().await;
+            }
+            self.core.finish_ready(persisted, &mut self.transport)?;
+        }
+        Ok(self.core.observe_role())
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -175,6 +211,40 @@ impl Node {
         });
         self.out.progress.beat();
     }
+}
+
+/// Starts raft thread `raft-<id>` with its current-thread runtime, and returns that runtime's
+/// handle (for the transport, whose peer streams run there) and where to send the node it is
+/// to run. The runtime lives and dies on that thread: if no node comes (start-up failed after
+/// this), the thread ends and drops it there. A panic on the thread ends the process
+/// ([`spawn_raft_thread`]).
+pub(crate) fn start_raft_thread(
+    id: u64,
+) -> anyhow::Result<(tokio::runtime::Handle, std::sync::mpsc::SyncSender<Node>)> {
+    let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+    let (node_tx, node_rx) = std::sync::mpsc::sync_channel::<Node>(1);
+    spawn_raft_thread(format!("raft-{id}"), move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = handle_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = handle_tx.send(Ok(rt.handle().clone()));
+        if let Ok(node) = node_rx.recv() {
+            rt.block_on(node.run());
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the raft thread: {e}"))?;
+    let handle = handle_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the raft thread ended at start"))?
+        .map_err(|e| anyhow::anyhow!("cannot build the raft node's runtime: {e}"))?;
+    Ok((handle, node_tx))
 }
 
 /// Runs `body` on a thread of its own named `name`. A panic on it ends the whole process

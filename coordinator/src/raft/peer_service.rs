@@ -13,6 +13,11 @@
 //! Every frame's command format version goes to the node with its message, for the leader's
 //! version gate (`versions.rs`).
 //!
+//! Snapshots arrive on `SendSnapshot` in chunks (see `transport`): the first chunk's head is
+//! checked like any frame, the data is collected up to the length it announced (at most
+//! [`MAX_SNAPSHOT_BYTES`]), and the whole MsgSnapshot is handed to the raft node before the
+//! call is answered. The sender reports the snapshot delivered only on that answer.
+//!
 //! `ClusterInfo` (what a blank node asks before it bootstraps) answers coordinators only: the
 //! member list and commit index are the cluster's business. [`BlankPeerService`] is what a blank
 //! node serves while it waits to bootstrap: `ClusterInfo` says "no cluster yet", and raft
@@ -23,7 +28,9 @@ use super::status::NodeStatus;
 use super::transport::Transport;
 use crate::state::{StateMachine, FORMAT_VERSION};
 use hotdeploy_common::proto::raft_peer_server::RaftPeer;
-use hotdeploy_common::proto::{ClusterInfoRequest, ClusterInfoResponse, PeerAck, PeerFrame};
+use hotdeploy_common::proto::{
+    ClusterInfoRequest, ClusterInfoResponse, PeerAck, PeerFrame, SnapshotChunk,
+};
 use hotdeploy_common::tls::{caller_role, Role};
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
@@ -33,6 +40,10 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::storage::SledStorage;
+
+/// The largest snapshot (its data, all chunks together) a node accepts: far above any real
+/// state (a few MB for 10,000 hosts), while bounding what a sender can make it allocate.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
 pub struct PeerService {
     pub(crate) cluster_id: Arc<AtomicU64>,
@@ -82,6 +93,69 @@ impl PeerService {
             "cluster id mismatch: this node is in cluster {ours:016x}, the sender in {theirs:016x}"
         )))
     }
+
+    /// Checks one frame of a stream whose caller has `role` and whose earlier frames came from
+    /// `sender`, and decodes its raft message (see the module docs). `None`: a blank node drops
+    /// the frame, for it is not a leader's.
+    fn check_frame(
+        &self,
+        role: &Option<Role>,
+        sender: &mut Option<u64>,
+        frame: &PeerFrame,
+    ) -> Result<Option<Checked>, Status> {
+        match role {
+            Some(Role::Insecure) => {}
+            Some(Role::Coordinator(id)) if *id == frame.from => {}
+            r => {
+                let who = r
+                    .as_ref()
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "no role".into());
+                tracing::warn!(audit = true, caller = %who, claimed = frame.from, "peer frame refused: sender id differs from its certificate");
+                return Err(Status::permission_denied(format!(
+                    "peer {who} may not send raft messages as coordinator {}",
+                    frame.from
+                )));
+            }
+        }
+        if sender.is_some_and(|s| s != frame.from) {
+            return Err(Status::invalid_argument(
+                "sender id changed within one stream",
+            ));
+        }
+        *sender = Some(frame.from);
+        let msg = Message::parse_from_bytes(&frame.message)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        if msg.from != frame.from {
+            return Err(Status::invalid_argument(format!(
+                "raft message from {} inside a frame from {}",
+                msg.from, frame.from
+            )));
+        }
+        if let Verdict::Drop = self.check_cluster(frame.cluster_id, &msg)? {
+            return Ok(None);
+        }
+        self.transport.learn(frame.from, &frame.from_address);
+        Ok(Some(Checked {
+            msg,
+            version: frame.format_version,
+        }))
+    }
+
+    /// Hands a checked message, with its sender's command format version, to the raft node.
+    async fn step(&self, msg: Message, version: u32) -> Result<(), Status> {
+        self.node
+            .send(Msg::Step(Box::new(msg), version))
+            .await
+            .map_err(|_| Status::unavailable("raft node stopped"))
+    }
+}
+
+/// A frame that passed [`PeerService::check_frame`]: its raft message, and the command format
+/// version its sender reported (for the version gate).
+struct Checked {
+    msg: Message,
+    version: u32,
 }
 
 #[tonic::async_trait]
@@ -94,49 +168,81 @@ impl RaftPeer for PeerService {
         let mut stream = request.into_inner();
         let mut sender: Option<u64> = None;
         while let Some(frame) = stream.message().await? {
-            match (&role, sender) {
-                (Some(Role::Insecure), _) => {}
-                (Some(Role::Coordinator(id)), _) if *id == frame.from => {}
-                (r, _) => {
-                    let who = r
-                        .as_ref()
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| "no role".into());
-                    tracing::warn!(audit = true, caller = %who, claimed = frame.from, "peer frame refused: sender id differs from its certificate");
-                    return Err(Status::permission_denied(format!(
-                        "peer {who} may not send raft messages as coordinator {}",
-                        frame.from
-                    )));
-                }
-            }
-            if sender.is_some_and(|s| s != frame.from) {
-                return Err(Status::invalid_argument(
-                    "sender id changed within one stream",
-                ));
-            }
-            sender = Some(frame.from);
-            let msg = Message::parse_from_bytes(&frame.message)
-                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
-            if msg.from != frame.from {
-                return Err(Status::invalid_argument(format!(
-                    "raft message from {} inside a frame from {}",
-                    msg.from, frame.from
-                )));
-            }
-            if let Verdict::Drop = self.check_cluster(frame.cluster_id, &msg)? {
-                continue;
-            }
-            self.transport.learn(frame.from, &frame.from_address);
-            let version = frame.format_version;
-            if self
-                .node
-                .send(Msg::Step(Box::new(msg), version))
-                .await
-                .is_err()
-            {
-                return Err(Status::unavailable("raft node stopped"));
+            // A whole snapshot in one frame (a sender of an earlier version) is still accepted.
+            if let Some(Checked { msg, version }) = self.check_frame(&role, &mut sender, &frame)? {
+                self.step(msg, version).await?;
             }
         }
+        Ok(Response::new(PeerAck {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<PeerAck>, Status> {
+        let role = caller_role(&request);
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("snapshot stream without a chunk"))?;
+        let head = first
+            .head
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no head"))?;
+        // A blank node drops only what is not a leader's, and a snapshot is: a dropped head is
+        // not a snapshot.
+        let Some(Checked { mut msg, version }) = self.check_frame(&role, &mut None, head)? else {
+            return Err(Status::invalid_argument(
+                "SendSnapshot's head is not a snapshot",
+            ));
+        };
+        if msg.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(format!(
+                "SendSnapshot carries {:?}, not a snapshot",
+                msg.get_msg_type()
+            )));
+        }
+        if first.data_len > MAX_SNAPSHOT_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "a snapshot of {} bytes exceeds this node's limit of {MAX_SNAPSHOT_BYTES} bytes",
+                first.data_len
+            )));
+        }
+        let index = msg.get_snapshot().get_metadata().index;
+        let expected = first.data_len as usize;
+        let mut data = Vec::with_capacity(expected);
+        let mut chunk = Some(first);
+        let mut chunks = 0u64;
+        while let Some(c) = chunk {
+            if chunks > 0 && c.head.is_some() {
+                return Err(Status::invalid_argument(
+                    "a later snapshot chunk has a head",
+                ));
+            }
+            chunks += 1;
+            if data.len() + c.data.len() > expected {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot at index {index}: more than the {expected} bytes announced"
+                )));
+            }
+            data.extend_from_slice(&c.data);
+            chunk = stream.message().await?;
+        }
+        if data.len() != expected {
+            return Err(Status::invalid_argument(format!(
+                "snapshot at index {index}: {} of the {expected} bytes announced arrived",
+                data.len()
+            )));
+        }
+        msg.mut_snapshot().data = data.into();
+        tracing::info!(
+            index,
+            bytes = expected,
+            from = msg.from,
+            "snapshot received; handing it to raft"
+        );
+        self.step(msg, version).await?;
         Ok(Response::new(PeerAck {}))
     }
 
@@ -177,6 +283,9 @@ fn check_coordinator<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
+/// Why a blank node refuses raft traffic.
+const BLANK: &str = "this node is blank and waiting for a quorum of its peers before it bootstraps";
+
 /// The peer service of a blank node waiting to bootstrap: it has no cluster yet.
 pub struct BlankPeerService {
     pub id: u64,
@@ -194,9 +303,14 @@ impl RaftPeer for BlankPeerService {
         &self,
         _request: Request<Streaming<PeerFrame>>,
     ) -> Result<Response<PeerAck>, Status> {
-        Err(Status::unavailable(
-            "this node is blank and waiting for a quorum of its peers before it bootstraps",
-        ))
+        Err(Status::unavailable(BLANK))
+    }
+
+    async fn send_snapshot(
+        &self,
+        _request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<PeerAck>, Status> {
+        Err(Status::unavailable(BLANK))
     }
 
     async fn cluster_info(

@@ -5,8 +5,10 @@
 //!
 //! [`SledStorage`] implements [`raft::Storage`] for raft-rs 0.7. The Ready loop (DESIGN §2)
 //! persists through it: [`SledStorage::append_and_persist`] writes a Ready's entries and hard
-//! state in one sled batch and then flushes (fsync), so a crash leaves either all of a Ready or
-//! none of it. [`SledStorage::create_snapshot`] records the serialized state machine at `applied`
+//! state in one sled batch and then makes it durable (sled's flush, then `fdatasync`/`fsync` of
+//! every file sled wrote: see `sled_files`, because sled's flush alone is only a
+//! `sync_file_range`), so a crash, power loss included, leaves either all of a Ready or none of
+//! it. [`SledStorage::create_snapshot`] records the serialized state machine at `applied`
 //! and compacts the log in that same batch, and [`SledStorage::apply_snapshot`] installs a
 //! snapshot received from the leader.
 //!
@@ -60,6 +62,8 @@
 //!
 //! # Invariants
 //!
+//! ("Flush" below always means `durable_flush`: sled's `flush`, then the syncs.)
+//!
 //! - The log is contiguous: `e/` holds exactly the indices `truncated.index + 1 ..= last_index`.
 //!   [`SledStorage::open`] checks both ends and refuses a store that breaks this.
 //! - `first_index() == truncated.index + 1`, and `term(truncated.index)` answers from
@@ -69,7 +73,8 @@
 //!   machine from `m/snapshot` finds the log starting right after it.
 //! - The stored commit is never below the stored snapshot's index, so a restart with
 //!   `Config.applied = snapshot.index` never trips raft-rs's `applied > commit` panic.
-//! - Every write is one atomic write on the main tree followed by `flush()`: a `sled::Batch`,
+//! - Every write is one atomic write on the main tree made durable by `durable_flush` (sled's
+//!   `flush()`, then the syncs of `sled_files`): a `sled::Batch`,
 //!   or a plain insert when it touches one key (sled's batch costs extra synced log records; a
 //!   one-key write is atomic anyway). A snapshot payload is written and flushed just before,
 //!   see above. Only after both succeed is the in-memory [`Meta`] cache updated, under a write
@@ -117,13 +122,16 @@
 //!   slow followers. A follower that falls behind the latest snapshot gets that snapshot.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 use sha2::{Digest, Sha256};
+
+use super::sled_files::SledFiles;
+pub use super::sled_files::{SyncCounts, SyncError};
 
 /// Prefix of log entry keys. `e` sorts before `m` and `s`, so entries form one contiguous run.
 const ENTRY_PREFIX: &[u8] = b"e/";
@@ -190,6 +198,13 @@ pub enum StorageError {
         op: &'static str,
         #[source]
         source: sled::Error,
+    },
+    /// A file sled wrote could not be made durable (`fdatasync`/`fsync`; see `sled_files`).
+    #[error("raft storage: {op}: {source}")]
+    Sync {
+        op: &'static str,
+        #[source]
+        source: SyncError,
     },
     /// A stored value could not be decoded: the store is damaged or from another program.
     #[error("raft storage: cannot decode {what}: {source}")]
@@ -370,6 +385,8 @@ fn snapshot_from(record: &SnapshotRecord, payload: &[u8]) -> Snapshot {
 
 struct Inner {
     db: sled::Db,
+    /// sled's files and their syncing: every durable write ends in `durable_flush`.
+    files: Mutex<Durability>,
     /// [`SNAPSHOT_TREE`]: snapshot payloads only.
     snapshots: sled::Tree,
     /// Writers hold the write side across batch + flush + cache update, so a reader that combines
@@ -474,10 +491,56 @@ fn new_snapshot(pos: LogPosition, conf_state: ConfState, data: Vec<u8>) -> Snaps
     snap
 }
 
-/// Writes `payload` under `record`'s key in the `snapshots` tree and flushes (fsync). sled's
-/// flush covers every tree of the `Db`: they share one log.
+/// How the storage's durable writes reach stable storage.
+enum Durability {
+    /// sled's files, `fdatasync`ed/`fsync`ed after every durable flush (see `sled_files`).
+    Files(SledFiles),
+    /// A temporary database (the simulator's, see [`SledStorage::open_temporary`]): it lives in
+    /// memory or on a tmpfs and vanishes with its last handle, so there is nothing to sync.
+    /// Durable flushes are still counted (`SyncCounts::syncs`), so that tests see when they
+    /// happen.
+    #[cfg(test)]
+    Temporary(SyncCounts),
+}
+
+impl Durability {
+    /// Called right after sled's `flush` of a write that must be durable.
+    fn sync(&mut self) -> std::result::Result<(), SyncError> {
+        match self {
+            Durability::Files(files) => files.sync(),
+            #[cfg(test)]
+            Durability::Temporary(counts) => {
+                counts.syncs += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn counts(&self) -> SyncCounts {
+        match self {
+            Durability::Files(files) => files.counts(),
+            #[cfg(test)]
+            Durability::Temporary(counts) => *counts,
+        }
+    }
+
+    /// Every file synced so far (none for a temporary database).
+    #[cfg(test)]
+    fn synced(&self) -> &std::collections::BTreeSet<PathBuf> {
+        static NONE: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+        match self {
+            Durability::Files(files) => files.synced(),
+            Durability::Temporary(_) => &NONE,
+        }
+    }
+}
+
+/// Writes `payload` under `record`'s key in the `snapshots` tree and makes it durable. sled's
+/// flush covers every tree of the `Db`: they share one log (and the payload, being large, one
+/// blob file of its own, which `durable_flush` syncs).
 fn write_payload(
     db: &sled::Db,
+    files: &Mutex<Durability>,
     snapshots: &sled::Tree,
     record: &SnapshotRecord,
     payload: &[u8],
@@ -485,9 +548,18 @@ fn write_payload(
     snapshots
         .insert(record.payload_key(), payload)
         .map_err(sled_err("writing a snapshot payload"))?;
-    db.flush()
-        .map_err(sled_err("flushing (fsync) a snapshot payload"))?;
-    Ok(())
+    durable_flush(db, files, "making a snapshot payload durable")
+}
+
+/// sled's `flush` (its buffers written, `sync_file_range`), then `fdatasync`/`fsync` of every
+/// file it wrote (`SledFiles::sync`): what makes a write durable against power loss.
+fn durable_flush(db: &sled::Db, files: &Mutex<Durability>, op: &'static str) -> Result<()> {
+    db.flush().map_err(sled_err(op))?;
+    files
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .sync()
+        .map_err(|source| StorageError::Sync { op, source })
 }
 
 /// The payload `record` names, checked against its length and sha256. A missing or mismatched
@@ -571,7 +643,12 @@ impl SledStorage {
                 path: path.clone(),
                 source,
             })?;
-        let record = Self::load_snapshot_record(&db, &snapshots)?;
+        let files = SledFiles::open(&path).map_err(|source| StorageError::Sync {
+            op: "syncing the raft storage on open",
+            source,
+        })?;
+        let files = Mutex::new(Durability::Files(files));
+        let record = Self::load_snapshot_record(&db, &files, &snapshots)?;
         let meta = Self::load_meta(&db, record)?;
         if let Some(record) = &meta.snapshot {
             read_payload(&snapshots, record)?;
@@ -580,8 +657,7 @@ impl SledStorage {
         // a deletion that did not reach disk. Only after the live payload checked out.
         let removed = remove_payloads_except(&snapshots, meta.snapshot.as_ref())?;
         if removed > 0 {
-            db.flush()
-                .map_err(sled_err("flushing (fsync) the raft storage"))?;
+            durable_flush(&db, &files, "deleting unreferenced snapshot payloads")?;
             tracing::info!(
                 removed,
                 "deleted snapshot payloads that no stored snapshot references"
@@ -598,6 +674,7 @@ impl SledStorage {
         Ok(SledStorage {
             inner: Arc::new(Inner {
                 db,
+                files,
                 snapshots,
                 meta: RwLock::new(meta),
             }),
@@ -630,6 +707,7 @@ impl SledStorage {
     /// and flushed (the same order as [`SledStorage::create_snapshot`]).
     fn load_snapshot_record(
         db: &sled::Db,
+        files: &Mutex<Durability>,
         snapshots: &sled::Tree,
     ) -> Result<Option<SnapshotRecord>> {
         let Some(v) = db
@@ -642,11 +720,10 @@ impl SledStorage {
             StoredSnapshot::Record(record) => Ok(Some(record)),
             StoredSnapshot::Legacy(snap) => {
                 let record = SnapshotRecord::new(snap.get_metadata().clone(), &snap.data);
-                write_payload(db, snapshots, &record, &snap.data)?;
+                write_payload(db, files, snapshots, &record, &snap.data)?;
                 db.insert(KEY_SNAPSHOT, record.encode()?)
                     .map_err(sled_err("migrating m/snapshot"))?;
-                db.flush()
-                    .map_err(sled_err("flushing (fsync) the raft storage"))?;
+                durable_flush(db, files, "migrating m/snapshot")?;
                 tracing::info!(
                     index = record.metadata.index,
                     bytes = record.payload_len,
@@ -735,7 +812,7 @@ impl SledStorage {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies `batch` atomically, then fsyncs. The caller holds the meta write lock and updates
+    /// Applies `batch` atomically, then makes it durable. The caller holds the meta write lock and updates
     /// the cache only if this returns `Ok`.
     fn commit_batch(&self, batch: sled::Batch, op: &'static str) -> Result<()> {
         self.apply_batch(batch, op, true)
@@ -755,7 +832,13 @@ impl SledStorage {
         op: &'static str,
     ) -> Result<()> {
         let encoded = record.encode()?;
-        write_payload(&self.inner.db, &self.inner.snapshots, record, payload)?;
+        write_payload(
+            &self.inner.db,
+            &self.inner.files,
+            &self.inner.snapshots,
+            record,
+            payload,
+        )?;
         batch.insert(KEY_SNAPSHOT, encoded);
         self.commit_batch(batch, op)
     }
@@ -766,7 +849,7 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Applies `batch` atomically, and fsyncs it when `sync` is set. Without `sync` the batch
+    /// Applies `batch` atomically, and makes it durable when `sync` is set. Without `sync` the batch
     /// is still atomic and reaches disk with sled's next flush (or the next synced batch).
     fn apply_batch(&self, batch: sled::Batch, op: &'static str, sync: bool) -> Result<()> {
         self.inner.db.apply_batch(batch).map_err(sled_err(op))?;
@@ -784,12 +867,23 @@ impl SledStorage {
 
     fn flush_if(&self, sync: bool) -> Result<()> {
         if sync {
-            self.inner
-                .db
-                .flush()
-                .map_err(sled_err("flushing (fsync) the raft storage"))?;
+            durable_flush(
+                &self.inner.db,
+                &self.inner.files,
+                "making the raft storage durable",
+            )?;
         }
         Ok(())
+    }
+
+    /// How many `fdatasync`/`fsync` calls the storage made since it was opened (the durability
+    /// diagnostics and tests read it).
+    pub fn sync_counts(&self) -> SyncCounts {
+        self.inner
+            .files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counts()
     }
 
     /// True when nothing was ever written: no hard state, no conf state, no entries and no
@@ -934,7 +1028,7 @@ impl SledStorage {
         self.persist_ready(entries, hard_state, true)
     }
 
-    /// Like [`SledStorage::append_and_persist`], but fsyncs only when `sync` is set: pass
+    /// Like [`SledStorage::append_and_persist`], but syncs only when `sync` is set: pass
     /// raft's `Ready::must_sync()`, which is false when neither entries nor the term or vote
     /// changed. A commit index alone need not be durable before raft moves on: after a crash it
     /// is learned again from the leader, and snapshots raise the stored commit to what they
@@ -1005,7 +1099,7 @@ impl SledStorage {
     }
 
     /// Sets the commit index of the stored hard state (a light ready's `commit_index`). The
-    /// commit never moves backwards: a lower value is ignored. Not fsynced on its own (see
+    /// commit never moves backwards: a lower value is ignored. Not synced on its own (see
     /// [`SledStorage::persist_ready`]): it reaches disk with the next synced batch.
     pub fn set_commit(&self, commit: u64) -> Result<()> {
         let mut hs = self.hard_state();
@@ -1389,7 +1483,8 @@ fn commit_only(meta: &Meta, hs: &HardState) -> bool {
 impl SledStorage {
     /// A blank storage in a temporary sled database (in memory where the OS has a tmpfs), which
     /// sled deletes when the last handle is dropped: for the deterministic simulator, which
-    /// opens thousands of them. No background flusher thread.
+    /// opens thousands of them. No background flusher thread, and no file syncs: its durable
+    /// writes are only counted ([`SledStorage::sync_counts`]'s `syncs`).
     pub(crate) fn open_temporary() -> Result<Self> {
         let path = PathBuf::from("(temporary)");
         let open_err = |source| StorageError::Open {
@@ -1407,6 +1502,7 @@ impl SledStorage {
         Ok(SledStorage {
             inner: Arc::new(Inner {
                 db,
+                files: Mutex::new(Durability::Temporary(SyncCounts::default())),
                 snapshots,
                 meta: RwLock::new(meta),
             }),

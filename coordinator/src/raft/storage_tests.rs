@@ -389,7 +389,14 @@ fn crash_between_payload_and_metadata_keeps_the_old_snapshot() {
         // process died before the metadata batch.
         let pos = LogPosition { index: 8, term: 2 };
         let record = SnapshotRecord::new(snapshot_metadata(pos, voters(&[1, 2, 3])), b"state@8");
-        write_payload(&s.inner.db, &s.inner.snapshots, &record, b"state@8").unwrap();
+        write_payload(
+            &s.inner.db,
+            &s.inner.files,
+            &s.inner.snapshots,
+            &record,
+            b"state@8",
+        )
+        .unwrap();
         assert_eq!(payload_keys(&s).len(), 2);
     }
     let s = SledStorage::open(dir.path()).unwrap();
@@ -419,7 +426,14 @@ fn crash_before_old_payloads_are_deleted_is_cleaned_up_on_open() {
             term: BOOTSTRAP_TERM,
         };
         let record = SnapshotRecord::new(snapshot_metadata(pos, voters(&[1, 2, 3])), b"");
-        write_payload(&s.inner.db, &s.inner.snapshots, &record, b"").unwrap();
+        write_payload(
+            &s.inner.db,
+            &s.inner.files,
+            &s.inner.snapshots,
+            &record,
+            b"",
+        )
+        .unwrap();
     }
     let s = SledStorage::open(dir.path()).unwrap();
     assert_eq!(payload_keys(&s).len(), 1);
@@ -797,4 +811,76 @@ fn one_key_writes_and_batches_both_land() {
     let terms: Vec<u64> = (1..=3).map(|i| s.term(i).unwrap()).collect();
     assert_eq!(terms, vec![1, 1, 2]);
     assert_eq!(s.hard_state(), hs(1, 1, 2));
+}
+
+/// Every file in a sled database directory (recursively), directories included.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+/// sled 0.34's own flush only `sync_file_range`s its log and never syncs blob files or
+/// directories (see `sled_files`). Every durable write must end with an `fdatasync` of the log,
+/// and a snapshot payload (a 2 MB value: a sled blob file of its own) must be synced together
+/// with the directories that name it.
+#[test]
+fn every_file_sled_wrote_is_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft_dir = dir.path().join(RAFT_DIR);
+    let s = SledStorage::open(dir.path()).unwrap();
+    s.initialize(&[1], 7).unwrap();
+
+    let before = s.sync_counts();
+    for index in 2..=41 {
+        s.append_and_persist(&[entry(index, 2, b"cmd")], Some(&hs(2, 1, index - 1)))
+            .unwrap();
+    }
+    let after = s.sync_counts();
+    assert_eq!(
+        after.log_fdatasyncs - before.log_fdatasyncs,
+        40,
+        "one fdatasync of sled's log per durable append: {before:?} -> {after:?}"
+    );
+
+    s.create_snapshot(41, &voters(&[1]), big_payload(1))
+        .unwrap();
+    let blobs: Vec<_> = std::fs::read_dir(raft_dir.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        !blobs.is_empty(),
+        "a 2 MB payload is expected to be a sled blob file"
+    );
+    let files = s.inner.files.lock().unwrap();
+    let synced = files.synced();
+    for path in files_under(&raft_dir).iter().chain([&raft_dir]) {
+        assert!(
+            synced.contains(path),
+            "{} was written by sled but never synced; synced: {synced:#?}",
+            path.display()
+        );
+    }
+    assert!(synced.contains(dir.path()), "the data dir is not synced");
+}
+
+/// A write that is not asked to be durable (a commit index alone) costs no sync.
+#[test]
+fn an_unsynced_write_costs_no_fdatasync() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(dir.path()).unwrap();
+    s.initialize(&[1], 7).unwrap();
+    s.append_and_persist(&[entry(2, 2, b"cmd")], Some(&hs(2, 1, 1)))
+        .unwrap();
+    let before = s.sync_counts();
+    s.set_commit(2).unwrap();
+    assert_eq!(s.sync_counts(), before);
+    assert_eq!(s.hard_state().commit, 2);
 }

@@ -7,6 +7,19 @@
 //! when a queue is full, the message is dropped and raft is told the peer is unreachable, which
 //! makes the leader probe it gently instead of piling up appends. Raft retransmits what matters.
 //!
+//! The peer stream tasks, and the HTTP/2 connections under them, run on the node's own runtime
+//! (its thread): a message the node sends is framed and written to its socket on that thread,
+//! with no hand-off to another thread. The node yields once after sending, before it blocks in
+//! `fdatasync`, so the leader's appends leave while it persists (see `node`).
+//!
+//! **Snapshots** do not travel on the stream: a MsgSnapshot holds the whole state machine and
+//! may outweigh any frame ([`MAX_FRAME_BYTES`]). Each one is sent on its own `SendSnapshot` call,
+//! in chunks of [`SNAPSHOT_CHUNK_BYTES`], from a task on the main runtime (the encryption of a
+//! large state must not stall the node's thread), at most one per peer at a time. The receiver
+//! answers only once its raft node holds the whole message; only then is raft told
+//! `SnapshotStatus::Finish`. A refused, broken or timed-out call is reported as `Failure` (and
+//! the peer as unreachable), and raft sends the snapshot again later.
+//!
 //! Addresses come from three places, in order of precedence: the config's `[peers]` (fixed for
 //! this node, so a test harness can put a fault-injecting proxy in between), the replicated
 //! membership (`members add`), and the address a peer advertises in its frames (so that a new,
@@ -17,18 +30,18 @@
 
 use super::node::Msg;
 use hotdeploy_common::proto::raft_peer_client::RaftPeerClient;
-use hotdeploy_common::proto::PeerFrame;
+use hotdeploy_common::proto::{PeerFrame, SnapshotChunk};
 use hotdeploy_common::tls::ClientTls;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use raft::SnapshotStatus;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 /// Messages queued per peer before new ones are dropped. Enough for a burst of appends while a
 /// stream reconnects; a peer further behind is caught up by raft's probing, not by the queue.
@@ -37,9 +50,16 @@ const PEER_QUEUE: usize = 1024;
 /// Frames buffered between a peer task and its gRPC stream.
 const STREAM_BUFFER: usize = 256;
 
-/// The most a single peer frame (a raft message, possibly a snapshot) may weigh. Snapshots of
-/// 10,000 hosts are a few MB; this leaves ample room while bounding a hostile sender.
+/// The most a single peer frame (a raft message) may weigh: far above a 1 MiB append (raft's
+/// `max_size_per_msg`), while bounding a hostile sender. Snapshots travel in chunks instead.
 pub(crate) const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// The size of one chunk of snapshot data.
+pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// How long a snapshot send may take: a base, plus this much per MiB of data.
+const SNAPSHOT_BASE_TIMEOUT: Duration = Duration::from_secs(30);
+const SNAPSHOT_TIMEOUT_PER_MIB: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub(crate) struct Transport {
@@ -59,9 +79,21 @@ struct Inner {
     /// Each peer's own listen address, as it advertises it (for leader hints).
     advertised: Mutex<BTreeMap<u64, String>>,
     node: mpsc::Sender<Msg>,
-    /// The main runtime: peer streams run there, not on the node's own thread, which blocks
-    /// in fsync.
+    /// The node's own runtime (its thread): peer streams, and the HTTP/2 connections under
+    /// them, run where the messages are made (see the module docs).
     rt: tokio::runtime::Handle,
+    /// The main runtime, where snapshots are sent.
+    bulk: tokio::runtime::Handle,
+    /// Peers a snapshot is being sent to.
+    snapshots_in_flight: Mutex<HashSet<u64>>,
+}
+
+/// This node as its frames name it: its id, the listen address it advertises, and the newest
+/// command format version it knows.
+pub(crate) struct LocalNode {
+    pub id: u64,
+    pub address: String,
+    pub format_version: u32,
 }
 
 struct Peer {
@@ -72,14 +104,18 @@ struct Peer {
 
 impl Transport {
     pub(crate) fn new(
-        id: u64,
-        my_address: String,
-        format_version: u32,
+        me: LocalNode,
         cluster_id: Arc<AtomicU64>,
         tls: ClientTls,
         pinned: HashMap<u64, String>,
         node: mpsc::Sender<Msg>,
+        rt: tokio::runtime::Handle,
     ) -> Self {
+        let LocalNode {
+            id,
+            address: my_address,
+            format_version,
+        } = me;
         let t = Self {
             inner: Arc::new(Inner {
                 id,
@@ -91,7 +127,9 @@ impl Transport {
                 peers: Mutex::new(HashMap::new()),
                 advertised: Mutex::new(BTreeMap::from([(id, my_address)])),
                 node,
-                rt: tokio::runtime::Handle::current(),
+                rt,
+                bulk: tokio::runtime::Handle::current(),
+                snapshots_in_flight: Mutex::new(HashSet::new()),
             }),
         };
         for (pid, addr) in pinned {
@@ -100,7 +138,7 @@ impl Transport {
         t
     }
 
-    /// Queues messages for their peers; never blocks.
+    /// Queues messages for their peers (a snapshot: starts its send); never blocks.
     pub(crate) fn send(&self, msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
@@ -110,21 +148,62 @@ impl Transport {
         };
         for m in msgs {
             let to = m.to;
-            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
             let Some(peer) = peers.get(&to) else {
                 tracing::debug!(to, "no address for peer; message dropped");
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    report_snapshot(&self.inner, to, SnapshotStatus::Failure);
+                }
                 continue;
             };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(peer.address.clone(), m);
+                continue;
+            }
             if peer.queue.try_send(m).is_err() {
                 let _ = self.inner.node.try_send(Msg::Unreachable(to));
-                if is_snapshot {
-                    let _ = self
-                        .inner
-                        .node
-                        .try_send(Msg::Snapshot(to, SnapshotStatus::Failure));
-                }
             }
         }
+    }
+
+    /// Starts sending snapshot message `m` to its peer at `address`, unless one is on its way
+    /// there already (raft does not need two; the first one's outcome is reported).
+    fn send_snapshot(&self, address: String, m: Message) {
+        let to = m.to;
+        let fresh = self
+            .inner
+            .snapshots_in_flight
+            .lock()
+            .map(|mut s| s.insert(to))
+            .unwrap_or(false);
+        if !fresh {
+            tracing::debug!(to, "a snapshot is already on its way to this peer");
+            return;
+        }
+        let inner = self.inner.clone();
+        self.inner.bulk.spawn(async move {
+            let index = m.get_snapshot().get_metadata().index;
+            let bytes = m.get_snapshot().data.len();
+            let started = std::time::Instant::now();
+            let status = match send_snapshot(&inner, &address, m).await {
+                Ok(()) => {
+                    tracing::info!(to, index, bytes, took = ?started.elapsed(), "snapshot delivered");
+                    SnapshotStatus::Finish
+                }
+                Err(e) => {
+                    tracing::warn!(to, index, bytes, "snapshot not delivered: {e}");
+                    let _ = inner.node.try_send(Msg::Unreachable(to));
+                    SnapshotStatus::Failure
+                }
+            };
+            if let Ok(mut s) = inner.snapshots_in_flight.lock() {
+                s.remove(&to);
+            }
+            // Waits for room in the inbox: a lost report could leave raft waiting for this
+            // snapshot for good.
+            if inner.node.send(Msg::Snapshot(to, status)).await.is_err() {
+                tracing::debug!(to, "the node stopped before the snapshot's outcome");
+            }
+        });
     }
 
     /// Makes sure there is a stream task for `id` at `address` (config addresses win).
@@ -200,6 +279,12 @@ impl Transport {
     }
 }
 
+fn report_snapshot(inner: &Inner, to: u64, status: SnapshotStatus) {
+    if inner.node.try_send(Msg::Snapshot(to, status)).is_err() {
+        tracing::warn!(to, ?status, "could not report a snapshot's outcome to raft");
+    }
+}
+
 fn frame(inner: &Inner, m: &Message) -> Option<PeerFrame> {
     let bytes = m.write_to_bytes().ok()?;
     Some(PeerFrame {
@@ -211,35 +296,86 @@ fn frame(inner: &Inner, m: &Message) -> Option<PeerFrame> {
     })
 }
 
+/// Why a connection to a peer could not be made.
+enum ConnectError {
+    /// The address or the TLS settings are unusable: retrying will not help.
+    Config(String),
+    /// The peer did not answer (yet).
+    Unreachable(String),
+}
+
+/// Opens a channel to `address` with the TLS settings current now (so that a reload on SIGHUP
+/// applies to new connections).
+async fn connect(inner: &Inner, address: &str) -> Result<Channel, ConnectError> {
+    let scheme = inner.tls.scheme();
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| ConnectError::Config(format!("bad peer address {address:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true);
+    let endpoint = match inner.tls.current() {
+        Some(tls) => endpoint
+            .tls_config(tls)
+            .map_err(|e| ConnectError::Config(format!("peer TLS settings: {e}")))?,
+        None => endpoint,
+    };
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| ConnectError::Unreachable(format!("cannot connect to {address}: {e}")))
+}
+
+/// Sends one snapshot message on a `SendSnapshot` call of its own: its data in chunks after a
+/// head that carries the message without it. `Ok` once the receiver answered, which it does
+/// only after its raft node has the whole message.
+async fn send_snapshot(inner: &Inner, address: &str, mut m: Message) -> Result<(), String> {
+    let data = std::mem::take(&mut m.mut_snapshot().data);
+    let head = frame(inner, &m).ok_or("cannot encode the snapshot message")?;
+    let timeout =
+        SNAPSHOT_BASE_TIMEOUT + SNAPSHOT_TIMEOUT_PER_MIB * (data.len() / (1 << 20)) as u32;
+    let call = async {
+        let channel = connect(inner, address).await.map_err(|e| match e {
+            ConnectError::Config(e) | ConnectError::Unreachable(e) => e,
+        })?;
+        let mut client = RaftPeerClient::new(channel)
+            .max_encoding_message_size(MAX_FRAME_BYTES)
+            .max_decoding_message_size(MAX_FRAME_BYTES);
+        let data_len = data.len() as u64;
+        let pieces = data.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1);
+        let chunks = (0..pieces).map(move |i| {
+            let start = i * SNAPSHOT_CHUNK_BYTES;
+            let end = (start + SNAPSHOT_CHUNK_BYTES).min(data.len());
+            SnapshotChunk {
+                head: (i == 0).then(|| head.clone()),
+                data_len: if i == 0 { data_len } else { 0 },
+                data: data[start..end].to_vec(),
+            }
+        });
+        client
+            .send_snapshot(tokio_stream::iter(chunks))
+            .await
+            .map(drop)
+            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
 /// Drains one peer's queue into a client stream, reconnecting with backoff.
 async fn peer_stream(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Receiver<Message>) {
-    let scheme = inner.tls.scheme();
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(first) = rx.recv().await else { return };
-        let endpoint = match Endpoint::from_shared(format!("{scheme}://{address}")) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
-            Err(e) => {
-                tracing::error!(to, %address, "bad peer address: {e}");
+        let channel = match connect(&inner, &address).await {
+            Ok(c) => c,
+            Err(ConnectError::Config(e)) => {
+                tracing::error!(to, "{e}");
                 return;
             }
-        };
-        // The settings current at each connect, so a reload on SIGHUP applies to new streams.
-        let endpoint = match inner.tls.current() {
-            Some(tls) => match endpoint.tls_config(tls) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(to, "peer TLS settings: {e}");
-                    return;
-                }
-            },
-            None => endpoint,
-        };
-        let channel = match endpoint.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(to, %address, "peer connect failed: {e}");
-                unreachable_now(&inner, to, &first, &mut rx);
+            Err(ConnectError::Unreachable(e)) => {
+                tracing::debug!(to, "peer connect failed: {e}");
+                unreachable_now(&inner, to, &mut rx);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -269,20 +405,9 @@ async fn peer_stream(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::
                     },
                 },
             };
-            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
             let Some(f) = frame(&inner, &m) else { continue };
             if ftx.send(f).await.is_err() {
-                if is_snapshot {
-                    let _ = inner
-                        .node
-                        .try_send(Msg::Snapshot(to, SnapshotStatus::Failure));
-                }
                 break;
-            }
-            if is_snapshot {
-                let _ = inner
-                    .node
-                    .try_send(Msg::Snapshot(to, SnapshotStatus::Finish));
             }
         }
         let _ = inner.node.try_send(Msg::Unreachable(to));
@@ -291,15 +416,11 @@ async fn peer_stream(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::
 }
 
 /// The peer cannot be reached: tell raft, and drop what is queued (raft will resend).
-fn unreachable_now(inner: &Inner, to: u64, first: &Message, rx: &mut mpsc::Receiver<Message>) {
+fn unreachable_now(inner: &Inner, to: u64, rx: &mut mpsc::Receiver<Message>) {
     let _ = inner.node.try_send(Msg::Unreachable(to));
-    let mut snapshot = first.get_msg_type() == MessageType::MsgSnapshot;
-    while let Ok(m) = rx.try_recv() {
-        snapshot |= m.get_msg_type() == MessageType::MsgSnapshot;
-    }
-    if snapshot {
-        let _ = inner
-            .node
-            .try_send(Msg::Snapshot(to, SnapshotStatus::Failure));
-    }
+    while rx.try_recv().is_ok() {}
 }
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod tests;

@@ -100,6 +100,12 @@ impl EtcdClient {
         let me = resp.header.map(|h| h.member_id).unwrap_or_default();
         Ok((me, resp.leader))
     }
+
+    /// The answering member's raft index (its last log entry).
+    pub async fn raft_index(&mut self) -> Result<u64> {
+        let resp: StatusResponse = self.unary(paths::STATUS, StatusRequest {}).await?;
+        Ok(resp.raft_index)
+    }
 }
 
 /// One benchmark client of etcd's lock API: a channel, a lease, and a lock name.

@@ -15,7 +15,13 @@
 //!    commit, and the acquire's own commit;
 //! 4. release the slot, restart the killed node with its data dir, and go again.
 //!
-//! The report gives every round and the p50/p99 over all rounds; the target is p99 < 3 s.
+//! Meanwhile a poller asks both survivors for their `Status` every 20 ms; the first answer that
+//! names a leader other than the killed node is the round's election time. That is the figure
+//! the cluster test `killing_the_leader_elects_a_new_one_and_keeps_held_slots` once asserted
+//! (under 3 s); a test only holds a generous liveness bound now, the figure lives here.
+//!
+//! The report gives every round and the p50/p99 over all rounds; the targets are p99 < 3 s for
+//! both.
 
 use super::hd_client::{HdClient, RetryingClient};
 use super::machine::Machine;
@@ -54,6 +60,9 @@ pub struct Round {
     pub answered_by: String,
     /// From SIGKILL to the acquire's answer, ms.
     pub ms: f64,
+    /// From SIGKILL to the first survivor naming a new leader, ms (None if none did before
+    /// the acquire's answer plus a second).
+    pub elected_ms: Option<f64>,
     /// Attempts the client made.
     pub attempts: u32,
 }
@@ -67,8 +76,10 @@ pub struct FailoverReport {
     pub opts: FailoverOpts,
     /// Every round.
     pub rounds: Vec<Round>,
-    /// Over all rounds.
+    /// Over all rounds: kill to acquire.
     pub summary: Summary,
+    /// Over all rounds: kill to a new leader named.
+    pub election: Summary,
     /// p99 < 3 s.
     pub targets: Vec<Target>,
 }
@@ -120,21 +131,37 @@ pub fn run(rt: &Runtime, opts: &FailoverOpts) -> Result<FailoverReport> {
         let killed_at = Instant::now();
         cluster.kill(leader);
         client.forget(&cluster.addr(leader).to_string());
-        let (outcome, elapsed) = rt.block_on(async {
+        let survivors: Vec<_> = nodes
+            .iter()
+            .filter(|(id, _)| *id != leader)
+            .map(|(_, addr)| *addr)
+            .collect();
+        let (outcome, elapsed, elected) = rt.block_on(async {
             let deadline = tokio::time::Instant::from_std(killed_at) + ROUND_DEADLINE;
+            let election = tokio::spawn(first_new_leader(survivors, leader, deadline));
             let outcome = client.acquire(HOST, deadline).await;
-            (outcome, killed_at.elapsed())
+            let elapsed = killed_at.elapsed();
+            let elected = match tokio::time::timeout(Duration::from_secs(1), election).await {
+                Ok(Ok(at)) => at.map(|at| at.into_std().duration_since(killed_at)),
+                _ => None,
+            };
+            (outcome, elapsed, elected)
         });
         let outcome = outcome.with_context(|| format!("round {n}: acquiring after the kill"))?;
         let round = Round {
             killed: leader,
             answered_by: outcome.answered_by.clone(),
             ms: stats::ms(elapsed),
+            elected_ms: elected.map(stats::ms),
             attempts: outcome.attempts,
         };
         eprintln!(
-            "hd-bench failover: round {n}/{}: killed node {leader}, acquired at {} after {:.0} ms ({} attempts)",
-            opts.kills, round.answered_by, round.ms, round.attempts
+            "hd-bench failover: round {n}/{}: killed node {leader}, new leader named after {}, acquired at {} after {:.0} ms ({} attempts)",
+            opts.kills,
+            round.elected_ms.map_or("n/a".into(), |ms| format!("{ms:.0} ms")),
+            round.answered_by,
+            round.ms,
+            round.attempts
         );
         rounds.push(round);
         rt.block_on(async {
@@ -152,17 +179,54 @@ pub fn run(rt: &Runtime, opts: &FailoverOpts) -> Result<FailoverReport> {
         .collect();
     let wall: Duration = samples.iter().sum();
     let summary = summarize(samples, 0, wall);
-    let targets = vec![Target::at_most(
-        "failover p99, ms",
-        Some(summary.p99_ms),
-        3000.0,
-        None,
-    )];
+    let elections: Vec<Duration> = rounds
+        .iter()
+        .filter_map(|r| r.elected_ms)
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .collect();
+    let missing = rounds.len() - elections.len();
+    let election_wall: Duration = elections.iter().sum();
+    let election = summarize(elections, missing, election_wall);
+    let targets = vec![
+        Target::at_most("failover p99, ms", Some(summary.p99_ms), 3000.0, None),
+        Target::at_most(
+            "new leader named p99, ms",
+            (missing == 0).then_some(election.p99_ms),
+            3000.0,
+            None,
+        ),
+    ];
     Ok(FailoverReport {
         machine,
         opts: opts.clone(),
         rounds,
         summary,
+        election,
         targets,
     })
+}
+
+/// Polls `survivors`' own `Status` every 20 ms until one names a leader other than `killed`;
+/// returns when that answer arrived (None at `deadline`).
+async fn first_new_leader(
+    survivors: Vec<std::net::SocketAddr>,
+    killed: u64,
+    deadline: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    let mut clients = Vec::with_capacity(survivors.len());
+    for addr in survivors {
+        clients.push(HdClient::new(addr, "bench-election-poller").ok()?);
+    }
+    while tokio::time::Instant::now() < deadline {
+        for c in &mut clients {
+            let answer = tokio::time::timeout(Duration::from_millis(200), c.status()).await;
+            if let Ok(Ok(s)) = answer {
+                if s.leader != 0 && s.leader != killed {
+                    return Some(tokio::time::Instant::now());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }

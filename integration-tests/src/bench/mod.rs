@@ -1,8 +1,8 @@
 //! The coordinator benchmarks behind `hd-bench` (DESIGN §9: benchmarks are not timed tests; each
 //! has a command in the README and a results table in BENCHMARKS.md).
 //!
-//! Three questions are asked of a real 3-node cluster on loopback, built in release mode, with
-//! fsync on (sled flushes every Ready):
+//! Four questions are asked of a real 3-node cluster on loopback, built in release mode, with
+//! every Ready that must be durable `fdatasync`ed (see `coordinator/src/raft/sled_files.rs`):
 //!
 //! - [`lock`]: how long one acquire + release round trip of the deploy lock takes, from 1 client
 //!   and from 32 concurrent clients, and how many pairs per second the cluster sustains. The
@@ -29,12 +29,17 @@
 //! - [`machine`] describes the machine the numbers came from.
 //! - [`report`] prints the human tables; the JSON is the serde form of each report struct.
 //! - [`cleanup`] kills every child when the bench is interrupted by a signal.
+//! - [`costs`] reads each node's context switches and CPU time per committed entry from
+//!   `/proc` (the write path's hand-offs and work, barely moved by the machine's load).
+//! - [`syscalls`] counts each node's `fdatasync`/`fsync` per committed entry under strace
+//!   (`lock --syscalls`).
 //!
 //! Every process is owned by a harness guard ([`crate::proc::ChildGuard`], through
 //! [`crate::cluster::Cluster`] or [`etcd_cluster::EtcdCluster`]), so a bench that fails halfway
 //! still kills what it started. Every loop is bounded by a count or a deadline.
 
 pub mod cleanup;
+pub mod costs;
 pub mod driver;
 pub mod etcd_client;
 pub mod etcd_cluster;
@@ -47,4 +52,5 @@ pub mod memory;
 pub mod report;
 pub mod setup;
 pub mod stats;
+pub mod syscalls;
 pub mod waiters;

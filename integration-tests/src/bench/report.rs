@@ -12,6 +12,7 @@ use super::failover::FailoverReport;
 use super::lock::{LockReport, SystemRun};
 use super::memory::MemoryReport;
 use super::stats::Summary;
+use super::syscalls::SyscallWindow;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -165,8 +166,91 @@ pub fn lock_table(r: &LockReport) -> String {
     if let Some(etcd) = &r.etcd {
         let _ = writeln!(out, "RSS after the run, MiB: etcd [{}]", rss(etcd));
     }
+    costs_table(
+        &mut out,
+        std::iter::once(&r.hotdeploy).chain(r.etcd.as_ref()),
+    );
+    let windows: Vec<_> = std::iter::once(&r.hotdeploy)
+        .chain(r.etcd.as_ref())
+        .flat_map(|run| &run.syscalls)
+        .collect();
+    if !windows.is_empty() {
+        syscalls_table(&mut out, &windows);
+    }
     targets_table(&mut out, &r.targets);
     out
+}
+
+/// Context switches and CPU per committed entry, per node and phase.
+fn costs_table<'a>(out: &mut String, runs: impl Iterator<Item = &'a SystemRun>) {
+    let _ = writeln!(
+        out,
+        "\nper committed entry, from /proc (warm-up included; ctx = context switches)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>7} {:<18} {:>8} {:>8}",
+        "system", "clients", "node", "ctx", "cpu µs"
+    );
+    for run in runs {
+        for (clients, costs) in [
+            (1, &run.costs_one_client),
+            (run.clients, &run.costs_many_clients),
+        ] {
+            for c in costs {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:>7} {:<18} {:>8.1} {:>8.0}",
+                    run.system,
+                    clients,
+                    format!("{} ({})", c.node, c.role),
+                    c.ctx_switches_per_entry,
+                    c.cpu_us_per_entry
+                );
+            }
+        }
+    }
+}
+
+/// `--syscalls`: sync calls per committed entry, per node.
+fn syscalls_table(out: &mut String, windows: &[&SyscallWindow]) {
+    let _ = writeln!(
+        out,
+        "\nsync syscalls under strace -f -c (per node; entries = raft entries the leader committed)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>7} {:>6} {:>7} {:<18} {:>9} {:>6} {:>15} {:>7} {:>11}",
+        "system",
+        "clients",
+        "pairs",
+        "entries",
+        "node",
+        "fdatasync",
+        "fsync",
+        "sync_file_range",
+        "writes",
+        "syncs/entry"
+    );
+    for w in windows {
+        for n in &w.nodes {
+            let _ = writeln!(
+                out,
+                "{:<10} {:>7} {:>6} {:>7} {:<18} {:>9} {:>6} {:>15} {:>7} {:>11}",
+                w.system,
+                w.clients,
+                w.pairs,
+                w.entries,
+                format!("{} ({})", n.node, n.role),
+                n.fdatasync,
+                n.fsync,
+                n.sync_file_range,
+                n.writes,
+                n.syncs_per_entry
+                    .map_or("n/a".into(), |v| format!("{v:.2}"))
+            );
+        }
+    }
 }
 
 /// The failover benchmark's table.
@@ -175,16 +259,19 @@ pub fn failover_table(r: &FailoverReport) -> String {
     let _ = writeln!(out, "machine: {}", r.machine.line());
     let _ = writeln!(
         out,
-        "\n{:>5} {:>7} {:<22} {:>9} {:>8}",
-        "round", "killed", "new leader", "ms", "attempts"
+        "\n{:>5} {:>7} {:<22} {:>11} {:>9} {:>8}",
+        "round", "killed", "new leader", "elected ms", "ms", "attempts"
     );
     for (i, round) in r.rounds.iter().enumerate() {
         let _ = writeln!(
             out,
-            "{:>5} {:>7} {:<22} {:>9.0} {:>8}",
+            "{:>5} {:>7} {:<22} {:>11} {:>9.0} {:>8}",
             i + 1,
             round.killed,
             round.answered_by,
+            round
+                .elected_ms
+                .map_or("n/a".into(), |ms| format!("{ms:.0}")),
             round.ms,
             round.attempts
         );
@@ -192,8 +279,14 @@ pub fn failover_table(r: &FailoverReport) -> String {
     let s = &r.summary;
     let _ = writeln!(
         out,
-        "\nkills {}: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms, mean {:.0} ms",
+        "\nkill to acquire, {} kills: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms, mean {:.0} ms",
         s.ops, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.mean_ms
+    );
+    let e = &r.election;
+    let _ = writeln!(
+        out,
+        "kill to new leader named, {} kills ({} unseen): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        e.ops, e.errors, e.p50_ms, e.p90_ms, e.p99_ms, e.max_ms
     );
     targets_table(&mut out, &r.targets);
     out

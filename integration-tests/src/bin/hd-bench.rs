@@ -3,6 +3,7 @@
 //! ```text
 //! cargo build --release --workspace --bins
 //! target/release/hd-bench lock      # acquire+release p50/p99 and throughput, 1 and 32 clients, vs etcd 3.4
+//! target/release/hd-bench lock --syscalls  # ... and fdatasync/fsync per committed entry, per node (strace)
 //! target/release/hd-bench failover  # kill -9 of the leader -> next successful acquire, p50/p99
 //! target/release/hd-bench memory    # leader/follower RSS with 10,000 registered hosts
 //! target/release/hd-bench waiters   # 1,000 waiting acquires in a 1,000-host group: grant latency, leader CPU
@@ -65,6 +66,13 @@ enum Cmd {
         /// without the leader's acquire queue (for profiling).
         #[arg(long)]
         diagnose: bool,
+        /// Also count every node's fdatasync/fsync calls per committed entry, with
+        /// `strace -f -c` attached (1 client, then N clients; after the measured phases).
+        #[arg(long)]
+        syscalls: bool,
+        /// Lock pairs in each `--syscalls` window.
+        #[arg(long, default_value_t = 200)]
+        syscall_pairs: usize,
     },
     /// Time from kill -9 of the leader to the next successful acquire.
     Failover {
@@ -139,6 +147,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             skip_etcd,
             acquire_wait_ms,
             diagnose,
+            syscalls,
+            syscall_pairs,
         } => {
             anyhow::ensure!(
                 *ops > 0 && *clients > 0,
@@ -152,6 +162,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 skip_etcd: *skip_etcd,
                 acquire_wait_ms: *acquire_wait_ms,
                 diagnose: *diagnose,
+                syscalls: *syscalls,
+                syscall_pairs: *syscall_pairs,
             };
             let r = lock::run(&rt, &opts)?;
             (report::lock_table(&r), to_json(&r)?, r.targets)

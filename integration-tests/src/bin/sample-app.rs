@@ -14,6 +14,11 @@
 //!   keep-alive connections, and exits 0. That is the contract hotdeploy's `exec` control relies
 //!   on when it stops the old release.
 //!
+//! - When `HD_HARNESS_PID` names a process (the test harness sets it, see
+//!   `hotdeploy_integration_tests::proc`), it exits once that process is gone. An agent starts
+//!   the app in a process group of its own, so that the app outlives a killed agent; this makes
+//!   it not outlive a killed test.
+//!
 //! The agent starts it as `{current}/bin/sample-app --dir {current} --listen IP:PORT`, with
 //! `{current}` resolved to the real release directory.
 
@@ -50,6 +55,28 @@ struct Args {
     listen: SocketAddr,
 }
 
+/// How often the harness's pid is checked.
+const HARNESS_POLL: Duration = Duration::from_millis(250);
+
+/// The pid in `HD_HARNESS_PID`, if set.
+fn harness_pid() -> Option<nix::unistd::Pid> {
+    let raw = std::env::var(hotdeploy_integration_tests::proc::HARNESS_PID_ENV).ok()?;
+    raw.parse::<i32>().ok().map(nix::unistd::Pid::from_raw)
+}
+
+/// Resolves once `pid` no longer exists (never when `None`).
+async fn harness_gone(pid: Option<nix::unistd::Pid>) {
+    let Some(pid) = pid else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Err(nix::errno::Errno::ESRCH) = nix::sys::signal::kill(pid, None) {
+            return;
+        }
+        tokio::time::sleep(HARNESS_POLL).await;
+    }
+}
+
 /// What every request handler can see.
 struct Release {
     dir: PathBuf,
@@ -81,6 +108,8 @@ async fn main() -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let graceful = GracefulShutdown::new();
+    let harness = harness_gone(harness_pid());
+    tokio::pin!(harness);
 
     loop {
         tokio::select! {
@@ -106,6 +135,10 @@ async fn main() -> anyhow::Result<()> {
             },
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = &mut harness => {
+                eprintln!("sample-app pid={pid}: the test harness that started it is gone; exiting");
+                return Ok(());
+            }
         }
     }
 

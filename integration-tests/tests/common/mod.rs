@@ -1,8 +1,13 @@
-//! Helpers shared by the coordinator's multi-process tests (`coordinator_*.rs`).
+//! Helpers shared by the coordinator's multi-process tests (`coordinator_*.rs`,
+//! `rollout_cluster.rs`).
 //!
-//! - [`serial`]: the tests of one file run one at a time. Each starts a cluster of three or four
-//!   debug-built coordinators, and CI runs them on two cores; timing assertions (a new leader
-//!   within 3 s) must not fight a second cluster for the CPU.
+//! - [`serial`]: the coordinator cluster tests (every `coordinator_*.rs`, and
+//!   `rollout_cluster.rs`) run one at a time, under `cargo test` and `cargo nextest` alike. Each
+//!   starts a cluster of three or four debug-built coordinators with short raft timeouts, and CI
+//!   runs them on two cores beside other multi-process tests; two clusters at once would make
+//!   elections and leases compete for the CPU. The lock is a file lock across processes ([`TestLock`]); under nextest the
+//!   test group `coordinator-cluster` (`max-threads = 1`) keeps such tests from even starting
+//!   together, so nobody waits.
 //! - [`Deadline`]: every test has an overall deadline, checked between steps; every step has
 //!   its own bound too.
 //! - [`runtime`]: a tokio runtime per test for the gRPC pseudo-hosts, while the test thread
@@ -13,14 +18,17 @@
 #![allow(dead_code)]
 
 use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts};
+use hotdeploy_integration_tests::test_lock::TestLock;
 use serde_json::Value;
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Holds the file's test lock: one cluster at a time per test binary.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Holds the coordinator cluster tests' lock: one such test at a time, across processes.
+pub fn serial() -> TestLock {
+    TestLock::acquire(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "coordinator-cluster",
+    )
 }
 
 /// A multi-threaded tokio runtime for one test's gRPC clients.
