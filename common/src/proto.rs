@@ -37,6 +37,17 @@ impl Rotation {
     }
 }
 
+impl HostKind {
+    /// The lower-case name used in JSON and tables (unspecified, from an older coordinator, is
+    /// an agent host).
+    pub fn label(self) -> &'static str {
+        match self {
+            HostKind::Unspecified | HostKind::Agent => "agent",
+            HostKind::LockOnly => "lock_only",
+        }
+    }
+}
+
 impl Reachability {
     /// The lower-case name used in JSON and tables.
     pub fn label(self) -> &'static str {

@@ -7,6 +7,8 @@
 //!   report so that reconnecting never hides a bad state;
 //! - `UpdateReport` when a reachable host reports different health, rotation or release.
 //!
+//! FleetLock's lock-only hosts have no agent and send no heartbeats; liveness leaves them alone.
+//!
 //! A new leader knows no heartbeats yet, so it gives every host a fresh grace period of
 //! `unreachable_after` from the moment it took office before marking anything unreachable.
 //! At most one proposal per host is in flight at a time.
@@ -158,6 +160,8 @@ impl Liveness {
             let seen = lock(&self.seen);
             st.hosts()
                 .filter(|h| h.reachability == Reachability::Reachable)
+                // FleetLock's lock-only hosts send no heartbeats and are never judged by them.
+                .filter(|h| !h.is_lock_only())
                 .filter(|h| {
                     let last = seen.get(&h.id).copied().unwrap_or(since).max(since);
                     last.elapsed() > self.cfg.unreachable_after

@@ -77,6 +77,9 @@ pub struct AgentOpts {
     pub tls: Option<PathBuf>,
     /// `[tls] crl` (with [`AgentOpts::tls`]).
     pub crl: Option<PathBuf>,
+    /// The agent binary started at the next (re)start, where it is not the workspace's
+    /// ([`bins::agent`]): the "new" binary of an agent upgrade test. `None` by default.
+    pub binary: Option<PathBuf>,
 }
 
 impl AgentOpts {
@@ -102,6 +105,7 @@ impl AgentOpts {
             env: Vec::new(),
             tls: None,
             crl: None,
+            binary: None,
         }
     }
 }
@@ -197,7 +201,8 @@ impl AgentProc {
     }
 
     fn spawn(&mut self) {
-        let mut command = Command::new(bins::agent());
+        let program = self.opts.binary.clone().unwrap_or_else(bins::agent);
+        let mut command = Command::new(program);
         command.arg("--config").arg(&self.config);
         command.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(ChildGuard::spawn_command(

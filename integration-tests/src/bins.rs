@@ -64,6 +64,25 @@ pub fn coordinator() -> PathBuf {
     path(COORDINATOR)
 }
 
+/// Where `scripts/build-old-coordinator` puts the coordinator built with the cargo feature
+/// `command-format-v1`: an honest old binary that knows command format version 1 only, for the
+/// mixed-version tests.
+pub const OLD_COORDINATOR_DIR: &str = "format-v1";
+
+/// The old coordinator (see [`OLD_COORDINATOR_DIR`]); panics with the command that builds it
+/// when it is missing.
+pub fn old_coordinator() -> PathBuf {
+    let path = profile_dir().join(OLD_COORDINATOR_DIR).join(COORDINATOR);
+    if !path.is_file() {
+        panic!(
+            "the old coordinator {} is missing: run `scripts/build-old-coordinator` (scripts/test \
+             does) to build hotdeploy-coordinator with --features command-format-v1",
+            path.display()
+        );
+    }
+    path
+}
+
 /// `hotdeploy-agent`.
 pub fn agent() -> PathBuf {
     path(AGENT)

@@ -19,6 +19,9 @@
 //!
 //! Nodes beyond the initial ones can be added with [`Cluster::add_node`] (for `members add`
 //! tests); addresses for two spare nodes are reserved up front.
+//!
+//! A node may run another coordinator binary than the workspace's ([`ClusterOpts::binaries`],
+//! [`Cluster::set_binary`]): an old one next to new ones, for mixed-version tests.
 
 use crate::bins;
 use crate::fault_proxy::FaultProxy;
@@ -65,6 +68,9 @@ pub struct ClusterOpts {
     /// test must know them before the start (to put them in certificates). At least `n`
     /// entries; spare nodes need more. `None`: allocated at start.
     pub ips: Option<Vec<Ipv4Addr>>,
+    /// The coordinator binary of node `id`, where it is not the workspace's
+    /// ([`bins::coordinator`]): an old binary for mixed-version tests.
+    pub binaries: BTreeMap<u64, PathBuf>,
 }
 
 impl Default for ClusterOpts {
@@ -79,6 +85,7 @@ impl Default for ClusterOpts {
             tls: None,
             crl: None,
             ips: None,
+            binaries: BTreeMap::new(),
         }
     }
 }
@@ -313,8 +320,22 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("writing {}: {e}", node.config.display()));
     }
 
+    /// Node `id` runs `binary` from its next start ([`Cluster::restart`]); `None`: the
+    /// workspace's coordinator again.
+    pub fn set_binary(&mut self, id: u64, binary: Option<PathBuf>) {
+        match binary {
+            Some(b) => self.opts.binaries.insert(id, b),
+            None => self.opts.binaries.remove(&id),
+        };
+    }
+
     fn spawn(&mut self, id: u64) {
-        let program = bins::coordinator();
+        let program = self
+            .opts
+            .binaries
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(bins::coordinator);
         let node = self.node(id);
         let args = [
             "--config".to_string(),

@@ -10,6 +10,9 @@
 //! - [`net`] hands out loopback addresses in 127.0.0.0/8 that no concurrent test process uses,
 //!   and waits for ports.
 //! - [`http_probe`] is a tiny blocking HTTP/1.1 GET for checks from synchronous test code.
+//! - [`http_request`] sends one HTTP(S) request with headers, a body and a chosen source
+//!   address (FleetLock, allow-lists, `/metrics` over TLS).
+//! - [`prom_text`] parses a `/metrics` scrape strictly, series by series.
 //! - [`background`] is the harness's own tokio runtime, so proxies, load and observers run while
 //!   a plain `#[test]` blocks on processes.
 //! - [`fault_proxy`] is a TCP proxy that can be told to cut traffic: the harness's partitions.
@@ -42,11 +45,13 @@ pub mod coord_client;
 pub mod fault_proxy;
 pub mod haproxy;
 pub mod http_probe;
+pub mod http_request;
 pub mod load;
 pub mod net;
 pub mod nspawn;
 pub mod pack;
 pub mod proc;
+pub mod prom_text;
 pub mod scripted_agent;
 pub mod strace;
 pub mod test_lock;

@@ -11,7 +11,9 @@
 //! - a release that fails its health is rolled back by the agent itself, under load, with no
 //!   failed request, and the agent reports `rolled_back`;
 //! - `kill -9` of the agent under load fails no request and does not restart the app: the
-//!   restarted agent re-adopts it and reports the host healthy and in rotation.
+//!   restarted agent re-adopts it and reports the host healthy and in rotation;
+//! - an agent upgrade under load (SIGTERM, as systemd stops it, then another agent binary
+//!   started) fails no request, keeps the host in rotation and does not restart the app.
 //!
 //! A missing HAProxy fails these tests; it never skips them.
 
@@ -21,7 +23,8 @@ use agent_support::*;
 use hotdeploy_integration_tests::agents::AgentProc;
 use hotdeploy_integration_tests::haproxy::{HaProxy, Observer};
 use hotdeploy_integration_tests::load::{LoadConfig, LoadGen, LoadReport};
-use hotdeploy_integration_tests::{http_probe, net};
+use hotdeploy_integration_tests::{bins, http_probe, net};
+use nix::sys::signal::Signal;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -461,5 +464,78 @@ fn agent_kill_9_under_load_keeps_the_app_and_fails_no_request() {
         seen.changes
     );
     assert_eq!(web1.app_version().as_deref(), Some("v1"));
+    deadline.finish();
+}
+
+#[test]
+fn agent_upgrade_under_load_keeps_the_app_and_fails_no_request() {
+    let deadline = Deadline::new("agent upgrade under load", Duration::from_secs(60));
+    let mut fleet = Fleet::start(&deadline, false, "1s", "8s");
+    let pid = one_app_pid(&fleet.agents[0]);
+    // The "new" agent binary: another file than the running one, as a package upgrade installs.
+    let new_agent = fleet._artifacts.path().join("hotdeploy-agent-new");
+    std::fs::hard_link(bins::agent(), &new_agent)
+        .or_else(|_| std::fs::copy(bins::agent(), &new_agent).map(|_| ()))
+        .unwrap_or_else(|e| panic!("installing {}: {e}", new_agent.display()));
+    let observer = Observer::start(&fleet.haproxy);
+    let watched = Instant::now();
+    let load = fleet.load();
+
+    // The old agent is stopped the way systemd stops it for an upgrade: SIGTERM, and it exits
+    // by itself, leaving the app running.
+    let web1 = &mut fleet.agents[0];
+    web1.signal(Signal::SIGTERM);
+    let exit = web1.wait_exit(Duration::from_secs(20));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "the agent did not exit cleanly on SIGTERM ({exit:?})\n{}",
+        web1.log_tail()
+    );
+    assert_eq!(
+        web1.app_pids(),
+        vec![pid],
+        "stopping the agent touched the app"
+    );
+    std::thread::sleep(Duration::from_millis(1000)); // agent-checks with no agent
+
+    // The new binary starts and adopts the app.
+    web1.opts_mut().binary = Some(new_agent.clone());
+    web1.restart();
+    let agent_pid = web1
+        .pid()
+        .unwrap_or_else(|| panic!("the new agent is not running"));
+    let exe = std::fs::read_link(format!("/proc/{agent_pid}/exe"))
+        .unwrap_or_else(|e| panic!("/proc/{agent_pid}/exe: {e}"));
+    assert_eq!(exe, new_agent, "the restarted agent is not the new binary");
+    wait_settled(&deadline, web1, Some("v1"), Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500)); // agent-checks answered by the new agent
+    let report = load.stop();
+    let seen = observer.stop();
+    let watched = watched.elapsed();
+    eprintln!(
+        "load {} ok / {} failed; observer {:?}",
+        report.ok, report.failed, seen.changes
+    );
+
+    assert_no_failures(&report, &fleet.logs());
+    assert_sampled(&seen, watched, "an agent upgrade");
+    let web1 = &fleet.agents[0];
+    assert_eq!(
+        web1.app_pids(),
+        vec![pid],
+        "the agent upgrade restarted or doubled the app"
+    );
+    let s = status(web1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s["service_pid"], pid,
+        "the new agent did not adopt the app: {s}"
+    );
+    assert_eq!(s["health"], "healthy", "{s}");
+    assert_eq!(s["state"], "in_rotation", "{s}");
+    assert_eq!(
+        seen.max_not_up, 0,
+        "a server left rotation while only its agent was upgraded: {:?}",
+        seen.changes
+    );
     deadline.finish();
 }

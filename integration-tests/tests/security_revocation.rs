@@ -152,6 +152,7 @@ async fn peer_frame_as(
         from,
         from_address: "127.0.0.1:1".into(),
         message: Vec::new(),
+        format_version: 0,
     };
     match RaftPeerClient::new(channel)
         .send(tokio_stream::once(frame))

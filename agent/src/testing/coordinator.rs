@@ -337,6 +337,12 @@ impl Coordinator for FakeCoordinator {
     ) -> Result<Response<ListAuditResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn save_snapshot(
+        &self,
+        _r: Request<SaveSnapshotRequest>,
+    ) -> Result<Response<SaveSnapshotResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn report_step(
         &self,
         r: Request<ReportStepRequest>,

@@ -190,6 +190,23 @@ impl CoordinatorConfig {
             crate::names::check_group(name)
                 .map_err(|e| invalid(path, &format!("groups.{name}"), e.to_string()))?;
         }
+        if self.fleetlock.enabled {
+            if self.http_listen.is_none() {
+                return Err(invalid(
+                    path,
+                    "fleetlock.enabled",
+                    "FleetLock is served on http_listen, which is not set",
+                ));
+            }
+            if self.fleetlock.allow.is_empty() {
+                return Err(invalid(
+                    path,
+                    "fleetlock.allow",
+                    "is empty, so no client could use FleetLock; list the CIDRs of the hosts \
+                     that may (e.g. [\"10.0.0.0/8\"])",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -246,5 +263,30 @@ allow_zero_available = true
         assert!(e.to_string().contains("lissten"), "{e}");
         let e = parse("id = 1\nlisten = \"x:1\"\ndata_dir = \"/x\"\n").unwrap_err();
         assert!(e.to_string().contains("insecure"), "{e}");
+    }
+
+    #[test]
+    fn fleetlock_needs_http_listen_and_an_allow_list() {
+        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n[tls]\ninsecure = true\n";
+        let e = parse(&format!(
+            "{base}[fleetlock]\nenabled = true\nallow = [\"10.0.0.0/8\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("fleetlock.enabled"), "{e}");
+        let with_http = base.replace("[tls]", "http_listen = \"127.0.0.1:2\"\n[tls]");
+        let e = parse(&format!("{with_http}[fleetlock]\nenabled = true\n")).unwrap_err();
+        assert!(e.to_string().contains("fleetlock.allow"), "{e}");
+        let e = parse(&format!(
+            "{with_http}[fleetlock]\nenabled = true\nallow = [\"10.0.0.300/8\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("allow"), "{e}");
+        let c = parse(&format!(
+            "{with_http}[fleetlock]\nenabled = true\nallow = [\"10.0.0.0/8\", \"127.0.0.1/32\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.fleetlock.allow.len(), 2);
+        // Off, nothing is required.
+        parse(&format!("{base}[fleetlock]\nenabled = false\n")).unwrap();
     }
 }

@@ -13,6 +13,11 @@
 //! CRL does not cover is refused rather than let through: a CRL from the wrong CA fails closed.
 //! CRL expiry (`nextUpdate`) is not enforced, so a stale CRL keeps revoking what it lists.
 //!
+//! The coordinator's HTTP listener (`/metrics`, FleetLock) serves the same certificate with the
+//! same CA and CRL ([`ServerTls::http_acceptor`]), but asks for no client certificate: Zincati
+//! and most scrapers present none. A client that does present one must still pass the CA and
+//! the CRL. Both settings are read and reloaded together.
+//!
 //! Left out: OCSP, and client certificates for anything but authentication (the role comes
 //! from the SAN URI, read by the services).
 
@@ -26,6 +31,8 @@ use std::sync::{Arc, RwLock};
 pub struct ServerTls {
     cfg: TlsConfig,
     current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    /// The HTTP listener's settings: the same files, client certificates optional, HTTP/1.1.
+    http: Arc<RwLock<Arc<rustls::ServerConfig>>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -40,19 +47,30 @@ impl ServerTls {
         if cfg.insecure {
             return Ok(None);
         }
-        let built = build(cfg)?;
+        let built = build(cfg, ClientCerts::Required)?;
+        let http = build(cfg, ClientCerts::Optional)?;
         Ok(Some(Self {
             cfg: cfg.clone(),
             current: Arc::new(RwLock::new(Arc::new(built))),
+            http: Arc::new(RwLock::new(Arc::new(http))),
         }))
     }
 
     /// Re-reads the certificate, key, CA and CRL. New connections use them; open ones are not
     /// touched. On error the old settings stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let built = Arc::new(build(&self.cfg)?);
+        let built = Arc::new(build(&self.cfg, ClientCerts::Required)?);
+        let http = Arc::new(build(&self.cfg, ClientCerts::Optional)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = built;
+        *self.http.write().unwrap_or_else(|e| e.into_inner()) = http;
         Ok(())
+    }
+
+    /// The settings for an HTTPS connection accepted now (the coordinator's `http_listen`):
+    /// the same certificate, CA and CRL, no client certificate required, HTTP/1.1.
+    pub fn http_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let cfg = self.http.read().unwrap_or_else(|e| e.into_inner()).clone();
+        tokio_rustls::TlsAcceptor::from(cfg)
     }
 
     /// The settings for a connection accepted now.
@@ -66,7 +84,16 @@ impl ServerTls {
     }
 }
 
-fn build(cfg: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
+/// Whether a listener insists on a client certificate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientCerts {
+    /// gRPC: every caller proves its role.
+    Required,
+    /// HTTP: anyone may connect; a certificate shown must still be valid and not revoked.
+    Optional,
+}
+
+fn build(cfg: &TlsConfig, client_certs: ClientCerts) -> Result<rustls::ServerConfig, TlsError> {
     let (Some(ca), Some(cert), Some(key)) = (&cfg.ca, &cfg.cert, &cfg.key) else {
         return Err(TlsError::Incomplete);
     };
@@ -79,6 +106,9 @@ fn build(cfg: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
         verifier = verifier
             .with_crls(material::crls(crl)?)
             .only_check_end_entity_revocation();
+    }
+    if client_certs == ClientCerts::Optional {
+        verifier = verifier.allow_unauthenticated();
     }
     let verifier = verifier
         .build()
@@ -95,7 +125,10 @@ fn build(cfg: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
                 key.display()
             ))
         })?;
-    // gRPC is HTTP/2 only; clients (tonic among them) ask for h2 by ALPN.
-    server.alpn_protocols = vec![b"h2".to_vec()];
+    server.alpn_protocols = match client_certs {
+        // gRPC is HTTP/2 only; clients (tonic among them) ask for h2 by ALPN.
+        ClientCerts::Required => vec![b"h2".to_vec()],
+        ClientCerts::Optional => vec![b"http/1.1".to_vec()],
+    };
     Ok(server)
 }

@@ -5,7 +5,7 @@ use super::output::{age, dash, print};
 use super::GlobalOpts;
 use clap::Subcommand;
 use hotdeploy_common::proto::{
-    Health, HostInfo, ListHostsRequest, Reachability, RemoveHostRequest, Rotation,
+    Health, HostInfo, HostKind, ListHostsRequest, Reachability, RemoveHostRequest, Rotation,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -19,8 +19,8 @@ pub enum HostsCmd {
     },
     /// One host in detail.
     Show { host: String },
-    /// Decommission a host that is gone for good (frees its slot). It must be unreachable,
-    /// unless --force.
+    /// Decommission a host that is gone for good (frees its slot). An agent host must be
+    /// unreachable, unless --force; a lock-only (FleetLock) host needs no --force.
     Remove {
         host: String,
         #[arg(long)]
@@ -40,6 +40,7 @@ pub(crate) fn host_json(h: &HostInfo) -> Value {
         "last_seen_ms": h.last_seen_ms,
         "phase": h.phase,
         "address": h.address,
+        "kind": HostKind::try_from(h.kind).unwrap_or_default().label(),
     })
 }
 
@@ -66,10 +67,14 @@ fn row(h: &HostInfo) -> Vec<String> {
             h.slot_token.to_string()
         },
         h.last_seen_ms.map(age).unwrap_or_else(|| "-".into()),
+        HostKind::try_from(h.kind)
+            .unwrap_or_default()
+            .label()
+            .into(),
     ]
 }
 
-const HEADERS: [&str; 8] = [
+const HEADERS: [&str; 9] = [
     "host",
     "groups",
     "reachability",
@@ -78,6 +83,7 @@ const HEADERS: [&str; 8] = [
     "release",
     "slot",
     "last seen",
+    "kind",
 ];
 
 async fn list(coord: &Coord, group: String, host: String) -> anyhow::Result<Vec<HostInfo>> {

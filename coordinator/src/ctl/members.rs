@@ -4,7 +4,7 @@ use super::client::Coord;
 use super::output::print;
 use super::GlobalOpts;
 use clap::Subcommand;
-use hotdeploy_common::proto::{AddMemberRequest, RemoveMemberRequest, StatusRequest};
+use hotdeploy_common::proto::{AddMemberRequest, RemoveMemberRequest};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -26,11 +26,8 @@ pub async fn run(cmd: MembersCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
     let coord = Coord::new(opts)?;
     match cmd {
         MembersCmd::List => {
-            let s = coord
-                .call("members list", Duration::ZERO, |mut c| async move {
-                    c.status(StatusRequest {}).await
-                })
-                .await?;
+            // The leader's view: reachability and versions first-hand.
+            let s = super::status::fetch(&coord).await?;
             let j = Value::Array(s.members.iter().map(super::status::member_json).collect());
             let rows = s
                 .members
@@ -41,13 +38,14 @@ pub async fn run(cmd: MembersCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
                         m.address.clone(),
                         m.role.clone(),
                         m.reachable.to_string(),
+                        super::status::version_cell(m.format_version),
                     ]
                 })
                 .collect();
             print(
                 opts.output,
                 &j,
-                &["id", "address", "role", "reachable"],
+                &["id", "address", "role", "reachable", "version"],
                 rows,
             );
         }

@@ -17,6 +17,7 @@ mod members;
 mod output;
 mod release;
 mod rollout;
+mod snapshot;
 mod status;
 
 pub use connect::{channel_to, GlobalOpts, Output};
@@ -56,6 +57,9 @@ pub enum Command {
     /// The replicated audit trail of operator actions.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Back up the replicated state (disaster recovery).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
     /// Talk to one agent's local API.
     Agent(agent::AgentArgs),
     /// The mTLS PKI: a CA and role certificates (no daemon is contacted).
@@ -76,6 +80,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Locks(c) => locks::run(c, &cli.global).await,
         Command::Rollout(c) => rollout::run(c, &cli.global).await,
         Command::Audit(c) => audit::run(c, &cli.global).await,
+        Command::Snapshot(c) => snapshot::run(c, &cli.global).await,
         Command::Agent(args) => agent::run(args, &cli.global).await,
         Command::Certs(c) => certs::run(c, &cli.global),
         Command::Release(c) => release::run(c, &cli.global),

@@ -8,7 +8,31 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 pub(crate) fn member_json(m: &Member) -> Value {
-    json!({"id": m.id, "address": m.address, "role": m.role, "reachable": m.reachable})
+    json!({
+        "id": m.id,
+        "address": m.address,
+        "role": m.role,
+        "reachable": m.reachable,
+        "format_version": version_json(m.format_version),
+    })
+}
+
+/// A member's command format version: the number, or `null` when not known (0 on the wire).
+fn version_json(v: u32) -> Value {
+    if v == 0 {
+        Value::Null
+    } else {
+        json!(v)
+    }
+}
+
+/// A member's command format version in a table: the number, or `?`.
+pub(crate) fn version_cell(v: u32) -> String {
+    if v == 0 {
+        "?".into()
+    } else {
+        v.to_string()
+    }
 }
 
 pub(crate) fn group_json(g: &GroupInfo) -> Value {
@@ -24,7 +48,7 @@ pub(crate) fn group_json(g: &GroupInfo) -> Value {
 }
 
 /// Asks any node, then the leader it names (whose view of member reachability is first-hand).
-async fn fetch(coord: &Coord) -> anyhow::Result<StatusResponse> {
+pub(crate) async fn fetch(coord: &Coord) -> anyhow::Result<StatusResponse> {
     let first = coord
         .call("status", Duration::ZERO, |mut c| async move {
             c.status(StatusRequest {}).await
@@ -59,7 +83,12 @@ pub async fn run(opts: &GlobalOpts) -> anyhow::Result<i32> {
         "term": s.term,
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
         "groups": s.groups.iter().map(group_json).collect::<Vec<_>>(),
-        "hosts": {"total": hosts.total, "in_rotation": hosts.in_rotation, "unreachable": hosts.unreachable},
+        "hosts": {
+            "total": hosts.total,
+            "in_rotation": hosts.in_rotation,
+            "unreachable": hosts.unreachable,
+            "lock_only": hosts.lock_only,
+        },
         "commit_index": s.commit_index,
     });
     if opts.output == super::Output::Json {
@@ -77,8 +106,8 @@ pub async fn run(opts: &GlobalOpts) -> anyhow::Result<i32> {
         s.commit_index
     );
     println!(
-        "hosts: {} total, {} in rotation, {} unreachable",
-        hosts.total, hosts.in_rotation, hosts.unreachable
+        "hosts: {} total, {} in rotation, {} unreachable, {} lock-only (FleetLock)",
+        hosts.total, hosts.in_rotation, hosts.unreachable, hosts.lock_only
     );
     let rows = s
         .members
@@ -89,13 +118,14 @@ pub async fn run(opts: &GlobalOpts) -> anyhow::Result<i32> {
                 m.address.clone(),
                 m.role.clone(),
                 if m.reachable { "yes" } else { "no" }.into(),
+                version_cell(m.format_version),
             ]
         })
         .collect();
     print(
         opts.output,
         &j,
-        &["member", "address", "role", "reachable"],
+        &["member", "address", "role", "reachable", "version"],
         rows,
     );
     let rows = s

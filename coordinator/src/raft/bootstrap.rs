@@ -84,6 +84,8 @@ pub struct PeerAnswer {
     pub commit_index: u64,
     /// The members its cluster has seen acknowledge the log.
     pub members: Vec<u64>,
+    /// The newest command format version it knows (0 from a coordinator that predates it).
+    pub format_version: u32,
 }
 
 /// What a blank `"new"` node does after asking its peers.
@@ -188,7 +190,7 @@ pub async fn bootstrap_new<S: Replicated>(
 }
 
 /// One `ClusterInfo` call.
-async fn ask(my_id: u64, addr: &str, tls: &ClientTls) -> Result<PeerAnswer, String> {
+pub(crate) async fn ask(my_id: u64, addr: &str, tls: &ClientTls) -> Result<PeerAnswer, String> {
     let mut ep = Endpoint::from_shared(format!("{}://{addr}", tls.scheme()))
         .map_err(|e| format!("bad address {addr}: {e}"))?
         .connect_timeout(Duration::from_millis(800))
@@ -209,6 +211,7 @@ async fn ask(my_id: u64, addr: &str, tls: &ClientTls) -> Result<PeerAnswer, Stri
         cluster_id: info.cluster_id,
         commit_index: info.commit_index,
         members: info.members,
+        format_version: info.format_version,
     })
 }
 
@@ -228,6 +231,7 @@ mod tests {
             cluster_id: 0,
             commit_index: 0,
             members: vec![],
+            format_version: 3,
         })
     }
 
@@ -266,6 +270,7 @@ mod tests {
             cluster_id: cid,
             commit_index: 9,
             members: vec![1, 2, 3],
+            format_version: 3,
         });
         let answers = BTreeMap::from([(2, down()), (3, remembers)]);
         let Decision::Refuse(why) = decide(1, &[1, 2, 3], &answers) else {
@@ -280,6 +285,7 @@ mod tests {
             cluster_id: cid,
             commit_index: 9,
             members: vec![2, 3],
+            format_version: 3,
         });
         let answers = BTreeMap::from([(2, down()), (3, forgot)]);
         assert_eq!(decide(1, &[1, 2, 3], &answers), Decision::Bootstrap);
@@ -288,6 +294,7 @@ mod tests {
             cluster_id: cid ^ 1,
             commit_index: 9,
             members: vec![2, 3],
+            format_version: 3,
         });
         let answers = BTreeMap::from([(2, blank()), (3, other)]);
         assert!(matches!(

@@ -52,7 +52,14 @@
 //!
 //! The leader also records, through the state machine, every member that has acknowledged the
 //! log ([`Replicated::member_entry`]), so that a wiped member is recognised when it tries to
-//! bootstrap again (see `bootstrap`).
+//! bootstrap again (see `bootstrap`), and the command format version each member reports
+//! ([`Replicated::member_version_entry`]).
+//!
+//! **Every proposal passes the version gate** in [`Core::propose`] (`versions.rs`): an entry of
+//! command format version N is proposed only once every voter and learner is known to know N.
+//! The services, liveness, the progress checker and the core's own records all propose through
+//! it; nothing reaches `RawNode::propose` another way. Peers' versions arrive with their
+//! messages ([`Core::step`]).
 
 use super::conf_context::ConfContext;
 use super::error::{Fatal, NodeError};
@@ -61,6 +68,7 @@ use super::reads::{self, Reads};
 use super::replicated::{MemberChange, MembershipChange, Replicated, SnapshotError};
 use super::status::{NodeStatus, Role};
 use super::storage::{SledStorage, BOOTSTRAP_INDEX, BOOTSTRAP_TERM};
+use super::versions::{self, Gate, Known, View};
 use protobuf::Message as _;
 use raft::prelude::*;
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
@@ -95,15 +103,24 @@ pub(crate) struct CoreConfig {
     pub snapshot_every: u64,
     /// Ticks after which an unanswered ReadIndex request fails.
     pub read_expiry_ticks: u64,
+    /// The newest command format version this node knows: what it applies, advertises and
+    /// lets through the gate.
+    pub known_version: u32,
     pub logger: slog::Logger,
 }
 
 impl CoreConfig {
     /// The production timing: election timeouts in `[e, 1.5e + 1)`, reads expire after two
     /// election timeouts.
-    pub(crate) fn new(id: u64, election_ticks: usize, heartbeat_ticks: usize) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        election_ticks: usize,
+        heartbeat_ticks: usize,
+        known_version: u32,
+    ) -> Self {
         Self {
             id,
+            known_version,
             election_ticks,
             heartbeat_ticks,
             // A narrower randomisation than raft's default [e, 2e) keeps failover well under
@@ -177,6 +194,12 @@ pub(crate) struct Core<S: Replicated> {
     leader: u64,
     /// Leader only: members whose recording entry is in flight.
     recording: BTreeSet<u64>,
+    /// The newest command format version this node knows.
+    known_version: u32,
+    /// The command format version each peer's latest message came with.
+    reported: BTreeMap<u64, u32>,
+    /// Leader only: member versions whose recording entry is in flight.
+    recording_versions: BTreeMap<u64, u32>,
     /// The tick count when each peer was last heard from.
     heard: BTreeMap<u64, u64>,
     /// A peer heard from within this many ticks counts as reachable.
@@ -201,7 +224,7 @@ impl<S: Replicated> Core<S> {
             .map_err(|e| anyhow::anyhow!("cannot read the stored snapshot: {e}"))?
         {
             applied = snap.get_metadata().index;
-            state = restore::<S>(&snap).map_err(|e| anyhow::anyhow!("{e}"))?;
+            state = restore::<S>(&snap, cfg.known_version).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let config = Config {
             id: cfg.id,
@@ -236,6 +259,9 @@ impl<S: Replicated> Core<S> {
             role: StateRole::Follower,
             leader: 0,
             recording: BTreeSet::new(),
+            known_version: cfg.known_version,
+            reported: BTreeMap::new(),
+            recording_versions: BTreeMap::new(),
             heard: BTreeMap::new(),
             reachable_ticks: cfg.election_ticks as u64,
             #[cfg(test)]
@@ -283,16 +309,22 @@ impl<S: Replicated> Core<S> {
 
     // ---- inputs ----
 
-    /// Proposes a normal entry; `reply` is answered when it is applied (or fails).
+    /// Proposes a normal entry that needs `gate.needs`; `reply` is answered when it is applied
+    /// (or fails). The one door to the log: the version gate is here.
     pub(crate) fn propose(
         &mut self,
         data: Vec<u8>,
+        gate: Gate,
         reply: oneshot::Sender<Result<S::Answer, NodeError>>,
     ) {
         if !self.is_leader() {
             let _ = reply.send(Err(NodeError::NotLeader {
                 leader: self.leader(),
             }));
+            return;
+        }
+        if let Err(refused) = self.check_gate(gate) {
+            let _ = reply.send(Err(refused));
             return;
         }
         match self.raw.propose(vec![], data) {
@@ -363,9 +395,11 @@ impl<S: Replicated> Core<S> {
         self.reads.set_taken(ctx, taken);
     }
 
-    /// A message from a peer.
-    pub(crate) fn step(&mut self, m: Message) {
+    /// A message from a peer, which came with its sender's command format version (0 from a
+    /// coordinator that reports none).
+    pub(crate) fn step(&mut self, m: Message, version: u32) {
         self.heard.insert(m.from, self.ticks);
+        self.reported.insert(m.from, versions::reported(version));
         if let Err(e) = self.raw.step(m) {
             tracing::debug!("raft step: {e}");
         }
@@ -424,7 +458,8 @@ impl<S: Replicated> Core<S> {
         Ok(self.observe_role())
     }
 
-    /// Stage 1 (see the module docs): as leader, proposes the recording of members; then, if
+    /// Stage 1 (see the module docs): as leader, proposes the recording of members and of
+    /// their command format versions (through the version gate); then, if
     /// raft has a Ready, takes it and sends its `messages` (the leader's appends and heartbeats,
     /// which need no persistence first). `None`: no Ready; the turn ends with
     /// [`Core::observe_role`].
@@ -434,6 +469,7 @@ impl<S: Replicated> Core<S> {
         now_ms: u64,
     ) -> Result<Option<Sent>, Fatal> {
         self.record_members(net, now_ms)?;
+        self.record_versions(now_ms)?;
         if !self.raw.has_ready() {
             return Ok(None);
         }
@@ -518,6 +554,7 @@ impl<S: Replicated> Core<S> {
         }
         self.reads.fail_all(NodeError::LeadershipLost);
         self.recording.clear();
+        self.recording_versions.clear();
         self.role = to;
         self.leader = leader;
         Some(change)
@@ -525,7 +562,7 @@ impl<S: Replicated> Core<S> {
 
     fn install_snapshot(&mut self, snap: &Snapshot, net: &mut impl Network) -> Result<(), Fatal> {
         let index = snap.get_metadata().index;
-        let restored = restore::<S>(snap)?;
+        let restored = restore::<S>(snap, self.known_version)?;
         let members = restored.members();
         *self.write_state()? = restored;
         for (id, addr) in members {
@@ -573,7 +610,7 @@ impl<S: Replicated> Core<S> {
         }
         let answer = self
             .write_state()?
-            .apply(e.index, &e.data)
+            .apply(e.index, &e.data, self.known_version)
             .map_err(|source| Fatal::Entry {
                 index: e.index,
                 term: e.term,
@@ -696,12 +733,110 @@ impl<S: Replicated> Core<S> {
             let Some(address) = net.address_of(id) else {
                 continue;
             };
-            if self
-                .raw
-                .propose(vec![], S::member_entry(id, &address, now_ms))
-                .is_ok()
-            {
+            let entry = S::member_entry(id, &address, now_ms);
+            if self.propose_internal(entry, Gate::base("SetMember")) {
                 self.recording.insert(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes one of the leader's own entries (no one waits for its answer), through the
+    /// gate like every other. Whether raft took it.
+    fn propose_internal(&mut self, data: Vec<u8>, gate: Gate) -> bool {
+        self.check_gate(gate).is_ok() && self.raw.propose(vec![], data).is_ok()
+    }
+
+    // ---- the version gate ----
+
+    /// Voters and learners of the current configuration (both sides of a joint one).
+    fn conf_members(&self) -> Vec<u64> {
+        let conf = self.raw.raft.prs().conf();
+        let mut ids: Vec<u64> = conf.voters().ids().iter().collect();
+        ids.extend(conf.learners().iter().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Whether peer `id` was heard from within an election timeout.
+    fn heard_lately(&self, id: u64) -> bool {
+        self.heard
+            .get(&id)
+            .is_some_and(|t| self.ticks.saturating_sub(*t) <= self.reachable_ticks)
+    }
+
+    /// The latest report of every peer, and whether it is recent.
+    fn reports(&self) -> BTreeMap<u64, (u32, bool)> {
+        self.reported
+            .iter()
+            .map(|(id, v)| (*id, (*v, self.heard_lately(*id))))
+            .collect()
+    }
+
+    /// Runs `f` over the gate's view of the members.
+    fn with_view<T>(&self, f: impl FnOnce(&View<'_>) -> T) -> Result<T, Fatal> {
+        let members = self.conf_members();
+        let reported = self.reports();
+        let recorded = self.read_state()?.member_versions();
+        Ok(f(&View {
+            me: self.id,
+            own: self.known_version,
+            members: &members,
+            reported: &reported,
+            recorded: &recorded,
+            conf_pending: self.raw.raft.has_pending_conf(),
+        }))
+    }
+
+    /// The version gate (`versions.rs`). Entries every binary knows pass without a look.
+    fn check_gate(&self, gate: Gate) -> Result<(), NodeError> {
+        if gate.needs <= versions::BASE_VERSION {
+            return Ok(());
+        }
+        match self.with_view(|view| versions::check(gate, view)) {
+            Ok(verdict) => verdict,
+            // A poisoned state stops the node at its next Ready; refuse meanwhile.
+            Err(_) => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Leader only: records, for every member heard from lately (and itself), the version it
+    /// reports, when the record differs; one entry per member in flight, and only through the
+    /// gate (the record is itself a newer kind: it waits until every member knows it).
+    fn record_versions(&mut self, now_ms: u64) -> Result<(), Fatal> {
+        if !self.is_leader() {
+            return Ok(());
+        }
+        let recorded = self.read_state()?.member_versions();
+        self.recording_versions
+            .retain(|id, v| recorded.get(id) != Some(v));
+        let reports = self.reports();
+        for id in self.conf_members() {
+            let version = if id == self.id {
+                self.known_version
+            } else {
+                match reports.get(&id) {
+                    Some((v, true)) => *v,
+                    _ => continue,
+                }
+            };
+            if recorded.get(&id) == Some(&version)
+                || self.recording_versions.get(&id) == Some(&version)
+            {
+                continue;
+            }
+            let (data, needs) = S::member_version_entry(id, version, now_ms);
+            let gate = Gate {
+                needs,
+                kind: "SetMemberVersion",
+            };
+            if self.check_gate(gate).is_err() {
+                // Some member does not know the record yet: nobody is recorded.
+                return Ok(());
+            }
+            if self.propose_internal(data, gate) {
+                self.recording_versions.insert(id, version);
             }
         }
         Ok(())
@@ -736,6 +871,14 @@ impl<S: Replicated> Core<S> {
         let learners: Vec<u64> = conf.learners().iter().copied().collect();
         let mut matched = BTreeMap::new();
         let mut active = BTreeMap::new();
+        let versions = self
+            .with_view(|view| {
+                view.members
+                    .iter()
+                    .map(|id| (*id, view.known(*id)))
+                    .collect::<BTreeMap<u64, Known>>()
+            })
+            .unwrap_or_default();
         if raft.state == StateRole::Leader {
             for (id, pr) in raft.prs().iter() {
                 matched.insert(*id, pr.matched);
@@ -759,6 +902,7 @@ impl<S: Replicated> Core<S> {
             learners,
             matched,
             active,
+            versions,
         }
     }
 
@@ -778,7 +922,7 @@ impl<S: Replicated> Core<S> {
 /// The state a snapshot holds. Empty data is the empty state machine only for the bootstrap
 /// snapshot of clusters made by earlier versions; anywhere else it is refused, never read as
 /// an empty state.
-fn restore<S: Replicated>(snap: &Snapshot) -> Result<S, Fatal> {
+fn restore<S: Replicated>(snap: &Snapshot, known: u32) -> Result<S, Fatal> {
     let meta = snap.get_metadata();
     if snap.data.is_empty() {
         if meta.index == BOOTSTRAP_INDEX && meta.term == BOOTSTRAP_TERM {
@@ -789,7 +933,7 @@ fn restore<S: Replicated>(snap: &Snapshot) -> Result<S, Fatal> {
             source: SnapshotError("the snapshot holds no state".into()),
         });
     }
-    S::restore(&snap.data).map_err(|source| Fatal::Restore {
+    S::restore(&snap.data, known).map_err(|source| Fatal::Restore {
         index: meta.index,
         source,
     })
@@ -858,7 +1002,7 @@ mod tests {
         bootstrap::initialize::<StateMachine>(&storage, &[1, 2]).unwrap();
         let cfg = CoreConfig {
             logger: slog::Logger::root(slog::Discard, slog::o!()),
-            ..CoreConfig::new(id, 10, 2)
+            ..CoreConfig::new(id, 10, 2, crate::state::FORMAT_VERSION)
         };
         (Core::new(cfg, storage.clone()).unwrap(), storage)
     }
@@ -891,7 +1035,7 @@ mod tests {
             }]
             .into(),
         );
-        core.step(append);
+        core.step(append, crate::state::FORMAT_VERSION);
 
         let mut net = Recorder::new(&storage);
         let before = storage.sync_counts();
@@ -935,7 +1079,7 @@ mod tests {
         let pre_vote = net.sent_of(MessageType::MsgRequestPreVote)[0].0.clone();
         let mut granted = message(MessageType::MsgRequestPreVoteResponse, 2, 1, pre_vote.term);
         granted.reject = false;
-        core.step(granted);
+        core.step(granted, crate::state::FORMAT_VERSION);
 
         net.sent.clear();
         let before = storage.sync_counts();
@@ -953,12 +1097,10 @@ mod tests {
         );
         core.finish_ready(persisted, &mut net).unwrap();
 
-        core.step(message(
-            MessageType::MsgRequestVoteResponse,
-            2,
-            1,
-            vote.term,
-        ));
+        core.step(
+            message(MessageType::MsgRequestVoteResponse, 2, 1, vote.term),
+            crate::state::FORMAT_VERSION,
+        );
         net.sent.clear();
         let before = storage.sync_counts();
         let sent = core.send_ready(&mut net, 0).unwrap().expect("a Ready");
@@ -992,12 +1134,14 @@ mod tests {
     /// anywhere else it is refused, never read as an empty state machine.
     #[test]
     fn an_empty_snapshot_is_refused_except_at_bootstrap() {
-        let err = restore::<StateMachine>(&snapshot(57, 3, vec![])).unwrap_err();
+        let known = crate::state::FORMAT_VERSION;
+        let err = restore::<StateMachine>(&snapshot(57, 3, vec![]), known).unwrap_err();
         assert!(matches!(err, Fatal::Restore { index: 57, .. }), "{err}");
         assert!(err.to_string().contains("holds no state"), "{err}");
-        let empty = restore::<StateMachine>(&snapshot(BOOTSTRAP_INDEX, BOOTSTRAP_TERM, vec![]));
+        let empty =
+            restore::<StateMachine>(&snapshot(BOOTSTRAP_INDEX, BOOTSTRAP_TERM, vec![]), known);
         assert_eq!(empty.unwrap(), StateMachine::default());
-        let garbage = restore::<StateMachine>(&snapshot(57, 3, b"{}".to_vec())).unwrap_err();
+        let garbage = restore::<StateMachine>(&snapshot(57, 3, b"{}".to_vec()), known).unwrap_err();
         assert!(
             matches!(garbage, Fatal::Restore { index: 57, .. }),
             "{garbage}"

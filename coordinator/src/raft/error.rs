@@ -36,12 +36,45 @@ pub enum NodeError {
     /// The node task has stopped (fatal error or shutdown).
     #[error("raft node stopped")]
     Stopped,
+    /// The version gate: a member does not know the command format version the command needs
+    /// (see `versions.rs`). Not retryable until that member is upgraded.
+    #[error(
+        "member {member}{} knows command format version {knows}; {kind} needs {needs}: upgrade \
+         it first",
+        if *this_node { " (this node)" } else { "" }
+    )]
+    MemberTooOld {
+        member: u64,
+        this_node: bool,
+        knows: u32,
+        needs: u32,
+        kind: &'static str,
+    },
+    /// The version gate: what a member knows is not known (it is joining, or down and never
+    /// recorded, or not heard from since this leader took office).
+    #[error(
+        "member {member} has not reported its command format version (it is joining, down, or \
+         not heard from since this leader took office); {kind} needs {needs}: retry once it is \
+         up"
+    )]
+    VersionUnknown {
+        member: u64,
+        needs: u32,
+        kind: &'static str,
+    },
+    /// The version gate: a membership change is being applied, and the member it adds may not
+    /// know the version.
+    #[error(
+        "a membership change is being applied; {kind} needs command format version {needs}, \
+         which the member it adds may not know: retry once it has applied"
+    )]
+    VersionGatePending { needs: u32, kind: &'static str },
 }
 
 impl NodeError {
     /// Whether the same request may succeed if tried again (here or at the leader).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, NodeError::Stopped)
+        !matches!(self, NodeError::Stopped | NodeError::MemberTooOld { .. })
     }
 }
 

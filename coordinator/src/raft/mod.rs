@@ -17,7 +17,9 @@
 //! - `conf_context`: what a membership change carries (address, actor, time);
 //! - `storage`, `sled_files`: sled, and the `fdatasync`s that make its writes durable;
 //! - `transport`, `peer_service`: the peer gRPC streams both ways, and snapshots in chunks;
-//! - `bootstrap`: how a blank node starts; `progress`: the loop's heartbeat; `status`, `error`.
+//! - `versions`: the version gate, which every proposal passes (DESIGN §8, rolling upgrade);
+//! - `bootstrap`: how a blank node starts; `progress`: the loop's heartbeat; `status`, `error`;
+//! - `stats`: commit latency and failed requests, measured at this handle, for the metrics.
 //!
 //! Invariants:
 //! - only the node thread mutates the state machine, and only by applying committed entries;
@@ -39,19 +41,23 @@ mod replicated;
 #[cfg(test)]
 pub(crate) mod sim;
 mod sled_files;
+mod stats;
 mod status;
 mod storage;
 mod transport;
+mod versions;
 
 pub use conf_context::{membership_change, ConfContext};
 pub use error::{Fatal, NodeError};
 pub use peer_service::{BlankPeerService, PeerService};
 pub use progress::Progress;
 pub use replicated::{EntryError, MemberChange, MembershipChange, Replicated, SnapshotError};
+pub use stats::{error_kind, ErrorLabels, NodeStats, COMMIT_LATENCY_BUCKETS};
 pub use status::{NodeStatus, Role};
 pub use storage::{SledStorage, StorageError, SyncCounts, SyncError};
+pub use versions::Known;
 
-use crate::state::{Proposal, Response, StateMachine};
+use crate::state::{Proposal, Response, StateMachine, FORMAT_VERSION};
 use core::{Core, CoreConfig};
 use hotdeploy_common::config::CoordinatorConfig;
 use hotdeploy_common::proto::raft_peer_server::RaftPeerServer;
@@ -76,6 +82,9 @@ pub struct RaftNode {
     state: Arc<RwLock<StateMachine>>,
     transport: transport::Transport,
     progress: Progress,
+    stats: NodeStats,
+    cluster_id: Arc<AtomicU64>,
+    tls: hotdeploy_common::tls::ClientTls,
 }
 
 /// The peer gRPC service to mount next to the public API.
@@ -110,15 +119,23 @@ impl RaftNode {
         // that runtime (see `node`).
         let (raft_rt, start_node) = node::start_raft_thread(cfg.id)?;
         let transport = transport::Transport::new(
-            cfg.id,
-            cfg.listen.clone(),
+            transport::LocalNode {
+                id: cfg.id,
+                address: cfg.listen.clone(),
+                format_version: FORMAT_VERSION,
+            },
             cluster_id.clone(),
-            client_tls,
+            client_tls.clone(),
             pinned,
             tx.clone(),
             raft_rt,
         );
-        let core_cfg = CoreConfig::new(cfg.id, cfg.raft.election_ticks, cfg.raft.heartbeat_ticks);
+        let core_cfg = CoreConfig::new(
+            cfg.id,
+            cfg.raft.election_ticks,
+            cfg.raft.heartbeat_ticks,
+            FORMAT_VERSION,
+        );
         let core = Core::<StateMachine>::new(core_cfg, storage.clone())?;
         let state = core.state();
         // Both watches start where the restored node is: the applied index is the snapshot's,
@@ -148,7 +165,7 @@ impl RaftNode {
             .send(node)
             .map_err(|_| anyhow::anyhow!("the raft thread ended before its node started"))?;
         let peer = peer_service::PeerService {
-            cluster_id,
+            cluster_id: cluster_id.clone(),
             storage,
             node: tx.clone(),
             transport: transport.clone(),
@@ -166,6 +183,9 @@ impl RaftNode {
             state,
             transport,
             progress,
+            stats: NodeStats::default(),
+            cluster_id,
+            tls: client_tls,
         };
         Ok((handle, server))
     }
@@ -174,23 +194,57 @@ impl RaftNode {
         self.id
     }
 
-    /// Proposes a command and waits until it is applied (or fails), up to `timeout`.
+    /// Proposes a command and waits until it is applied (or fails), up to `timeout`. The
+    /// leader's version gate refuses a command some member does not know
+    /// ([`NodeError::MemberTooOld`], [`NodeError::VersionUnknown`]).
     pub async fn propose(&self, p: Proposal, timeout: Duration) -> Result<Response, NodeError> {
+        let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
+        let gate = versions::Gate {
+            needs: p.version,
+            kind: p.command.kind(),
+        };
         let data = p.encode();
-        self.call(Msg::Propose { data, reply }, rx, timeout).await
+        let result = self
+            .call(Msg::Propose { data, gate, reply }, rx, timeout)
+            .await;
+        self.stats.proposal(started, &result);
+        result
+    }
+
+    /// The cluster id this node belongs to (0 while blank).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Asks the coordinator at `address` about itself (`RaftPeer.ClusterInfo`, with this
+    /// node's own client certificate): its cluster, and the command format version it knows.
+    pub async fn ask_peer(&self, address: &str) -> Result<bootstrap::PeerAnswer, String> {
+        bootstrap::ask(self.id, address, &self.tls).await
     }
 
     /// Proposes a membership change and waits until it is applied.
     pub async fn conf_change(&self, cc: ConfChangeV2, timeout: Duration) -> Result<(), NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.call(Msg::ConfChange { cc, reply }, rx, timeout).await
+        let result = self.call(Msg::ConfChange { cc, reply }, rx, timeout).await;
+        if let Err(e) = &result {
+            self.stats.failed("conf_change", e);
+        }
+        result
     }
 
     /// Waits until this node has applied everything committed at the time of the call, as
     /// confirmed by the leader (ReadIndex). Reads of the state machine after it are
     /// linearizable.
     pub async fn read_barrier(&self, timeout: Duration) -> Result<(), NodeError> {
+        let result = self.wait_read_index(timeout).await;
+        if let Err(e) = &result {
+            self.stats.failed("read", e);
+        }
+        result
+    }
+
+    async fn wait_read_index(&self, timeout: Duration) -> Result<(), NodeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let (reply, rx) = oneshot::channel();
         let index = self.call(Msg::ReadIndex { reply }, rx, timeout).await?;
@@ -236,6 +290,11 @@ impl RaftNode {
     /// The raft loop's heartbeat, for health reporting.
     pub fn progress(&self) -> Progress {
         self.progress.clone()
+    }
+
+    /// Commit latency and failed requests of this node's clients, for the metrics.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
     }
 
     /// The in-memory state machine. Do not hold the guard across an await.

@@ -39,6 +39,7 @@ use super::error::Fatal;
 use super::progress::Progress;
 use super::status::NodeStatus;
 use super::transport::Transport;
+use super::versions::Gate;
 use super::NodeError;
 use crate::state::{Response, StateMachine};
 use raft::prelude::*;
@@ -54,6 +55,7 @@ const BATCH: usize = 256;
 pub(crate) enum Msg {
     Propose {
         data: Vec<u8>,
+        gate: Gate,
         reply: oneshot::Sender<Result<Response, NodeError>>,
     },
     ConfChange {
@@ -63,7 +65,8 @@ pub(crate) enum Msg {
     ReadIndex {
         reply: oneshot::Sender<Result<u64, NodeError>>,
     },
-    Step(Box<Message>),
+    /// A peer's message, with the command format version its frame reported.
+    Step(Box<Message>, u32),
     Unreachable(u64),
     Snapshot(u64, SnapshotStatus),
 }
@@ -177,10 +180,10 @@ impl Node {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Propose { data, reply } => self.core.propose(data, reply),
+            Msg::Propose { data, gate, reply } => self.core.propose(data, gate, reply),
             Msg::ConfChange { cc, reply } => self.core.propose_conf_change(cc, reply),
             Msg::ReadIndex { reply } => self.core.read_index(reply),
-            Msg::Step(m) => self.core.step(*m),
+            Msg::Step(m, version) => self.core.step(*m, version),
             Msg::Unreachable(id) => self.core.report_unreachable(id),
             Msg::Snapshot(id, status) => self.core.report_snapshot(id, status),
         }

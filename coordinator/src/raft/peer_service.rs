@@ -1,10 +1,17 @@
 //! The inbound half of the peer transport: the `RaftPeer` gRPC service.
 //!
-//! Each frame is checked before raft sees it: the cluster id must match ours (a blank node
-//! adopts the first non-zero id it hears, from the leader that is adding it), the embedded
+//! Each frame is checked before raft sees it: the cluster id must match ours, the embedded
 //! message's `from` must match the frame's sender, and, under mTLS, the sender must hold the
-//! certificate of that coordinator id. Raft payloads are decoded only after these checks:
-//! raft 0.7's protobuf 2.x decoder is not meant for untrusted input.
+//! certificate of that coordinator id. Raft payloads are decoded only after the sender's
+//! certificate is checked: raft 0.7's protobuf 2.x decoder is not meant for untrusted input.
+//!
+//! A blank node (no cluster id yet) adopts the cluster id of the first *leader's* message it
+//! gets (an append, a heartbeat or a snapshot: the leader that is adding it), and drops anything
+//! else: a leaderless survivor of an old cluster asking for votes must not make a node meant for
+//! a restored cluster (`hotdeploy-coordinator restore`) join the old one by accident.
+//!
+//! Every frame's command format version goes to the node with its message, for the leader's
+//! version gate (`versions.rs`).
 //!
 //! Snapshots arrive on `SendSnapshot` in chunks (see `transport`): the first chunk's head is
 //! checked like any frame, the data is collected up to the length it announced (at most
@@ -19,7 +26,7 @@
 use super::node::Msg;
 use super::status::NodeStatus;
 use super::transport::Transport;
-use crate::state::StateMachine;
+use crate::state::{StateMachine, FORMAT_VERSION};
 use hotdeploy_common::proto::raft_peer_server::RaftPeer;
 use hotdeploy_common::proto::{
     ClusterInfoRequest, ClusterInfoResponse, PeerAck, PeerFrame, SnapshotChunk,
@@ -47,21 +54,40 @@ pub struct PeerService {
     pub(crate) state: Arc<RwLock<StateMachine>>,
 }
 
+/// What to do with one frame, by its cluster id.
+enum Verdict {
+    Accept,
+    /// A blank node's answer to a message that is not a leader's: drop it, adopt nothing.
+    Drop,
+}
+
 impl PeerService {
-    /// Checks (and, for a blank node, adopts) the sender's cluster id.
-    fn check_cluster(&self, theirs: u64) -> Result<(), Status> {
+    /// Checks (and, for a blank node, adopts from a leader's message) the sender's cluster id.
+    fn check_cluster(&self, theirs: u64, msg: &Message) -> Result<Verdict, Status> {
         let ours = self.cluster_id.load(Ordering::Acquire);
         if ours == theirs && ours != 0 {
-            return Ok(());
+            return Ok(Verdict::Accept);
         }
         if ours == 0 && theirs != 0 {
+            if !from_a_leader(msg) {
+                tracing::debug!(
+                    from = msg.from,
+                    kind = ?msg.get_msg_type(),
+                    "blank node: dropping a message that is not a leader's (cluster id not adopted)"
+                );
+                return Ok(Verdict::Drop);
+            }
             if let Err(e) = self.storage.set_cluster_id(theirs) {
                 tracing::error!("fatal storage error persisting the cluster id: {e}");
                 std::process::exit(1);
             }
             self.cluster_id.store(theirs, Ordering::Release);
-            tracing::info!(cluster_id = format!("{theirs:016x}"), "joined cluster");
-            return Ok(());
+            tracing::info!(
+                cluster_id = format!("{theirs:016x}"),
+                leader = msg.from,
+                "joined cluster"
+            );
+            return Ok(Verdict::Accept);
         }
         Err(Status::failed_precondition(format!(
             "cluster id mismatch: this node is in cluster {ours:016x}, the sender in {theirs:016x}"
@@ -69,13 +95,14 @@ impl PeerService {
     }
 
     /// Checks one frame of a stream whose caller has `role` and whose earlier frames came from
-    /// `sender`, and decodes its raft message (see the module docs).
+    /// `sender`, and decodes its raft message (see the module docs). `None`: a blank node drops
+    /// the frame, for it is not a leader's.
     fn check_frame(
         &self,
         role: &Option<Role>,
         sender: &mut Option<u64>,
         frame: &PeerFrame,
-    ) -> Result<Message, Status> {
+    ) -> Result<Option<Checked>, Status> {
         match role {
             Some(Role::Insecure) => {}
             Some(Role::Coordinator(id)) if *id == frame.from => {}
@@ -97,7 +124,6 @@ impl PeerService {
             ));
         }
         *sender = Some(frame.from);
-        self.check_cluster(frame.cluster_id)?;
         let msg = Message::parse_from_bytes(&frame.message)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
         if msg.from != frame.from {
@@ -106,16 +132,30 @@ impl PeerService {
                 msg.from, frame.from
             )));
         }
+        if let Verdict::Drop = self.check_cluster(frame.cluster_id, &msg)? {
+            return Ok(None);
+        }
         self.transport.learn(frame.from, &frame.from_address);
-        Ok(msg)
+        Ok(Some(Checked {
+            msg,
+            version: frame.format_version,
+        }))
     }
 
-    async fn step(&self, msg: Message) -> Result<(), Status> {
+    /// Hands a checked message, with its sender's command format version, to the raft node.
+    async fn step(&self, msg: Message, version: u32) -> Result<(), Status> {
         self.node
-            .send(Msg::Step(Box::new(msg)))
+            .send(Msg::Step(Box::new(msg), version))
             .await
             .map_err(|_| Status::unavailable("raft node stopped"))
     }
+}
+
+/// A frame that passed [`PeerService::check_frame`]: its raft message, and the command format
+/// version its sender reported (for the version gate).
+struct Checked {
+    msg: Message,
+    version: u32,
 }
 
 #[tonic::async_trait]
@@ -129,8 +169,9 @@ impl RaftPeer for PeerService {
         let mut sender: Option<u64> = None;
         while let Some(frame) = stream.message().await? {
             // A whole snapshot in one frame (a sender of an earlier version) is still accepted.
-            let msg = self.check_frame(&role, &mut sender, &frame)?;
-            self.step(msg).await?;
+            if let Some(Checked { msg, version }) = self.check_frame(&role, &mut sender, &frame)? {
+                self.step(msg, version).await?;
+            }
         }
         Ok(Response::new(PeerAck {}))
     }
@@ -149,7 +190,13 @@ impl RaftPeer for PeerService {
             .head
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no head"))?;
-        let mut msg = self.check_frame(&role, &mut None, head)?;
+        // A blank node drops only what is not a leader's, and a snapshot is: a dropped head is
+        // not a snapshot.
+        let Some(Checked { mut msg, version }) = self.check_frame(&role, &mut None, head)? else {
+            return Err(Status::invalid_argument(
+                "SendSnapshot's head is not a snapshot",
+            ));
+        };
         if msg.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument(format!(
                 "SendSnapshot carries {:?}, not a snapshot",
@@ -195,7 +242,7 @@ impl RaftPeer for PeerService {
             from = msg.from,
             "snapshot received; handing it to raft"
         );
-        self.step(msg).await?;
+        self.step(msg, version).await?;
         Ok(Response::new(PeerAck {}))
     }
 
@@ -215,6 +262,7 @@ impl RaftPeer for PeerService {
             commit_index: st.commit,
             node: st.id,
             members,
+            format_version: FORMAT_VERSION,
         }))
     }
 }
@@ -275,6 +323,15 @@ impl RaftPeer for BlankPeerService {
             commit_index: 0,
             node: self.id,
             members: Vec::new(),
+            format_version: FORMAT_VERSION,
         }))
     }
+}
+
+/// Whether only a leader sends `msg`: what a blank node may adopt a cluster id from.
+fn from_a_leader(msg: &Message) -> bool {
+    matches!(
+        msg.get_msg_type(),
+        MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+    )
 }

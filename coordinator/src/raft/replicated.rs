@@ -27,9 +27,10 @@ pub trait Replicated: Default + Send + Sync + 'static {
     /// What a proposer is answered when its entry is applied.
     type Answer: Send + 'static;
 
-    /// Applies the normal entry `data`, committed at `index`. An error means the entry cannot
-    /// be applied by this binary at all (not a refusal of the command, which is an `Answer`).
-    fn apply(&mut self, index: u64, data: &[u8]) -> Result<Self::Answer, EntryError>;
+    /// Applies the normal entry `data`, committed at `index`, on a node that knows command
+    /// format versions up to `known`. An error means the entry cannot be applied by this node
+    /// at all (not a refusal of the command, which is an `Answer`).
+    fn apply(&mut self, index: u64, data: &[u8], known: u32) -> Result<Self::Answer, EntryError>;
 
     /// Records that entry `index` carried nothing to apply (a new leader's empty entry, or a
     /// conf change raft refused), so that the applied index follows the log.
@@ -41,11 +42,19 @@ pub trait Replicated: Default + Send + Sync + 'static {
     /// The whole state, for a raft snapshot.
     fn snapshot(&self) -> Result<Vec<u8>, SnapshotError>;
 
-    /// The inverse of [`Replicated::snapshot`].
-    fn restore(data: &[u8]) -> Result<Self, SnapshotError>;
+    /// The inverse of [`Replicated::snapshot`], on a node that knows command format versions
+    /// up to `known`: a state that newer entries made is refused.
+    fn restore(data: &[u8], known: u32) -> Result<Self, SnapshotError>;
 
     /// Member id → address, for every member recorded as having acknowledged the log.
     fn members(&self) -> BTreeMap<u64, String>;
+
+    /// Member id → the command format version a leader recorded for it.
+    fn member_versions(&self) -> BTreeMap<u64, u32>;
+
+    /// The entry the leader proposes to record that member `id` knows command format versions
+    /// up to `version`, and the version that entry itself needs (the gate applies to it too).
+    fn member_version_entry(id: u64, version: u32, at_ms: u64) -> (Vec<u8>, u32);
 
     /// The entry the leader proposes to record that member `id`, reachable at `address`, has
     /// acknowledged the log (so that a wiped member is recognised, see `bootstrap`).

@@ -1,6 +1,7 @@
 //! What the node task publishes about itself after every turn of its loop, for the services
 //! (leader hints, `status`) and the liveness tracker (leadership changes).
 
+use super::versions::Known;
 use std::collections::BTreeMap;
 
 /// This node's raft role.
@@ -41,6 +42,9 @@ pub struct NodeStatus {
     pub matched: BTreeMap<u64, u64>,
     /// Leader only: whether each member was recently active.
     pub active: BTreeMap<u64, bool>,
+    /// What this node knows of each member's command format version (the version gate's view;
+    /// first-hand on the leader).
+    pub versions: BTreeMap<u64, Known>,
 }
 
 impl NodeStatus {

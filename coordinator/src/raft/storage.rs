@@ -922,6 +922,40 @@ impl SledStorage {
         cluster_id: u64,
         data: Vec<u8>,
     ) -> Result<()> {
+        let pos = LogPosition {
+            index: BOOTSTRAP_INDEX,
+            term: BOOTSTRAP_TERM,
+        };
+        self.initialize_at(voters, cluster_id, data, pos)
+    }
+
+    /// Bootstraps a cluster restored from a backup (`hotdeploy-coordinator restore`): as
+    /// [`SledStorage::initialize_with_data`], but the snapshot (`data`, the restored state) sits
+    /// at (`index`, `term`) instead of the bootstrap position, so the new log starts after
+    /// `index`: the state's tokens (raft indexes of grants) stay below every new one.
+    pub fn initialize_restored(
+        &self,
+        voters: &[u64],
+        cluster_id: u64,
+        data: Vec<u8>,
+        index: u64,
+        term: u64,
+    ) -> Result<()> {
+        if index < BOOTSTRAP_INDEX || term < BOOTSTRAP_TERM {
+            return Err(StorageError::Invalid(format!(
+                "a restored snapshot needs an index and a term of at least 1 (got {index}, {term})"
+            )));
+        }
+        self.initialize_at(voters, cluster_id, data, LogPosition { index, term })
+    }
+
+    fn initialize_at(
+        &self,
+        voters: &[u64],
+        cluster_id: u64,
+        data: Vec<u8>,
+        pos: LogPosition,
+    ) -> Result<()> {
         if voters.is_empty() || voters.contains(&0) {
             return Err(StorageError::Invalid(format!(
                 "bootstrap needs at least one voter and no id 0 (got {voters:?})"
@@ -939,15 +973,11 @@ impl SledStorage {
             voters: voters.to_vec(),
             ..Default::default()
         };
-        let pos = LogPosition {
-            index: BOOTSTRAP_INDEX,
-            term: BOOTSTRAP_TERM,
-        };
         let record = SnapshotRecord::new(snapshot_metadata(pos, conf_state.clone()), &data);
         let hard_state = HardState {
-            term: BOOTSTRAP_TERM,
+            term: pos.term,
             vote: 0,
-            commit: BOOTSTRAP_INDEX,
+            commit: pos.index,
             ..Default::default()
         };
 

@@ -1,7 +1,8 @@
 //! The outbound half of the peer transport: one long-lived gRPC client stream per peer.
 //!
 //! Raft messages travel as opaque bytes (raft-rs's protobuf encoding) inside our own
-//! [`PeerFrame`], which also carries the cluster id and the sender's advertised address. Each
+//! [`PeerFrame`], which also carries the cluster id, the sender's advertised address and the
+//! newest command format version the sender knows (for the leader's version gate). Each
 //! peer has a bounded queue drained by its own task; the node task never blocks on the network:
 //! when a queue is full, the message is dropped and raft is told the peer is unreachable, which
 //! makes the leader probe it gently instead of piling up appends. Raft retransmits what matters.
@@ -68,6 +69,8 @@ pub(crate) struct Transport {
 struct Inner {
     id: u64,
     my_address: String,
+    /// The newest command format version this node knows, sent in every frame.
+    format_version: u32,
     cluster_id: Arc<AtomicU64>,
     tls: ClientTls,
     /// `[peers]` from the config: never overridden.
@@ -85,6 +88,14 @@ struct Inner {
     snapshots_in_flight: Mutex<HashSet<u64>>,
 }
 
+/// This node as its frames name it: its id, the listen address it advertises, and the newest
+/// command format version it knows.
+pub(crate) struct LocalNode {
+    pub id: u64,
+    pub address: String,
+    pub format_version: u32,
+}
+
 struct Peer {
     address: String,
     queue: mpsc::Sender<Message>,
@@ -93,18 +104,23 @@ struct Peer {
 
 impl Transport {
     pub(crate) fn new(
-        id: u64,
-        my_address: String,
+        me: LocalNode,
         cluster_id: Arc<AtomicU64>,
         tls: ClientTls,
         pinned: HashMap<u64, String>,
         node: mpsc::Sender<Msg>,
         rt: tokio::runtime::Handle,
     ) -> Self {
+        let LocalNode {
+            id,
+            address: my_address,
+            format_version,
+        } = me;
         let t = Self {
             inner: Arc::new(Inner {
                 id,
                 my_address: my_address.clone(),
+                format_version,
                 cluster_id,
                 tls,
                 pinned: pinned.clone(),
@@ -276,6 +292,7 @@ fn frame(inner: &Inner, m: &Message) -> Option<PeerFrame> {
         from: inner.id,
         from_address: inner.my_address.clone(),
         message: bytes,
+        format_version: inner.format_version,
     })
 }
 

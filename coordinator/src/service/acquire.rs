@@ -13,6 +13,7 @@
 //! budget full, and waits; it never proposes in a loop.
 
 use super::waiters::{Turn, Waiters};
+use crate::metrics::AcquireResult;
 use crate::raft::{NodeError, RaftNode};
 use crate::state::{Answer, Command, Proposal, Slot, StateError, WriteId};
 use hotdeploy_common::time::now_ms;
@@ -52,6 +53,19 @@ pub(crate) enum AcquireOutcome {
     NodeFailed(NodeError),
     /// The state machine answered something other than a slot.
     Unexpected(Answer),
+}
+
+impl AcquireOutcome {
+    /// How the call ended, for the metrics.
+    pub(crate) fn result(&self) -> AcquireResult {
+        match self {
+            AcquireOutcome::Granted(_) => AcquireResult::Granted,
+            AcquireOutcome::Refused(_) => AcquireResult::Refused,
+            AcquireOutcome::QueueTimeout { .. } => AcquireResult::QueueTimeout,
+            AcquireOutcome::NotLeader => AcquireResult::NotLeader,
+            AcquireOutcome::NodeFailed(_) | AcquireOutcome::Unexpected(_) => AcquireResult::Failed,
+        }
+    }
 }
 
 /// Waits for the slot on the leader; see the module docs.

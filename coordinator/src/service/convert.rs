@@ -104,6 +104,10 @@ pub(crate) fn host_to_wire(h: &Host, last_seen_ms: Option<u64>) -> proto::HostIn
         last_seen_ms,
         phase: h.phase.clone(),
         address: h.address.clone(),
+        kind: match h.kind {
+            state::HostKind::Agent => proto::HostKind::Agent,
+            state::HostKind::LockOnly => proto::HostKind::LockOnly,
+        } as i32,
     }
 }
 

@@ -14,8 +14,9 @@ use super::leader::{
 };
 use super::members;
 use super::waiters::Waiters;
-use super::{heartbeat, rollout};
+use super::{heartbeat, rollout, snapshot};
 use crate::liveness::Liveness;
+use crate::metrics::{GrpcErrors, LockStats, Metrics};
 use crate::raft::RaftNode;
 use crate::state::{Answer, Command, Reachability, Rotation};
 use hotdeploy_common::config::MaxUnavailable;
@@ -38,6 +39,10 @@ pub struct CoordinatorService {
     node: RaftNode,
     liveness: Arc<Liveness>,
     waiters: Waiters,
+    /// Refused calls on this listener, counted by the layer `serve` puts around it.
+    grpc_errors: GrpcErrors,
+    /// `AcquireSlot` outcomes and waits.
+    lock_stats: LockStats,
 }
 
 impl CoordinatorService {
@@ -46,7 +51,21 @@ impl CoordinatorService {
             node,
             liveness,
             waiters: Waiters::new(),
+            grpc_errors: GrpcErrors::default(),
+            lock_stats: LockStats::default(),
         }
+    }
+
+    /// Counts this listener's refused calls into `metrics` (`hotdeploy_grpc_errors_total`).
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.grpc_errors = metrics.grpc_errors();
+        self.lock_stats = metrics.lock();
+        self
+    }
+
+    /// The counter of refused calls.
+    pub(super) fn grpc_errors(&self) -> GrpcErrors {
+        self.grpc_errors.clone()
     }
 }
 
@@ -184,7 +203,14 @@ impl Coordinator for CoordinatorService {
             wait,
         };
         let host = request.host.clone();
-        match acquire::acquire(&self.node, &self.waiters, request, WRITE_TIMEOUT).await {
+        let purpose = request.purpose.clone();
+        let started = std::time::Instant::now();
+        let waiting = self.lock_stats.waiting();
+        let outcome = acquire::acquire(&self.node, &self.waiters, request, WRITE_TIMEOUT).await;
+        drop(waiting);
+        self.lock_stats
+            .answered(&purpose, outcome.result(), started.elapsed());
+        match outcome {
             AcquireOutcome::Granted(s) => Ok(Response::new(AcquireSlotResponse {
                 slot: Some(slot_to_wire(&s)),
             })),
@@ -266,6 +292,7 @@ impl Coordinator for CoordinatorService {
                     address,
                     role: role.into(),
                     reachable,
+                    format_version: st.versions.get(&id).and_then(|k| k.version()).unwrap_or(0),
                 }
             })
             .collect();
@@ -281,6 +308,7 @@ impl Coordinator for CoordinatorService {
                 .hosts()
                 .filter(|h| h.reachability == Reachability::Unreachable)
                 .count() as u64,
+            lock_only: state.hosts().filter(|h| h.is_lock_only()).count() as u64,
         };
         Ok(Response::new(StatusResponse {
             leader: st.leader,
@@ -448,6 +476,14 @@ impl Coordinator for CoordinatorService {
             })
             .collect();
         Ok(Response::new(ListAuditResponse { events }))
+    }
+
+    async fn save_snapshot(
+        &self,
+        req: Request<SaveSnapshotRequest>,
+    ) -> Result<Response<SaveSnapshotResponse>, Status> {
+        let actor = authorize(&req, "SaveSnapshot", Need::Operator)?;
+        Ok(Response::new(snapshot::save(&self.node, &actor).await?))
     }
 
     async fn remove_host(

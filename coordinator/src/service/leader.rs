@@ -4,8 +4,10 @@
 //! the leader's address in the `x-hotdeploy-leader` metadata (and its id in
 //! `x-hotdeploy-leader-id`); clients retry there. Errors keep their meaning on the wire:
 //! deterministic state errors carry their own codes (FAILED_PRECONDITION, NOT_FOUND, ...), and
-//! anything that may succeed on retry is UNAVAILABLE, ABORTED (another membership change is in
-//! progress) or RESOURCE_EXHAUSTED.
+//! so does the version gate's "member 3 knows command format version 1; StartRollout needs 2:
+//! upgrade it first" (FAILED_PRECONDITION); anything that may succeed on retry is UNAVAILABLE
+//! (a member whose version is not known yet among them), ABORTED (another membership change is
+//! in progress) or RESOURCE_EXHAUSTED.
 
 use crate::raft::{NodeError, RaftNode};
 use crate::state::{Answer, Command, Proposal, StateError, WriteId};
@@ -19,16 +21,22 @@ pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read may wait for its ReadIndex barrier.
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// "not the leader; the leader is node 2 at HOST:PORT", or that no leader is known.
+pub fn leader_hint(node: &RaftNode) -> String {
+    let leader = node.status().leader;
+    let address = (leader != 0).then(|| node.address_of(leader)).flatten();
+    match (&address, leader) {
+        (Some(a), l) => format!("not the leader; the leader is node {l} at {a}"),
+        (None, 0) => "no leader elected right now; retry shortly".to_string(),
+        (None, l) => format!("not the leader; the leader is node {l} (address unknown)"),
+    }
+}
+
 /// UNAVAILABLE with a leader hint when one is known.
 pub(crate) fn not_leader(node: &RaftNode) -> Status {
     let leader = node.status().leader;
     let address = (leader != 0).then(|| node.address_of(leader)).flatten();
-    let msg = match (&address, leader) {
-        (Some(a), l) => format!("not the leader; the leader is node {l} at {a}"),
-        (None, 0) => "no leader elected right now; retry shortly".to_string(),
-        (None, l) => format!("not the leader; the leader is node {l} (address unknown)"),
-    };
-    let mut status = Status::unavailable(msg);
+    let mut status = Status::unavailable(leader_hint(node));
     if let Some(a) = address {
         if let Ok(v) = a.parse() {
             status.metadata_mut().insert(LEADER_ADDRESS_KEY, v);
@@ -58,6 +66,8 @@ pub(crate) fn node_status(node: &RaftNode, e: NodeError) -> Status {
         NodeError::Stopped => Status::internal("raft node stopped"),
         // A concurrency conflict, not an outage: clients retry it (ABORTED).
         e @ NodeError::MembershipChangeInProgress => Status::aborted(e.to_string()),
+        // The version gate: a member must be upgraded first; retrying will not help.
+        e @ NodeError::MemberTooOld { .. } => Status::failed_precondition(e.to_string()),
         other => Status::unavailable(other.to_string()),
     }
 }

@@ -8,6 +8,14 @@
 //! ABORTED, "another membership change is in progress", which `hotdeployctl` retries. A removal
 //! that would leave the remaining voters without a reachable quorum is refused before it is
 //! proposed: the cluster would stop committing anything, that removal included.
+//!
+//! Versions (DESIGN §8): before adding a node, the leader asks it (`RaftPeer.ClusterInfo`)
+//! which command format version it knows, and refuses one that could not apply the state it
+//! would be sent (the cluster already applied entries of a newer version): it would stop at
+//! once. A node that does not answer yet is added anyway, since starting it after `members add`
+//! is allowed; if it is too old, it stops on the first snapshot or entry it cannot apply and
+//! names it. Once added, it is a learner of the configuration, and the version gate keeps new
+//! kinds of command out of the log until it reports that it knows them.
 
 use super::leader::{ensure_leader, node_status};
 use crate::raft::{membership_change, ConfContext, RaftNode};
@@ -91,6 +99,9 @@ pub(crate) async fn add(
             "node {id} is already a voting member"
         )));
     }
+    if !st.learners.contains(&id) {
+        check_joiner(node, id, address).await?;
+    }
     tracing::info!(audit = true, %actor, id, %address, "adding member as learner");
     if !st.learners.contains(&id) {
         node.conf_change(
@@ -126,6 +137,37 @@ pub(crate) async fn add(
     Ok(())
 }
 
+/// Refuses to add a node that knows an older command format than this cluster's state needs.
+async fn check_joiner(node: &RaftNode, id: u64, address: &str) -> Result<(), Status> {
+    let needs = node.state().format_version();
+    match node.ask_peer(address).await {
+        Ok(answer) => joiner_verdict(id, address, answer.format_version, needs),
+        Err(e) => {
+            tracing::warn!(
+                id,
+                %address,
+                "cannot ask the new member which command format version it knows ({e}); adding it \
+                 anyway: if it is too old, it stops on the first entry it cannot apply, naming it"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The rule of [`check_joiner`]: a node that reports `knows` (0: a coordinator from before
+/// versions were reported, version 1) may join a cluster whose state needs `needs`.
+fn joiner_verdict(id: u64, address: &str, knows: u32, needs: u32) -> Result<(), Status> {
+    let knows = knows.max(1);
+    if knows >= needs {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "node {id} at {address} knows command format version {knows}, but this cluster has \
+         applied version {needs} entries: it would stop as soon as it received them. Upgrade it \
+         first, then run members add again"
+    )))
+}
+
 pub(crate) async fn remove(node: &RaftNode, actor: &str, id: u64) -> Result<(), Status> {
     ensure_leader(node)?;
     let st = node.status();
@@ -150,6 +192,21 @@ pub(crate) async fn remove(node: &RaftNode, actor: &str, id: u64) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joiner_must_know_what_the_cluster_applied() {
+        assert!(joiner_verdict(4, "a:1", 3, 2).is_ok());
+        assert!(joiner_verdict(4, "a:1", 0, 1).is_ok());
+        let err = joiner_verdict(4, "a:1", 0, 2).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message()
+                .contains("node 4 at a:1 knows command format version 1")
+                && err.message().contains("applied version 2 entries"),
+            "{}",
+            err.message()
+        );
+    }
 
     #[test]
     fn a_removal_must_leave_a_reachable_quorum() {

@@ -4,14 +4,23 @@
 //! (`grpc.health.v1`) and server reflection (so `grpcurl` works). Writes go through raft;
 //! reads of replicated state go through a ReadIndex barrier at the leader. Health starts
 //! `NOT_SERVING`; the supervisor (`crate::supervisor`) sets it from the raft loop's progress.
+//! A layer around every service counts refused calls by call and code for the metrics
+//! (`crate::metrics::GrpcErrorsLayer`).
+//!
+//! **Shutdown** (SIGTERM, `systemctl stop`, the restart of a rolling upgrade): the server stops
+//! accepting connections and lets the requests in flight finish, for at most
+//! [`SHUTDOWN_GRACE`]. Then it closes what is still open: the long-lived streams (the peers'
+//! raft frames, the agents' heartbeats, `rollout watch`) never end by themselves, and waiting
+//! for them would keep a member of a cluster from ever stopping. Their clients reconnect, to
+//! this node once it is back or to another.
 //!
 //! While a blank node waits to bootstrap, [`serve_blank`] answers only the peers' `ClusterInfo`
 //! on the same listen address (see `raft::bootstrap`).
 //!
 //! Files: `coordinator` (the thin handlers), `acquire` (the AcquireSlot wait loop and its
 //! outcome), `heartbeat` (the agents' stream), `rollout` (the rollout RPCs' logic) and
-//! `rollout_wire` (its conversions), `members`, `waiters` (the AcquireSlot queue), `leader`
-//! (routing and statuses), `auth`, `convert`.
+//! `rollout_wire` (its conversions), `members`, `snapshot` (the state for `snapshot save`),
+//! `waiters` (the AcquireSlot queue), `leader` (routing and statuses), `auth`, `convert`.
 
 mod acquire;
 mod auth;
@@ -22,9 +31,11 @@ mod leader;
 mod members;
 mod rollout;
 mod rollout_wire;
+mod snapshot;
 mod waiters;
 
 pub use coordinator::CoordinatorService;
+pub use leader::leader_hint;
 
 use crate::raft::{BlankPeerService, PeerServer};
 use hotdeploy_common::proto::coordinator_server::CoordinatorServer;
@@ -41,6 +52,8 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 /// Largest request any client may send. Requests are small; this bounds a hostile one.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// How long a shutdown waits for the requests in flight before it closes the connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Concurrent streams per connection, bounding one client's share of the server.
 const MAX_STREAMS: u32 = 1024;
 
@@ -64,18 +77,39 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(hotdeploy_common::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let refusals = crate::metrics::GrpcErrorsLayer::new(coordinator.grpc_errors());
     let api = CoordinatorServer::new(coordinator).max_decoding_message_size(MAX_REQUEST_BYTES);
     let incoming = FirstPoll {
         inner: hotdeploy_common::tls::incoming(listener, tls, max_connections),
         first: Some(serving),
     };
-    builder()
+    let (stopping, stop_requested) = oneshot::channel::<()>();
+    let server = builder()
+        .layer(refusals)
         .add_service(api)
         .add_service(peer)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, async {
+            shutdown.await;
+            let _ = stopping.send(());
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served?,
+        () = async {
+            if stop_requested.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::info!(
+                grace = ?SHUTDOWN_GRACE,
+                "shutting down: closing the streams still open (peers, agents, watches)"
+            );
+        }
+    }
     Ok(())
 }
 

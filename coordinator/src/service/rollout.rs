@@ -39,8 +39,10 @@ const MAX_ERROR: usize = 1024;
 pub(crate) type WatchStream =
     Pin<Box<dyn Stream<Item = Result<WatchRolloutResponse, Status>> + Send>>;
 
-/// Every rollout write goes through here. Issue 11's version gate ("propose a new kind of
-/// command only once every member knows it") belongs in this function.
+/// Every rollout write goes through here, and on to the raft core, whose version gate
+/// (`raft/versions.rs`) refuses a rollout command while a member does not know command format
+/// version 2: "member 3 knows command format version 1; StartRollout needs 2: upgrade it
+/// first" (FAILED_PRECONDITION).
 async fn propose(
     node: &RaftNode,
     write_id: Option<WriteId>,

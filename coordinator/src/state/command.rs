@@ -20,12 +20,31 @@
 //! member knows it, so meeting one means this binary must be upgraded, and applying a guess (or
 //! skipping the entry) would fork the replicas.
 //!
-//! Adding a command kind: give it the next version in [`Command::version`] (the match has no
-//! wildcard, so the compiler asks), and raise [`FORMAT_VERSION`] to it. Entries of the kinds that
-//! existed before keep their old version, so a mixed cluster keeps applying them.
+//! Adding a command kind: name its version in a constant below, use the constant in
+//! [`Command::version`] (the match has no wildcard, so the compiler asks), and let
+//! [`FORMAT_VERSION`] take it into its maximum. Each number is written once, here, so
+//! renumbering a feature is a one-line change, and nothing else names the numbers: code uses the
+//! constants. Entries of the kinds that existed before keep their old version, so a mixed cluster
+//! keeps applying them. The leader's version gate (`raft/versions.rs`) then keeps the new kind out
+//! of the log until every member reports that it knows it; nothing else is needed for a rolling
+//! upgrade.
 //!
-//! Left out: FleetLock lock-only hosts; their commands come with that feature.
+//! The versions so far:
+//! - 1 ([`BASE_VERSION`]): the lock: groups, hosts, slots, members;
+//! - 2 ([`ROLLOUTS_VERSION`]): rollouts;
+//! - 3 ([`VERSION_GATE_VERSION`]): `SetMemberVersion`, the leader's record of what each member
+//!   knows;
+//! - 4 ([`FLEETLOCK_VERSION`]): FleetLock's lock-only hosts ([`Command::RegisterLockOnly`]),
+//!   and the `Acquire` of purpose `fleetlock` (an ordinary slot, but audited as a FleetLock
+//!   grant). Its `Release` is an ordinary one ([`BASE_VERSION`]). So a FleetLock `pre-reboot`
+//!   waits for version 4 on every member, and a `steady-state` of a host not known yet too.
+//!
+//! The cargo feature `command-format-v1` builds an honest old binary for the mixed-version
+//! tests: [`FORMAT_VERSION`] is 1, so it applies and advertises version 1 only, refuses newer
+//! entries as any old binary would, and its own gate refuses to propose newer kinds (a FleetLock
+//! request to it is refused naming itself as the old member).
 
+use super::fleetlock::FLEETLOCK;
 use super::group::{GroupSeed, GroupView};
 use super::host::Report;
 use super::lock::Slot;
@@ -33,9 +52,35 @@ use super::rollout::{RolloutSpec, StepReport};
 use hotdeploy_common::config::MaxUnavailable;
 use serde::{Deserialize, Serialize};
 
-/// The newest command format version this binary can apply. Every command kind it knows has a
-/// version at most this.
-pub const FORMAT_VERSION: u32 = 2;
+/// The first commands: groups, hosts, the lock, members. Every binary knows them.
+pub const BASE_VERSION: u32 = 1;
+/// Rollouts.
+pub const ROLLOUTS_VERSION: u32 = 2;
+/// The version gate's record of what each member knows (`SetMemberVersion`).
+pub const VERSION_GATE_VERSION: u32 = 3;
+/// FleetLock's lock-only hosts (`RegisterLockOnly`).
+pub const FLEETLOCK_VERSION: u32 = 4;
+
+/// The newest command format version this binary can apply: the largest of the versions above.
+/// Every command kind it knows has a version at most this.
+#[cfg(not(feature = "command-format-v1"))]
+pub const FORMAT_VERSION: u32 = max(
+    max(BASE_VERSION, ROLLOUTS_VERSION),
+    max(VERSION_GATE_VERSION, FLEETLOCK_VERSION),
+);
+/// The newest command format version this binary can apply: built as an old binary (the cargo
+/// feature `command-format-v1`, for mixed-version tests), only the first.
+#[cfg(feature = "command-format-v1")]
+pub const FORMAT_VERSION: u32 = BASE_VERSION;
+
+#[cfg(not(feature = "command-format-v1"))]
+const fn max(a: u32, b: u32) -> u32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
 
 /// The payload of one raft log entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -84,8 +129,15 @@ impl Proposal {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Parses a log entry, refusing newer format versions and commands that do not decode.
+    /// Parses a log entry, refusing newer format versions than [`FORMAT_VERSION`] and commands
+    /// that do not decode.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_known(bytes, FORMAT_VERSION)
+    }
+
+    /// [`Proposal::decode`] for a node that knows versions up to `known` (the simulator runs
+    /// nodes of several versions in one process).
+    pub fn decode_known(bytes: &[u8], known: u32) -> Result<Self, DecodeError> {
         #[derive(Deserialize)]
         struct Versioned {
             version: u32,
@@ -94,10 +146,10 @@ impl Proposal {
         // than a confusing one about a field or command this binary does not know.
         let v: Versioned = serde_json::from_slice(bytes)
             .map_err(|e| DecodeError::Malformed(format!("log entry is not a proposal: {e}")))?;
-        if v.version > FORMAT_VERSION {
+        if v.version > known {
             return Err(DecodeError::NeedsVersion {
                 needs: v.version,
-                known: FORMAT_VERSION,
+                known,
             });
         }
         if v.version == 0 {
@@ -218,13 +270,31 @@ pub enum Command {
     CheckProgress {
         rollout: String,
     },
+    /// Leader-proposed: member `id` reports that it knows command format versions up to
+    /// `version` (from its peer frames). Kept so that a later leader knows the version of a
+    /// member that is down (see `raft/versions.rs`).
+    SetMemberVersion {
+        id: u64,
+        version: u32,
+    },
+    /// FleetLock: makes `host` a lock-only host of `group` if no agent has registered it (see
+    /// `fleetlock.rs`); a no-op for a host already known in that group.
+    RegisterLockOnly {
+        host: String,
+        group: String,
+    },
 }
 
 impl Command {
     /// The command format version that introduced this kind of command. No wildcard: a new
     /// kind must be given its version (see the module docs).
+    ///
+    /// One kind changed its meaning rather than arriving: an `Acquire` of purpose `fleetlock` is
+    /// audited as a FleetLock grant (`acquire_fleetlock`) since [`FLEETLOCK_VERSION`], which an
+    /// older binary would not record, so it needs that version too.
     pub fn version(&self) -> u32 {
         match self {
+            Command::Acquire { purpose, .. } if purpose == FLEETLOCK => FLEETLOCK_VERSION,
             Command::SeedGroups { .. }
             | Command::SetGroupPolicy { .. }
             | Command::Register { .. }
@@ -237,13 +307,43 @@ impl Command {
             | Command::ReportPhase { .. }
             | Command::RemoveHost { .. }
             | Command::SetMember { .. }
-            | Command::RemoveMember { .. } => 1,
+            | Command::RemoveMember { .. } => BASE_VERSION,
             Command::StartRollout { .. }
             | Command::PauseRollout { .. }
             | Command::ResumeRollout { .. }
             | Command::AbortRollout { .. }
             | Command::ReportStep { .. }
-            | Command::CheckProgress { .. } => 2,
+            | Command::CheckProgress { .. } => ROLLOUTS_VERSION,
+            Command::SetMemberVersion { .. } => VERSION_GATE_VERSION,
+            Command::RegisterLockOnly { .. } => FLEETLOCK_VERSION,
+        }
+    }
+
+    /// The command's kind, as errors name it (`StartRollout`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::SeedGroups { .. } => "SeedGroups",
+            Command::SetGroupPolicy { .. } => "SetGroupPolicy",
+            Command::Register { .. } => "Register",
+            Command::UpdateReport { .. } => "UpdateReport",
+            Command::MarkUnreachable { .. } => "MarkUnreachable",
+            Command::MarkReachable { .. } => "MarkReachable",
+            Command::Acquire { purpose, .. } if purpose == FLEETLOCK => "Acquire (fleetlock)",
+            Command::Acquire { .. } => "Acquire",
+            Command::Release { .. } => "Release",
+            Command::ForceRelease { .. } => "ForceRelease",
+            Command::ReportPhase { .. } => "ReportPhase",
+            Command::RemoveHost { .. } => "RemoveHost",
+            Command::SetMember { .. } => "SetMember",
+            Command::RemoveMember { .. } => "RemoveMember",
+            Command::StartRollout { .. } => "StartRollout",
+            Command::PauseRollout { .. } => "PauseRollout",
+            Command::ResumeRollout { .. } => "ResumeRollout",
+            Command::AbortRollout { .. } => "AbortRollout",
+            Command::ReportStep { .. } => "ReportStep",
+            Command::CheckProgress { .. } => "CheckProgress",
+            Command::SetMemberVersion { .. } => "SetMemberVersion",
+            Command::RegisterLockOnly { .. } => "RegisterLockOnly",
         }
     }
 }

@@ -129,6 +129,23 @@ pub enum StateError {
     },
 
     #[error(
+        "host {host:?} is registered by its agent in group(s) {}, not in {group:?}; a FleetLock \
+         client must name one of its host's groups",
+        list(groups)
+    )]
+    NotInGroup {
+        host: String,
+        group: String,
+        groups: Vec<String>,
+    },
+
+    #[error(
+        "host {host:?} is a lock-only (FleetLock) host, which has no agent; an agent reports for \
+         it only once it has registered"
+    )]
+    LockOnlyHost { host: String },
+
+    #[error(
         "request seq {seq} of client {client_id:?} is too old: only the answers of the last \
          {window} seqs are kept (oldest kept: {oldest}); use a new seq"
     )]
@@ -169,6 +186,8 @@ impl StateError {
             | Self::NoSlot { .. }
             | Self::HostReachable { .. }
             | Self::GroupsChangeWhileHolding { .. }
+            | Self::NotInGroup { .. }
+            | Self::LockOnlyHost { .. }
             | Self::SeqTooOld { .. } => Code::FailedPrecondition,
             Self::AlreadyApplied { .. } => Code::Internal,
             Self::Rollout(e) => e.code(),

@@ -14,6 +14,14 @@
 //! passed verify), and that report must not push its groups over budget. It was charged at its
 //! grant, so the report changes no count ([`Host::is_counted`]).
 //!
+//! A host is one of two [`HostKind`]s. An *agent* host registered itself (`Register`), sends
+//! heartbeats and reports its facts. A *lock-only* host is a FleetLock client (a Zincati node)
+//! that asked for a reboot slot under an id no agent has registered (DESIGN §8): it has no
+//! heartbeats and no reports, so it is kept `reachable`, `healthy` and `in_rotation` (it counts
+//! as available) and is unavailable only while it holds a slot. Liveness never judges it, and
+//! rollouts never target it. An agent that later registers the same id turns it into an agent
+//! host.
+//!
 //! Invariants kept by the machine, not by this file: `groups` is sorted, free of duplicates and
 //! non-empty, every group in it exists, and `slot` is `Some(token)` exactly when the slot table
 //! holds a slot with that token for this host.
@@ -47,6 +55,31 @@ pub enum Rotation {
     OutOfRotation,
 }
 
+/// Who speaks for a host.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HostKind {
+    /// A `hotdeploy-agent` registered it and heartbeats for it.
+    #[default]
+    Agent,
+    /// A FleetLock client that no agent has registered: no heartbeats, no reports.
+    LockOnly,
+}
+
+impl HostKind {
+    /// The lower-case name used in JSON and tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            HostKind::Agent => "agent",
+            HostKind::LockOnly => "lock_only",
+        }
+    }
+
+    fn is_agent(&self) -> bool {
+        *self == HostKind::Agent
+    }
+}
+
 /// What an agent says about its host: carried by `Register`, `UpdateReport` and `MarkReachable`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Report {
@@ -75,9 +108,18 @@ pub struct Host {
     pub slot: Option<u64>,
     /// When the host first registered (a re-register keeps it), Unix ms of the proposer.
     pub registered_at_ms: u64,
+    /// Agent or lock-only. Left out of the JSON for agent hosts, so that a state without
+    /// lock-only hosts serializes exactly as before they existed.
+    #[serde(default, skip_serializing_if = "HostKind::is_agent")]
+    pub kind: HostKind,
 }
 
 impl Host {
+    /// Whether this host is a FleetLock client that no agent has registered.
+    pub fn is_lock_only(&self) -> bool {
+        self.kind == HostKind::LockOnly
+    }
+
     /// Whether the host has a release installed.
     pub fn is_provisioned(&self) -> bool {
         self.health != Health::Unprovisioned

@@ -23,14 +23,18 @@
 //! removed) that tell the rollouts what happened; after every successful command the rollouts
 //! are reconciled (admission is derived on apply).
 //!
-//! Left out (they come with their features): FleetLock lock-only hosts, and limits on the length of free-text fields, which the service layer enforces on its
+//! FleetLock's lock-only hosts live in `fleetlock.rs` (`RegisterLockOnly`); their locks are
+//! ordinary slots of purpose `fleetlock`.
+//!
+//! Left out: limits on the length of free-text fields, which the service layer enforces on its
 //! network inputs.
 
 use super::audit::{AuditEvent, AuditLog};
-use super::command::{Answer, Command, Proposal, Response, FORMAT_VERSION};
+use super::command::{Answer, Command, Proposal, Response, FORMAT_VERSION, ROLLOUTS_VERSION};
 use super::error::StateError;
+use super::fleetlock::FLEETLOCK;
 use super::group::{Group, GroupSeed, GroupView};
-use super::host::{Host, Reachability, Report};
+use super::host::{Host, HostKind, Reachability, Report};
 use super::lock::{self, Slot};
 use super::rollout::{Assignment, At, Desired, Fleet, Rollout, Rollouts, Wait};
 use super::session::Sessions;
@@ -58,17 +62,17 @@ pub const MAINTENANCE: &str = "maintenance";
 const OPERATOR_PREFIX: &str = "operator/";
 
 /// The snapshot format this binary writes and reads.
-const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 1;
 
 /// The replicated state of a coordinator cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct StateMachine {
     /// The raft index of the last entry applied.
     applied: u64,
-    groups: BTreeMap<String, Group>,
-    hosts: BTreeMap<String, Host>,
+    pub(super) groups: BTreeMap<String, Group>,
+    pub(super) hosts: BTreeMap<String, Host>,
     /// Token → slot.
-    slots: BTreeMap<u64, Slot>,
+    pub(super) slots: BTreeMap<u64, Slot>,
     /// Raft member id → peer address.
     members: BTreeMap<u64, String>,
     sessions: Sessions,
@@ -76,6 +80,15 @@ pub struct StateMachine {
     /// Rollouts and desired releases. `default` so that a snapshot from before rollouts loads.
     #[serde(default)]
     rollouts: Rollouts,
+    /// The newest command format version of any entry that changed the state (0 reads as 1). A
+    /// node that knows less refuses a snapshot of this state: it could not have applied what
+    /// made it.
+    #[serde(default)]
+    format_version: u32,
+    /// Raft member id → the newest command format version it reported, as a leader recorded it
+    /// (`SetMemberVersion`). A later leader judges a member that is down by it.
+    #[serde(default)]
+    member_versions: BTreeMap<u64, u32>,
 }
 
 /// The snapshot as written: the state wrapped in a format number.
@@ -115,20 +128,21 @@ impl StateMachine {
                 proposal.version
             )));
         }
+
         let Proposal {
+            version,
             write,
             at_ms,
             actor,
             command,
-            ..
         } = proposal;
         let Some(write) = write else {
-            return self.execute(index, at_ms, &actor, command);
+            return self.execute_versioned(index, at_ms, &actor, version, command);
         };
         if let Some(answer) = self.sessions.check(index, at_ms, &write) {
             return answer;
         }
-        let response = self.execute(index, at_ms, &actor, command);
+        let response = self.execute_versioned(index, at_ms, &actor, version, command);
         self.sessions.record(index, at_ms, &write, &response);
         response
     }
@@ -176,9 +190,14 @@ impl StateMachine {
         })
     }
 
-    /// The inverse of [`StateMachine::snapshot`]. Refuses an unknown format and an inconsistent
-    /// state.
+    /// The inverse of [`StateMachine::snapshot`]. Refuses an unknown format, a state made by
+    /// newer commands than [`FORMAT_VERSION`], and an inconsistent state.
     pub fn restore(bytes: &[u8]) -> Result<Self, StateError> {
+        Self::restore_known(bytes, FORMAT_VERSION)
+    }
+
+    /// [`StateMachine::restore`] for a node that knows command format versions up to `known`.
+    pub fn restore_known(bytes: &[u8], known: u32) -> Result<Self, StateError> {
         let snap: SnapshotIn = serde_json::from_slice(bytes)
             .map_err(|e| StateError::Decode(format!("invalid state snapshot: {e}")))?;
         if snap.format != SNAPSHOT_FORMAT {
@@ -188,6 +207,17 @@ impl StateMachine {
             )));
         }
         let mut state = snap.state;
+        // A state written before versions were tracked: rollouts mean version 2 entries.
+        if !state.rollouts.list().is_empty() {
+            state.format_version = state.format_version.max(ROLLOUTS_VERSION);
+        }
+        if state.format_version() > known {
+            return Err(StateError::Decode(format!(
+                "the state snapshot was made by entries of command format version {}, and this \
+                 coordinator knows versions up to {known}; upgrade this coordinator",
+                state.format_version()
+            )));
+        }
         state.rebuild_members();
         state
             .check_consistency()
@@ -236,6 +266,50 @@ impl StateMachine {
     /// Raft member id → peer address.
     pub fn members(&self) -> &BTreeMap<u64, String> {
         &self.members
+    }
+
+    /// Raft member id → the command format version a leader recorded for it.
+    pub fn member_versions(&self) -> &BTreeMap<u64, u32> {
+        &self.member_versions
+    }
+
+    /// The newest command format version of any entry that changed the state (at least 1).
+    pub fn format_version(&self) -> u32 {
+        self.format_version.max(1)
+    }
+
+    /// Turns this state, restored from a backup of another cluster (`hotdeploy-coordinator
+    /// restore`), into the first state of a new one-node cluster of member `node` at `address`:
+    /// the applied index moves to `index` (above the backup's, so that tokens keep
+    /// increasing), the members are that one node (the old ones are not members of the new
+    /// cluster; operators add members back), the recorded versions are forgotten, and the
+    /// restore is audited with `detail`. Hosts, groups, slots, rollouts, sessions and the audit
+    /// trail are kept as they are: a slot held at backup time stays held.
+    pub fn rebase_for_restore(
+        &mut self,
+        index: u64,
+        at_ms: u64,
+        actor: &str,
+        node: u64,
+        address: &str,
+        detail: String,
+    ) -> Result<(), StateError> {
+        if index <= self.applied {
+            return Err(StateError::AlreadyApplied {
+                index,
+                applied: self.applied,
+            });
+        }
+        self.applied = index;
+        self.members = BTreeMap::from([(node, address.to_string())]);
+        self.member_versions.clear();
+        let ctx = Ctx {
+            index,
+            at_ms,
+            actor,
+        };
+        self.record(&ctx, "restore", detail);
+        Ok(())
     }
 
     /// The audit trail, oldest first.
@@ -335,10 +409,28 @@ impl StateMachine {
                 return Err(format!("slot {token} of {:?} is not its host's", slot.host));
             }
         }
+        self.check_lock_only_hosts()?;
         self.rollouts.check_consistency(fleet!(self))
     }
 
     // ---- commands ----
+
+    /// [`StateMachine::execute`] of a command of format `version`; a success raises the
+    /// state's format version to it (a refusal changed nothing).
+    fn execute_versioned(
+        &mut self,
+        index: u64,
+        at_ms: u64,
+        actor: &str,
+        version: u32,
+        command: Command,
+    ) -> Response {
+        let response = self.execute(index, at_ms, actor, command);
+        if response.is_ok() {
+            self.format_version = self.format_version.max(version);
+        }
+        response
+    }
 
     /// Applies `command`, then moves the rollouts to their fixpoint (admission is derived on
     /// apply: see `rollout/admit.rs`). Only after a success: a refusal changes nothing.
@@ -382,16 +474,16 @@ impl StateMachine {
             } => self.register(&ctx, host, groups, address, report),
             Command::UpdateReport { host, report } => {
                 check_report(&report)?;
-                self.host_mut(&host)?.apply_report(report);
+                self.agent_host_mut(&host)?.apply_report(report);
                 Ok(Answer::Done)
             }
             Command::MarkUnreachable { host } => {
-                self.host_mut(&host)?.reachability = Reachability::Unreachable;
+                self.agent_host_mut(&host)?.reachability = Reachability::Unreachable;
                 Ok(Answer::Done)
             }
             Command::MarkReachable { host, report } => {
                 check_report(&report)?;
-                let h = self.host_mut(&host)?;
+                let h = self.agent_host_mut(&host)?;
                 h.reachability = Reachability::Reachable;
                 h.apply_report(report);
                 self.rollouts.on_reachable(&ctx.at(), &host, fleet!(self));
@@ -420,6 +512,7 @@ impl StateMachine {
             }
             Command::RemoveMember { id } => {
                 // Idempotent: raft has already removed the member; this only records it.
+                self.member_versions.remove(&id);
                 let detail = match self.members.remove(&id) {
                     Some(address) => format!("member {id} at {address} removed"),
                     None => format!("member {id} removed (no address was recorded)"),
@@ -482,6 +575,24 @@ impl StateMachine {
                     .check_progress(&ctx.at(), &rollout, fleet!(self))?;
                 Ok(Answer::Done)
             }
+            Command::SetMemberVersion { id, version } => {
+                if version == 0 {
+                    return Err(StateError::Decode(format!(
+                        "member {id}: command format version 0 does not exist"
+                    )));
+                }
+                let old = self.member_versions.insert(id, version);
+                let detail = match old {
+                    Some(old) if old == version => return Ok(Answer::Done),
+                    Some(old) => {
+                        format!("member {id} knows command format version {version} (was {old})")
+                    }
+                    None => format!("member {id} knows command format version {version}"),
+                };
+                self.record(&ctx, "member_version", detail);
+                Ok(Answer::Done)
+            }
+            Command::RegisterLockOnly { host, group } => self.register_lock_only(&ctx, host, group),
         }
     }
 
@@ -646,10 +757,13 @@ impl StateMachine {
             phase: String::new(),
             slot: None,
             registered_at_ms: ctx.at_ms,
+            kind: HostKind::Agent,
         });
         host.groups = groups;
         host.address = address;
         host.reachability = Reachability::Reachable;
+        // An agent registering a lock-only host's id speaks for it from now on.
+        host.kind = HostKind::Agent;
         host.apply_report(report);
         let host_id = host.id.clone();
         self.rollouts
@@ -691,6 +805,13 @@ impl StateMachine {
                 slot.host, slot.token, slot.reason
             );
             self.record(ctx, "acquire_maintenance", detail);
+        }
+        if slot.purpose == FLEETLOCK {
+            let detail = format!(
+                "host {}: FleetLock slot {} granted, reason {:?}",
+                slot.host, slot.token, slot.reason
+            );
+            self.record(ctx, "acquire_fleetlock", detail);
         }
         if !slot.rollout.is_empty() {
             self.rollouts
@@ -785,7 +906,8 @@ impl StateMachine {
 
     fn remove_host(&mut self, ctx: &Ctx, id: &str, force: bool) -> Response {
         let host = self.host_ref(id)?;
-        if host.reachability == Reachability::Reachable && !force {
+        // A lock-only host has no heartbeats to go silent: it is never `unreachable`.
+        if host.reachability == Reachability::Reachable && !force && !host.is_lock_only() {
             return Err(StateError::HostReachable {
                 host: id.to_string(),
             });
@@ -814,13 +936,13 @@ impl StateMachine {
 
     // ---- helpers ----
 
-    fn host_ref(&self, id: &str) -> Result<&Host, StateError> {
+    pub(super) fn host_ref(&self, id: &str) -> Result<&Host, StateError> {
         self.hosts.get(id).ok_or_else(|| StateError::UnknownHost {
             host: id.to_string(),
         })
     }
 
-    fn host_mut(&mut self, id: &str) -> Result<&mut Host, StateError> {
+    pub(super) fn host_mut(&mut self, id: &str) -> Result<&mut Host, StateError> {
         self.hosts
             .get_mut(id)
             .ok_or_else(|| StateError::UnknownHost {
@@ -828,7 +950,7 @@ impl StateMachine {
             })
     }
 
-    fn index(&mut self, id: &str, groups: &[String]) {
+    pub(super) fn index(&mut self, id: &str, groups: &[String]) {
         for g in groups {
             if let Some(group) = self.groups.get_mut(g) {
                 group.members.insert(id.to_string());
@@ -836,7 +958,7 @@ impl StateMachine {
         }
     }
 
-    fn unindex(&mut self, id: &str, groups: &[String]) {
+    pub(super) fn unindex(&mut self, id: &str, groups: &[String]) {
         for g in groups {
             if let Some(group) = self.groups.get_mut(g) {
                 group.members.remove(id);
@@ -859,7 +981,7 @@ impl StateMachine {
         }
     }
 
-    fn record(&mut self, ctx: &Ctx, action: &str, detail: String) {
+    pub(super) fn record(&mut self, ctx: &Ctx, action: &str, detail: String) {
         self.audit.push(AuditEvent {
             index: ctx.index,
             at_ms: ctx.at_ms,
@@ -871,10 +993,10 @@ impl StateMachine {
 }
 
 /// What every handler knows about the entry it applies.
-struct Ctx<'a> {
-    index: u64,
-    at_ms: u64,
-    actor: &'a str,
+pub(super) struct Ctx<'a> {
+    pub(super) index: u64,
+    pub(super) at_ms: u64,
+    pub(super) actor: &'a str,
 }
 
 impl<'a> Ctx<'a> {

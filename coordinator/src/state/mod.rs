@@ -14,15 +14,15 @@
 //! - `audit`: the bounded trail of operator actions;
 //! - `error`: [`StateError`], with gRPC codes and retryability;
 //! - `rollout/`: rollouts, their per-host steps, admission and desired releases;
+//! - `fleetlock`: FleetLock's lock-only hosts (`RegisterLockOnly`) and the `fleetlock` purpose;
 //! - `machine`: [`StateMachine`], which applies commands and holds it all together;
 //! - `replicated`: the [`crate::raft::Replicated`] trait over the machine: what the raft driver
 //!   calls, and the only place that turns raft's entries and membership changes into commands.
-//!
-//! Left out for now: FleetLock lock-only hosts.
 
 mod audit;
 mod command;
 mod error;
+mod fleetlock;
 mod group;
 mod host;
 mod lock;
@@ -32,17 +32,25 @@ mod rollout;
 mod session;
 
 #[cfg(test)]
+mod fleetlock_tests;
+#[cfg(test)]
 mod proptest;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_tests;
 
 pub use audit::AuditEvent;
-pub use command::{Answer, Command, DecodeError, Proposal, Response, WriteId, FORMAT_VERSION};
+pub use command::{
+    Answer, Command, DecodeError, Proposal, Response, WriteId, BASE_VERSION, FLEETLOCK_VERSION,
+    FORMAT_VERSION, ROLLOUTS_VERSION, VERSION_GATE_VERSION,
+};
 pub use error::StateError;
+pub use fleetlock::{LockOnlyPlan, FLEETLOCK};
 pub use group::{GroupSeed, GroupView};
-pub use host::{Health, Host, Reachability, Report, Rotation};
+pub use host::{Health, Host, HostKind, Reachability, Report, Rotation};
 pub use lock::{GrantChecker, Outlook, Slot};
-pub use machine::{StateMachine, MAINTENANCE};
+pub use machine::{StateMachine, MAINTENANCE, SNAPSHOT_FORMAT};
 pub use rollout::{
     check_release_spec, Assignment, Event as RolloutEvent, PhaseTime, Policy, ReleaseSpec, Rollout,
     RolloutError, RolloutKind, RolloutSpec, RolloutState, Step, StepPhase, StepReport, Unavailable,

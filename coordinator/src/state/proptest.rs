@@ -2,7 +2,8 @@
 //!
 //! A small fleet (three groups, six hosts, random budgets) goes through random registrations,
 //! health/rotation/reachability changes, acquires, releases with right and wrong tokens, phase
-//! reports, forced releases, budget changes and removals. After every step it checks:
+//! reports, forced releases, budget changes, removals, and FleetLock's lock-only registrations
+//! (and `fleetlock` slots). After every step it checks:
 //!
 //! - **the lock invariant at grant time:** right after a new grant to a provisioned host,
 //!   |Unavailable(g)| ≤ budget(g) for every group g of the host, and a group that does not allow
@@ -28,7 +29,7 @@ use hotdeploy_common::config::MaxUnavailable;
 
 const GROUPS: [&str; 3] = ["a", "b", "c"];
 const HOSTS: usize = 6;
-const PURPOSES: [&str; 2] = ["deploy", "maintenance"];
+const PURPOSES: [&str; 3] = ["deploy", "maintenance", super::FLEETLOCK];
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -76,6 +77,10 @@ enum Op {
     Remove {
         host: usize,
         force: bool,
+    },
+    LockOnly {
+        host: usize,
+        group: usize,
     },
 }
 
@@ -126,7 +131,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => host.clone().prop_map(|host| Op::ForceRelease { host }),
         1 => (0..GROUPS.len(), budget(), proptest::option::of(any::<bool>()))
             .prop_map(|(group, budget, allow_zero)| Op::SetPolicy { group, budget, allow_zero }),
-        1 => (host, any::<bool>()).prop_map(|(host, force)| Op::Remove { host, force }),
+        1 => (host.clone(), any::<bool>()).prop_map(|(host, force)| Op::Remove { host, force }),
+        2 => (host, 0..GROUPS.len()).prop_map(|(host, group)| Op::LockOnly { host, group }),
     ]
 }
 
@@ -226,6 +232,10 @@ fn command(sm: &StateMachine, op: &Op) -> Command {
         Op::Remove { host, force } => Command::RemoveHost {
             host: host_name(host),
             force,
+        },
+        Op::LockOnly { host, group } => Command::RegisterLockOnly {
+            host: host_name(host),
+            group: GROUPS[group].into(),
         },
     }
 }

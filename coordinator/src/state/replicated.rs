@@ -4,12 +4,14 @@
 //! This is the only place that turns raft's view (entry bytes, membership changes) into
 //! commands: a normal entry's bytes are a [`Proposal`]; a membership change becomes
 //! `SetMember`/`RemoveMember` with the operator and time its proposer stamped; the leader's
-//! record of a member that acknowledged the log is a `SetMember` from `leader`. The driver
+//! record of a member that acknowledged the log is a `SetMember` from `leader`, and of the
+//! command format version a member reports a `SetMemberVersion` from `leader`. The driver
 //! builds no command itself.
 //!
 //! Decoding follows the version rule of `command.rs`: an entry stamped with a newer command
-//! format, or one that does not decode, is an [`EntryError`] and stops the node; it is never
-//! skipped.
+//! format than the node knows, or one that does not decode, is an [`EntryError`] and stops the
+//! node; it is never skipped. The version the node knows comes from the driver (production:
+//! [`crate::state::FORMAT_VERSION`]; the simulator also runs older nodes).
 
 use super::command::{Command, DecodeError, Proposal, Response};
 use super::machine::StateMachine;
@@ -19,8 +21,8 @@ use std::collections::BTreeMap;
 impl Replicated for StateMachine {
     type Answer = Response;
 
-    fn apply(&mut self, index: u64, data: &[u8]) -> Result<Response, EntryError> {
-        let proposal = Proposal::decode(data).map_err(|e| match e {
+    fn apply(&mut self, index: u64, data: &[u8], known: u32) -> Result<Response, EntryError> {
+        let proposal = Proposal::decode_known(data, known).map_err(|e| match e {
             DecodeError::NeedsVersion { needs, known } => EntryError::NeedsVersion { needs, known },
             DecodeError::Malformed(m) => EntryError::Malformed(m),
         })?;
@@ -59,12 +61,26 @@ impl Replicated for StateMachine {
         StateMachine::snapshot(self).map_err(|e| SnapshotError(e.to_string()))
     }
 
-    fn restore(data: &[u8]) -> Result<Self, SnapshotError> {
-        StateMachine::restore(data).map_err(|e| SnapshotError(e.to_string()))
+    fn restore(data: &[u8], known: u32) -> Result<Self, SnapshotError> {
+        StateMachine::restore_known(data, known).map_err(|e| SnapshotError(e.to_string()))
     }
 
     fn members(&self) -> BTreeMap<u64, String> {
         StateMachine::members(self).clone()
+    }
+
+    fn member_versions(&self) -> BTreeMap<u64, u32> {
+        StateMachine::member_versions(self).clone()
+    }
+
+    fn member_version_entry(id: u64, version: u32, at_ms: u64) -> (Vec<u8>, u32) {
+        let p = Proposal::new(
+            None,
+            at_ms,
+            "leader",
+            Command::SetMemberVersion { id, version },
+        );
+        (p.encode(), p.version)
     }
 
     fn member_entry(id: u64, address: &str, at_ms: u64) -> Vec<u8> {

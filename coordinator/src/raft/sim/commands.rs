@@ -1,6 +1,8 @@
 //! Commands the simulated clients send, as the services would build them.
 
-use crate::state::{Command, Health, Proposal, Report, Rotation, WriteId};
+use crate::state::{
+    Command, Health, Proposal, ReleaseSpec, Report, RolloutSpec, Rotation, WriteId,
+};
 use hotdeploy_common::config::MaxUnavailable;
 
 pub(crate) fn report(health: Health) -> Report {
@@ -73,4 +75,31 @@ pub(crate) fn agent(host: &str, seq: u64, at_ms: u64, command: Command) -> Propo
         format!("agent/{host}"),
         command,
     )
+}
+
+/// `StartRollout` of `release` to `group`, one host at a time, as `rollout start` sends it.
+pub(crate) fn start_rollout(id: &str, group: &str, release: &str) -> Command {
+    Command::StartRollout {
+        spec: RolloutSpec {
+            id: id.into(),
+            group: group.into(),
+            release: ReleaseSpec {
+                id: release.into(),
+                artifact_url: format!("file:///releases/{release}.tar.gz"),
+                sha256: "ab".repeat(32),
+                signature: String::new(),
+            },
+            batch: 0,
+            canary: 0,
+            pause_after_canary: false,
+            max_failures: 0,
+            auto_rollback: true,
+            supersede: false,
+            progress_deadline_ms: 0,
+        },
+    }
+}
+
+pub(crate) fn pause_rollout(id: &str) -> Command {
+    Command::PauseRollout { id: id.into() }
 }

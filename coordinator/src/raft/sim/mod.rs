@@ -11,7 +11,9 @@
 //! - the network (`net`): per-message delay and loss, cut links, partitions, heal;
 //! - nodes: [`Sim::crash`], [`Sim::restart`] (from its storage), [`Sim::wipe`] (a blank
 //!   storage), and [`Sim::start_blank`], which runs the real bootstrap rule
-//!   ([`bootstrap::decide`]) against the peers this node can reach;
+//!   ([`bootstrap::decide`]) against the peers this node can reach; [`Sim::set_version`] makes
+//!   a node's next start a binary of another command format version (an old one, or an
+//!   upgrade in place), which is what it applies and what its messages report;
 //! - clients: [`Sim::propose`], [`Sim::conf_change`], [`Sim::read_index`], each answered through
 //!   a [`Reply`] the test polls, and [`Sim::wait`] to tick until one is answered.
 //!
@@ -27,12 +29,14 @@ mod commands;
 mod net;
 mod random;
 mod scenarios;
+mod upgrade;
 
 use super::bootstrap::{self, Decision, PeerAnswer};
 use super::core::{Core, CoreConfig, Network};
 use super::storage::SledStorage;
+use super::versions::Gate;
 use super::NodeError;
-use crate::state::{Proposal, Response, StateMachine};
+use crate::state::{Proposal, Response, StateMachine, FORMAT_VERSION};
 use net::Net;
 use raft::prelude::{ConfChangeV2, Message, MessageType};
 use raft::SnapshotStatus;
@@ -79,6 +83,8 @@ struct SimNode {
     fatal: Option<String>,
     /// Blank and waiting to bootstrap: it answers `ClusterInfo` as blank.
     waiting: bool,
+    /// The command format version its binary knows (from its next start).
+    version: u32,
 }
 
 /// An answer the test waits for.
@@ -162,6 +168,7 @@ impl Sim {
                     state: Arc::default(),
                     fatal: None,
                     waiting: false,
+                    version: FORMAT_VERSION,
                 },
             );
             sim.boot(id);
@@ -212,24 +219,67 @@ impl Sim {
 
     // ---- nodes ----
 
-    /// (Re)starts node `id` from its storage.
+    /// (Re)starts node `id` from its storage. A node whose storage it cannot start from (a
+    /// snapshot it cannot restore) stays down with the error, as the real process exits.
     fn boot(&mut self, id: u64) {
+        let version = self.nodes[&id].version;
         let cfg = CoreConfig {
             min_election_ticks: ELECTION_TICKS,
             max_election_ticks: 2 * ELECTION_TICKS,
             snapshot_every: self.cfg.snapshot_every,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
-            ..CoreConfig::new(id, ELECTION_TICKS, HEARTBEAT_TICKS)
+            ..CoreConfig::new(id, ELECTION_TICKS, HEARTBEAT_TICKS, version)
         };
-        let node = self.nodes.get_mut(&id).expect("known node");
-        let mut core = Core::new(cfg, node.storage.clone()).expect("the node restarts");
+        let storage = self.nodes[&id].storage.clone();
+        let mut core = match Core::new(cfg, storage) {
+            Ok(core) => core,
+            Err(e) => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.core = None;
+                    node.fatal = Some(e.to_string());
+                    node.waiting = false;
+                }
+                self.log(format!("node {id} cannot start: {e}"));
+                return;
+            }
+        };
         let rng = &mut self.rng;
         core.redraw_election_timeout(|min, max| rng.gen_range(min..max));
+        let node = self.nodes.get_mut(&id).expect("known node");
         node.state = core.state();
         node.core = Some(core);
         node.fatal = None;
         node.waiting = false;
-        self.log(format!("node {id} started"));
+        self.log(format!(
+            "node {id} started (command format version {version})"
+        ));
+    }
+
+    /// Adds node `id`, blank, running a binary that knows command format versions up to
+    /// `version`, started with `initial_cluster_state = "existing"`: it waits to be sent a
+    /// snapshot by a leader that adds it.
+    pub(crate) fn add_blank(&mut self, id: u64, version: u32) {
+        let storage = SledStorage::open_temporary().expect("a temporary sled database");
+        self.nodes.insert(
+            id,
+            SimNode {
+                storage,
+                core: None,
+                state: Arc::default(),
+                fatal: None,
+                waiting: false,
+                version,
+            },
+        );
+        self.boot(id);
+    }
+
+    /// Node `id` runs a binary that knows command format versions up to `version` from its
+    /// next start ([`Sim::restart`]): an old binary, or the same node upgraded in place.
+    pub(crate) fn set_version(&mut self, id: u64, version: u32) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.version = version;
+        }
     }
 
     pub(crate) fn is_up(&self, id: u64) -> bool {
@@ -295,6 +345,7 @@ impl Sim {
                     cluster_id: 0,
                     commit_index: 0,
                     members: Vec::new(),
+                    format_version: node.version,
                 });
             }
             return Err("down".into());
@@ -304,6 +355,7 @@ impl Sim {
             cluster_id: node.storage.cluster_id().unwrap_or(0),
             commit_index: core.commit(),
             members,
+            format_version: node.version,
         })
     }
 
@@ -471,13 +523,14 @@ impl Sim {
                 continue;
             };
             let snapshot = env.msg.get_msg_type() == MessageType::MsgSnapshot;
+            let version = self.version_of(env.from);
             let Some(core) = self.nodes.get_mut(&env.to).and_then(|n| n.core.as_mut()) else {
                 if snapshot {
                     self.report(env.from, env.to, SnapshotStatus::Failure);
                 }
                 continue;
             };
-            core.step(env.msg);
+            core.step(env.msg, version);
             if snapshot {
                 self.report(env.from, env.to, SnapshotStatus::Finish);
             }
@@ -548,8 +601,9 @@ impl Sim {
             let Some(env) = self.net.next_due_matching(self.now, &pick) else {
                 return;
             };
+            let version = self.version_of(env.from);
             if let Some(core) = self.nodes.get_mut(&env.to).and_then(|n| n.core.as_mut()) {
-                core.step(env.msg);
+                core.step(env.msg, version);
                 self.ready(env.to);
             }
         }
@@ -557,11 +611,25 @@ impl Sim {
 
     // ---- clients ----
 
-    /// Proposes raw entry bytes at node `id`.
+    /// Proposes raw entry bytes at node `id`, as if every member knew them (past the version
+    /// gate: an entry that gets into the log anyway, by a bug or an old leader's mistake).
     pub(crate) fn propose_bytes(&mut self, id: u64, data: Vec<u8>) -> Reply<Response> {
+        self.propose_gated(id, data, Gate::base("raw"))
+    }
+
+    /// Proposes `p` at node `id`, through the version gate like the services do.
+    pub(crate) fn propose(&mut self, id: u64, p: &Proposal) -> Reply<Response> {
+        let gate = Gate {
+            needs: p.version,
+            kind: p.command.kind(),
+        };
+        self.propose_gated(id, p.encode(), gate)
+    }
+
+    fn propose_gated(&mut self, id: u64, data: Vec<u8>, gate: Gate) -> Reply<Response> {
         let (tx, rx) = oneshot::channel();
         match self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
-            Some(core) => core.propose(data, tx),
+            Some(core) => core.propose(data, gate, tx),
             None => drop(tx),
         }
         self.ready(id);
@@ -569,9 +637,16 @@ impl Sim {
         Reply { rx }
     }
 
-    /// Proposes `p` at node `id`.
-    pub(crate) fn propose(&mut self, id: u64, p: &Proposal) -> Reply<Response> {
-        self.propose_bytes(id, p.encode())
+    /// The command format version node `id`'s messages report.
+    fn version_of(&self, id: u64) -> u32 {
+        self.nodes.get(&id).map(|n| n.version).unwrap_or(0)
+    }
+
+    /// What node `id` knows of every member's command format version.
+    pub(crate) fn versions(&self, id: u64) -> BTreeMap<u64, super::Known> {
+        self.core(id)
+            .map(|c| c.status().versions)
+            .unwrap_or_default()
     }
 
     pub(crate) fn conf_change(&mut self, id: u64, cc: ConfChangeV2) -> Reply<()> {

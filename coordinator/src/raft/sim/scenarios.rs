@@ -10,7 +10,7 @@ use crate::state::{Answer, Health, StateError};
 use raft::prelude::{ConfChangeType, MessageType};
 
 /// Seeds the `web` group (budget 1) and registers hosts `h1..=n` at the leader.
-fn fleet(sim: &mut Sim, hosts: usize) -> u64 {
+pub(super) fn fleet(sim: &mut Sim, hosts: usize) -> u64 {
     let leader = sim.elect();
     let at = sim.now_ms();
     let mut r = sim.propose(leader, &operator(at, group("web", "1")));
@@ -38,7 +38,7 @@ fn slot_token(answer: Result<crate::state::Response, NodeError>) -> u64 {
 }
 
 /// Every running node has applied the same entries and holds the same state.
-fn assert_replicas_agree(sim: &mut Sim) {
+pub(super) fn assert_replicas_agree(sim: &mut Sim) {
     let ok = sim.run_until(300, |s| {
         let ups: Vec<u64> = s.ids().into_iter().filter(|id| s.is_up(*id)).collect();
         ups.windows(2)

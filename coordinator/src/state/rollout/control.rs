@@ -125,7 +125,7 @@ impl Rollouts {
                 }
                 .into());
             };
-            let hosts = fleet.members(&r.group);
+            let hosts = fleet.targets(&r.group);
             for other in self.list().into_iter().filter(|o| o.state.is_active()) {
                 if other.id == id || other.kind == RolloutKind::CatchUp {
                     continue;

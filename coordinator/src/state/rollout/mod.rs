@@ -99,6 +99,14 @@ impl<'a> Fleet<'a> {
             .map(|g| g.members.iter().filter_map(|h| self.hosts.get(h)).collect())
             .unwrap_or_default()
     }
+
+    /// The hosts of `group` a rollout can target, by id: its agent hosts. A lock-only host
+    /// (FleetLock) has no agent to deploy anything; it still counts in the group's budget.
+    pub fn targets(&self, group: &str) -> Vec<&'a Host> {
+        let mut hosts = self.members(group);
+        hosts.retain(|h| !h.is_lock_only());
+        hosts
+    }
 }
 
 /// Whether `slot` was taken for rollout `r`: it names `r` and was granted after `r` started.

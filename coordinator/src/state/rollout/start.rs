@@ -177,16 +177,17 @@ impl Rollouts {
             .ok_or_else(|| StateError::UnknownGroup {
                 group: spec.group.clone(),
             })?;
-        let hosts = fleet.members(&spec.group);
+        let hosts = fleet.targets(&spec.group);
         if hosts.is_empty() {
             return Err(RolloutError::NoHosts {
                 group: spec.group.clone(),
             }
             .into());
         }
-        let provisioned: Vec<&Host> = hosts
-            .iter()
-            .copied()
+        // The budget counts every provisioned host, FleetLock's lock-only ones included.
+        let provisioned: Vec<&Host> = fleet
+            .members(&spec.group)
+            .into_iter()
             .filter(|h| h.is_provisioned())
             .collect();
         let budget = group.max_unavailable.budget(provisioned.len() as u64);

@@ -1,0 +1,245 @@
+//! Rolling upgrades on the simulated cluster (DESIGN §8): nodes of different command format
+//! versions side by side, the leader's version gate between them and the log.
+
+use super::commands::{operator, pause_rollout, start_rollout};
+use super::scenarios::{assert_replicas_agree, fleet};
+use super::{address, Sim};
+use crate::raft::conf_context::{membership_change, ConfContext};
+use crate::raft::{Known, NodeError};
+use crate::state::{Answer, BASE_VERSION, FORMAT_VERSION, ROLLOUTS_VERSION};
+use raft::prelude::ConfChangeType;
+use std::collections::BTreeMap;
+
+/// Three nodes, of which node 3 runs a binary that knows command format version 1 only.
+fn with_an_old_node(seed: u64) -> Sim {
+    let mut sim = Sim::three(seed);
+    sim.crash(3);
+    sim.set_version(3, BASE_VERSION);
+    sim.restart(3);
+    sim
+}
+
+/// Ticks until `leader` has heard every member report `want` (or panics).
+fn wait_reports(sim: &mut Sim, leader: u64, want: &BTreeMap<u64, Known>) {
+    let ok = sim.run_until(100, |s| s.versions(leader) == *want);
+    assert!(
+        ok,
+        "leader {leader} sees {:?}, not {want:?}\n{}",
+        sim.versions(leader),
+        sim.trace()
+    );
+}
+
+/// The gate's view on the leader, as `status` shows it.
+fn expected(leader: u64, others: &[(u64, u32)]) -> BTreeMap<u64, Known> {
+    let mut m: BTreeMap<u64, Known> = others
+        .iter()
+        .map(|(id, v)| (*id, Known::Reported(*v)))
+        .collect();
+    m.insert(leader, Known::Own(FORMAT_VERSION));
+    m
+}
+
+#[test]
+fn a_new_kind_waits_for_the_old_member_and_commits_once_it_is_upgraded() {
+    let mut sim = with_an_old_node(41);
+    // An old leader would refuse for itself; the story is about a new leader and an old
+    // follower, so hand leadership to node 1 if the old node won.
+    let mut leader = fleet(&mut sim, 2);
+    if leader == 3 {
+        sim.transfer_leader(3, 1);
+        assert!(sim.run_until(100, |s| s.leader() == Some(1)));
+        leader = sim.elect();
+    }
+    let others: Vec<(u64, u32)> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != leader)
+        .map(|id| {
+            (
+                id,
+                if id == 3 {
+                    BASE_VERSION
+                } else {
+                    FORMAT_VERSION
+                },
+            )
+        })
+        .collect();
+    wait_reports(&mut sim, leader, &expected(leader, &others));
+    let before = sim.applied(leader);
+
+    // The new kind is refused, naming the old member; nothing reaches the log.
+    let at = sim.now_ms();
+    let mut r = sim.propose(leader, &operator(at, start_rollout("r1", "web", "v2")));
+    let refused = sim.wait(&mut r, 10).unwrap_err();
+    assert_eq!(
+        refused,
+        NodeError::MemberTooOld {
+            member: 3,
+            this_node: false,
+            knows: BASE_VERSION,
+            needs: ROLLOUTS_VERSION,
+            kind: "StartRollout",
+        }
+    );
+    assert_eq!(
+        refused.to_string(),
+        "member 3 knows command format version 1; StartRollout needs 2: upgrade it first"
+    );
+    assert!(!refused.is_retryable());
+    sim.run(50);
+    assert_eq!(sim.applied(leader), before, "something reached the log");
+    // The old node keeps running, applying the lock's commands as before.
+    assert!(sim.is_up(3) && sim.fatal(3).is_none(), "{:?}", sim.fatal(3));
+    assert_replicas_agree(&mut sim);
+    for id in sim.ids() {
+        assert!(sim.state(id).rollouts().is_empty(), "node {id}");
+        // The record of versions is a version 3 kind: not proposed while node 3 is old.
+        assert!(sim.state(id).member_versions().is_empty(), "node {id}");
+    }
+
+    // Upgraded in place (stopped, started again as a new binary on the same storage).
+    sim.crash(3);
+    sim.set_version(3, FORMAT_VERSION);
+    sim.restart(3);
+    let others: Vec<(u64, u32)> = others.iter().map(|(id, _)| (*id, FORMAT_VERSION)).collect();
+    wait_reports(&mut sim, leader, &expected(leader, &others));
+    let at = sim.now_ms();
+    let mut r = sim.propose(leader, &operator(at, start_rollout("r1", "web", "v2")));
+    let answer = sim.wait(&mut r, 50).expect("committed");
+    assert!(
+        matches!(answer, Ok(Answer::Rollout { ref id, .. }) if id == "r1"),
+        "{answer:?}"
+    );
+    assert_replicas_agree(&mut sim);
+    for id in sim.ids() {
+        assert!(sim.state(id).rollout("r1").is_some(), "node {id}");
+        assert!(sim.fatal(id).is_none(), "node {id}: {:?}", sim.fatal(id));
+    }
+    // Every member is now recorded at its version, on every replica.
+    let all_new: BTreeMap<u64, u32> = [
+        (1, FORMAT_VERSION),
+        (2, FORMAT_VERSION),
+        (3, FORMAT_VERSION),
+    ]
+    .into_iter()
+    .collect();
+    let recorded = sim.run_until(100, |s| {
+        s.ids()
+            .iter()
+            .all(|id| *s.state(*id).member_versions() == all_new)
+    });
+    assert!(recorded, "versions not recorded\n{}", sim.trace());
+
+    // A member that is down is judged by its record, and a new leader keeps it: the rollout
+    // goes on with one node down and the leader gone in between.
+    let down = others[0].0;
+    sim.crash(down);
+    sim.crash(leader);
+    sim.restart(leader);
+    let new_leader = sim.elect();
+    assert_ne!(new_leader, down);
+    assert_eq!(
+        sim.versions(new_leader).get(&down),
+        Some(&Known::Recorded(FORMAT_VERSION))
+    );
+    let at = sim.now_ms();
+    let mut r = sim.propose(new_leader, &operator(at, pause_rollout("r1")));
+    assert!(
+        matches!(sim.wait(&mut r, 50), Ok(Ok(Answer::Rollout { .. }))),
+        "a down member with a record must not stop rollouts\n{}",
+        sim.trace()
+    );
+}
+
+#[test]
+fn an_old_leader_refuses_a_new_kind_for_itself() {
+    let mut sim = with_an_old_node(42);
+    fleet(&mut sim, 1);
+    let leader = sim.leader().expect("a leader");
+    if leader != 3 {
+        sim.transfer_leader(leader, 3);
+        assert!(
+            sim.run_until(200, |s| s.leader() == Some(3)),
+            "{}",
+            sim.trace()
+        );
+    }
+    sim.elect();
+    let at = sim.now_ms();
+    let mut r = sim.propose(3, &operator(at, start_rollout("r1", "web", "v2")));
+    let refused = sim.wait(&mut r, 10).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .starts_with("member 3 (this node) knows command format version 1"),
+        "{refused}"
+    );
+}
+
+/// Adding an old node to a cluster whose state already holds newer entries: it stops on the
+/// snapshot it is sent, naming the version, and while it is a learner the gate keeps new
+/// kinds out of the log. Removing it lets them through again.
+#[test]
+fn an_old_learner_stops_on_newer_state_and_holds_new_kinds_back() {
+    let mut sim = Sim::three(43);
+    let leader = fleet(&mut sim, 2);
+    wait_reports(
+        &mut sim,
+        leader,
+        &expected(
+            leader,
+            &[1, 2, 3]
+                .into_iter()
+                .filter(|id| *id != leader)
+                .map(|id| (id, FORMAT_VERSION))
+                .collect::<Vec<_>>(),
+        ),
+    );
+    let at = sim.now_ms();
+    let mut r = sim.propose(leader, &operator(at, start_rollout("r1", "web", "v2")));
+    sim.wait(&mut r, 50).expect("committed").expect("started");
+
+    sim.add_blank(4, BASE_VERSION);
+    let ctx = ConfContext {
+        address: address(4),
+        actor: "operator/sim".into(),
+        at_ms: sim.now_ms(),
+    };
+    let mut add = sim.conf_change(
+        leader,
+        membership_change(ConfChangeType::AddLearnerNode, 4, &ctx),
+    );
+    sim.wait(&mut add, 50).expect("learner added");
+    let stopped = sim.run_until(200, |s| s.fatal(4).is_some());
+    assert!(stopped, "the old learner did not stop\n{}", sim.trace());
+    let fatal = sim.fatal(4).unwrap_or_default().to_string();
+    assert!(
+        fatal.contains("made by entries of command format version")
+            && fatal.contains("knows versions up to 1; upgrade this coordinator"),
+        "{fatal}"
+    );
+    // The learner reported version 1 before it stopped: the gate names it.
+    let at = sim.now_ms();
+    let mut r = sim.propose(leader, &operator(at, pause_rollout("r1")));
+    let refused = sim.wait(&mut r, 10).unwrap_err();
+    assert!(
+        matches!(refused, NodeError::MemberTooOld { member: 4, .. }),
+        "{refused}"
+    );
+    // The lock's own commands carry on.
+    assert!(sim.is_up(leader));
+    let mut remove = sim.conf_change(
+        leader,
+        membership_change(ConfChangeType::RemoveNode, 4, &ctx),
+    );
+    sim.wait(&mut remove, 50).expect("learner removed");
+    sim.run(20);
+    let at = sim.now_ms();
+    let mut r = sim.propose(leader, &operator(at, pause_rollout("r1")));
+    assert!(
+        matches!(sim.wait(&mut r, 50), Ok(Ok(Answer::Rollout { .. }))),
+        "{}",
+        sim.trace()
+    );
+}
