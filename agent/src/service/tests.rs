@@ -549,3 +549,40 @@ async fn the_leader_is_reaped_only_after_its_group_is_empty() {
     );
     assert!(fx.procs().is_empty());
 }
+
+/// At the agent's shutdown the supervisor detaches, leaving the service running, and
+/// `detached` returns only once it has let go of what it held: the `on_child` hook, and
+/// through it (in the daemon) the journal, which an agent started again in the same process
+/// must be able to open.
+#[tokio::test]
+async fn detached_returns_once_the_supervisor_has_let_go() {
+    let fx = Fixture::new();
+    let shutdown = CancellationToken::new();
+    let held = Arc::new(()); // stands for the journal the hook writes to
+    let hook_holds = held.clone();
+    let svc = ServiceController::with_hooks(
+        &fx.cfg(ServiceControl::Exec, SLEEPER),
+        &fx.root,
+        ServiceHooks {
+            on_child: Arc::new(move |_| drop(hook_holds.clone())),
+            on_release: Arc::new(|_| {}),
+            last_release: None,
+            shutdown: shutdown.clone(),
+        },
+    );
+    assert!(
+        !svc.detached(Duration::from_millis(100)).await,
+        "detached before the shutdown"
+    );
+    svc.adopt_or_start(None, None).await.unwrap();
+    let child = svc.child().unwrap();
+    assert_eq!(Arc::strong_count(&held), 2);
+    shutdown.cancel();
+    assert!(svc.detached(Duration::from_secs(10)).await);
+    drop(svc);
+    assert_eq!(Arc::strong_count(&held), 1, "the hook is still held");
+    assert!(
+        proc::is_alive(&child),
+        "the service did not survive the shutdown"
+    );
+}
