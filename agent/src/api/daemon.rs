@@ -350,7 +350,8 @@ impl Daemon {
     }
 
     /// Stops serving, gracefully: cancels the shutdown token, then waits (each bounded by
-    /// [`STOP_BOUND`]) for the gRPC server, the engine's tasks and the others to end. The
+    /// [`STOP_BOUND`]) for the gRPC server, the engine's tasks, the others and the service's
+    /// supervisor to end, so that nothing holds the journal any more. The
     /// supervised service keeps running: an agent restart or upgrade must not take it down.
     /// A deploy under way stops at its next step; recovery resumes it at the next start.
     pub async fn shutdown(mut self) {
@@ -368,6 +369,9 @@ impl Daemon {
             if tokio::time::timeout(STOP_BOUND, t).await.is_err() {
                 tracing::warn!("a task did not stop within {STOP_BOUND:?}");
             }
+        }
+        if !self.service.detached(STOP_BOUND).await {
+            tracing::warn!("the service supervisor did not detach within {STOP_BOUND:?}");
         }
         tracing::info!("agent stopped; the service is left running");
     }

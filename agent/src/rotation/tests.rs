@@ -182,6 +182,10 @@ struct FakeState {
     scur: VecDeque<u64>,
     status: VecDeque<&'static str>,
     commands: Vec<String>,
+    /// The control whose states are noted as each command arrives (see [`FakeHaproxy::observe`]).
+    observed: Option<Arc<RotationControl>>,
+    /// (command, advertised, reported) as each command arrived, once observing.
+    seen: Vec<(String, Rotation, Rotation)>,
 }
 
 struct FakeHaproxy {
@@ -213,7 +217,7 @@ impl FakeHaproxy {
         let state = Arc::new(Mutex::new(FakeState {
             scur: scur.iter().copied().collect(),
             status: status.iter().copied().collect(),
-            commands: Vec::new(),
+            ..FakeState::default()
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -230,6 +234,10 @@ impl FakeHaproxy {
                 let answer = {
                     let mut s = st.lock().unwrap();
                     s.commands.push(cmd.clone());
+                    if let Some(ctl) = &s.observed {
+                        let noted = (cmd.clone(), ctl.advertised(), ctl.state());
+                        s.seen.push(noted);
+                    }
                     if cmd == "show stat" {
                         let (scur, status) = (next(&mut s.scur), next(&mut s.status));
                         format!(
@@ -258,6 +266,17 @@ impl FakeHaproxy {
 
     fn commands(&self) -> Vec<String> {
         self.state.lock().unwrap().commands.clone()
+    }
+
+    /// From now on, notes what `ctl` advertises and reports as each command arrives: while a
+    /// change waits on HAProxy, that is what load balancers and the coordinators see.
+    fn observe(&self, ctl: &Arc<RotationControl>) {
+        self.state.lock().unwrap().observed = Some(ctl.clone());
+    }
+
+    /// (command, advertised, reported) for each command received while observing.
+    fn seen(&self) -> Vec<(String, Rotation, Rotation)> {
+        self.state.lock().unwrap().seen.clone()
     }
 
     fn cfg(&self, server_timeout: Duration) -> RotationConfig {
@@ -463,65 +482,32 @@ fn fuzz_regressions_ready() {
     }
 }
 
-/// (advertised, reported, `show stat`s answered so far).
-type Sample = (Rotation, Rotation, usize);
-
-/// Samples every 5 ms until stopped.
-fn sample(
-    ctl: &Arc<RotationControl>,
-    fake: &FakeHaproxy,
-) -> (
-    tokio::task::JoinHandle<Vec<Sample>>,
-    Arc<std::sync::atomic::AtomicBool>,
-) {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (ctl, state, stop2) = (ctl.clone(), fake.state.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        let mut samples = Vec::new();
-        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
-            let stats = state
-                .lock()
-                .unwrap()
-                .commands
-                .iter()
-                .filter(|c| *c == "show stat")
-                .count();
-            samples.push((ctl.advertised(), ctl.state(), stats));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        samples
-    });
-    (task, stop)
-}
-
 /// Item 7: an undrain advertises `ready` at once (that is what brings the host back), but the
-/// host is reported `in_rotation` only once HAProxy confirms it UP.
+/// host is reported `in_rotation` only once HAProxy confirms it UP. The fake HAProxy notes what
+/// the host advertised and reported as each command arrived: the undrain waits on exactly
+/// these, so every moment of the wait is observed, however slowly the test runs.
 #[tokio::test]
 async fn undrain_reports_in_rotation_only_once_confirmed() {
+    use Rotation::{InRotation as In, OutOfRotation as Out};
     let fake = FakeHaproxy::start(&[0], &["MAINT", "DOWN", "DOWN 1/2", "UP"]);
     let ctl = control(&fake.cfg(Duration::from_secs(10)), "web-1");
-    ctl.set_state(Rotation::OutOfRotation);
-    let (samples, stop) = sample(&ctl, &fake);
+    ctl.set_state(Out);
+    fake.observe(&ctl);
     ctl.undrain().await.unwrap();
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let samples = samples.await.unwrap();
-    assert!(samples.len() > 20, "too few samples: {}", samples.len());
-    let early: Vec<_> = samples
-        .iter()
-        .filter(|(_, reported, stats)| *reported == Rotation::InRotation && *stats < 4)
-        .collect();
-    assert!(
-        early.is_empty(),
-        "reported in rotation before HAProxy said UP: {:?}",
-        early.first()
+    let stat = ("show stat".to_string(), In, Out);
+    assert_eq!(
+        fake.seen(),
+        [
+            ("set server be/web-1 state ready".to_string(), In, Out),
+            stat.clone(), // MAINT
+            stat.clone(), // DOWN
+            stat.clone(), // DOWN 1/2
+            stat,         // UP: reported out until its answer arrives
+        ],
+        "(command, advertised, reported) as HAProxy received each command"
     );
-    assert!(
-        samples
-            .iter()
-            .any(|(adv, rep, _)| *adv == Rotation::InRotation && *rep == Rotation::OutOfRotation),
-        "the front ends did not advertise ready while the undrain waited"
-    );
-    assert_eq!(ctl.state(), Rotation::InRotation);
+    assert_eq!(ctl.state(), In);
+    assert_eq!(ctl.advertised(), In);
     assert!(ctl.settled());
 }
 
@@ -529,28 +515,36 @@ async fn undrain_reports_in_rotation_only_once_confirmed() {
 /// told `state drain`, and the host never reported in rotation.
 #[tokio::test]
 async fn a_failed_undrain_is_reverted() {
+    use Rotation::{InRotation as In, OutOfRotation as Out};
     let fake = FakeHaproxy::start(&[0], &["DOWN"]);
     let ctl = control(&fake.cfg(Duration::from_millis(500)), "web-1");
-    ctl.set_state(Rotation::OutOfRotation);
-    let (samples, stop) = sample(&ctl, &fake);
+    ctl.set_state(Out);
+    fake.observe(&ctl);
     assert!(ctl.undrain().await.is_err());
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let samples = samples.await.unwrap();
-    assert!(samples.len() > 20, "too few samples: {}", samples.len());
-    assert!(
-        samples
-            .iter()
-            .all(|(_, rep, _)| *rep != Rotation::InRotation),
-        "reported in rotation although the undrain failed"
-    );
-    assert_eq!(ctl.state(), Rotation::OutOfRotation);
-    assert_eq!(ctl.advertised(), Rotation::OutOfRotation);
-    let cmds = fake.commands();
+    let seen = fake.seen();
+    let [first, stats @ .., last] = &seen[..] else {
+        panic!("too few commands: {seen:?}");
+    };
     assert_eq!(
-        cmds.last().map(String::as_str),
-        Some("set server be/web-1 state drain"),
-        "{cmds:?}"
+        first,
+        &("set server be/web-1 state ready".to_string(), In, Out),
+        "{seen:?}"
     );
+    assert!(!stats.is_empty(), "HAProxy was never asked: {seen:?}");
+    assert!(
+        stats
+            .iter()
+            .all(|s| *s == ("show stat".to_string(), In, Out)),
+        "reported in rotation although the undrain failed: {seen:?}"
+    );
+    // Advertised `drain` again before HAProxy is told so.
+    assert_eq!(
+        last,
+        &("set server be/web-1 state drain".to_string(), Out, Out),
+        "{seen:?}"
+    );
+    assert_eq!(ctl.state(), Out);
+    assert_eq!(ctl.advertised(), Out);
 }
 
 /// Item 3: at start, a server that HAProxy does not have UP (in DRAIN or MAINT, a previous

@@ -259,6 +259,14 @@ impl Running {
     pub fn ended(&self) -> bool {
         self.task.is_finished()
     }
+
+    /// Resolves when the supervisor task has ended (after the shutdown token is cancelled, it
+    /// detaches at its next step) and has dropped what it held.
+    pub async fn wait_ended(self) {
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "service supervisor task failed");
+        }
+    }
 }
 
 enum Event {

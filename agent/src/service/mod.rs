@@ -308,6 +308,23 @@ impl ServiceController {
         }
     }
 
+    /// After the agent's shutdown token is cancelled: waits up to `bound` for the `exec`
+    /// supervisor to detach from the service (which keeps running) and let go of what it holds,
+    /// the `on_child` hook and through it the journal. `false` if it did not within `bound`.
+    /// Without this, a supervisor still winding down when the agent has "stopped" keeps the
+    /// journal open, and an agent started again in the same process cannot open it.
+    pub async fn detached(&self, bound: Duration) -> bool {
+        if !self.shared.shutdown.is_cancelled() {
+            return false; // supervisors detach only at the shutdown
+        }
+        let ended = async {
+            if let Some(r) = self.running.lock().await.take() {
+                r.wait_ended().await;
+            }
+        };
+        tokio::time::timeout(bound, ended).await.is_ok()
+    }
+
     /// The supervised child (`exec` mode), if one runs.
     pub fn child(&self) -> Option<ChildRecord> {
         self.shared

@@ -13,6 +13,8 @@ struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
     events: Arc<Mutex<Vec<Option<ChildRecord>>>>,
+    /// When each child was announced started (each `Some` event).
+    starts: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Fixture {
@@ -27,6 +29,7 @@ impl Fixture {
             _dir: dir,
             root,
             events: Arc::default(),
+            starts: Arc::default(),
         }
     }
 
@@ -51,12 +54,21 @@ impl Fixture {
     }
 
     fn controller(&self, cfg: &ServiceConfig) -> Arc<ServiceController> {
-        let events = self.events.clone();
+        let (events, starts) = (self.events.clone(), self.starts.clone());
         ServiceController::new(
             cfg,
             &self.root,
-            Arc::new(move |c| events.lock().unwrap().push(c)),
+            Arc::new(move |c| {
+                if c.is_some() {
+                    starts.lock().unwrap().push(Instant::now());
+                }
+                events.lock().unwrap().push(c);
+            }),
         )
+    }
+
+    fn starts(&self) -> Vec<Instant> {
+        self.starts.lock().unwrap().clone()
     }
 
     /// Live (non-zombie) processes whose cwd is inside the root.
@@ -202,19 +214,40 @@ async fn child_dying_on_its_own_is_restarted_and_alive_flips() {
     svc.stop().await.unwrap();
 }
 
+/// A service that keeps crashing is restarted, each time after a longer pause (the backoff
+/// ladder: 100, 200, 400 ms, ...), and is reported not alive while it waits. The pauses are
+/// lower bounds, which a slow machine only lengthens.
 #[tokio::test]
 async fn crash_loop_backs_off() {
     let fx = Fixture::new();
     let svc = fx.controller(&fx.cfg(ServiceControl::Exec, "echo x >> \"$OUT\"; exit 1"));
+    let mut alive = svc.subscribe_alive();
     svc.adopt_or_start(None, None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    // 100 + 200 + 400 ms of backoff fit in a second: about 4 starts, never dozens.
-    let starts = std::fs::read_to_string(fx.root.join("out"))
+    wait_until("four starts", || fx.starts().len() >= 4).await;
+    let starts = fx.starts();
+    let mut backoff = exec::BACKOFF_MIN;
+    for (n, pair) in starts.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= backoff,
+            "start {} came {gap:?} after the one before, within its backoff {backoff:?}",
+            n + 2
+        );
+        backoff *= 2;
+    }
+    // Between two starts the service is reported down, and nothing of it runs: every start
+    // so far ran (and wrote its line) and is gone.
+    tokio::time::timeout(Duration::from_secs(10), alive.wait_for(|a| !*a))
+        .await
+        .expect("the crashed service was never reported down")
+        .unwrap();
+    let lines = std::fs::read_to_string(fx.root.join("out"))
         .unwrap()
         .lines()
         .count();
-    assert!((2..=5).contains(&starts), "{starts} starts in 1s");
-    assert!(!*svc.subscribe_alive().borrow());
+    assert_eq!(lines, fx.starts().len(), "one line per start");
+    assert!(fx.procs().is_empty(), "{:?}", fx.procs());
+    // A stop is not a crash.
     svc.stop().await.unwrap();
     assert!(*svc.subscribe_alive().borrow());
 }
@@ -515,4 +548,41 @@ async fn the_leader_is_reaped_only_after_its_group_is_empty() {
         "the leader was never reaped"
     );
     assert!(fx.procs().is_empty());
+}
+
+/// At the agent's shutdown the supervisor detaches, leaving the service running, and
+/// `detached` returns only once it has let go of what it held: the `on_child` hook, and
+/// through it (in the daemon) the journal, which an agent started again in the same process
+/// must be able to open.
+#[tokio::test]
+async fn detached_returns_once_the_supervisor_has_let_go() {
+    let fx = Fixture::new();
+    let shutdown = CancellationToken::new();
+    let held = Arc::new(()); // stands for the journal the hook writes to
+    let hook_holds = held.clone();
+    let svc = ServiceController::with_hooks(
+        &fx.cfg(ServiceControl::Exec, SLEEPER),
+        &fx.root,
+        ServiceHooks {
+            on_child: Arc::new(move |_| drop(hook_holds.clone())),
+            on_release: Arc::new(|_| {}),
+            last_release: None,
+            shutdown: shutdown.clone(),
+        },
+    );
+    assert!(
+        !svc.detached(Duration::from_millis(100)).await,
+        "detached before the shutdown"
+    );
+    svc.adopt_or_start(None, None).await.unwrap();
+    let child = svc.child().unwrap();
+    assert_eq!(Arc::strong_count(&held), 2);
+    shutdown.cancel();
+    assert!(svc.detached(Duration::from_secs(10)).await);
+    drop(svc);
+    assert_eq!(Arc::strong_count(&held), 1, "the hook is still held");
+    assert!(
+        proc::is_alive(&child),
+        "the service did not survive the shutdown"
+    );
 }
