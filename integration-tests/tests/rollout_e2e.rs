@@ -487,6 +487,56 @@ fn a_budget_1_rollout_upgrades_four_hosts_with_zero_failed_requests() {
     deadline.finish();
 }
 
+/// How long rollout `status` took, start to end, by the coordinators' own clock.
+fn rollout_time(status: &Value) -> Duration {
+    let (Some(start), Some(end)) = (
+        status["created_at_ms"].as_u64(),
+        status["finished_at_ms"].as_u64(),
+    ) else {
+        panic!("a finished rollout has no times: {status}");
+    };
+    Duration::from_millis(end.saturating_sub(start))
+}
+
+#[test]
+fn a_budget_2_rollout_keeps_two_out_at_most_and_beats_budget_1() {
+    let deadline = Deadline::new("(b) budget 2, 6 hosts", Duration::from_secs(400));
+    let fleet = Fleet::start(&deadline, FleetSpec::hosts(6));
+    // The same fleet at budget 1 first, for the comparison.
+    let v2 = fleet.v2.clone();
+    let (one, w) = fleet.under_load(|| {
+        fleet.start_rollout("b1", &v2, &[]);
+        fleet.wait_state(&deadline, "b1", "completed")
+    });
+    fleet.assert_clean(&w, 1, "(b) budget 1");
+    fleet.wait_all_on(&deadline, "v2");
+
+    let set = fleet
+        .cluster
+        .ctl(&["groups", "set", "web", "--max-unavailable", "2"]);
+    assert_ok(&set, "groups set web --max-unavailable 2", || fleet.logs());
+    let v3 = fleet.release("v3", false);
+    let (two, w) = fleet.under_load(|| {
+        fleet.start_rollout("b2", &v3, &["--batch", "2"]);
+        fleet.wait_state(&deadline, "b2", "completed")
+    });
+    fleet.assert_clean(&w, 2, "(b) budget 2");
+    assert_eq!(
+        w.seen.max_not_up, 2,
+        "budget 2 never had two hosts out at once: {:?}",
+        w.seen.changes
+    );
+    assert_eq!(two["succeeded"], 6, "{two}");
+    fleet.wait_all_on(&deadline, "v3");
+    let (t1, t2) = (rollout_time(&one), rollout_time(&two));
+    eprintln!("6 hosts: budget 1 took {t1:?}, budget 2 took {t2:?}");
+    assert!(
+        t2 < t1,
+        "budget 2 ({t2:?}) was not faster than budget 1 ({t1:?})"
+    );
+    deadline.finish();
+}
+
 #[test]
 fn a_bad_canary_rolls_back_and_halts_the_rollout_touching_no_other_host() {
     let deadline = Deadline::new("(c) bad canary", Duration::from_secs(300));
