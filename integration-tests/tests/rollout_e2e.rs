@@ -51,6 +51,7 @@ use hotdeploy_integration_tests::proc::ChildGuard;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::process::Output;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Requests per second through HAProxy in every scenario.
@@ -70,6 +71,14 @@ struct Fleet {
     /// A sample app outside hotdeploy in HAProxy's backend, for (i) only.
     _static_app: Option<ChildGuard>,
     artifacts: tempfile::TempDir,
+}
+
+/// One fleet at a time in this test binary: each test holds this first, before its deadline
+/// starts, and drops it last (under plain `cargo test`, whose tests share a process; nextest
+/// runs each test in its own process, within the `multi-process` group).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// How a [`Fleet`] is made.
@@ -464,6 +473,7 @@ fn assert_ok(out: &Output, what: &str, logs: impl Fn() -> String) {
 
 #[test]
 fn a_budget_1_rollout_upgrades_four_hosts_with_zero_failed_requests() {
+    let _serial = serial();
     let deadline = Deadline::new("(a) budget 1, 4 hosts", Duration::from_secs(300));
     let fleet = Fleet::start(&deadline, FleetSpec::hosts(4));
     let v2 = fleet.v2.clone();
@@ -500,6 +510,7 @@ fn rollout_time(status: &Value) -> Duration {
 
 #[test]
 fn a_budget_2_rollout_keeps_two_out_at_most_and_beats_budget_1() {
+    let _serial = serial();
     let deadline = Deadline::new("(b) budget 2, 6 hosts", Duration::from_secs(400));
     let fleet = Fleet::start(&deadline, FleetSpec::hosts(6));
     // The same fleet at budget 1 first, for the comparison.
@@ -539,6 +550,7 @@ fn a_budget_2_rollout_keeps_two_out_at_most_and_beats_budget_1() {
 
 #[test]
 fn a_bad_canary_rolls_back_and_halts_the_rollout_touching_no_other_host() {
+    let _serial = serial();
     let deadline = Deadline::new("(c) bad canary", Duration::from_secs(300));
     let fleet = Fleet::start(&deadline, FleetSpec::hosts(4));
     let bad = fleet.release("v2-bad", true);
@@ -580,6 +592,7 @@ fn a_bad_canary_rolls_back_and_halts_the_rollout_touching_no_other_host() {
 
 #[test]
 fn a_rollout_survives_kill_9_of_the_coordinator_leader() {
+    let _serial = serial();
     let deadline = Deadline::new("(d) leader kill -9", Duration::from_secs(300));
     let mut fleet = Fleet::start(&deadline, FleetSpec::hosts(4));
     let v2 = fleet.v2.clone();
@@ -633,6 +646,7 @@ fn a_rollout_survives_kill_9_of_the_coordinator_leader() {
 
 #[test]
 fn an_agent_killed_mid_deploy_keeps_its_slot_and_the_rollout_completes_after_its_restart() {
+    let _serial = serial();
     let deadline = Deadline::new("(e) agent kill -9", Duration::from_secs(300));
     let mut fleet = Fleet::start(&deadline, FleetSpec::hosts(4));
     let v2 = fleet.v2.clone();
@@ -676,6 +690,7 @@ fn an_agent_killed_mid_deploy_keeps_its_slot_and_the_rollout_completes_after_its
 
 #[test]
 fn a_host_already_down_counts_against_the_budget() {
+    let _serial = serial();
     let deadline = Deadline::new("(f) a host already down", Duration::from_secs(300));
     let fleet = Fleet::start(&deadline, FleetSpec::hosts(4));
     // web-3's app fails its health, from outside hotdeploy: HAProxy takes it out, its agent
@@ -723,6 +738,7 @@ fn a_host_already_down_counts_against_the_budget() {
 
 #[test]
 fn abort_with_rollback_returns_every_host_to_v1_and_pause_resume_completes() {
+    let _serial = serial();
     let deadline = Deadline::new("(g) pause, resume, abort", Duration::from_secs(400));
     let fleet = Fleet::start(&deadline, FleetSpec::hosts(4));
     let v2 = fleet.v2.clone();
@@ -807,6 +823,7 @@ fn abort_with_rollback_returns_every_host_to_v1_and_pause_resume_completes() {
 
 #[test]
 fn the_same_start_twice_and_through_another_coordinator_makes_one_rollout() {
+    let _serial = serial();
     let deadline = Deadline::new("(j) idempotent start", Duration::from_secs(300));
     let fleet = Fleet::start(&deadline, FleetSpec::hosts(4));
     let v2 = fleet.v2.clone();
@@ -853,6 +870,7 @@ fn the_same_start_twice_and_through_another_coordinator_makes_one_rollout() {
 
 #[test]
 fn the_first_rollout_installs_v1_everywhere_with_no_slot() {
+    let _serial = serial();
     let deadline = Deadline::new("(i) first install", Duration::from_secs(300));
     let fleet = Fleet::start(
         &deadline,
@@ -939,6 +957,7 @@ fn the_first_rollout_installs_v1_everywhere_with_no_slot() {
 
 #[test]
 fn a_fresh_host_joining_after_the_rollout_is_brought_to_v2_then_enters_rotation() {
+    let _serial = serial();
     let deadline = Deadline::new("(h) a fresh host joins", Duration::from_secs(300));
     let mut fleet = Fleet::start(
         &deadline,
