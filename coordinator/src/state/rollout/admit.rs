@@ -10,6 +10,14 @@
 //!    done, while its in-flight count is below `batch`. A host that is unprovisioned at
 //!    admission is a first install: no slot, no drain, not counted. A host holding a slot for
 //!    anything else (maintenance, a superseded rollout) waits.
+//! 5. **A host already out goes first.** A reachable host that is already unavailable (its
+//!    service unhealthy, or out of rotation) costs no budget to deploy, and the budget it uses
+//!    lets no other host deploy while it is down. So staged hosts already out are admitted
+//!    before the others, and when the batch is full, an admitted step whose host is available
+//!    and holds no slot yet yields its place (back to `staged`) to such a host. Otherwise a
+//!    rollout whose batch went to a healthy host would wait forever on the budget the down host
+//!    holds (issue 10 (f): "that host itself may be deployed"). A yielded host's agent is
+//!    refused its slot as not admitted, which disrupted nothing; it is admitted again later.
 //!
 //! One pass reaches the fixpoint: admitting a step changes only the count it is checked
 //! against, and every state change returns. So applying an unrelated command afterwards
@@ -17,12 +25,19 @@
 
 use super::model::{Rollout, RolloutState, Step, StepPhase};
 use super::{serves, At, Fleet, Rollouts};
+use crate::state::host::{Host, Reachability};
 
 /// Whether step `s` of `r` counts toward `r`'s batch now: the host holds a slot for `r` (a
 /// terminal step whose outcome came before the release, too), or the step is admitted and not
 /// terminal, unless it is a first install holding no slot.
 pub(super) fn counts_in_flight(r: &Rollout, s: &Step, fleet: Fleet<'_>) -> bool {
     fleet.holds_slot_for(&s.host, r) || (s.phase.is_in_flight() && !s.first_install)
+}
+
+/// Whether deploying `h` costs its groups no budget: it is reachable (so it can act) and
+/// already in Unavailable, with no slot of its own.
+fn already_out(h: &Host) -> bool {
+    h.reachability == Reachability::Reachable && h.slot.is_none() && h.is_unavailable()
 }
 
 /// How many steps of `r` count toward its batch.
@@ -109,9 +124,48 @@ impl Rollouts {
             return;
         }
         let mut count = in_flight(r, fleet);
-        for i in 0..r.steps.len() {
+        let eligible = |s: &Step| s.phase == StepPhase::Staged && (!canary_open || s.canary);
+        // A full batch makes room for a host already out (module docs, 5): each yield swaps
+        // an available waiting host for one already out, so this ends.
+        while count >= r.policy.batch {
+            let out = r.steps.iter().find(|s| {
+                eligible(s)
+                    && fleet.host(&s.host).is_some_and(already_out)
+                    && fleet.slot_of(&s.host).is_none()
+            });
+            let Some(out) = out.map(|s| s.host.clone()) else {
+                break;
+            };
+            let yielding = r.steps.iter().position(|s| {
+                s.phase == StepPhase::Waiting
+                    && s.token.is_none()
+                    && !s.first_install
+                    && fleet.slot_of(&s.host).is_none()
+                    && fleet.host(&s.host).is_some_and(Host::is_available)
+            });
+            let Some(i) = yielding else {
+                break;
+            };
+            let s = &mut r.steps[i];
+            s.enter(StepPhase::Staged, at.at_ms);
+            let host = s.host.clone();
+            count -= 1;
+            r.log(
+                at.index,
+                at.at_ms,
+                &host,
+                format!(
+                    "yields its place in the batch to {out}, which is already out of \
+                     rotation and costs no budget"
+                ),
+            );
+        }
+        // Hosts already out first, then the others, each in step order.
+        let mut order: Vec<usize> = (0..r.steps.len()).collect();
+        order.sort_by_key(|&i| !fleet.host(&r.steps[i].host).is_some_and(already_out));
+        for i in order {
             let s = &r.steps[i];
-            if s.phase != StepPhase::Staged || (canary_open && !s.canary) {
+            if !eligible(s) {
                 continue;
             }
             let Some(h) = fleet.host(&s.host) else {

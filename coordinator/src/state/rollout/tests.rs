@@ -535,6 +535,70 @@ fn the_lock_keeps_the_last_word_and_status_says_who_uses_the_budget() {
 }
 
 #[test]
+fn a_host_already_down_is_deployed_first_and_takes_the_batch_from_a_healthy_one() {
+    // Budget 1, batch 1. web-1 stages first and is admitted; then web-3's service fails its
+    // health from outside hotdeploy, so web-3 uses the whole budget and web-1 cannot get a
+    // slot. web-3 deploying costs nothing more, so it must take web-1's place in the batch.
+    let mut w = World::web("1", 3, "v1");
+    w.start(spec("r1", "web", "v2")).unwrap();
+    w.stage("web-1", "r1");
+    assert_eq!(w.admitted("r1"), vec!["web-1"]);
+    w.apply(
+        "leader",
+        Command::UpdateReport {
+            host: "web-3".into(),
+            report: Report {
+                health: Health::Unhealthy,
+                ..on("v1")
+            },
+        },
+    )
+    .unwrap();
+    let e = err(w.acquire("web-1", "r1"));
+    assert!(matches!(e, StateError::OverBudget { .. }), "{e}");
+    w.stage("web-2", "r1");
+    assert_eq!(w.admitted("r1"), vec!["web-1"], "web-2 is healthy: no swap");
+    w.stage("web-3", "r1");
+    assert_eq!(w.admitted("r1"), vec!["web-3"]);
+    assert_eq!(w.phase("r1", "web-1"), StepPhase::Staged);
+    let r = w.rollout("r1");
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.host == "web-1" && e.message.contains("yields its place")),
+        "{:?}",
+        r.events
+    );
+    // web-1's agent, still asking, is told it is not admitted; web-3 gets the slot.
+    let e = err(w.acquire("web-1", "r1"));
+    assert!(e.to_string().contains("not admitted"), "{e}");
+    w.deploy("web-3", "r1", StepReport::Succeeded);
+    // Healed by its deploy, web-3 is back; the others go one at a time.
+    w.deploy(&w.admitted("r1")[0].clone(), "r1", StepReport::Succeeded);
+    w.deploy(&w.admitted("r1")[0].clone(), "r1", StepReport::Succeeded);
+    assert_eq!(w.state("r1"), RolloutState::Completed);
+}
+
+#[test]
+fn a_host_already_down_is_admitted_before_healthy_hosts_staged_with_it() {
+    let mut w = World::web("1", 3, "v1");
+    w.apply(
+        "leader",
+        Command::UpdateReport {
+            host: "web-3".into(),
+            report: Report {
+                health: Health::Unhealthy,
+                ..on("v1")
+            },
+        },
+    )
+    .unwrap();
+    w.start(spec("r1", "web", "v2")).unwrap();
+    w.stage_all("r1");
+    assert_eq!(w.admitted("r1"), vec!["web-3"]);
+}
+
+#[test]
 fn a_first_install_needs_no_slot_and_does_not_count_against_the_batch() {
     let mut w = World::new();
     w.group("web", "1", false);
