@@ -73,5 +73,6 @@ pub use rotation::{RotationControl, RotationError};
 pub mod api;
 #[cfg(test)]
 mod fuzz_regressions;
+pub mod metrics;
 #[cfg(test)]
 mod testing;
