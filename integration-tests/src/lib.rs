@@ -10,6 +10,7 @@
 //! - [`net`] hands out loopback addresses in 127.0.0.0/8 that no concurrent test process uses,
 //!   and waits for ports.
 //! - [`http_probe`] is a tiny blocking HTTP/1.1 GET for checks from synchronous test code.
+//! - [`prom_text`] parses a `/metrics` scrape strictly, series by series.
 //! - [`background`] is the harness's own tokio runtime, so proxies, load and observers run while
 //!   a plain `#[test]` blocks on processes.
 //! - [`fault_proxy`] is a TCP proxy that can be told to cut traffic: the harness's partitions.
@@ -43,5 +44,6 @@ pub mod net;
 pub mod nspawn;
 pub mod pack;
 pub mod proc;
+pub mod prom_text;
 pub mod scripted_agent;
 pub mod toml_config;

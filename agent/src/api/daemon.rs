@@ -355,9 +355,13 @@ impl Daemon {
         // Health and reflection on the same listener, so behind the same mTLS.
         let grpc_health = HealthReporter::new();
         set_grpc_health(&grpc_health, ServingStatus::Serving).await;
+        // The descriptor set holds the coordinator's services too: list only those served here.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(hotdeploy_common::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(agent_service_name())
+            .with_service_name(<HealthServer<HealthService> as NamedService>::NAME)
+            .with_service_name(REFLECTION_SERVICE)
             .build_v1()
             .map_err(|e| fail("gRPC reflection")(e.to_string()))?;
         let health_service =
@@ -437,6 +441,9 @@ impl Daemon {
         tracing::info!("agent stopped; the service is left running");
     }
 }
+
+/// The reflection service's own name, as `grpcurl list` shows it.
+const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
 
 /// The name the `Agent` service is reported under in `grpc.health.v1`.
 pub fn agent_service_name() -> &'static str {
