@@ -147,7 +147,7 @@ pub fn parse(text: &str) -> Result<Scrape, String> {
                 if close < open {
                     return Err(bad("an unclosed label set"));
                 }
-                check_labels(&line[open + 1..close]).map_err(|e| bad(e))?;
+                check_labels(&line[open + 1..close]).map_err(&bad)?;
                 let value = line[close + 1..]
                     .strip_prefix(' ')
                     .ok_or_else(|| bad("no space before the value"))?;

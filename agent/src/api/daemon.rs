@@ -16,8 +16,10 @@
 //! 6. recovery of an interrupted deploy, which takes the health fact *before* the monitor
 //!    exists, so that no probe round ever judges a half-done deploy;
 //! 7. the health monitor, reconciliation of the slot the coordinators list, the coordinator
-//!    link and the rollout driver ([`crate::rollout`]; both if coordinators are configured) and
-//!    the gRPC server.
+//!    link and the rollout driver ([`crate::rollout`]; both if coordinators are configured), the
+//!    metrics listener ([`crate::metrics`], with `metrics_listen`) and the gRPC server, which
+//!    also serves `grpc.health.v1` (SERVING from here on, NOT_SERVING once
+//!    [`Daemon::shutdown`] begins) and server reflection listing only the services served.
 //!
 //! Who owns what: the engine's tasks (deploys, drains, recovery, reconciliation) own the
 //! journal's deploy record, the holds and the slot; the monitor owns the health fact between

@@ -577,6 +577,7 @@ http = "http://127.0.0.31:8080/health"
     fn the_example_config_parses_with_its_health_table() {
         let c = AgentConfig::parse(include_str!("../../../deploy/agent.toml")).unwrap();
         assert_eq!(c.health.interval, Duration::from_secs(2));
+        assert_eq!(c.metrics_listen.as_deref(), Some("10.0.1.21:7404"));
         assert_eq!(c.health.probe_timeout(), Duration::from_secs(2));
         assert!(!c.health.has_own_probes());
     }
