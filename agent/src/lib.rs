@@ -10,6 +10,9 @@
 //! health/     the host's health fact, the monitor that probes between deploys, the rule for
 //!             what the host reports
 //! journal/    the deploy journal (sled): phases, holds, write ids, the supervised child, health
+//! metrics/    Prometheus `/metrics` on `metrics_listen`: the deploys' step durations and
+//!             outcomes, errors by kind (counted by a metered `HostOps` and `SlotLock`), and
+//!             the host's state read at scrape time
 //! link/       the coordinator link: register, heartbeat, acquire/release/fence, slot claims,
 //!             the rollout assignment and `ReportStep`
 //! rollout/    the rollout driver: follows the assignment, pre-stages, deploys when admitted
@@ -28,8 +31,8 @@
 //! state the journal gives, asserted to HAProxy; the engine (claims the journal's slots) and the
 //! report task; the recovery of an interrupted deploy, in the background, which takes the health
 //! fact before the monitor exists; the health monitor; the reconciliation of the slot the
-//! coordinators list; the coordinator link and the rollout driver; the gRPC server. Then
-//! `READY=1`.
+//! coordinators list; the coordinator link and the rollout driver; the metrics listener; the
+//! gRPC server (with `grpc.health.v1` SERVING, and reflection). Then `READY=1`.
 //!
 //! **Who owns what.** One shutdown signal, a `tokio_util::sync::CancellationToken` made by the
 //! daemon (`Daemon::shutdown_token`), threads through every long-lived task; `Daemon::shutdown`
@@ -39,6 +42,7 @@
 //! |---|---|---|
 //! | gRPC server (tonic) | the `Agent` API connections | stops accepting, drains calls |
 //! | rotation accept loops (2) | the agent-check and `/ready` listeners | stop accepting |
+//! | metrics accept loop (with `metrics_listen`) | the `/metrics` listener | stops accepting |
 //! | link heartbeat | the Register/heartbeat session; publishes the coordinators' slot view | at once |
 //! | engine tasks (one per operation) | the deploy/rollback/drain/undrain/recovery under way, the journal's phase, and (from a deploy's drain to its end) the health fact | at the next await point, journal left for recovery |
 //! | reconcile (engine) | releasing/rebuilding slots nobody uses; returning an unheld host to rotation | at once |
@@ -73,5 +77,6 @@ pub use rotation::{RotationControl, RotationError};
 pub mod api;
 #[cfg(test)]
 mod fuzz_regressions;
+pub mod metrics;
 #[cfg(test)]
 mod testing;

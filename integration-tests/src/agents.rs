@@ -21,7 +21,9 @@
 use crate::bins;
 use crate::cluster::{parse_json_output, tls_table, CtlAuth, CTL_TIMEOUT};
 use crate::http_probe;
-use crate::net::{self, AGENT_CHECK_PORT, AGENT_PORT, AGENT_READY_PORT, APP_PORT};
+use crate::net::{
+    self, AGENT_CHECK_PORT, AGENT_METRICS_PORT, AGENT_PORT, AGENT_READY_PORT, APP_PORT,
+};
 use crate::proc::{self, ChildGuard};
 use crate::toml_config::AgentConfigFile;
 use nix::sys::signal::Signal;
@@ -83,6 +85,15 @@ pub struct AgentOpts {
 }
 
 impl AgentOpts {
+    /// These options with `metrics_listen` on the agent's IP at [`AGENT_METRICS_PORT`]
+    /// ([`AgentProc::metrics_addr`], [`AgentProc::scrape`]).
+    pub fn with_metrics(mut self) -> AgentOpts {
+        let at = net::addr(self.ip, AGENT_METRICS_PORT).to_string();
+        self.extra
+            .insert("metrics_listen".into(), toml::Value::String(at));
+        self
+    }
+
     /// Test-friendly defaults for host `host_id` on `ip`, in group `web`.
     pub fn new(host_id: &str, ip: Ipv4Addr, coordinators: Vec<SocketAddr>) -> AgentOpts {
         AgentOpts {
@@ -366,6 +377,25 @@ impl AgentProc {
     /// The readiness endpoint's address.
     pub fn ready_addr(&self) -> SocketAddr {
         net::addr(self.opts.ip, AGENT_READY_PORT)
+    }
+
+    /// The `/metrics` address a test may configure as `metrics_listen`
+    /// ([`AgentOpts::with_metrics`]).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        net::addr(self.opts.ip, AGENT_METRICS_PORT)
+    }
+
+    /// `GET /metrics` parsed strictly ([`crate::prom_text`]), or why not.
+    pub fn scrape(&self) -> Result<crate::prom_text::Scrape, String> {
+        let reply = http_probe::get(self.metrics_addr(), "/metrics", Duration::from_secs(3))
+            .map_err(|e| format!("GET /metrics: {e}"))?;
+        if reply.status != 200 {
+            return Err(format!(
+                "GET /metrics answered {}: {}",
+                reply.status, reply.body
+            ));
+        }
+        crate::prom_text::parse(&reply.body)
     }
 
     /// The sample app's address.

@@ -33,6 +33,8 @@ pub const AGENT_PORT: u16 = 7401;
 pub const AGENT_CHECK_PORT: u16 = 7402;
 /// Agent HTTP readiness port.
 pub const AGENT_READY_PORT: u16 = 7403;
+/// Agent Prometheus `/metrics` port (`metrics_listen`).
+pub const AGENT_METRICS_PORT: u16 = 7404;
 /// The sample app's port on each agent IP.
 pub const APP_PORT: u16 = 8080;
 /// HAProxy's frontend port.
@@ -46,6 +48,7 @@ pub fn harness_ports() -> Vec<u16> {
         AGENT_PORT,
         AGENT_CHECK_PORT,
         AGENT_READY_PORT,
+        AGENT_METRICS_PORT,
         APP_PORT,
         HAPROXY_PORT,
     ];

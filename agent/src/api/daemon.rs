@@ -16,8 +16,10 @@
 //! 6. recovery of an interrupted deploy, which takes the health fact *before* the monitor
 //!    exists, so that no probe round ever judges a half-done deploy;
 //! 7. the health monitor, reconciliation of the slot the coordinators list, the coordinator
-//!    link and the rollout driver ([`crate::rollout`]; both if coordinators are configured) and
-//!    the gRPC server.
+//!    link and the rollout driver ([`crate::rollout`]; both if coordinators are configured), the
+//!    metrics listener ([`crate::metrics`], with `metrics_listen`) and the gRPC server, which
+//!    also serves `grpc.health.v1` (SERVING from here on, NOT_SERVING once
+//!    [`Daemon::shutdown`] begins) and server reflection listing only the services served.
 //!
 //! Who owns what: the engine's tasks (deploys, drains, recovery, reconciliation) own the
 //! journal's deploy record, the holds and the slot; the monitor owns the health fact between
@@ -40,6 +42,9 @@ use crate::health::{self, HealthMonitor};
 use crate::hooks::Hooks;
 use crate::journal::Journal;
 use crate::link::{Link, LinkConfig};
+use crate::metrics::{
+    AgentMetrics, AgentState, DeployStats, MeteredHost, MeteredLock, ProbeCounters,
+};
 use crate::rollout::RolloutDriver;
 use crate::rotation::RotationControl;
 use crate::service::ServiceHooks;
@@ -57,6 +62,10 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+use tonic_health::ServingStatus;
 
 /// The agent could not start.
 #[derive(Debug, Error)]
@@ -80,12 +89,16 @@ const MAX_STREAMS: u32 = 64;
 pub struct Daemon {
     /// The bound gRPC address.
     pub addr: SocketAddr,
+    /// The bound `metrics_listen` address, if configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub engine: Engine,
     pub service: Arc<ServiceController>,
     pub rotation: Arc<RotationControl>,
     pub link: Option<Link>,
     /// The API listener's TLS settings (`None`: plaintext), reloaded by [`Daemon::reload_tls`].
     server_tls: Option<ServerTls>,
+    /// `grpc.health.v1`: SERVING once started, NOT_SERVING from the shutdown on.
+    grpc_health: HealthReporter,
     /// The shutdown signal of every long-lived task (see the module docs).
     shutdown: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -247,15 +260,23 @@ impl Daemon {
             hooks: Hooks::new(&cfg.hooks),
             service_name: svc.name.clone(),
         };
-        let engine = Engine::new(EngineParts {
-            host_id: cfg.host_id.clone(),
-            ops: Arc::new(host),
-            lock: link.clone().map(|l| Arc::new(l) as Arc<dyn SlotLock>),
-            journal,
-            timing: Timing::default(),
-            health: health.clone(),
-            shutdown: shutdown.clone(),
-        })
+        // Every effect's failure and every grant is counted on its way (`metrics::metered`).
+        let stats = DeployStats::default();
+        let engine = Engine::with_stats(
+            EngineParts {
+                host_id: cfg.host_id.clone(),
+                ops: Arc::new(MeteredHost::new(host, stats.errors())),
+                lock: link.clone().map(|l| {
+                    let lock = Arc::new(l) as Arc<dyn SlotLock>;
+                    Arc::new(MeteredLock::new(lock, stats.clone())) as Arc<dyn SlotLock>
+                }),
+                journal,
+                timing: Timing::default(),
+                health: health.clone(),
+                shutdown: shutdown.clone(),
+            },
+            stats.clone(),
+        )
         .map_err(|e| fail("deploy engine")(e.to_string()))?;
 
         let mut tasks = vec![tokio::spawn(report_task(
@@ -271,8 +292,11 @@ impl Daemon {
             .map_err(|e| fail("recovery")(e.to_string()))?;
         // After recovery has taken the fact, so the monitor never judges a half-done deploy.
         let alive = (svc.control == ServiceControl::Exec).then(|| service.subscribe_alive());
+        let probes = ProbeCounters::default();
         tasks.push(tokio::spawn(
-            HealthMonitor::new(&cfg.health, &cfg.verify, health, alive).run(shutdown.clone()),
+            HealthMonitor::new(&cfg.health, &cfg.verify, health, alive)
+                .count_probes(probes.clone())
+                .run(shutdown.clone()),
         ));
         engine.start_reconcile();
         if let Some(l) = &link {
@@ -284,6 +308,33 @@ impl Daemon {
             );
             tasks.push(tokio::spawn(driver.run(shutdown.clone())));
         }
+
+        // Metrics, on the same shutdown token as everything else.
+        let metrics_addr = match &cfg.metrics_listen {
+            None => None,
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| fail("metrics_listen: cannot listen")(format!("{at}: {e}")))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| fail("metrics_listen: cannot listen")(e.to_string()))?;
+                let state = AgentState::new(
+                    engine.clone(),
+                    health_rx.clone(),
+                    rotation.clone(),
+                    stats.clone(),
+                );
+                let metrics = Arc::new(AgentMetrics::new(&stats, &probes, state));
+                tasks.push(tokio::spawn(crate::metrics::http::serve(
+                    listener,
+                    metrics,
+                    shutdown.clone(),
+                )));
+                tracing::info!(addr = %bound, "metrics on http://{bound}/metrics");
+                Some(bound)
+            }
+        };
 
         // gRPC.
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -303,6 +354,20 @@ impl Daemon {
             health: health_rx,
         };
         let server_tls = ServerTls::load(&cfg.tls).map_err(|e| fail("[tls]")(e.to_string()))?;
+        // Health and reflection on the same listener, so behind the same mTLS.
+        let grpc_health = HealthReporter::new();
+        set_grpc_health(&grpc_health, ServingStatus::Serving).await;
+        // The descriptor set holds the coordinator's services too: list only those served here.
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hotdeploy_common::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(agent_service_name())
+            .with_service_name(<HealthServer<HealthService> as NamedService>::NAME)
+            .with_service_name(REFLECTION_SERVICE)
+            .build_v1()
+            .map_err(|e| fail("gRPC reflection")(e.to_string()))?;
+        let health_service =
+            HealthServer::new(HealthService::from_health_reporter(grpc_health.clone()));
         let stop = shutdown.clone();
         let incoming = hotdeploy_common::tls::incoming(
             listener,
@@ -315,11 +380,15 @@ impl Daemon {
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .max_concurrent_streams(MAX_STREAMS)
                 .add_service(AgentServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
+                .add_service(health_service)
+                .add_service(reflection)
                 .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
         );
         tracing::info!(%addr, host = %cfg.host_id, "agent serving");
         Ok(Daemon {
             addr,
+            metrics_addr,
+            grpc_health,
             engine,
             service,
             rotation,
@@ -355,6 +424,8 @@ impl Daemon {
     /// supervised service keeps running: an agent restart or upgrade must not take it down.
     /// A deploy under way stops at its next step; recovery resumes it at the next start.
     pub async fn shutdown(mut self) {
+        // Health checks in flight (a `Watch`) hear it before the server stops.
+        set_grpc_health(&self.grpc_health, ServingStatus::NotServing).await;
         self.shutdown.cancel();
         match tokio::time::timeout(STOP_BOUND, &mut self.server).await {
             Ok(Ok(Ok(()))) => {}
@@ -375,6 +446,22 @@ impl Daemon {
         }
         tracing::info!("agent stopped; the service is left running");
     }
+}
+
+/// The reflection service's own name, as `grpcurl list` shows it.
+const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
+
+/// The name the `Agent` service is reported under in `grpc.health.v1`.
+pub fn agent_service_name() -> &'static str {
+    <AgentServer<AgentService> as NamedService>::NAME
+}
+
+/// Sets the overall (`""`) and the `Agent` service's `grpc.health.v1` status.
+async fn set_grpc_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(agent_service_name(), status)
+        .await;
 }
 
 /// Keeps the reported health (for the rotation front ends and `Status`) and the host report

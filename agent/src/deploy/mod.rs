@@ -71,6 +71,7 @@ mod recover;
 mod run;
 #[cfg(test)]
 pub(crate) mod tests;
+mod transition;
 
 pub use host::RealHost;
 pub use ops::{
@@ -201,6 +202,8 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     /// Every task the engine runs, awaited at shutdown.
     tasks: TaskTracker,
+    /// What the deploys feed into the metrics (`transition`).
+    stats: crate::metrics::DeployStats,
 }
 
 impl Inner {
@@ -335,6 +338,14 @@ impl Engine {
     /// it. An unusable `current` link does not stop the engine: it is reported (see
     /// [`View::problem`]) and deploys are refused until it is repaired.
     pub fn new(parts: EngineParts) -> Result<Self, EngineError> {
+        Self::with_stats(parts, crate::metrics::DeployStats::default())
+    }
+
+    /// [`Engine::new`], its deploys feeding `stats` (the daemon's metrics).
+    pub fn with_stats(
+        parts: EngineParts,
+        stats: crate::metrics::DeployStats,
+    ) -> Result<Self, EngineError> {
         let rec = parts.journal.deploy()?;
         let hold = parts.journal.hold()?;
         let mut token = hold.as_ref().map(|h| h.token).unwrap_or(0);
@@ -380,6 +391,7 @@ impl Engine {
             view,
             shutdown: parts.shutdown,
             tasks: TaskTracker::new(),
+            stats,
         });
         let _ = inner.refresh_current();
         Ok(Self { inner })
@@ -388,6 +400,11 @@ impl Engine {
     /// A snapshot of what the engine shows.
     pub fn view(&self) -> View {
         self.inner.view.borrow().clone()
+    }
+
+    /// The instruments the engine's deploys feed.
+    pub fn stats(&self) -> crate::metrics::DeployStats {
+        self.inner.stats.clone()
     }
 
     /// Follows what the engine shows.

@@ -1,5 +1,6 @@
 //! One deploy, step by step. See the module docs of [`super`] for the flow and its rules.
 
+use super::transition::{self, PhaseClock};
 use super::{outcome, Hook, HookCtx, Inner, Progress, SlotRequest, StepReport};
 use crate::failpoint::failpoint;
 use crate::health::EngineClaim;
@@ -58,6 +59,8 @@ pub(super) struct Run {
     /// could not be confirmed, an agent restart before the swap took effect): a rollout deploy
     /// that aborts then ends `fenced`, and the coordinators drive it again.
     pub(super) redrive: bool,
+    /// The phase entered last and since when, for the transition lines and the metrics.
+    clock: PhaseClock,
 }
 
 impl Run {
@@ -70,6 +73,7 @@ impl Run {
             judged: false,
             restarted: false,
             redrive: false,
+            clock: PhaseClock::new(),
         }
     }
 
@@ -182,12 +186,17 @@ impl Run {
     pub(super) fn enter(&mut self, phase: Phase, message: impl Into<String>) -> Result<(), Stop> {
         self.rec.phase = phase;
         self.rec.updated_at_ms = now_ms();
-        self.eng
-            .journal
-            .put_deploy(&self.rec)
-            .map_err(|e| Stop::Journal(e.to_string()))?;
+        if let Err(e) = self.eng.journal.put_deploy(&self.rec) {
+            self.eng
+                .stats
+                .errors
+                .count(crate::metrics::ErrorKind::Journal);
+            return Err(Stop::Journal(e.to_string()));
+        }
         let message = message.into();
-        tracing::info!(phase = %phase, release = %self.rec.to, "{message}");
+        let ended = self.clock.enter(phase, &self.eng.stats);
+        let (host, deploy) = (&self.eng.host_id, self.clock.elapsed());
+        transition::log_entered(host, &self.rec, ended, deploy, &message);
         self.eng.update(|v| v.phase = phase.as_str().to_owned());
         self.progress.phase(phase, message);
         Ok(())
@@ -770,6 +779,10 @@ impl Run {
         self.rec.finished_at_ms = Some(now);
         self.rec.updated_at_ms = now;
         if let Err(e) = self.eng.journal.put_deploy(&self.rec) {
+            self.eng
+                .stats
+                .errors
+                .count(crate::metrics::ErrorKind::Journal);
             tracing::error!(error = %e, "cannot journal the outcome");
         }
         let oor = self
@@ -777,10 +790,10 @@ impl Run {
             .drained_at_ms
             .map(|t| now.saturating_sub(t))
             .unwrap_or(0);
-        match outcome {
-            Outcome::Succeeded => tracing::info!(release = %self.rec.to, "deploy succeeded"),
-            _ => tracing::warn!(release = %self.rec.to, %outcome, %error, "deploy did not succeed"),
-        }
+        let ended = self.clock.end(&self.eng.stats);
+        self.eng.stats.concluded(self.rec.kind, outcome);
+        let (host, deploy) = (&self.eng.host_id, self.clock.elapsed());
+        transition::log_concluded(host, &self.rec, ended, deploy, outcome, &error);
         self.eng.update(|v| {
             v.phase = "idle".to_owned();
             v.last_outcome = Some(outcome);

@@ -39,6 +39,8 @@ pub struct HealthMonitor {
     /// The handover number the tracker resumed from (`None` before the first look).
     handover: Option<u64>,
     rounds: watch::Sender<u64>,
+    /// The metrics' probe counters.
+    probes: crate::metrics::ProbeCounters,
 }
 
 impl HealthMonitor {
@@ -69,7 +71,14 @@ impl HealthMonitor {
             alive,
             handover: None,
             rounds,
+            probes: Default::default(),
         }
+    }
+
+    /// Counts the probe rounds and their failures into `probes` (the metrics).
+    pub fn count_probes(mut self, probes: crate::metrics::ProbeCounters) -> Self {
+        self.probes = probes;
+        self
     }
 
     /// Counts the probe rounds run (for tests and diagnostics).
@@ -111,6 +120,7 @@ impl HealthMonitor {
                 r = self.round() => r,
             };
             self.rounds.send_modify(|n| *n += 1);
+            self.probes.round(ok.is_ok());
             let before = self.tracker.health();
             let after = self.tracker.observe(ok.is_ok());
             match (&ok, before == after) {

@@ -46,7 +46,7 @@
 //! confirmed; the engine releases a slot nobody uses only then. One change runs at a time.
 //! The front ends run until the agent's shutdown token is cancelled.
 
-mod accept;
+pub(crate) mod accept;
 pub mod agent_check;
 pub mod haproxy;
 pub mod ready;

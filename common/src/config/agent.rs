@@ -36,6 +36,9 @@ pub struct AgentConfig {
     pub artifact: ArtifactConfig,
     #[serde(default)]
     pub hooks: HooksConfig,
+    /// Prometheus `GET /metrics` (`host:port`, plain HTTP); unset: no metrics listener.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// How the agent controls its service.
@@ -388,6 +391,9 @@ impl AgentConfig {
             check_addr(path, "coordinators", c)?;
         }
         check_addr(path, "listen", &self.listen)?;
+        if let Some(m) = &self.metrics_listen {
+            check_addr(path, "metrics_listen", m)?;
+        }
         self.tls.check().map_err(|m| invalid(path, "tls", m))?;
         if self.limits.max_connections == 0 {
             return Err(invalid(
@@ -512,6 +518,19 @@ http = "http://127.0.0.31:8080/health"
 "#;
 
     #[test]
+    fn metrics_listen_is_off_unless_set_and_a_bad_one_names_the_key() {
+        assert_eq!(AgentConfig::parse(MIN).unwrap().metrics_listen, None);
+        let with =
+            |v: &str| MIN.replacen("data_dir", &format!("metrics_listen = {v:?}\ndata_dir"), 1);
+        let c = AgentConfig::parse(&with("127.0.0.31:9101")).unwrap();
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.31:9101"));
+        for bad in ["9101", "127.0.0.31:", "127.0.0.31:99999", ":9101"] {
+            let e = AgentConfig::parse(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains("metrics_listen"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = AgentConfig::parse(MIN).unwrap();
         assert_eq!(c.service.keep_releases, 5);
@@ -558,6 +577,7 @@ http = "http://127.0.0.31:8080/health"
     fn the_example_config_parses_with_its_health_table() {
         let c = AgentConfig::parse(include_str!("../../../deploy/agent.toml")).unwrap();
         assert_eq!(c.health.interval, Duration::from_secs(2));
+        assert_eq!(c.metrics_listen.as_deref(), Some("10.0.1.21:7404"));
         assert_eq!(c.health.probe_timeout(), Duration::from_secs(2));
         assert!(!c.health.has_own_probes());
     }
