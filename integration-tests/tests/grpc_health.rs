@@ -201,6 +201,10 @@ fn health_and_reflection_over_mtls_on_an_agent_and_the_coordinators() {
                     "coordinator {a} does not list {s}: {listed:?}"
                 );
             }
+            assert!(
+                !listed.contains("hotdeploy.v1.Agent"),
+                "coordinator {a} lists the agent's service, which it does not serve: {listed:?}"
+            );
         }
     });
 

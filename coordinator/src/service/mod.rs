@@ -76,6 +76,11 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(hotdeploy_common::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // The descriptor set also holds the agent's service: list only those served here.
+        .with_service_name("hotdeploy.v1.Coordinator")
+        .with_service_name("hotdeploy.v1.RaftPeer")
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()?;
     let refusals = crate::metrics::GrpcErrorsLayer::new(coordinator.grpc_errors());
     let api = CoordinatorServer::new(coordinator).max_decoding_message_size(MAX_REQUEST_BYTES);
