@@ -1,7 +1,7 @@
 //! The coordinator benchmarks behind `hd-bench` (DESIGN §9: benchmarks are not timed tests; each
 //! has a command in the README and a results table in BENCHMARKS.md).
 //!
-//! Four questions are asked of a real 3-node cluster on loopback, built in release mode, with
+//! Five questions are asked of a real 3-node cluster on loopback, built in release mode, with
 //! every Ready that must be durable `fdatasync`ed (see `coordinator/src/raft/sled_files.rs`):
 //!
 //! - [`lock`]: how long one acquire + release round trip of the deploy lock takes, from 1 client
@@ -14,6 +14,9 @@
 //!   registered.
 //! - [`waiters`]: 1,000 `AcquireSlot` calls waiting at once in one 1,000-host group: their
 //!   grant latency and the leader's CPU while the queue drains.
+//! - [`rollout`]: how close a rollout of N simulated agents (the real agent logic on
+//!   [`sim_host`]'s fixed-cost host, wired by [`sim_agent`]) comes to its physical floor
+//!   ceil(N/B) × (restart + verify).
 //!
 //! The pieces, one job each:
 //!
@@ -50,7 +53,10 @@ pub mod lock;
 pub mod machine;
 pub mod memory;
 pub mod report;
+pub mod rollout;
 pub mod setup;
+pub mod sim_agent;
+pub mod sim_host;
 pub mod stats;
 pub mod syscalls;
 pub mod waiters;

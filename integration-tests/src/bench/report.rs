@@ -353,3 +353,37 @@ pub fn waiters_table(r: &super::waiters::WaitersReport) -> String {
     targets_table(&mut out, &r.targets);
     out
 }
+
+/// The `hd-bench rollout` table.
+pub fn rollout_table(r: &super::rollout::RolloutReport) -> String {
+    let mut out = String::new();
+    let o = &r.opts;
+    let _ = writeln!(out, "machine: {}", r.machine.line());
+    let _ = writeln!(out, "load after the rollout: {:.2}", r.load1_after);
+    let _ = writeln!(
+        out,
+        "{} simulated agents registered in {:.1} s; restart T = {} ms, verify = {} ms, \
+         rotation free (no HAProxy)\n",
+        o.agents, r.register_s, o.restart_ms, o.verify_ms
+    );
+    let _ = writeln!(
+        out,
+        "{:>6} {:>6} {:>6} {:>9} {:>9} {:>11} {:>7} {:>13} {:>7}",
+        "N", "B", "T ms", "verify ms", "floor s", "measured s", "ratio", "last verify s", "ratio"
+    );
+    let _ = writeln!(
+        out,
+        "{:>6} {:>6} {:>6} {:>9} {:>9.2} {:>11.2} {:>7.3} {:>13.2} {:>7.3}",
+        o.agents,
+        o.budget,
+        o.restart_ms,
+        o.verify_ms,
+        r.floor_s,
+        r.measured_s,
+        r.ratio,
+        r.last_verify_s,
+        r.last_verify_ratio
+    );
+    targets_table(&mut out, &r.targets);
+    out
+}

@@ -7,6 +7,7 @@
 //! target/release/hd-bench failover  # kill -9 of the leader -> next successful acquire, p50/p99
 //! target/release/hd-bench memory    # leader/follower RSS with 10,000 registered hosts
 //! target/release/hd-bench waiters   # 1,000 waiting acquires in a 1,000-host group: grant latency, leader CPU
+//! target/release/hd-bench rollout --agents 1000 --budget 50  # rollout time / ceil(N/B) x (T + verify)
 //! ```
 //!
 //! Each subcommand starts its own clusters on loopback (3 coordinators; for `lock` also 3 etcd
@@ -20,13 +21,15 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hotdeploy_integration_tests::bench::{cleanup, failover, lock, memory, report, waiters};
+use hotdeploy_integration_tests::bench::{
+    cleanup, failover, lock, memory, report, rollout, waiters,
+};
 use serde::Serialize;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Coordinator benchmarks: lock latency/throughput vs etcd, failover, memory, waiters"
+    about = "Coordinator benchmarks: lock latency/throughput vs etcd, failover, memory, waiters, rollout"
 )]
 struct Args {
     /// Print the report as JSON on stdout (the table goes to stderr).
@@ -115,6 +118,24 @@ enum Cmd {
         /// HTTP/2 connections the waiters share.
         #[arg(long, default_value_t = 16)]
         connections: usize,
+    },
+    /// A rollout of N simulated agents (the real agent logic) against its physical floor.
+    Rollout {
+        /// Simulated agents (N).
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// The group's max_unavailable (B).
+        #[arg(long, default_value_t = 50)]
+        budget: usize,
+        /// How long a restart takes (T), ms.
+        #[arg(long, default_value_t = 100)]
+        restart_ms: u64,
+        /// How long a verify takes before it passes, ms.
+        #[arg(long, default_value_t = 100)]
+        verify_ms: u64,
+        /// How long the rollout may take, s.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
     },
 }
 
@@ -210,6 +231,23 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             };
             let r = waiters::run(&rt, &opts)?;
             (report::waiters_table(&r), to_json(&r)?, r.targets)
+        }
+        Cmd::Rollout {
+            agents,
+            budget,
+            restart_ms,
+            verify_ms,
+            timeout_s,
+        } => {
+            let opts = rollout::RolloutOpts {
+                agents: *agents,
+                budget: *budget,
+                restart_ms: *restart_ms,
+                verify_ms: *verify_ms,
+                timeout_s: *timeout_s,
+            };
+            let r = rollout::run(&rt, &opts)?;
+            (report::rollout_table(&r), to_json(&r)?, r.targets)
         }
     };
     if args.json {

@@ -1,0 +1,122 @@
+//! One simulated agent of `hd-bench rollout`: the real agent logic on a [`SimHost`].
+//!
+//! What runs is what `hotdeploy-agent`'s daemon wires together for the rollout path, taken from
+//! the agent crate as it is: the journal (sled, in the agent's own temp dir), the coordinator
+//! link (register, heartbeat stream, acquire/release/fence, `ReportStep`), the deploy engine
+//! (with its recovery and slot reconciliation) and the rollout driver. Only the host is
+//! simulated ([`super::sim_host`]). Left out, as the rollout path does not need them: the
+//! agent's gRPC API, the health monitor, the rotation front ends and the report task (the host
+//! report is a fixed healthy, in-rotation one).
+//!
+//! The driver's staging jitter is zero: staging is free here and outside the floor, and the
+//! jitter only spreads the fleet's first `STAGING`/`STAGED` reports.
+//!
+//! Every task runs on one shutdown token; [`SimAgent::stop`] cancels it and waits (bounded) for
+//! the link and the driver.
+
+use super::sim_host::{Costs, SimHost};
+use anyhow::{Context, Result};
+use hotdeploy_agent::deploy::{Engine, EngineParts, Timing};
+use hotdeploy_agent::health::HealthFact;
+use hotdeploy_agent::journal::Journal;
+use hotdeploy_agent::link::{Link, LinkConfig};
+use hotdeploy_agent::rollout::RolloutDriver;
+use hotdeploy_common::config::TlsConfig;
+use hotdeploy_common::proto::{Health, HostReport, Rotation};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How long a stopping agent's tasks may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One running simulated agent.
+pub struct SimAgent {
+    /// The host it deploys on.
+    pub host: SimHost,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _engine: Engine,
+    _report: watch::Sender<HostReport>,
+    _dir: tempfile::TempDir,
+}
+
+impl SimAgent {
+    /// Starts agent `host_id` in `group`, running release `release`, linked to `coordinators`
+    /// (insecure transport, as the bench cluster on loopback is). Must run inside a runtime.
+    pub fn start(
+        host_id: &str,
+        group: &str,
+        release: &str,
+        coordinators: &[SocketAddr],
+        costs: Costs,
+    ) -> Result<SimAgent> {
+        let dir = tempfile::Builder::new()
+            .prefix("hd-bench-agent-")
+            .tempdir()
+            .context("creating the agent's temp dir")?;
+        let journal = Journal::open(dir.path(), host_id).context("opening the journal")?;
+        journal.reconciled().context("marking the journal")?;
+        let (report, rx) = watch::channel(HostReport {
+            health: Health::Healthy as i32,
+            rotation: Rotation::InRotation as i32,
+            release: release.into(),
+            phase: "idle".into(),
+        });
+        let link = Link::new(
+            LinkConfig {
+                host_id: host_id.into(),
+                groups: vec![group.into()],
+                address: "127.0.0.1:1".into(),
+                coordinators: coordinators.iter().map(ToString::to_string).collect(),
+                tls: TlsConfig {
+                    insecure: true,
+                    ..Default::default()
+                },
+            },
+            journal.clone(),
+            rx,
+        )
+        .context("building the link")?;
+        let host = SimHost::new(release, costs);
+        let shutdown = CancellationToken::new();
+        let engine = Engine::new(EngineParts {
+            host_id: host_id.into(),
+            ops: Arc::new(host.clone()),
+            lock: Some(Arc::new(link.clone())),
+            journal,
+            timing: Timing::default(),
+            health: HealthFact::in_memory(Health::Healthy),
+            shutdown: shutdown.clone(),
+        })
+        .context("building the engine")?;
+        engine.start_recovery().context("starting recovery")?;
+        let mut tasks = vec![link.start(shutdown.clone())];
+        engine.start_reconcile();
+        let driver = RolloutDriver::new(
+            engine.clone(),
+            Arc::new(link.clone()),
+            link.subscribe_assignment(),
+        )
+        .with_jitter(Duration::ZERO);
+        tasks.push(tokio::spawn(driver.run(shutdown.clone())));
+        Ok(SimAgent {
+            host,
+            shutdown,
+            tasks,
+            _engine: engine,
+            _report: report,
+            _dir: dir,
+        })
+    }
+
+    /// Cancels the agent's token and waits for its link and driver to end.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(STOP_TIMEOUT, t).await;
+        }
+    }
+}
