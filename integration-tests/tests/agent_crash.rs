@@ -246,7 +246,12 @@ struct Sample {
     haproxy: String,
 }
 
-/// Samples the agent, HAProxy and the coordinators until `done`, bounded by the deadline.
+/// Rounds sampled after `done` first holds: the settled state must also stay settled, and the
+/// observer has samples to judge however fast (or, under load, however slowly) it got there.
+const SETTLED_SAMPLES: usize = 3;
+
+/// Samples the agent, HAProxy and the coordinators until `done` has held for
+/// [`SETTLED_SAMPLES`] rounds, bounded by the deadline.
 fn observe(
     deadline: &Deadline,
     agent: &AgentProc,
@@ -256,6 +261,7 @@ fn observe(
 ) -> Vec<Sample> {
     let until = std::time::Instant::now() + deadline.bound(Duration::from_secs(30));
     let mut samples = Vec::new();
+    let mut settled = 0;
     loop {
         let Ok(agent_state) =
             status(agent).map(|s| s["state"].as_str().unwrap_or_default().to_string())
@@ -273,9 +279,11 @@ fn observe(
             slot_held,
             haproxy,
         };
-        let finished = done(&s);
+        if settled > 0 || done(&s) {
+            settled += 1;
+        }
         samples.push(s);
-        if finished || std::time::Instant::now() >= until {
+        if settled >= SETTLED_SAMPLES || std::time::Instant::now() >= until {
             return samples;
         }
         std::thread::sleep(Duration::from_millis(50));
