@@ -1,0 +1,696 @@
+//! The Debian package (DESIGN §8; issue 11 §3, §7): what it holds, and that it works under a
+//! real systemd.
+//!
+//! The package is built by `scripts/build-deb`, the README's command, from the workspace's
+//! binaries as `scripts/test` built them (`--no-build --fast`: the debug build, staged as the
+//! `release/` directory cargo-deb packages, with quick compression; a release build would add
+//! minutes to the suite for the same files). It is built once per set of inputs, under a lock,
+//! and shared by the tests below.
+//!
+//! - **Contents** (`dpkg-deb -c`, `--info`): the three binaries, the two units, the example
+//!   configs as conffiles, the system user and the state directory; `systemd-analyze verify`
+//!   is clean on the units as packaged.
+//! - **Under systemd**: a Debian container booted with `systemd-nspawn`
+//!   ([`hotdeploy_integration_tests::nspawn`]) installs the .deb with `dpkg -i`. With
+//!   certificates made by `hotdeployctl certs init` and configs in /etc/hotdeploy, a one-node
+//!   coordinator and an agent start through `systemctl start` and reach `active` (Type=notify:
+//!   `start` returns only after READY=1). The coordinator, frozen with SIGSTOP, is killed and
+//!   restarted by the watchdog (a new MainPID, active again). `systemctl reload` rotates
+//!   certificates: after new files and a reload, a new TLS connection sees the new certificate,
+//!   and the daemon kept its pid.
+//!
+//! Where cargo-deb cannot be installed, or the container cannot run (not root), the test says
+//! so plainly and does nothing else; `scripts/test` says so too, and with
+//! `HOTDEPLOY_REQUIRE_CARGO_DEB` / `HOTDEPLOY_REQUIRE_NSPAWN` set it fails instead.
+
+mod pki_support;
+
+use hotdeploy_common::tls_pki::{Subject, Validity};
+use hotdeploy_integration_tests::nspawn::{describe, Container};
+use hotdeploy_integration_tests::toml_config::{table, AgentConfigFile, CoordinatorConfigFile};
+use hotdeploy_integration_tests::{bins, net, proc};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const COORD_UNIT: &str = "hotdeploy-coordinator.service";
+const AGENT_UNIT: &str = "hotdeploy-agent.service";
+/// Set by `scripts/test` once cargo-deb is installed: a package that cannot be built is then a
+/// failure, not a skip.
+const REQUIRE_CARGO_DEB: &str = "HOTDEPLOY_REQUIRE_CARGO_DEB";
+/// The files the package must install, besides directories.
+const EXPECTED_FILES: &[&str] = &[
+    "./usr/bin/hotdeploy-agent",
+    "./usr/bin/hotdeploy-coordinator",
+    "./usr/bin/hotdeployctl",
+    "./usr/lib/systemd/system/hotdeploy-coordinator.service",
+    "./usr/lib/systemd/system/hotdeploy-agent.service",
+    "./usr/lib/sysusers.d/hotdeploy.conf",
+    "./usr/lib/tmpfiles.d/hotdeploy.conf",
+    "./etc/hotdeploy/coordinator.toml",
+    "./etc/hotdeploy/agent.toml",
+    "./usr/share/doc/hotdeploy/examples/coordinator-1.toml",
+    "./usr/share/doc/hotdeploy/examples/agent.toml",
+    "./usr/share/doc/hotdeploy/examples/haproxy.cfg",
+    "./usr/share/doc/hotdeploy/examples/hotdeploy-agent-root.conf",
+];
+/// The conffiles: the example configs in /etc/hotdeploy, kept across upgrades once edited.
+const CONFFILES: &[&str] = &[
+    "/etc/hotdeploy/agent.toml",
+    "/etc/hotdeploy/coordinator.toml",
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The package's inputs: a package older than any of them is rebuilt.
+fn inputs() -> Vec<PathBuf> {
+    let ws = workspace();
+    let mut files = vec![bins::agent(), bins::coordinator(), bins::ctl()];
+    files.push(ws.join("coordinator/Cargo.toml"));
+    for dir in ["deploy", "deploy/systemd", "deploy/debian"] {
+        if let Ok(entries) = std::fs::read_dir(ws.join(dir)) {
+            files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        }
+    }
+    files
+}
+
+fn modified(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The .deb built from this workspace's binaries (see the module docs), or why it cannot be
+/// built here (cargo-deb missing and not installable).
+fn package() -> Result<PathBuf, String> {
+    let dir = bins::profile_dir()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(bins::profile_dir)
+        .join("deb-test");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let lock = File::create(dir.join(".lock")).unwrap_or_else(|e| panic!("lock file: {e}"));
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", dir.display()));
+    let out = dir.join("out");
+    let newest_input = inputs().iter().map(|p| modified(p)).max();
+    if let Some(deb) = find_deb(&out) {
+        if Some(modified(&deb)) > newest_input {
+            return Ok(deb);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    // cargo-deb packages CARGO_TARGET_DIR/release/: stage the debug binaries there.
+    let stage = dir.join("stage");
+    std::fs::create_dir_all(stage.join("release")).unwrap_or_else(|e| panic!("stage: {e}"));
+    for bin in [bins::agent(), bins::coordinator(), bins::ctl()] {
+        let to = stage
+            .join("release")
+            .join(bin.file_name().unwrap_or_default());
+        let _ = std::fs::remove_file(&to);
+        if std::fs::hard_link(&bin, &to).is_err() {
+            std::fs::copy(&bin, &to).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        }
+    }
+    let mut command = Command::new(workspace().join("scripts/build-deb"));
+    command
+        .args(["--no-build", "--fast"])
+        .arg(&out)
+        .env("CARGO_TARGET_DIR", &stage);
+    let started = Instant::now();
+    let built = proc::run_with_timeout(command, Duration::from_secs(600));
+    eprintln!("scripts/build-deb took {:?}", started.elapsed());
+    match built.status.code() {
+        Some(0) => {}
+        Some(3) if std::env::var_os(REQUIRE_CARGO_DEB).is_none() => {
+            return Err(String::from_utf8_lossy(&built.stderr).trim().to_string());
+        }
+        _ => panic!("scripts/build-deb failed: {}", describe(&built)),
+    }
+    find_deb(&out).ok_or_else(|| panic!("scripts/build-deb wrote no .deb: {}", describe(&built)))
+}
+
+fn find_deb(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+}
+
+fn run_ok(mut command: Command, what: &str) -> String {
+    command.stdin(std::process::Stdio::null());
+    let out = proc::run_with_timeout(command, Duration::from_secs(120));
+    assert!(out.status.success(), "{what}: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn package_or_skip(test: &str) -> Option<PathBuf> {
+    match package() {
+        Ok(deb) => Some(deb),
+        Err(why) => {
+            eprintln!("NOT RUN: {test} needs cargo-deb, which cannot be installed here: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_package_holds_the_binaries_units_configs_and_conffiles() {
+    let Some(deb) = package_or_skip("the_package_holds_the_binaries_units_configs_and_conffiles")
+    else {
+        return;
+    };
+    // The file list: every expected file, with the modes an operator relies on.
+    let mut c = Command::new("dpkg-deb");
+    c.arg("-c").arg(&deb);
+    let listing = run_ok(c, "dpkg-deb -c");
+    let entries: BTreeMap<String, String> = listing
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(5)?.to_string(), f.first()?.to_string()))
+        })
+        .collect();
+    for file in EXPECTED_FILES {
+        assert!(
+            entries.contains_key(*file),
+            "{file} missing from the package:\n{listing}"
+        );
+    }
+    for bin in ["hotdeploy-agent", "hotdeploy-coordinator", "hotdeployctl"] {
+        assert_eq!(
+            entries[&format!("./usr/bin/{bin}")],
+            "-rwxr-xr-x",
+            "{listing}"
+        );
+    }
+    // The configs name key files: not world-readable.
+    for conf in CONFFILES {
+        assert_eq!(entries[&format!(".{conf}")], "-rw-r-----", "{listing}");
+    }
+
+    // The conffiles list, and the maintainer scripts that create the user and directories.
+    let mut c = Command::new("dpkg-deb");
+    c.arg("--info").arg(&deb).arg("conffiles");
+    let conffiles = run_ok(c, "dpkg-deb --info conffiles");
+    let mut listed: Vec<&str> = conffiles.lines().map(str::trim).collect();
+    listed.sort_unstable();
+    assert_eq!(listed, CONFFILES, "conffiles:\n{conffiles}");
+    let mut c = Command::new("dpkg-deb");
+    c.arg("--info").arg(&deb).arg("postinst");
+    let postinst = run_ok(c, "dpkg-deb --info postinst");
+    assert!(
+        postinst.contains("systemd-sysusers hotdeploy.conf"),
+        "{postinst}"
+    );
+    assert!(
+        postinst.contains("systemd-tmpfiles --create hotdeploy.conf"),
+        "{postinst}"
+    );
+    let mut c = Command::new("dpkg-deb");
+    c.arg("--field").arg(&deb).arg("Package").arg("Depends");
+    let fields = run_ok(c, "dpkg-deb --field");
+    assert!(fields.contains("Package: hotdeploy"), "{fields}");
+    assert!(fields.contains("systemd"), "{fields}");
+
+    verify_units_on_the_host(&deb);
+}
+
+/// `systemd-analyze verify` on the units as packaged, where the host has it. The units name
+/// /usr/bin/..., which the host has not installed: the copies verified here point at the
+/// package's extracted binaries instead, and nothing else is changed.
+fn verify_units_on_the_host(deb: &Path) {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("NOT RUN: systemd-analyze verify on the host (no systemd-analyze here)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = tmp.path().join("root");
+    let mut c = Command::new("dpkg-deb");
+    c.arg("-x").arg(deb).arg(&root);
+    run_ok(c, "dpkg-deb -x");
+    let mut units = Vec::new();
+    for unit in [COORD_UNIT, AGENT_UNIT] {
+        let text = std::fs::read_to_string(root.join("usr/lib/systemd/system").join(unit))
+            .unwrap_or_else(|e| panic!("{unit}: {e}"));
+        let bin_dir = format!("{}/usr/bin/", root.display());
+        let to = tmp.path().join(unit);
+        std::fs::write(&to, text.replace("/usr/bin/", &bin_dir)).unwrap_or_else(|e| panic!("{e}"));
+        units.push(to);
+    }
+    let mut c = Command::new("systemd-analyze");
+    c.args(["verify", "--man=no"]).args(&units);
+    let out = proc::run_with_timeout(c, Duration::from_secs(60));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !said.contains("hotdeploy"),
+        "systemd-analyze verify on the packaged units: {}",
+        describe(&out)
+    );
+    eprintln!("systemd-analyze verify: clean on {COORD_UNIT} and {AGENT_UNIT}");
+}
+
+/// The certificate that `addr` presents to a new TLS connection (as the operator).
+fn served_certificate(addr: SocketAddr, pki: &Path) -> Result<Vec<u8>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = CertificateDer::from_pem_file(pki.join("ca.pem")).map_err(|e| e.to_string())?;
+        roots.add(ca).map_err(|e| e.to_string())?;
+        let chain =
+            vec![CertificateDer::from_pem_file(pki.join("operator.pem"))
+                .map_err(|e| e.to_string())?];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.join("operator-key.pem"))
+            .map_err(|e| e.to_string())?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+        let tcp =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("{addr}: connect timed out"))?
+                .map_err(|e| format!("{addr}: {e}"))?;
+        let tls = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp),
+        )
+        .await
+        .map_err(|_| format!("TLS to {addr}: timed out"))?
+        .map_err(|e| format!("TLS to {addr}: {e}"))?;
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .ok_or_else(|| format!("{addr} presented no certificate"))
+    })
+}
+
+fn der_of(pem: &Path) -> Vec<u8> {
+    CertificateDer::from_pem_file(pem)
+        .unwrap_or_else(|e| panic!("{}: {e}", pem.display()))
+        .to_vec()
+}
+
+/// Waits up to `timeout` for `check` to return `Ok`; panics with the last error and `logs`.
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+    logs: impl Fn() -> String,
+) {
+    let until = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= until => {
+                panic!("{what}: not within {timeout:?}: {e}\n{}", logs())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// A unit property (`systemctl show -p NAME --value`).
+fn property(c: &Container, unit: &str, name: &str) -> String {
+    let out = c.systemctl(&["show", "-p", name, "--value", unit]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The package, installed in a booted container, configured for a one-node coordinator and an
+/// agent on `ip`, with certificates from `hotdeployctl certs init` in `pki`.
+struct Installed {
+    c: Container,
+    /// Holds `pki`; removed with it.
+    _tmp: tempfile::TempDir,
+    pki: PathBuf,
+    coordinator: SocketAddr,
+    agent: SocketAddr,
+}
+
+impl Installed {
+    fn logs(&self) -> String {
+        format!(
+            "{}\n{}\n---- nspawn ----\n{}",
+            self.c.journal(COORD_UNIT, 80),
+            self.c.journal(AGENT_UNIT, 80),
+            self.c.log_tail()
+        )
+    }
+
+    /// Installs `pki/NAME` as /etc/hotdeploy/tls/NAME, root:hotdeploy 0640 (as an operator
+    /// would: replaced whole, never half-written).
+    fn install_tls(&self, name: &str) {
+        let inside = self
+            .c
+            .share_file(&self.pki.join(name), &format!("tls/{name}"));
+        let out = self.c.sh(&format!(
+            "install -m 0640 -o root -g hotdeploy {inside} /etc/hotdeploy/tls/{name}.new && \
+             mv /etc/hotdeploy/tls/{name}.new /etc/hotdeploy/tls/{name}"
+        ));
+        assert!(
+            out.status.success(),
+            "installing {name}: {}",
+            describe(&out)
+        );
+    }
+
+    fn start(&self, unit: &str) {
+        // Type=notify: `start` returns once the daemon has sent READY=1 (or fails after
+        // TimeoutStartSec).
+        let out = self.c.systemctl(&["start", unit]);
+        assert!(
+            out.status.success(),
+            "systemctl start {unit}: {}\n{}",
+            describe(&out),
+            self.logs()
+        );
+        let (active, sub) = self.c.unit_state(unit);
+        assert_eq!(
+            (active.as_str(), sub.as_str()),
+            ("active", "running"),
+            "{unit} after start\n{}",
+            self.logs()
+        );
+    }
+
+    /// `hotdeployctl -o json ARGS` from the host against the coordinator, as the operator.
+    fn ctl(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(bins::ctl());
+        command
+            .arg("--endpoints")
+            .arg(self.coordinator.to_string())
+            .arg("--ca")
+            .arg(self.pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(self.pki.join("operator.pem"))
+            .arg("--key")
+            .arg(self.pki.join("operator-key.pem"))
+            .args(["-o", "json"])
+            .args(args);
+        proc::run_with_timeout(command, Duration::from_secs(20))
+    }
+}
+
+fn install(test: &str) -> Option<Installed> {
+    let deb = package_or_skip(test)?;
+    let c = Container::boot_or_skip("deb", test)?;
+    let inside = c.share_file(&deb, "hotdeploy.deb");
+    let out = c.exec(&["dpkg", "-i", &inside], Duration::from_secs(120));
+    assert!(out.status.success(), "dpkg -i: {}", describe(&out));
+    // What postinst made: the user, the state directory, the TLS directory.
+    let out =
+        c.sh("getent passwd hotdeploy && stat -c '%U:%G %a' /var/lib/hotdeploy /etc/hotdeploy/tls");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "after dpkg -i: {}", describe(&out));
+    assert!(said.contains("root:root 755\nroot:hotdeploy 750"), "{said}");
+    // The real systemd of the container on the installed units.
+    let out = c.exec(
+        &[
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            &format!("/usr/lib/systemd/system/{COORD_UNIT}"),
+            &format!("/usr/lib/systemd/system/{AGENT_UNIT}"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify in the container: {}",
+        describe(&out)
+    );
+
+    let ip = net::alloc_ips(1)[0];
+    let tmp = tempfile::Builder::new()
+        .prefix("hd-deb-pki-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pki = tmp.path().join("pki");
+    pki_support::init_fleet(&pki, &[ip], &[format!("web-1@{ip}")]);
+    let installed = Installed {
+        c,
+        _tmp: tmp,
+        pki,
+        coordinator: net::addr(ip, net::COORD_PORT),
+        agent: net::addr(ip, net::AGENT_PORT),
+    };
+    for name in [
+        "ca.pem",
+        "coordinator-1.pem",
+        "coordinator-1-key.pem",
+        "agent-web-1.pem",
+        "agent-web-1-key.pem",
+    ] {
+        installed.install_tls(name);
+    }
+    let tls = |cert: &str| {
+        table(&format!(
+            "ca = \"/etc/hotdeploy/tls/ca.pem\"\ncert = \"/etc/hotdeploy/tls/{cert}.pem\"\n\
+             key = \"/etc/hotdeploy/tls/{cert}-key.pem\"\n"
+        ))
+    };
+    let coordinator = CoordinatorConfigFile {
+        id: 1,
+        listen: installed.coordinator,
+        data_dir: PathBuf::from("/var/lib/hotdeploy/coordinator"),
+        http_listen: net::addr(ip, net::COORD_HTTP_PORT),
+        peers: BTreeMap::from([(1, installed.coordinator)]),
+        initial_cluster_state: "new".into(),
+        tls: tls("coordinator-1"),
+        raft: Default::default(),
+        heartbeat_interval: "1s".into(),
+        unreachable_after: "5s".into(),
+        groups: vec![("web".into(), "1".into())],
+        extra: toml::Table::new(),
+    };
+    let app = net::addr(ip, net::APP_PORT);
+    let agent = AgentConfigFile {
+        host_id: "web-1".into(),
+        groups: vec!["web".into()],
+        coordinators: vec![installed.coordinator],
+        listen: installed.agent,
+        data_dir: PathBuf::from("/var/lib/hotdeploy/agent"),
+        tls: tls("agent-web-1"),
+        service_name: "app".into(),
+        service_root: PathBuf::from("/srv/app"),
+        exec: vec!["{current}/bin/app".into()],
+        stop_timeout: "5s".into(),
+        keep_releases: 3,
+        haproxy_agent_listen: net::addr(ip, net::AGENT_CHECK_PORT),
+        http_listen: net::addr(ip, net::AGENT_READY_PORT),
+        drain_grace: "1s".into(),
+        undrain_grace: "1s".into(),
+        drain_timeout: None,
+        haproxy: None,
+        verify_http: format!("http://{app}/health"),
+        verify_success_threshold: 2,
+        verify_interval: "200ms".into(),
+        verify_timeout: "10s".into(),
+        verify_settle: "300ms".into(),
+        extra: toml::Table::new(),
+    };
+    // Over the package's example conffiles, keeping their owner and mode.
+    for (path, text) in [
+        ("/etc/hotdeploy/coordinator.toml", coordinator.render()),
+        ("/etc/hotdeploy/agent.toml", agent.render()),
+    ] {
+        installed.c.write_file(path, text.as_bytes(), 0o640);
+        let out = installed.c.sh(&format!("chgrp hotdeploy {path}"));
+        assert!(out.status.success(), "chgrp {path}: {}", describe(&out));
+    }
+    // The service root: the operator makes it, for the user the agent runs as.
+    let out = installed
+        .c
+        .sh("install -d -o hotdeploy -g hotdeploy -m 0755 /srv/app");
+    assert!(out.status.success(), "/srv/app: {}", describe(&out));
+    Some(installed)
+}
+
+#[test]
+fn the_package_runs_both_daemons_under_systemd_with_watchdog_and_reload() {
+    let test = "the_package_runs_both_daemons_under_systemd_with_watchdog_and_reload";
+    let Some(h) = install(test) else {
+        return;
+    };
+    let c = &h.c;
+
+    // Both units as shipped: notify, watchdog, reload.
+    for unit in [COORD_UNIT, AGENT_UNIT] {
+        assert_eq!(property(c, unit, "Type"), "notify", "{unit}");
+        assert_eq!(property(c, unit, "WatchdogUSec"), "30s", "{unit}");
+        assert_eq!(property(c, unit, "Restart"), "on-failure", "{unit}");
+        assert_eq!(property(c, unit, "User"), "hotdeploy", "{unit}");
+    }
+
+    // Start: each reaches active/running through READY=1.
+    h.start(COORD_UNIT);
+    wait_for(
+        "a leader in `hotdeployctl status`",
+        Duration::from_secs(60),
+        || {
+            let out = h.ctl(&["status"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let status: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{e}: {}", describe(&out)))?;
+            (status["leader"].as_u64() == Some(1))
+                .then_some(())
+                .ok_or_else(|| format!("no leader yet: {status}"))
+        },
+        || h.logs(),
+    );
+    h.start(AGENT_UNIT);
+    wait_for(
+        "web-1 registered with the coordinator",
+        Duration::from_secs(60),
+        || {
+            let out = h.ctl(&["hosts", "list"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains("web-1")
+                .then_some(())
+                .ok_or_else(|| format!("hosts list: {}", describe(&out)))
+        },
+        || h.logs(),
+    );
+    // The state directories the units made, owned by the daemons' user.
+    let out = c.sh("stat -c '%U %a' /var/lib/hotdeploy/coordinator /var/lib/hotdeploy/agent");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hotdeploy 750\nhotdeploy 750\n",
+        "{}",
+        describe(&out)
+    );
+
+    // The watchdog: a frozen coordinator stops feeding it; systemd kills and restarts it.
+    let frozen_pid = property(c, COORD_UNIT, "MainPID");
+    assert_ne!(frozen_pid, "0");
+    c.systemctl_ok(&["kill", "--signal=SIGSTOP", COORD_UNIT]);
+    let frozen_at = Instant::now();
+    // WatchdogSec=30, then the abort signal, the restart delay and a fresh READY=1.
+    wait_for(
+        "the watchdog to restart the frozen coordinator",
+        Duration::from_secs(150),
+        || {
+            let pid = property(c, COORD_UNIT, "MainPID");
+            let (active, sub) = c.unit_state(COORD_UNIT);
+            (pid != frozen_pid && pid != "0" && active == "active" && sub == "running")
+                .then_some(())
+                .ok_or_else(|| format!("MainPID {pid}, {active}/{sub}"))
+        },
+        || h.logs(),
+    );
+    let restarted_after = frozen_at.elapsed();
+    assert!(
+        restarted_after >= Duration::from_secs(25),
+        "restarted after {restarted_after:?}, before WatchdogSec=30 could run out: not the watchdog"
+    );
+    let journal = c.journal(COORD_UNIT, 200);
+    assert!(
+        journal.contains("Watchdog timeout"),
+        "no watchdog timeout in the journal:\n{journal}"
+    );
+    assert!(
+        property(c, COORD_UNIT, "NRestarts")
+            .parse::<u32>()
+            .unwrap_or(0)
+            >= 1
+    );
+    eprintln!("the watchdog restarted the frozen coordinator after {restarted_after:?}");
+    wait_for(
+        "a leader again after the restart",
+        Duration::from_secs(60),
+        || {
+            let out = h.ctl(&["status"]);
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| describe(&out))
+        },
+        || h.logs(),
+    );
+
+    // Reload rotates certificates: new files, `systemctl reload`, a new connection sees the
+    // new certificate; the daemon keeps its pid.
+    let ip = match h.coordinator.ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        other => panic!("not IPv4: {other}"),
+    };
+    for (unit, addr, subject) in [
+        (
+            COORD_UNIT,
+            h.coordinator,
+            Subject::coordinator(&format!("1@{ip}")),
+        ),
+        (AGENT_UNIT, h.agent, Subject::agent(&format!("web-1@{ip}"))),
+    ] {
+        let subject = subject.unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key) = subject.file_names();
+        let old = der_of(&h.pki.join(&cert));
+        assert_eq!(
+            served_certificate(addr, &h.pki),
+            Ok(old.clone()),
+            "{unit} before"
+        );
+        for f in [&cert, &key] {
+            std::fs::remove_file(h.pki.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+        pki_support::issue(&h.pki, &subject, Validity::days(30), &cert, &key);
+        let new = der_of(&h.pki.join(&cert));
+        assert_ne!(new, old);
+        h.install_tls(&key);
+        h.install_tls(&cert);
+        let pid = property(c, unit, "MainPID");
+        // Not yet: the daemon reads its files at start and on reload only.
+        assert_eq!(
+            served_certificate(addr, &h.pki),
+            Ok(old),
+            "{unit} before the reload"
+        );
+        c.systemctl_ok(&["reload", unit]);
+        wait_for(
+            &format!("{unit} to present its new certificate after `systemctl reload`"),
+            Duration::from_secs(20),
+            || match served_certificate(addr, &h.pki) {
+                Ok(der) if der == new => Ok(()),
+                Ok(_) => Err("still the old certificate".into()),
+                Err(e) => Err(e),
+            },
+            || h.logs(),
+        );
+        assert_eq!(
+            property(c, unit, "MainPID"),
+            pid,
+            "{unit} restarted on reload"
+        );
+        assert_eq!(c.unit_state(unit).0, "active", "{unit} after reload");
+        eprintln!("{unit}: `systemctl reload` rotated the certificate ({addr})");
+    }
+}
