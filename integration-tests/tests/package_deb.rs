@@ -543,14 +543,6 @@ fn the_package_runs_both_daemons_under_systemd_with_watchdog_and_reload() {
     };
     let c = &h.c;
 
-    // Both units as shipped: notify, watchdog, reload.
-    for unit in [COORD_UNIT, AGENT_UNIT] {
-        assert_eq!(property(c, unit, "Type"), "notify", "{unit}");
-        assert_eq!(property(c, unit, "WatchdogUSec"), "30s", "{unit}");
-        assert_eq!(property(c, unit, "Restart"), "on-failure", "{unit}");
-        assert_eq!(property(c, unit, "User"), "hotdeploy", "{unit}");
-    }
-
     // Start: each reaches active/running through READY=1.
     h.start(COORD_UNIT);
     wait_for(
@@ -580,6 +572,13 @@ fn the_package_runs_both_daemons_under_systemd_with_watchdog_and_reload() {
         },
         || h.logs(),
     );
+    // Both units as shipped and running: notify, the watchdog armed, restart on failure.
+    for unit in [COORD_UNIT, AGENT_UNIT] {
+        assert_eq!(property(c, unit, "Type"), "notify", "{unit}");
+        assert_eq!(property(c, unit, "WatchdogUSec"), "30s", "{unit}");
+        assert_eq!(property(c, unit, "Restart"), "on-failure", "{unit}");
+        assert_eq!(property(c, unit, "User"), "hotdeploy", "{unit}");
+    }
     // The state directories the units made, owned by the daemons' user.
     let out = c.sh("stat -c '%U %a' /var/lib/hotdeploy/coordinator /var/lib/hotdeploy/agent");
     assert_eq!(
