@@ -17,7 +17,9 @@
 //!   `start` returns only after READY=1). The coordinator, frozen with SIGSTOP, is killed and
 //!   restarted by the watchdog (a new MainPID, active again). `systemctl reload` rotates
 //!   certificates: after new files and a reload, a new TLS connection sees the new certificate,
-//!   and the daemon kept its pid.
+//!   and the daemon kept its pid. For `systemd` control mode, the shipped agent unit cannot
+//!   restart another unit, and with the package's root drop-in it can (still with no
+//!   capabilities).
 //!
 //! Where cargo-deb cannot be installed, or the container cannot run (not root), the test says
 //! so plainly and does nothing else; `scripts/test` says so too, and with
@@ -383,22 +385,24 @@ impl Installed {
         );
     }
 
+    /// Starts `unit` and waits for `active`: with Type=notify, systemd holds the unit in
+    /// `activating` until the daemon sends READY=1 (and fails it after TimeoutStartSec=90).
     fn start(&self, unit: &str) {
-        // Type=notify: `start` returns once the daemon has sent READY=1 (or fails after
-        // TimeoutStartSec).
-        let out = self.c.systemctl(&["start", unit]);
+        let out = self.c.systemctl(&["start", "--no-block", unit]);
         assert!(
             out.status.success(),
-            "systemctl start {unit}: {}\n{}",
-            describe(&out),
-            self.logs()
+            "systemctl start {unit}: {}",
+            describe(&out)
         );
-        let (active, sub) = self.c.unit_state(unit);
-        assert_eq!(
-            (active.as_str(), sub.as_str()),
-            ("active", "running"),
-            "{unit} after start\n{}",
-            self.logs()
+        wait_for(
+            &format!("{unit} active/running (READY=1)"),
+            Duration::from_secs(100),
+            || match self.c.unit_state(unit) {
+                (a, s) if a == "active" && s == "running" => Ok(()),
+                (a, s) if a == "failed" => Err(format!("{a}/{s}: the unit failed")),
+                (a, s) => Err(format!("still {a}/{s}: no READY=1 yet")),
+            },
+            || self.logs(),
         );
     }
 
@@ -692,4 +696,59 @@ fn the_package_runs_both_daemons_under_systemd_with_watchdog_and_reload() {
         assert_eq!(c.unit_state(unit).0, "active", "{unit} after reload");
         eprintln!("{unit}: `systemctl reload` rotated the certificate ({addr})");
     }
+
+    // systemd mode: the agent restarts another unit with `systemctl`. The unit as shipped
+    // (user hotdeploy) cannot; with the root drop-in from the package's examples it can. The
+    // agent is stood in for by a shell that does just that, under the same unit and sandbox.
+    c.systemctl_ok(&["stop", AGENT_UNIT]);
+    c.write_file(
+        "/etc/systemd/system/hd-app.service",
+        b"[Service]\nExecStart=/bin/sleep infinity\n",
+        0o644,
+    );
+    c.write_file(
+        &format!("/etc/systemd/system/{AGENT_UNIT}.d/zz-stand-in.conf"),
+        b"[Service]\nExecStart=\nExecStart=/bin/sh -c 'systemctl restart hd-app.service && \
+          systemd-notify --ready && exec sleep infinity'\nNotifyAccess=all\nTimeoutStartSec=30\n",
+        0o644,
+    );
+    c.systemctl_ok(&["daemon-reload"]);
+    c.systemctl_ok(&["start", "hd-app.service"]);
+    let out = c.systemctl(&["start", AGENT_UNIT]);
+    assert!(
+        !out.status.success(),
+        "the shipped agent unit (user hotdeploy) restarted another unit: {}",
+        describe(&out)
+    );
+    let journal = c.journal(AGENT_UNIT, 20);
+    assert!(journal.contains("NOPERMISSION"), "{journal}");
+    let out = c.sh(&format!(
+        "install -D -m 644 /usr/share/doc/hotdeploy/examples/hotdeploy-agent-root.conf \
+         /etc/systemd/system/{AGENT_UNIT}.d/root.conf && systemctl daemon-reload && \
+         systemctl reset-failed {AGENT_UNIT}"
+    ));
+    assert!(
+        out.status.success(),
+        "installing the root drop-in: {}",
+        describe(&out)
+    );
+    let app_pid = property(c, "hd-app.service", "MainPID");
+    let out = c.systemctl(&["start", AGENT_UNIT]);
+    assert!(
+        out.status.success(),
+        "with the root drop-in: {}\n{}",
+        describe(&out),
+        c.journal(AGENT_UNIT, 20)
+    );
+    assert_ne!(
+        property(c, "hd-app.service", "MainPID"),
+        app_pid,
+        "hd-app not restarted"
+    );
+    assert_eq!(
+        property(c, AGENT_UNIT, "CapabilityBoundingSet"),
+        "",
+        "no capabilities"
+    );
+    eprintln!("the root drop-in lets the agent's unit restart another unit, with no capabilities");
 }
