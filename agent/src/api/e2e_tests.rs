@@ -305,6 +305,57 @@ async fn wait_status(
     }
 }
 
+/// Makes `call` with `msg` under a 300 ms deadline that passes mid-operation, as a client that
+/// hangs up does, and asserts the client saw it go.
+async fn hang_up<M, R: std::fmt::Debug, F>(
+    client: &AgentClient<tonic::transport::Channel>,
+    msg: M,
+    call: impl FnOnce(AgentClient<tonic::transport::Channel>, tonic::Request<M>) -> F,
+) where
+    F: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(Duration::from_millis(300));
+    let err = call(client.clone(), req).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+}
+
+/// An agent on `tmp` under a fake coordinator, with the extra `[rotation]` TOML `rotation`.
+async fn coordinated_agent(
+    tmp: &Path,
+    rotation: &str,
+) -> (
+    crate::testing::coordinator::FakeCoordinator,
+    crate::testing::coordinator::ServeGuard,
+    Daemon,
+    AgentClient<tonic::transport::Channel>,
+) {
+    let coord = crate::testing::coordinator::FakeCoordinator::default();
+    let (addr, guard) = coord.clone().serve().await;
+    let top = format!("groups = [\"web\"]\ncoordinators = [\"{addr}\"]");
+    let daemon = Daemon::start(config(tmp, free_port(), &top, rotation))
+        .await
+        .unwrap();
+    let client = AgentClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap();
+    (coord, guard, daemon, client)
+}
+
+/// The hold the agent's journal on `tmp` records, read after the agent stopped.
+fn journaled_hold(tmp: &Path) -> Option<crate::journal::Hold> {
+    crate::journal::Journal::open(&tmp.join("data"), "web-1")
+        .unwrap()
+        .hold()
+        .unwrap()
+}
+
 /// Item 13: Drain runs in a task of the engine's own: a client that hangs up (here, its call
 /// deadline passes mid-drain) does not cancel it half done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,16 +371,12 @@ async fn a_drain_whose_client_hangs_up_still_completes() {
     let mut client = AgentClient::connect(format!("http://{}", daemon.addr))
         .await
         .unwrap();
-    let mut req = tonic::Request::new(hotdeploy_common::proto::DrainRequest {});
-    req.set_timeout(Duration::from_millis(300));
-    let err = client.drain(req).await.unwrap_err();
-    assert!(
-        matches!(
-            err.code(),
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-        ),
-        "{err:?}"
-    );
+    hang_up(
+        &client,
+        hotdeploy_common::proto::DrainRequest {},
+        |mut c, r| async move { c.drain(r).await },
+    )
+    .await;
     let s = wait_status(&mut client, "the drain to complete", |s| s.rotation == 3).await;
     assert_eq!(s.rotation, 3, "out of rotation");
     // And its hold was journaled: the host stays out until undrained.
@@ -352,6 +399,91 @@ async fn a_drain_whose_client_hangs_up_still_completes() {
         .await
         .unwrap();
     daemon.shutdown().await;
+}
+
+/// Item 13: Undrain runs in a task of the engine's own: a client that hangs up mid-undrain does
+/// not cancel it half done. The host is confirmed back in rotation, the hold cleared from the
+/// journal, and the slot released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undrain_whose_client_hangs_up_still_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rotation = "drain_grace = \"100ms\"\nundrain_grace = \"1500ms\"";
+    let (coord, _guard, daemon, mut client) = coordinated_agent(tmp.path(), rotation).await;
+    let drained = client
+        .drain(hotdeploy_common::proto::DrainRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let token = drained.slot_token;
+    assert!(token != 0 && drained.rotation == 3, "{drained:?}");
+
+    hang_up(
+        &client,
+        hotdeploy_common::proto::UndrainRequest {},
+        |mut c, r| async move { c.undrain(r).await },
+    )
+    .await;
+    let s = client
+        .status(AgentStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.rotation, 3, "the hang-up came after the undrain: {s:?}");
+
+    let s = wait_status(&mut client, "the undrain to complete", |s| {
+        s.rotation == 1 && s.slot_token == 0
+    })
+    .await;
+    assert!(!s.maintenance, "{s:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !coord.state().released.contains(&token) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot {token} was never released: {:?}",
+            coord.state().release_calls
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(coord.state().held, None);
+    daemon.shutdown().await;
+    assert_eq!(journaled_hold(tmp.path()), None, "the journal still holds");
+}
+
+/// Item 13: Maintenance runs in a task of the engine's own: a client that hangs up mid-drain
+/// does not cancel it half done. The host holds a maintenance slot, is out of rotation, and the
+/// journal holds it for maintenance under that slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_whose_client_hangs_up_still_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rotation = "drain_grace = \"1500ms\"\nundrain_grace = \"100ms\"";
+    let (coord, _guard, daemon, mut client) = coordinated_agent(tmp.path(), rotation).await;
+    let reason = "kernel update";
+
+    hang_up(
+        &client,
+        hotdeploy_common::proto::MaintenanceRequest {
+            enable: true,
+            reason: reason.into(),
+        },
+        |mut c, r| async move { c.maintenance(r).await },
+    )
+    .await;
+    let s = wait_status(&mut client, "the maintenance drain to complete", |s| {
+        s.rotation == 3
+    })
+    .await;
+    assert!(s.maintenance && s.slot_token != 0, "{s:?}");
+    let held = coord.state().held.clone().expect("no slot held");
+    assert_eq!(
+        (held.token, held.purpose.as_str()),
+        (s.slot_token, crate::journal::Purpose::Maintenance.wire())
+    );
+    daemon.shutdown().await;
+    let hold = journaled_hold(tmp.path()).expect("the journal holds nothing");
+    assert_eq!(
+        (hold.kind, hold.token, hold.note.as_str()),
+        (crate::journal::HoldKind::Maintenance, s.slot_token, reason)
+    );
 }
 
 /// Item 16: an unusable `current` link does not keep the agent from starting: it starts,
