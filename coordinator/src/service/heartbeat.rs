@@ -4,14 +4,17 @@
 //! Each `HeartbeatRequest` is answered, as before. In addition the leader sends an answer
 //! unasked as soon as the host's assignment changes (it watches the applied index), so an
 //! admission reaches the agent within one commit rather than at its next beat: a rollout's
-//! speed depends on the next host being told the moment a slot frees. Heartbeats are kept in
+//! speed depends on the next host being told the moment a slot frees. Every stream asks after
+//! every applied entry, so the question must be cheap: one indexed lookup that compares the
+//! state with what the stream last told (`StateMachine::assignment_is`), allocating nothing;
+//! only a change builds an answer. Heartbeats are kept in
 //! the leader's memory (liveness) and never logged.
 
 use super::auth::{self, Need};
 use super::convert::report_from_wire;
 use super::coordinator::{held_slot, HeartbeatStream};
 use super::leader::not_leader;
-use super::rollout::assignment_of;
+use super::rollout_wire::assignment_to_wire;
 use crate::liveness::Liveness;
 use crate::raft::RaftNode;
 use hotdeploy_common::names::check_host;
@@ -61,8 +64,8 @@ pub(crate) fn serve(
                         )))?;
                     }
                     liveness.observe(&hb.host, report_from_wire(hb.report.as_ref()));
-                    let assignment = assignment_of(&node, &hb.host);
-                    told = assignment.clone();
+                    told = node.state().assignment(&hb.host);
+                    let assignment = told.as_ref().map(assignment_to_wire);
                     host = Some(hb.host.clone());
                     yield HeartbeatResponse {
                         slot: held_slot(&node, &hb.host),
@@ -72,15 +75,17 @@ pub(crate) fn serve(
                 }
                 Event::Applied(false) => break,
                 Event::Applied(true) => {
-                    let Some(h) = host.clone() else { continue };
-                    let assignment = assignment_of(&node, &h);
-                    if assignment != told {
+                    let Some(h) = host.as_deref() else { continue };
+                    // Every stream asks after every entry: a lookup that allocates nothing.
+                    let unchanged = node.state().assignment_is(h, told.as_ref());
+                    if !unchanged {
                         if !node.status().is_leader() {
                             Err(not_leader(&node))?;
                         }
-                        told = assignment.clone();
+                        told = node.state().assignment(h);
+                        let assignment = told.as_ref().map(assignment_to_wire);
                         yield HeartbeatResponse {
-                            slot: held_slot(&node, &h),
+                            slot: held_slot(&node, h),
                             leader: node.status().leader,
                             assignment,
                         };

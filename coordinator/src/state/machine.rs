@@ -219,6 +219,7 @@ impl StateMachine {
             )));
         }
         state.rebuild_members();
+        state.rollouts.reindex();
         state
             .check_consistency()
             .map_err(|e| StateError::Decode(format!("inconsistent state snapshot: {e}")))?;
@@ -337,6 +338,17 @@ impl StateMachine {
         self.rollouts.assignment(host)
     }
 
+    /// [`StateMachine::assignment`] by a walk of every rollout, not the index (tests).
+    #[cfg(test)]
+    pub(super) fn assignment_by_scan(&self, host: &str) -> Option<Assignment> {
+        self.rollouts.assignment_by_scan(host)
+    }
+
+    /// Whether the step `host` is to work on now is `told` (see [`Rollouts::assignment_is`]).
+    pub fn assignment_is(&self, host: &str, told: Option<&Assignment>) -> bool {
+        self.rollouts.assignment_is(host, told)
+    }
+
     /// Whether a new slot for `host` serving `rollout` would pass the rollout's gate (a
     /// re-entrant acquire always does; an unknown rollout id is free text).
     pub fn check_rollout_gate(
@@ -443,6 +455,9 @@ impl StateMachine {
                 actor,
             };
             self.rollouts.reconcile(&at, fleet!(self));
+        }
+        if response.is_ok() {
+            self.rollouts.reindex();
         }
         response
     }

@@ -93,7 +93,7 @@ impl Rollouts {
         if h.reachability != Reachability::Reachable || h.slot.is_some() {
             return None;
         }
-        if self.active_step_of(host).is_some() {
+        if self.scan_active_step_of(host).is_some() {
             return None;
         }
         let desired = self.desired_of(h)?.clone();

@@ -32,6 +32,10 @@
 //!   non-terminal step;
 //! - every step of an active rollout names a registered host, and a step's token names that
 //!   host's slot or none.
+//! - the derived host → active step index (not serialized, rebuilt after every applied command
+//!   and on restore) names exactly the non-terminal steps of the active rollouts. Reads
+//!   (`assignment`, the heartbeat's question after every entry) use it; code that runs while a
+//!   command applies walks the rollouts instead, since the index is only rebuilt after it.
 //!
 //! Left out: command versioning for mixed-version clusters (issue 11; see the architecture
 //! doc for where its gate sits) and any per-rollout metrics.
@@ -109,6 +113,20 @@ impl<'a> Fleet<'a> {
     }
 }
 
+/// The assignment of step `s` of rollout `r`.
+fn assignment_from(r: &Rollout, s: &Step) -> Assignment {
+    Assignment {
+        rollout: r.id.clone(),
+        release: r.release.clone(),
+        attempt: s.attempt,
+        phase: s.phase,
+        canary: s.canary,
+        may_deploy: r.state == RolloutState::Running && s.phase.is_in_flight(),
+        first_install: s.first_install,
+        auto_rollback: r.policy.auto_rollback,
+    }
+}
+
 /// Whether `slot` was taken for rollout `r`: it names `r` and was granted after `r` started.
 /// (A rollout id is free text to the lock, so a slot may name an id before a rollout of that
 /// id exists; such a slot is not the rollout's.)
@@ -132,6 +150,12 @@ pub(in crate::state) struct Rollouts {
     host_desired: BTreeMap<String, Desired>,
     /// Group → the release of the latest rollout of that group that succeeded on any host.
     group_desired: BTreeMap<String, Desired>,
+    /// Derived, never serialized: host → (active rollout, index of its non-terminal step in
+    /// it), so that a heartbeat's assignment is one lookup rather than a walk of every
+    /// rollout and its steps. Rebuilt by [`Rollouts::reindex`] after every command the machine
+    /// applies and on restore; [`Rollouts::check_consistency`] checks it against a scan.
+    #[serde(skip)]
+    active_steps: BTreeMap<String, (String, usize)>,
 }
 
 impl Rollouts {
@@ -161,8 +185,30 @@ impl Rollouts {
     }
 
     /// The active rollout in which `host` has a non-terminal step, if any (there is at most
-    /// one, by the per-host rule).
+    /// one, by the per-host rule), by the index: valid between commands, not while one applies
+    /// (use [`Rollouts::scan_active_step_of`] there).
     pub fn active_step_of(&self, host: &str) -> Option<(&Rollout, &Step)> {
+        let (id, i) = self.active_steps.get(host)?;
+        let r = self.by_id.get(id)?;
+        r.steps.get(*i).map(|s| (r, s))
+    }
+
+    /// Rebuilds the host → active step index from the rollouts. Linear in the steps of the
+    /// active rollouts; the machine calls it once per applied command.
+    pub fn reindex(&mut self) {
+        self.active_steps.clear();
+        for r in self.by_id.values().filter(|r| r.state.is_active()) {
+            for (i, s) in r.steps.iter().enumerate() {
+                if !s.phase.is_terminal() {
+                    self.active_steps.insert(s.host.clone(), (r.id.clone(), i));
+                }
+            }
+        }
+    }
+
+    /// [`Rollouts::active_step_of`] by a walk of every rollout, for use while a command is
+    /// being applied (the index is rebuilt only after it).
+    pub(super) fn scan_active_step_of(&self, host: &str) -> Option<(&Rollout, &Step)> {
         self.list()
             .into_iter()
             .filter(|r| r.state.is_active())
@@ -175,17 +221,34 @@ impl Rollouts {
 
     /// What `host` is to do now, as the heartbeat answer carries it.
     pub fn assignment(&self, host: &str) -> Option<Assignment> {
-        let (r, s) = self.active_step_of(host)?;
-        Some(Assignment {
-            rollout: r.id.clone(),
-            release: r.release.clone(),
-            attempt: s.attempt,
-            phase: s.phase,
-            canary: s.canary,
-            may_deploy: r.state == RolloutState::Running && s.phase.is_in_flight(),
-            first_install: s.first_install,
-            auto_rollback: r.policy.auto_rollback,
-        })
+        self.active_step_of(host)
+            .map(|(r, s)| assignment_from(r, s))
+    }
+
+    /// [`Rollouts::assignment`] by a walk rather than the index: what tests compare it with.
+    #[cfg(test)]
+    pub fn assignment_by_scan(&self, host: &str) -> Option<Assignment> {
+        self.scan_active_step_of(host)
+            .map(|(r, s)| assignment_from(r, s))
+    }
+
+    /// Whether [`Rollouts::assignment`] of `host` equals `told`, without building it: what a
+    /// heartbeat stream asks after every applied entry, so it allocates nothing.
+    pub fn assignment_is(&self, host: &str, told: Option<&Assignment>) -> bool {
+        match (self.active_step_of(host), told) {
+            (None, None) => true,
+            (Some((r, s)), Some(a)) => {
+                a.rollout == r.id
+                    && a.attempt == s.attempt
+                    && a.phase == s.phase
+                    && a.canary == s.canary
+                    && a.may_deploy == (r.state == RolloutState::Running && s.phase.is_in_flight())
+                    && a.first_install == s.first_install
+                    && a.auto_rollback == r.policy.auto_rollback
+                    && a.release == r.release
+            }
+            _ => false,
+        }
     }
 
     /// Whether `host` is a canary of rollout `id`.
@@ -250,6 +313,18 @@ impl Rollouts {
                     }
                 }
             }
+            if r.state.is_active() {
+                for (i, s) in r.steps.iter().enumerate() {
+                    let indexed = self.active_steps.get(&s.host);
+                    let want = !s.phase.is_terminal();
+                    if want && indexed != Some(&(r.id.clone(), i)) {
+                        return Err(format!(
+                            "host {:?} is indexed at {indexed:?}, not at step {i} of {:?}",
+                            s.host, r.id
+                        ));
+                    }
+                }
+            }
             if r.state == RolloutState::Running {
                 let in_flight = admit::in_flight(r, fleet);
                 if in_flight > r.policy.batch {
@@ -280,6 +355,13 @@ impl Rollouts {
                     r.id
                 ));
             }
+        }
+        if host_owner.len() != self.active_steps.len() {
+            return Err(format!(
+                "{} hosts have an active step, and the index names {}",
+                host_owner.len(),
+                self.active_steps.len()
+            ));
         }
         Ok(())
     }

@@ -658,6 +658,15 @@ fn check(
         }
     }
     prop_assert_eq!(after.check_consistency(), Ok(()));
+    // The host → active step index says what a walk of every rollout says.
+    for h in after.hosts() {
+        prop_assert_eq!(
+            after.assignment(&h.id),
+            after.assignment_by_scan(&h.id),
+            "assignment of {} by the index and by a scan",
+            &h.id
+        );
+    }
     let restored = StateMachine::restore(&after.snapshot().expect("snapshot"));
     prop_assert_eq!(restored.as_ref(), Ok(after));
     Ok(())

@@ -300,7 +300,7 @@ impl Rollouts {
             }
         }
         for id in self.active_ids() {
-            let busy = self.active_step_of(host).is_some();
+            let busy = self.scan_active_step_of(host).is_some();
             let Some(r) = self.by_id.get_mut(&id) else {
                 continue;
             };

@@ -1138,6 +1138,55 @@ fn a_host_in_two_groups_follows_the_latest_rollout_that_reached_it() {
     );
 }
 
+/// The index (host → active step) agrees with a walk of every rollout after every command.
+fn assert_index_agrees(w: &World) {
+    for h in w.sm.hosts() {
+        let by_index = w.sm.assignment(&h.id);
+        assert_eq!(by_index, w.sm.assignment_by_scan(&h.id), "host {}", h.id);
+        assert!(
+            w.sm.assignment_is(&h.id, by_index.as_ref()),
+            "host {}",
+            h.id
+        );
+    }
+    assert_eq!(w.sm.check_consistency(), Ok(()));
+}
+
+#[test]
+fn the_assignment_index_follows_every_step_of_a_rollout() {
+    let mut w = World::web("2", 4, "v1");
+    assert_index_agrees(&w);
+    w.start(RolloutSpec {
+        canary: 1,
+        batch: 2,
+        ..spec("r1", "web", "v2")
+    })
+    .unwrap();
+    assert_index_agrees(&w);
+    assert!(
+        w.sm.assignment("web-1").is_some(),
+        "a started rollout assigns"
+    );
+    w.stage_all("r1");
+    assert_index_agrees(&w);
+    let staged = w.sm.assignment("web-2");
+    for h in ["web-1", "web-2", "web-3"] {
+        w.deploy(h, "r1", StepReport::Succeeded);
+        assert_index_agrees(&w);
+        assert!(w.sm.assignment(h).is_none(), "{h} is done");
+    }
+    assert!(
+        !w.sm.assignment_is("web-2", staged.as_ref()),
+        "a finished step is not its staged assignment"
+    );
+    w.deploy("web-4", "r1", StepReport::Succeeded);
+    assert_index_agrees(&w);
+    assert_eq!(w.rollout("r1").state, RolloutState::Completed);
+    // Restore rebuilds the index, which the snapshot does not carry.
+    let restored = StateMachine::restore(&w.sm.snapshot().expect("snapshot")).unwrap();
+    assert_eq!(restored, w.sm);
+}
+
 // ---- snapshots ----
 
 #[test]
@@ -1151,6 +1200,10 @@ fn rollouts_survive_a_snapshot_and_an_old_snapshot_loads_without_them() {
     w.stage_all("r1");
     let restored = StateMachine::restore(&w.sm.snapshot().expect("snapshot")).unwrap();
     assert_eq!(restored, w.sm);
+    for h in w.sm.hosts() {
+        assert!(w.sm.assignment(&h.id).is_some(), "{} is assigned", h.id);
+        assert_eq!(restored.assignment(&h.id), w.sm.assignment(&h.id));
+    }
     // A snapshot written before rollouts existed has no `rollouts` key.
     let mut json: serde_json::Value =
         serde_json::from_slice(&w.sm.snapshot().expect("snapshot")).unwrap();
