@@ -192,8 +192,16 @@ impl Rollouts {
             .collect();
         let budget = group.max_unavailable.budget(provisioned.len() as u64);
         let policy = resolve_policy(&spec, budget, hosts.len() as u64)?;
-        if let [lone] = provisioned.as_slice() {
-            if !group.allow_zero_available && !already_on(lone, &spec.release) {
+        // A group of one host: one member in all, provisioned. Members that are still
+        // unprovisioned (their first install just finished and their report is on its way, or
+        // they have none yet) make it a larger group, not a lone host; the lock judges each
+        // slot as they come.
+        let members = fleet.members(&spec.group);
+        if let [lone] = members.as_slice() {
+            if lone.is_provisioned()
+                && !group.allow_zero_available
+                && !already_on(lone, &spec.release)
+            {
                 return Err(StateError::LoneHost {
                     host: lone.id.clone(),
                     group: spec.group.clone(),
