@@ -3,17 +3,15 @@
 
 use super::RolloutDriver;
 use crate::deploy::tests::fake::Fake;
-use crate::deploy::{Engine, EngineParts, Timing};
+use crate::deploy::tests::linked::{linked, Linked};
+use crate::deploy::Engine;
 use crate::journal::{
     DeployKind, DeployRecord, HoldKind, Journal, Outcome, OutcomeReport, Phase, RolloutStep,
 };
-use crate::link::{Link, LinkConfig};
 use crate::testing::coordinator::{slot, FakeCoordinator, ServeGuard};
-use hotdeploy_common::config::TlsConfig;
-use hotdeploy_common::proto::{Assignment, HostReport, Release, StepPhase};
+use hotdeploy_common::proto::{Assignment, Release, StepPhase};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const GOOD: &str = "aa";
@@ -43,38 +41,14 @@ impl Agent {
 }
 
 async fn agent(ops: &Fake, coord: &FakeCoordinator, prepare: impl FnOnce(&Journal)) -> Agent {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path(), "web-1").unwrap();
-    journal.reconciled().unwrap();
-    prepare(&journal);
-    let (addr, guard) = coord.clone().serve().await;
-    let (_tx, rx) = watch::channel(HostReport::default());
-    let link = Link::new(
-        LinkConfig {
-            host_id: "web-1".into(),
-            groups: vec!["web".into()],
-            address: "127.0.0.1:1".into(),
-            coordinators: vec![addr],
-            tls: TlsConfig {
-                insecure: true,
-                ..Default::default()
-            },
-        },
-        journal.clone(),
-        rx,
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let engine = Engine::new(EngineParts {
-        host_id: "web-1".into(),
-        ops: Arc::new(ops.clone()),
-        lock: Some(Arc::new(link.clone())),
-        journal: journal.clone(),
-        timing: Timing::default(),
-        health: ops.fact_or_default(),
-        shutdown: shutdown.clone(),
-    })
-    .unwrap();
+    let Linked {
+        engine,
+        link,
+        journal,
+        shutdown,
+        guard,
+        dir,
+    } = linked(ops, coord, prepare, false).await;
     engine.start_recovery().unwrap();
     let mut tasks = vec![link.start(shutdown.clone())];
     engine.start_reconcile();

@@ -7,6 +7,7 @@ use crate::journal::{DeployKind, DeployRecord, Journal, Outcome, Phase};
 use hotdeploy_common::proto::Rotation;
 
 pub(crate) mod fake;
+pub(crate) mod linked;
 mod transitions;
 mod with_link;
 

@@ -2,16 +2,15 @@
 //! the races and orderings of slot bookkeeping, isolated deterministically.
 
 use super::fake::Fake;
+use super::linked::{linked, Linked};
 use super::{params, pos};
 use crate::deploy::*;
 use crate::journal::{DeployKind, DeployRecord, HoldKind, Journal, Outcome, Phase, Purpose};
-use crate::link::{Link, LinkConfig};
 use crate::testing::coordinator::{slot, FakeCoordinator, ServeGuard};
-use hotdeploy_common::config::TlsConfig;
-use hotdeploy_common::proto::{Health, HostReport, Rotation};
+use hotdeploy_common::proto::{Health, Rotation};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// An engine on `ops`, with a real link to `coord`, and the link and reconciliation running.
@@ -36,40 +35,14 @@ async fn agent(
     prepare: impl FnOnce(&Journal),
     journal_is_new: bool,
 ) -> Agent {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path(), "web-1").unwrap();
-    if !journal_is_new {
-        journal.reconciled().unwrap();
-    }
-    prepare(&journal);
-    let (addr, guard) = coord.clone().serve().await;
-    let (_tx, rx) = watch::channel(HostReport::default());
-    let link = Link::new(
-        LinkConfig {
-            host_id: "web-1".into(),
-            groups: vec!["web".into()],
-            address: "127.0.0.1:1".into(),
-            coordinators: vec![addr],
-            tls: TlsConfig {
-                insecure: true,
-                ..Default::default()
-            },
-        },
-        journal.clone(),
-        rx,
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let engine = Engine::new(EngineParts {
-        host_id: "web-1".into(),
-        ops: Arc::new(ops.clone()),
-        lock: Some(Arc::new(link.clone())),
-        journal: journal.clone(),
-        timing: Timing::default(),
-        health: ops.fact_or_default(),
-        shutdown: shutdown.clone(),
-    })
-    .unwrap();
+    let Linked {
+        engine,
+        link,
+        journal,
+        shutdown,
+        guard,
+        dir,
+    } = linked(ops, coord, prepare, journal_is_new).await;
     link.start(shutdown.clone());
     engine.start_reconcile();
     Agent {
