@@ -23,6 +23,8 @@
 //! verify/     the probes a new release must pass (and the monitor's rounds)
 //! hooks       lifecycle hooks; cmd: every bounded external command (hooks, probes, scripts)
 //! failpoint   test-only crash points (feature `failpoints`)
+//! watchdog    the systemd watchdog, pinged only while the work loops (health monitor,
+//!             reconciliation) keep beating
 //! ```
 //!
 //! **Start-up order** (`api::daemon`): the release store (debris removed) and the journal; the
@@ -49,6 +51,7 @@
 //! | rollout driver | following the assignment: pre-staging and starting a rollout's deploy (the engine owns the deploy) | at once; a deploy under way ends with the engine's tasks |
 //! | health monitor | the health fact between deploys (probe rounds, the exec alive flag) | at once, even mid-round |
 //! | report task | the reported health (`health::reported`: the fact, a bad `current`, a failed verify) and the host report | at once |
+//! | watchdog pinger (under systemd's watchdog) | `WATCHDOG=1`, only while the work loops beat | at once |
 //! | exec supervisor (one per process) | the supervised process | detaches, the service keeps running |
 //!
 //! The engine's busy guard lets one operation run at a time; `link::SlotClaims` keeps the
@@ -69,6 +72,7 @@ pub mod hooks;
 pub mod journal;
 pub mod link;
 pub mod verify;
+pub mod watchdog;
 pub use hooks::{HookEnv, HookError, HookPoint, Hooks};
 pub use verify::{ProbeError, Verifier, VerifyError, VerifyReport};
 pub mod rollout;

@@ -10,11 +10,13 @@
 //!   certificates carry in their SAN URIs.
 //! - [`tls_pki`]: the CA and certificates `hotdeployctl certs init` writes.
 //! - [`signing`]: ed25519 release signing keys and signatures.
+//! - [`maint_progress`]: following a `RunMaintenance` stream, for its two clients.
 //! - [`telemetry`]: `tracing` set-up; logs go to stderr, which systemd hands to journald.
 //!
 //! Deliberately absent: anything with state. This crate holds types and pure helpers only.
 
 pub mod config;
+pub mod maint_progress;
 pub mod names;
 pub mod proto;
 pub mod signing;

@@ -436,6 +436,29 @@ fn mtls_fleet_works_and_refuses_what_it_must() {
         "an agent certificate reading an agent's status",
         &agent.ctl_as(&web1, &["status"]),
     );
+    // One exception: RunMaintenance also takes the host's own agent certificate, which is what
+    // `hotdeploy-agent maint` presents (from the daemon's own config); never another host's.
+    let web2 = CtlAuth::files(&pki, "agent-web-2.pem", "agent-web-2-key.pem");
+    assert_denied(
+        "web-2's certificate running maintenance on web-1",
+        &agent.ctl_as(&web2, &["maint", "--reason", "x", "--", "true"]),
+    );
+    let mut local = std::process::Command::new(hotdeploy_integration_tests::bins::agent());
+    local
+        .arg("maint")
+        .arg("--config")
+        .arg(agent.dir().join("agent.toml"))
+        .args(["--reason", "x", "--", "true"]);
+    let own = hotdeploy_integration_tests::proc::run_with_timeout(local, Duration::from_secs(30));
+    let own_text = String::from_utf8_lossy(&own.stderr);
+    assert!(
+        !own.status.success()
+            && !own_text.contains("PermissionDenied")
+            && own_text.contains("no release installed"),
+        "`hotdeploy-agent maint` with web-1's own certificate must pass the role check (and \
+         be refused only because nothing is installed): {}",
+        show(&own)
+    );
     let st = agent.ctl_as(&cluster.ctl_auth(), &["-o", "json", "status"]);
     assert!(st.status.success(), "operator agent status: {}", show(&st));
     assert!(

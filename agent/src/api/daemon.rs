@@ -32,7 +32,8 @@
 //!
 //! One [`CancellationToken`] is the shutdown signal of every long-lived task: the gRPC server,
 //! the rotation front ends, the coordinator link, the rollout driver, the engine's tasks, the
-//! health monitor, the report task and the exec supervisors. [`Daemon::shutdown`] cancels it and waits (bounded)
+//! health monitor, the report task, the watchdog pinger ([`crate::watchdog`]: `WATCHDOG=1`
+//! only while the health monitor and reconciliation beat) and the exec supervisors. [`Daemon::shutdown`] cancels it and waits (bounded)
 //! for them to end, aborting none; it leaves the supervised service running.
 
 use super::service::AgentService;
@@ -51,6 +52,7 @@ use crate::service::ServiceHooks;
 use crate::service::{ChildRecord, ServiceController};
 use crate::store::ReleaseStore;
 use crate::verify::Verifier;
+use crate::watchdog::Liveness;
 use hotdeploy_common::config::{AgentConfig, ServiceControl};
 use hotdeploy_common::proto::agent_server::AgentServer;
 use hotdeploy_common::proto::{Health, HostReport, Rotation};
@@ -95,6 +97,8 @@ pub struct Daemon {
     pub service: Arc<ServiceController>,
     pub rotation: Arc<RotationControl>,
     pub link: Option<Link>,
+    /// The work loops' beats, which the systemd watchdog follows.
+    pub liveness: Liveness,
     /// The API listener's TLS settings (`None`: plaintext), reloaded by [`Daemon::reload_tls`].
     server_tls: Option<ServerTls>,
     /// `grpc.health.v1`: SERVING once started, NOT_SERVING from the shutdown on.
@@ -104,6 +108,9 @@ pub struct Daemon {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// Slack on top of a work loop's own bound before the watchdog counts it stalled.
+const BEAT_SLACK: Duration = Duration::from_secs(5);
 
 /// How long [`Daemon::shutdown`] waits for each kind of task.
 const STOP_BOUND: Duration = Duration::from_secs(10);
@@ -293,12 +300,25 @@ impl Daemon {
         // After recovery has taken the fact, so the monitor never judges a half-done deploy.
         let alive = (svc.control == ServiceControl::Exec).then(|| service.subscribe_alive());
         let probes = ProbeCounters::default();
+        // The systemd watchdog follows the work loops: the monitor and reconciliation beat,
+        // and the pinger pings only while both are fresh (`crate::watchdog`).
+        let liveness = Liveness::new();
+        let monitor = HealthMonitor::new(&cfg.health, &cfg.verify, health, alive)
+            .count_probes(probes.clone());
+        let monitor_beat = liveness.register("health monitor", monitor.turn_bound() + BEAT_SLACK);
         tasks.push(tokio::spawn(
-            HealthMonitor::new(&cfg.health, &cfg.verify, health, alive)
-                .count_probes(probes.clone())
-                .run(shutdown.clone()),
+            monitor.beating(monitor_beat).run(shutdown.clone()),
         ));
-        engine.start_reconcile();
+        let r = &cfg.rotation;
+        let drain_bound = r.drain_timeout.max(r.drain_grace).max(r.undrain_grace);
+        let reconcile_beat =
+            liveness.register("reconciliation", deploy::reconcile_round_bound(drain_bound));
+        engine.start_reconcile_beating(Some(reconcile_beat));
+        tasks.push(tokio::spawn(crate::watchdog::feed(
+            liveness.clone(),
+            crate::watchdog::Systemd,
+            shutdown.clone(),
+        )));
         if let Some(l) = &link {
             tasks.push(l.start(shutdown.clone()));
             let driver = RolloutDriver::new(
@@ -393,6 +413,7 @@ impl Daemon {
             service,
             rotation,
             link,
+            liveness,
             server_tls,
             shutdown,
             server,

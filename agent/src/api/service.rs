@@ -1,8 +1,8 @@
 //! The gRPC `Agent` service: what `hotdeployctl agent ...` talks to.
 
-use super::auth::authorize;
+use super::auth::{authorize, authorize_own_host};
 use super::validate;
-use crate::deploy::{Engine, EngineError, Progress};
+use crate::deploy::{Engine, EngineError, MaintProgress, Progress};
 use crate::journal::{HoldKind, Purpose};
 use crate::link::{Link, LinkError};
 use crate::rotation::RotationControl;
@@ -12,8 +12,8 @@ use futures::Stream;
 use hotdeploy_common::proto::agent_server::Agent;
 use hotdeploy_common::proto::{
     AgentStatus, AgentStatusRequest, DeployProgress, DeployRequest, DrainRequest, Health,
-    ListReleasesRequest, ListReleasesResponse, MaintenanceRequest, ReleaseInfo, RollbackRequest,
-    UndrainRequest,
+    ListReleasesRequest, ListReleasesResponse, MaintenanceProgress, MaintenanceRequest,
+    ReleaseInfo, RollbackRequest, RunMaintenanceRequest, UndrainRequest,
 };
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +37,10 @@ pub struct AgentService {
 
 /// A stream of deploy progress.
 pub type ProgressStream = Pin<Box<dyn Stream<Item = Result<DeployProgress, Status>> + Send>>;
+
+/// A stream of maintenance progress.
+pub type MaintenanceStream =
+    Pin<Box<dyn Stream<Item = Result<MaintenanceProgress, Status>> + Send>>;
 
 /// Maps an engine refusal to a gRPC status.
 pub fn status_of(e: EngineError) -> Status {
@@ -205,5 +209,24 @@ impl Agent for AgentService {
             finished(self.engine.undrain().map_err(status_of)?).await?;
         }
         Ok(Response::new(AgentService::status(self)))
+    }
+
+    type RunMaintenanceStream = MaintenanceStream;
+
+    async fn run_maintenance(
+        &self,
+        req: Request<RunMaintenanceRequest>,
+    ) -> Result<Response<Self::RunMaintenanceStream>, Status> {
+        authorize_own_host(&req, "RunMaintenance", &self.host_id)?;
+        let params = validate::maint_request(req.get_ref())?;
+        tracing::info!(reason = %params.reason, argv = ?params.argv, "maintenance requested");
+        let (tx, rx) = mpsc::unbounded_channel();
+        // The run is the engine's: a client that hangs up does not stop it.
+        self.engine
+            .maint(params, MaintProgress::to(tx))
+            .map_err(status_of)?;
+        Ok(Response::new(Box::pin(
+            UnboundedReceiverStream::new(rx).map(Ok),
+        )))
     }
 }

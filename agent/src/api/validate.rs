@@ -1,9 +1,72 @@
 //! Checks on what callers send, before anything is acted on. Every refusal says what is wrong
 //! (INVALID_ARGUMENT).
 
-use crate::deploy::{ArtifactRef, DeployParams};
-use hotdeploy_common::proto::DeployRequest;
+use crate::deploy::{ArtifactRef, DeployParams, MaintParams};
+use hotdeploy_common::proto::{DeployRequest, RunMaintenanceRequest};
+use std::time::Duration;
 use tonic::Status;
+
+/// The longest maintenance reason accepted.
+const MAX_REASON_LEN: usize = 1024;
+/// The most maintenance command arguments accepted, and the longest one.
+const MAX_ARGS: usize = 256;
+const MAX_ARG_LEN: usize = 4096;
+/// The longest maintenance time limit accepted (a week).
+const MAX_MAINT_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Checks a RunMaintenance request and turns it into engine parameters.
+pub fn maint_request(req: &RunMaintenanceRequest) -> Result<MaintParams, Status> {
+    let reason = req.reason.trim();
+    if reason.is_empty() {
+        return Err(Status::invalid_argument(
+            "reason is required (it is shown in `locks list`)",
+        ));
+    }
+    if reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "reason must be at most {MAX_REASON_LEN} bytes of printable text"
+        )));
+    }
+    if req.argv.is_empty() || req.argv[0].is_empty() {
+        return Err(Status::invalid_argument(
+            "argv is required: the maintenance command and its arguments",
+        ));
+    }
+    if req.argv.len() > MAX_ARGS {
+        return Err(Status::invalid_argument(format!(
+            "argv has {} arguments; at most {MAX_ARGS} are accepted",
+            req.argv.len()
+        )));
+    }
+    if let Some(a) = req
+        .argv
+        .iter()
+        .find(|a| a.len() > MAX_ARG_LEN || a.contains('\0'))
+    {
+        return Err(Status::invalid_argument(format!(
+            "argument {:?}... is longer than {MAX_ARG_LEN} bytes or holds a NUL byte",
+            a.chars().take(32).collect::<String>()
+        )));
+    }
+    let timeout = match req.timeout_ms {
+        0 => None,
+        ms => {
+            let d = Duration::from_millis(ms);
+            if d > MAX_MAINT_TIMEOUT {
+                return Err(Status::invalid_argument(format!(
+                    "timeout_ms must be at most {} (a week)",
+                    MAX_MAINT_TIMEOUT.as_millis()
+                )));
+            }
+            Some(d)
+        }
+    };
+    Ok(MaintParams {
+        reason: reason.to_owned(),
+        argv: req.argv.clone(),
+        timeout,
+    })
+}
 
 /// The longest rollout id accepted.
 const MAX_ROLLOUT_LEN: usize = 128;

@@ -4,10 +4,20 @@
 //! shutdown on SIGTERM/SIGINT. Shutting down stops the API and the coordinator link but never
 //! the supervised service: an agent restart or upgrade must not take the application down.
 //! SIGHUP re-reads the `[tls]` files (certificate rotation without a restart).
+//!
+//! `hotdeploy-agent maint --config FILE --reason TEXT [--timeout DUR] -- CMD...` is a client of
+//! the running daemon, not a second daemon: it reads the same config only to find the daemon's
+//! API (`listen`, a wildcard address reached on loopback) and its `[tls]` files, and asks for
+//! `RunMaintenance`, authenticated with this host's own agent certificate (or plaintext with
+//! `insecure = true`). The daemon takes the slot, drains, runs CMD, verifies, undrains and
+//! releases, and this command prints its progress to stderr and exits 0 only when that all
+//! succeeded (1 otherwise, 2 for bad usage or config). It never opens the agent's data_dir.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hotdeploy_agent::api::Daemon;
 use hotdeploy_common::config::AgentConfig;
+use hotdeploy_common::proto::agent_client::AgentClient;
+use hotdeploy_common::proto::RunMaintenanceRequest;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -21,20 +31,52 @@ use tokio::signal::unix::{signal, SignalKind};
 )]
 struct Args {
     /// The agent's TOML config file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Maintenance without a release, through the running daemon: take a slot, drain, run CMD,
+    /// verify, undrain and release.
+    Maint(MaintArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MaintArgs {
+    /// Why (shown in `hotdeployctl locks list`).
+    #[arg(long)]
+    reason: String,
+    /// Kill CMD if it runs longer ("30m"); no limit by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<String>,
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let cfg = match AgentConfig::load(&args.config) {
+    let Some(path) = &args.config else {
+        eprintln!("hotdeploy-agent: --config FILE is required");
+        std::process::exit(2);
+    };
+    let cfg = match AgentConfig::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hotdeploy-agent: {e}");
             std::process::exit(2);
         }
     };
+    if let Some(AgentCommand::Maint(m)) = args.command {
+        std::process::exit(maint(cfg, m).await);
+    }
     hotdeploy_common::telemetry::init();
     if let Err(e) = run(cfg).await {
         tracing::error!("{e:#}");
@@ -48,28 +90,10 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::start(cfg).await?;
-    let shutdown = daemon.shutdown_token();
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::debug!(error = %e, "sd_notify READY failed (not under systemd?)");
     }
-    let mut usec = 0u64;
-    let watchdog = if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        let every = Duration::from_micros(usec / 2);
-        tracing::info!(?every, "systemd watchdog enabled");
-        let shutdown = shutdown.clone();
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-            }
-        }))
-    } else {
-        None
-    };
+    // WATCHDOG=1 comes from the daemon's own work loops (`hotdeploy_agent::watchdog`).
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -88,8 +112,97 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.shutdown().await;
-    if let Some(w) = watchdog {
-        let _ = w.await;
-    }
     Ok(())
+}
+
+/// `hotdeploy-agent maint`: the exit code.
+async fn maint(cfg: AgentConfig, m: MaintArgs) -> i32 {
+    let address = local_address(&cfg.listen);
+    let channel = match channel(&address, &cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hotdeploy-agent maint: {e}");
+            return 2;
+        }
+    };
+    let req = RunMaintenanceRequest {
+        reason: m.reason,
+        argv: m.cmd,
+        timeout_ms: m
+            .timeout
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+    };
+    let mut client = AgentClient::new(channel);
+    let mut stream = match client.run_maintenance(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            eprintln!(
+                "hotdeploy-agent maint: the agent at {address} refused: {:?}: {}",
+                s.code(),
+                s.message()
+            );
+            return 1;
+        }
+    };
+    let last = hotdeploy_common::maint_progress::follow(&mut stream, |p| {
+        eprintln!("[{}] {}", p.step, p.message)
+    })
+    .await;
+    match last {
+        Ok(last) => {
+            if m.json {
+                println!("{}", hotdeploy_common::maint_progress::to_json(&last));
+            } else {
+                println!("{}", hotdeploy_common::maint_progress::to_text(&last));
+            }
+            hotdeploy_common::maint_progress::exit_code(&last)
+        }
+        Err(e) => {
+            eprintln!("hotdeploy-agent maint: {e}");
+            1
+        }
+    }
+}
+
+/// Where to reach the daemon's `listen` from this host: a wildcard address on loopback.
+fn local_address(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let ip: std::net::IpAddr = if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(ip, a.port()).to_string()
+        }
+        _ => listen.to_owned(),
+    }
+}
+
+/// A channel to the daemon with the config's own `[tls]` (this host's agent certificate).
+fn channel(address: &str, cfg: &AgentConfig) -> Result<tonic::transport::Channel, String> {
+    let scheme = if cfg.tls.insecure { "http" } else { "https" };
+    let mut ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| format!("bad listen address {address:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(t) =
+        hotdeploy_common::tls::client_tls(&cfg.tls).map_err(|e| format!("[tls]: {e}"))?
+    {
+        ep = ep.tls_config(t).map_err(|e| format!("[tls]: {e}"))?;
+    }
+    Ok(ep.connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listen_is_reached_on_loopback() {
+        assert_eq!(local_address("0.0.0.0:7070"), "127.0.0.1:7070");
+        assert_eq!(local_address("[::]:7070"), "[::1]:7070");
+        assert_eq!(local_address("127.0.0.5:7070"), "127.0.0.5:7070");
+        assert_eq!(local_address("agent.local:7070"), "agent.local:7070");
+    }
 }

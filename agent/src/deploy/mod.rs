@@ -63,6 +63,8 @@
 //! step, safely); the others are notifications (a failure is logged and reported as progress).
 
 mod host;
+mod maint;
+mod maint_command;
 mod ops;
 mod outcome;
 mod progress;
@@ -74,17 +76,19 @@ pub(crate) mod tests;
 mod transition;
 
 pub use host::RealHost;
+pub use maint::{MaintParams, MaintProgress, MaintVerdict, MAINT_LOG};
 pub use ops::{
     ArtifactRef, HeldSlot, Hook, HookCtx, HostOps, OpError, OpResult, ProgressFn, RotationView,
     SlotLock, SlotOwner, SlotRequest, SlotView, StepReport, StepUpdate,
 };
 pub use progress::Progress;
+pub use reconcile::round_bound as reconcile_round_bound;
 
 use crate::failpoint::failpoint;
 use crate::health::HealthFact;
 use crate::journal::{
-    DeployKind, DeployRecord, Hold, HoldKind, Journal, JournalError, Outcome, OutcomeReport, Phase,
-    Purpose, RolloutStep,
+    DeployKind, DeployRecord, Hold, HoldKind, Journal, JournalError, MaintRecord, Outcome,
+    OutcomeReport, Phase, Purpose, RolloutStep,
 };
 use crate::link::LinkError;
 use hotdeploy_common::proto::Health;
@@ -369,6 +373,9 @@ impl Engine {
                 lock.claim(t);
             }
         }
+        if let Some(m) = parts.journal.maint()?.filter(MaintRecord::in_progress) {
+            phase = format!("maint_{}", m.step.as_str());
+        }
         let verify_failed = hold.as_ref().is_some_and(|h| h.kind.service_failed());
         let (view, _) = watch::channel(View {
             phase,
@@ -420,6 +427,15 @@ impl Engine {
     /// Finishes an interrupted deploy in the background (DESIGN §4, recovery on start). Other
     /// operations are refused until it is done. `None` when there is nothing to recover.
     pub fn start_recovery(&self) -> Result<Option<JoinHandle<()>>, EngineError> {
+        if let Some(m) = self.inner.journal.maint()?.filter(MaintRecord::in_progress) {
+            let guard = self
+                .inner
+                .try_busy(format!("recovery of the maintenance run ({})", m.reason))?;
+            let run = maint::MaintRun::new(self.inner.clone(), m, MaintProgress::default(), guard);
+            return Ok(Some(self.inner.spawn((), async move {
+                let _ = maint::recover(run).await;
+            })));
+        }
         let Some(rec) = self.inner.journal.deploy()? else {
             return Ok(None);
         };
@@ -448,8 +464,14 @@ impl Engine {
     /// uses, and returning to rotation a host that nothing keeps out (see `reconcile`), until
     /// the shutdown.
     pub fn start_reconcile(&self) -> JoinHandle<()> {
+        self.start_reconcile_beating(None)
+    }
+
+    /// [`Engine::start_reconcile`], beating `beat` at every round (the systemd watchdog follows
+    /// it; see [`reconcile_round_bound`] for the bound to register it with).
+    pub fn start_reconcile_beating(&self, beat: Option<crate::watchdog::Beat>) -> JoinHandle<()> {
         let inner = self.inner.clone();
-        self.inner.spawn((), reconcile::run(inner))
+        self.inner.spawn((), reconcile::run(inner, beat))
     }
 
     /// Stops every task of the engine (the shutdown token must be cancelled) and waits up to
@@ -567,6 +589,29 @@ impl Engine {
     /// Whether an operation (deploy, rollback, drain, undrain, recovery) runs.
     pub fn is_busy(&self) -> bool {
         self.inner.is_busy()
+    }
+
+    /// Runs a maintenance command under a slot (see `maint`): drain, the command, verify,
+    /// undrain, release, each step journaled first, in a task of its own that outlives the
+    /// caller. Refused, with nothing disrupted, when another operation runs, the host is held
+    /// out already, nothing is installed, or the command cannot be found.
+    pub fn maint(
+        &self,
+        params: MaintParams,
+        progress: MaintProgress,
+    ) -> Result<JoinHandle<MaintVerdict>, EngineError> {
+        let guard = self.inner.try_busy(format!(
+            "maintenance `{}` ({})",
+            params.argv.join(" "),
+            params.reason
+        ))?;
+        let program = maint::precheck(&self.inner, &params)?;
+        let timeout_ms = params
+            .timeout
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let rec = MaintRecord::new(&params.reason, params.argv, timeout_ms, now_ms());
+        let run = maint::MaintRun::new(self.inner.clone(), rec, progress, guard);
+        Ok(self.inner.spawn(maint::interrupted(), run.start(program)))
     }
 
     /// Swaps `previous` back in, under a slot, with the same phases as a deploy.

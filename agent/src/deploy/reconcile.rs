@@ -45,7 +45,13 @@ const ROUND: Duration = Duration::from_secs(1);
 /// After a failed return to rotation, the next attempt waits this long.
 const UNDRAIN_RETRY: Duration = Duration::from_secs(10);
 
-pub(super) async fn run(eng: Arc<Inner>) {
+/// The longest one round may take with these rotation bounds: it may drain (a rebuilt hold) or
+/// return the host to rotation, each bounded by `drain_bound`.
+pub fn round_bound(drain_bound: Duration) -> Duration {
+    ROUND + drain_bound * 2 + Duration::from_secs(15)
+}
+
+pub(super) async fn run(eng: Arc<Inner>, beat: Option<crate::watchdog::Beat>) {
     let mut slots = eng.lock.as_ref().map(|l| l.slot());
     let mut tick = tokio::time::interval(ROUND);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -64,6 +70,9 @@ pub(super) async fn run(eng: Arc<Inner>) {
                 None
             }
         };
+        if let Some(b) = &beat {
+            b.beat();
+        }
         round(&eng, view, &mut next_undrain).await;
     }
 }

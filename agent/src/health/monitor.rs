@@ -41,6 +41,8 @@ pub struct HealthMonitor {
     rounds: watch::Sender<u64>,
     /// The metrics' probe counters.
     probes: crate::metrics::ProbeCounters,
+    /// Beaten at every turn: the systemd watchdog is fed while it is fresh (`watchdog`).
+    beat: Option<crate::watchdog::Beat>,
 }
 
 impl HealthMonitor {
@@ -72,7 +74,19 @@ impl HealthMonitor {
             handover: None,
             rounds,
             probes: Default::default(),
+            beat: None,
         }
+    }
+
+    /// The longest one turn of the loop may take: a tick, then a round bounded as a whole.
+    pub fn turn_bound(&self) -> Duration {
+        self.interval + self.round_limit
+    }
+
+    /// Beats `beat` at every turn of the loop (the systemd watchdog follows it).
+    pub fn beating(mut self, beat: crate::watchdog::Beat) -> Self {
+        self.beat = Some(beat);
+        self
     }
 
     /// Counts the probe rounds and their failures into `probes` (the metrics).
@@ -98,6 +112,9 @@ impl HealthMonitor {
                 _ = died(&mut alive) => false,
                 _ = tick.tick() => true,
             };
+            if let Some(b) = &self.beat {
+                b.beat();
+            }
             let Some(handover) = self.look() else {
                 continue;
             };

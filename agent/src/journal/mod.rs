@@ -23,6 +23,9 @@
 //! - for a deploy a rollout drove, its step ([`RolloutStep`]): the attempt, and whether the
 //!   outcome has reached the coordinators ([`OutcomeReport`]), so that a restarted agent reports
 //!   an outcome it had not reported before it releases anything;
+//! - the last maintenance run ([`MaintRecord`]: reason, argv, boot id, the command's pid and
+//!   start time, the step), so that a restarted agent, or one the command rebooted, finishes
+//!   verify, undrain and release ([`resume`]);
 //! - the last health this host established (see [`crate::health`]), so that a restarted agent
 //!   neither hides a bad state nor invents a good one.
 //!
@@ -32,9 +35,11 @@
 //! Everything is small JSON under a handful of keys; sled gives atomic single-key writes and a
 //! durable `flush`, which is all the journal needs.
 
+mod maint;
 mod phase;
 mod record;
 
+pub use maint::{resume, CmdExit, MaintChild, MaintRecord, MaintResult, MaintStep, Resume};
 pub use phase::{Outcome, Phase};
 pub use record::{
     DeployKind, DeployRecord, Hold, HoldKind, OutcomeReport, Purpose, RolloutStep, WriteId,
@@ -53,6 +58,7 @@ const KEY_HOLD: &str = "hold";
 const KEY_HEALTH: &str = "health";
 const KEY_SERVICE_RELEASE: &str = "service_release";
 const KEY_NEW: &str = "meta/new";
+const KEY_MAINT: &str = "maint";
 
 /// The journal cannot be read or written. Always fatal for the step at hand: the agent must not
 /// act on a phase it could not make durable.
@@ -74,6 +80,8 @@ pub enum JournalError {
 #[derive(Clone)]
 pub struct Journal {
     db: sled::Db,
+    /// The agent's data_dir (the maintenance command's log lives there).
+    data_dir: PathBuf,
     client_id: String,
     seq_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
@@ -104,6 +112,7 @@ impl Journal {
             })?;
         let mut j = Self {
             db,
+            data_dir: data_dir.to_path_buf(),
             client_id: String::new(),
             seq_lock: Default::default(),
         };
@@ -164,6 +173,21 @@ impl Journal {
     /// Makes a deploy record durable.
     pub fn put_deploy(&self, rec: &DeployRecord) -> Result<(), JournalError> {
         self.put(KEY_DEPLOY, rec)
+    }
+
+    /// The agent's data_dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The last maintenance run (`RunMaintenance`): in progress when `finished_at_ms` is unset.
+    pub fn maint(&self) -> Result<Option<MaintRecord>, JournalError> {
+        self.get(KEY_MAINT)
+    }
+
+    /// Makes a maintenance record durable.
+    pub fn put_maint(&self, rec: &MaintRecord) -> Result<(), JournalError> {
+        self.put(KEY_MAINT, rec)
     }
 
     /// The slot held outside a deploy, if any.

@@ -30,7 +30,7 @@
 //! running.
 
 mod exec;
-mod proc;
+pub(crate) mod proc;
 
 #[cfg(test)]
 mod tests;

@@ -1,18 +1,22 @@
 //! `hotdeployctl agent --address HOST:PORT ...`: one agent's local API.
 //!
-//! `status`, `releases`, `drain`, `undrain`, `rollback` and `deploy`. Deploy and rollback print
+//! `status`, `releases`, `drain`, `undrain`, `rollback`, `deploy` and `maint`. Deploy and rollback print
 //! each progress message to stderr as it streams in and wait for the end: the exit code is 0
 //! only when the outcome is `succeeded`, and 1 for anything else (a staging error, a refused
-//! slot, a verify that was rolled back, a fenced deploy, a lost connection). The CLI only talks
+//! slot, a verify that was rolled back, a fenced deploy, a lost connection). `maint` streams the
+//! same way and exits 0 only for `succeeded` (a failed command, a failed verify, no slot: 1).
+//! The CLI only talks
 //! to the running daemon; it never opens the agent's data_dir.
 
 use super::{channel_to, GlobalOpts, Output};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use hotdeploy_common::maint_progress;
 use hotdeploy_common::proto::agent_client::AgentClient;
 use hotdeploy_common::proto::{
     AgentStatus, AgentStatusRequest, DeployProgress, DeployRequest, DrainRequest, Health,
-    ListReleasesRequest, Outcome, Release, RollbackRequest, Rotation, UndrainRequest,
+    ListReleasesRequest, Outcome, Release, RollbackRequest, Rotation, RunMaintenanceRequest,
+    UndrainRequest,
 };
 use serde_json::json;
 use std::path::PathBuf;
@@ -43,6 +47,23 @@ pub enum AgentCommand {
     Rollback,
     /// Deploy one release to this host; waits for the end.
     Deploy(DeployArgs),
+    /// Maintenance without a release: the agent takes a slot, drains, runs CMD on its host,
+    /// verifies, undrains and releases; waits for the end.
+    Maint(MaintArgs),
+}
+
+/// `agent maint`.
+#[derive(Debug, Args)]
+pub struct MaintArgs {
+    /// Why (shown in `locks list`).
+    #[arg(long)]
+    pub reason: String,
+    /// Kill CMD if it runs longer ("30m"); no limit by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// The command and its arguments, after `--`, run by the agent on its host.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
 }
 
 /// `agent deploy`.
@@ -164,6 +185,32 @@ pub async fn run(args: AgentArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
                 })?
                 .into_inner();
             follow(stream, global.output, "deploy").await
+        }
+        AgentCommand::Maint(m) => {
+            let req = RunMaintenanceRequest {
+                reason: m.reason,
+                argv: m.cmd,
+                timeout_ms: m
+                    .timeout
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0),
+            };
+            let mut stream = client
+                .run_maintenance(req)
+                .await
+                .map_err(|s| {
+                    super::client::status_error(&format!("maintenance on agent {addr}"), &s)
+                })?
+                .into_inner();
+            let last =
+                maint_progress::follow(&mut stream, |p| eprintln!("[{}] {}", p.step, p.message))
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            match global.output {
+                Output::Json => println!("{}", maint_progress::to_json(&last)),
+                Output::Table => println!("{}", maint_progress::to_text(&last)),
+            }
+            Ok(maint_progress::exit_code(&last))
         }
     }
 }

@@ -8,6 +8,7 @@ use hotdeploy_common::proto::Rotation;
 
 pub(crate) mod fake;
 pub(crate) mod linked;
+mod maint;
 mod transitions;
 mod with_link;
 
