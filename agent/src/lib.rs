@@ -5,11 +5,13 @@
 //!
 //! ```text
 //! api/        the gRPC `Agent` service (thin handlers) and `Daemon`: everything wired together
-//! deploy/     the engine: deploys, rollbacks, drains, recovery and slot reconciliation, ordering
+//! deploy/     the engine: deploys, rollbacks, drains, maintenance runs (a command under a slot),
+//!             recovery and slot reconciliation, ordering
 //!             effects through two traits, `HostOps` (this host) and `SlotLock` (the lock)
 //! health/     the host's health fact, the monitor that probes between deploys, the rule for
 //!             what the host reports
-//! journal/    the deploy journal (sled): phases, holds, write ids, the supervised child, health
+//! journal/    the deploy journal (sled): phases, holds, write ids, the supervised child, health,
+//!             the maintenance run and its recovery rule
 //! metrics/    Prometheus `/metrics` on `metrics_listen`: the deploys' step durations and
 //!             outcomes, errors by kind (counted by a metered `HostOps` and `SlotLock`), and
 //!             the host's state read at scrape time

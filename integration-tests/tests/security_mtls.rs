@@ -437,7 +437,9 @@ fn mtls_fleet_works_and_refuses_what_it_must() {
         &agent.ctl_as(&web1, &["status"]),
     );
     // One exception: RunMaintenance also takes the host's own agent certificate, which is what
-    // `hotdeploy-agent maint` presents (from the daemon's own config); never another host's.
+    // `hotdeploy-agent maint` presents (from the daemon's own config); never another host's. (v1
+    // and v2 are installed by now, so the run goes all the way: slot, drain, `true`, verify,
+    // undrain, release.)
     let web2 = CtlAuth::files(&pki, "agent-web-2.pem", "agent-web-2-key.pem");
     assert_denied(
         "web-2's certificate running maintenance on web-1",
@@ -450,14 +452,23 @@ fn mtls_fleet_works_and_refuses_what_it_must() {
         .arg(agent.dir().join("agent.toml"))
         .args(["--reason", "x", "--", "true"]);
     let own = hotdeploy_integration_tests::proc::run_with_timeout(local, Duration::from_secs(30));
-    let own_text = String::from_utf8_lossy(&own.stderr);
     assert!(
-        !own.status.success()
-            && !own_text.contains("PermissionDenied")
-            && own_text.contains("no release installed"),
-        "`hotdeploy-agent maint` with web-1's own certificate must pass the role check (and \
-         be refused only because nothing is installed): {}",
+        own.status.success()
+            && String::from_utf8_lossy(&own.stdout).contains("maintenance succeeded"),
+        "`hotdeploy-agent maint` with web-1's own certificate (from the daemon's config) must be \
+         let through, and its maintenance run: {}",
         show(&own)
+    );
+    wait_for(
+        &deadline,
+        Duration::from_secs(15),
+        "the maintenance slot to be released",
+        || match cluster.try_ctl_json(&["locks", "list"]) {
+            Ok(v) if v.as_array().is_some_and(|a| a.is_empty()) => Ok(()),
+            Ok(v) => Err(format!("locks list: {v}")),
+            Err(e) => Err(e),
+        },
+        || agent.log_tail(),
     );
     let st = agent.ctl_as(&cluster.ctl_auth(), &["-o", "json", "status"]);
     assert!(st.status.success(), "operator agent status: {}", show(&st));

@@ -138,7 +138,7 @@ async fn maint(cfg: AgentConfig, m: MaintArgs) -> i32 {
         Ok(r) => r.into_inner(),
         Err(s) => {
             eprintln!(
-                "hotdeploy-agent maint: the agent at {address} refused: {:?}: {}",
+                "hotdeploy-agent maint: no maintenance through the agent at {address}: {:?}: {}",
                 s.code(),
                 s.message()
             );

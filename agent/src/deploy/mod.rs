@@ -48,6 +48,10 @@
 //! its next await point and leaves the journal as it is, exactly as a crash would, and recovery
 //! resumes it at the next start.
 //!
+//! Maintenance without a release (`maint`: a slot, a drain, an operator's command, verify,
+//! undrain, release; journaled step by step and resumed after a crash or a reboot) is an
+//! operation of the engine too, built on the maintenance hold of `Maintenance{enable}`.
+//!
 //! The engine orders effects; [`HostOps`] and [`SlotLock`] carry them out. `recover` finishes
 //! an interrupted deploy at start, and `reconcile` keeps the slot the coordinators list for
 //! the host in line with what the engine uses.
