@@ -12,7 +12,9 @@
 //!   refused meanwhile; afterwards the host is back `UP` and the slot released.
 //! - A command that fails (exit 3) is reported with its status (exit 1), and the host stays out
 //!   holding its slot until `agent undrain`, which returns it and releases the slot.
-//! - A command that does not exist is refused before anything is disrupted.
+//! - A command that does not exist is refused before anything is disrupted; so is maintenance
+//!   while an operator holds the host's slot by hand (`locks acquire`), a slot the agent neither
+//!   adopts nor releases.
 //! - The agent is killed (`kill -9`) mid-command and restarted: the command goes on, the host
 //!   stays out while it runs, and once it ends the host returns to rotation with the slot
 //!   released.
@@ -238,6 +240,33 @@ fn maintenance_through_a_command_holds_the_slot_and_keeps_the_host_out_while_it_
     assert!(text(&out).contains("does not exist"), "{}", show(&out));
     assert!(locks(&scene.cluster).unwrap_or_default().is_empty());
     assert!(haproxy_status(&scene.haproxy).starts_with("UP"));
+
+    // Maintenance by hand: an operator's `locks acquire` slot (purpose `maintenance`) is not the
+    // agent's. While it is held the agent's maintenance is refused by the lock and disrupts
+    // nothing, and the agent neither adopts nor releases that slot; `locks release` frees it.
+    let out = scene
+        .cluster
+        .ctl(&["locks", "acquire", "web-1", "--reason", "by hand"]);
+    assert!(out.status.success(), "locks acquire: {}", show(&out));
+    let out = scene.local_maint("os patch", &["true".to_owned()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}
+{}",
+        show(&out),
+        scene.logs()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let held = locks(&scene.cluster).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        held.len() == 1 && held[0]["purpose"] == "maintenance" && held[0]["reason"] == "by hand",
+        "only the operator's slot, untouched by the agent: {held:?}"
+    );
+    assert!(haproxy_status(&scene.haproxy).starts_with("UP"));
+    let out = scene.cluster.ctl(&["locks", "release", "web-1"]);
+    assert!(out.status.success(), "locks release: {}", show(&out));
+    assert!(locks(&scene.cluster).unwrap_or_default().is_empty());
 
     let cmd = scene.command(0);
     let out = std::thread::scope(|s| {
