@@ -180,4 +180,79 @@ mod tests {
         assert!(deploy_request(&r).is_err());
         assert!(deploy_request(&DeployRequest::default()).is_err());
     }
+
+    #[test]
+    fn maintenance_requests_need_a_reason_and_a_command_within_limits() {
+        let ok = RunMaintenanceRequest {
+            reason: "kernel".into(),
+            argv: vec!["apt-get".into(), "upgrade".into()],
+            timeout_ms: 60_000,
+        };
+        let p = maint_request(&ok).unwrap();
+        assert_eq!(p.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(
+            maint_request(&RunMaintenanceRequest {
+                timeout_ms: 0,
+                ..ok.clone()
+            })
+            .unwrap()
+            .timeout,
+            None
+        );
+        for (r, needle) in [
+            (
+                RunMaintenanceRequest {
+                    reason: " ".into(),
+                    ..ok.clone()
+                },
+                "reason",
+            ),
+            (
+                RunMaintenanceRequest {
+                    reason: "a\nb".into(),
+                    ..ok.clone()
+                },
+                "reason",
+            ),
+            (
+                RunMaintenanceRequest {
+                    argv: vec![],
+                    ..ok.clone()
+                },
+                "argv",
+            ),
+            (
+                RunMaintenanceRequest {
+                    argv: vec![String::new()],
+                    ..ok.clone()
+                },
+                "argv",
+            ),
+            (
+                RunMaintenanceRequest {
+                    argv: vec!["x".into(); 257],
+                    ..ok.clone()
+                },
+                "257",
+            ),
+            (
+                RunMaintenanceRequest {
+                    argv: vec!["a\0b".into()],
+                    ..ok.clone()
+                },
+                "NUL",
+            ),
+            (
+                RunMaintenanceRequest {
+                    timeout_ms: u64::MAX,
+                    ..ok.clone()
+                },
+                "timeout_ms",
+            ),
+        ] {
+            let e = maint_request(&r).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(needle), "{}", e.message());
+        }
+    }
 }
