@@ -7,6 +7,8 @@
 //!
 //! - `READY=1` is sent once the gRPC server is accepting connections and the raft loop has
 //!   turned, not after a fixed delay.
+//! - `STOPPING=1` is sent as soon as the shutdown signal fires, before the listeners drain, so
+//!   systemd shows the node as deactivating rather than as hung while it finishes.
 //! - From then on, every check (a quarter of the watchdog interval, at most a second): the node
 //!   is *live* when the raft loop turned within `live_within`. Live, it is `SERVING` and the
 //!   watchdog is fed; not live, it is `NOT_SERVING` and the watchdog is not fed, so systemd
@@ -31,6 +33,8 @@ pub const LIVE_WITHIN: Duration = Duration::from_secs(5);
 pub trait Notifier: Send + Sync + 'static {
     fn ready(&self);
     fn watchdog(&self);
+    /// The node has begun to shut down.
+    fn stopping(&self);
     /// The watchdog interval systemd asked for, if any.
     fn watchdog_interval(&self) -> Option<Duration>;
 }
@@ -45,6 +49,10 @@ impl Notifier for Systemd {
 
     fn watchdog(&self) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+    }
+
+    fn stopping(&self) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     }
 
     fn watchdog_interval(&self) -> Option<Duration> {
@@ -73,7 +81,7 @@ pub async fn set_health(health: &HealthReporter, serving: bool) {
 }
 
 /// Waits for `serving` and the raft loop's first turn, says READY, then keeps the health status
-/// and the watchdog in step with the raft loop until `shutdown`.
+/// and the watchdog in step with the raft loop until `shutdown`, when it says STOPPING.
 pub async fn supervise(
     progress: Progress,
     health: HealthReporter,
@@ -96,7 +104,7 @@ pub async fn supervise(
     };
     tokio::select! {
         _ = started => {}
-        _ = &mut shutdown => return,
+        _ = &mut shutdown => return say_stopping(&notifier),
     }
     set_health(&health, true).await;
     notifier.ready();
@@ -106,7 +114,7 @@ pub async fn supervise(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => return say_stopping(&notifier),
         }
         let now_live = progress.is_live(live_within);
         if now_live != live {
@@ -126,6 +134,11 @@ pub async fn supervise(
             notifier.watchdog();
         }
     }
+}
+
+fn say_stopping(notifier: &impl Notifier) {
+    notifier.stopping();
+    tracing::info!("stopping: shutdown signalled");
 }
 
 #[cfg(test)]
@@ -163,6 +176,10 @@ mod tests {
 
         fn watchdog(&self) {
             self.events.lock().unwrap().push("watchdog");
+        }
+
+        fn stopping(&self) {
+            self.events.lock().unwrap().push("stopping");
         }
 
         fn watchdog_interval(&self) -> Option<Duration> {
@@ -274,5 +291,41 @@ mod tests {
             notifier.count("watchdog") > pings + 2
         })
         .await;
+    }
+
+    /// The shutdown signal ends the supervisor, which says STOPPING once, and never pings after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_says_stopping_once_and_ends_the_pings() {
+        let addr = "127.0.0.1:0";
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_node::config(dir.path(), addr);
+        let (node, _peer) = test_node::start_with_peer(&cfg).await;
+        let notifier = Recorder::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let supervisor = tokio::spawn(supervise(
+            node.progress(),
+            HealthReporter::new(),
+            notifier.clone(),
+            async {},
+            Duration::from_secs(5),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        until("READY", async || notifier.count("ready") == 1).await;
+        until("watchdog pings", async || notifier.count("watchdog") >= 2).await;
+        assert_eq!(notifier.count("stopping"), 0, "STOPPING before shutdown");
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), supervisor)
+            .await
+            .expect("the supervisor ends on shutdown")
+            .unwrap();
+        assert_eq!(notifier.count("stopping"), 1);
+        let events = notifier.events.lock().unwrap().clone();
+        assert_eq!(
+            events.last(),
+            Some(&"stopping"),
+            "pinged after STOPPING: {events:?}"
+        );
     }
 }

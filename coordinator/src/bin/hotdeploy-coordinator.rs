@@ -259,7 +259,7 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let svc = CoordinatorService::new(node.clone(), liveness).with_metrics(&metrics);
     let health = tonic_health::server::HealthReporter::new();
     let (serving, is_serving) = tokio::sync::oneshot::channel();
-    tokio::spawn(supervisor::supervise(
+    let supervisor = tokio::spawn(supervisor::supervise(
         node.progress(),
         health.clone(),
         Systemd,
@@ -267,7 +267,7 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
             let _ = is_serving.await;
         },
         supervisor::LIVE_WITHIN,
-        std::future::pending::<()>(),
+        stopped(stopping.clone()),
     ));
     tracing::info!(listen = %cfg.listen, "serving");
     let served = service::serve(
@@ -282,6 +282,7 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     )
     .await;
     let _ = stop.send(true);
+    let _ = supervisor.await;
     let _ = progress.await;
     if let Some(h) = http_server {
         let _ = h.await;
