@@ -69,20 +69,7 @@ impl Fleet {
 
     /// Waits until the coordinators list every host.
     fn wait_registered(&self, deadline: &Deadline) {
-        wait_for(
-            deadline,
-            Duration::from_secs(30),
-            "three hosts registered",
-            || {
-                let n = self.hosts()?.len();
-                if n == HOSTS.len() {
-                    Ok(())
-                } else {
-                    Err(format!("{n} hosts"))
-                }
-            },
-            || self.logs(),
-        );
+        wait_registered(deadline, &self.cluster, HOSTS.len(), || self.logs());
     }
 
     /// Installs v1 everywhere with a rollout.
@@ -153,24 +140,7 @@ impl Fleet {
     }
 
     fn logs(&self) -> String {
-        let mut text = String::new();
-        for a in &self.agents {
-            text.push_str(&format!(
-                "\n---- agent {} ----\n{}",
-                a.host_id(),
-                a.log_tail()
-            ));
-        }
-        text.push('\n');
-        text.push_str(&self.cluster.all_logs());
-        text
-    }
-
-    fn hosts(&self) -> Result<Vec<Value>, String> {
-        let v = self.cluster.try_ctl_json(&["hosts", "list"])?;
-        v.as_array()
-            .cloned()
-            .ok_or_else(|| format!("hosts list is not an array: {v}"))
+        fleet_logs(&self.agents, &self.cluster)
     }
 
     /// `rollout start web --release R --artifact URL --sha256 SHA --id ID EXTRA --watch`.
@@ -204,26 +174,7 @@ impl Fleet {
             deadline,
             Duration::from_secs(30),
             &format!("every host on {release}"),
-            || {
-                for a in &self.agents {
-                    let v = a.app_version();
-                    if v.as_deref() != Some(release) {
-                        return Err(format!("{} serves {v:?}", a.host_id()));
-                    }
-                }
-                let hosts = self.hosts()?;
-                let ok = hosts.len() == HOSTS.len()
-                    && hosts.iter().all(|h| {
-                        h["release"] == release
-                            && h["health"] == "healthy"
-                            && h["state"] == "in_rotation"
-                    });
-                if ok {
-                    Ok(())
-                } else {
-                    Err(format!("{hosts:?}"))
-                }
-            },
+            || all_agents_on(&self.agents, &self.cluster, release),
             || self.logs(),
         );
     }

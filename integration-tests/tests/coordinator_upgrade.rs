@@ -159,30 +159,7 @@ fn a_new_kind_is_not_proposed_while_an_old_member_is_in_the_cluster() {
     let mut cluster = Cluster::start(3, &[("web", "1")], opts);
     cluster.wait_leader(ELECTION, None);
     let rt = runtime();
-    let journal = Arc::new(Mutex::new(Journal::default()));
-    let agents: Vec<ScriptedAgent> = {
-        let _rt = rt.enter();
-        ["web-1", "web-2", "web-3"]
-            .iter()
-            .map(|h| {
-                ScriptedAgent::start(
-                    &cluster.coordinator_addrs(),
-                    h,
-                    &["web"],
-                    "v1",
-                    Script::default(),
-                    journal.clone(),
-                )
-            })
-            .collect()
-    };
-    wait_until(Duration::from_secs(30), "3 hosts registered", || {
-        let hosts = cluster.try_ctl_json(&["hosts", "list"])?;
-        match hosts.as_array().map(Vec::len) {
-            Some(3) => Ok(()),
-            _ => Err(hosts.to_string()),
-        }
-    });
+    let agents = start_hosts(&cluster, &rt);
 
     // The leader knows who is old: `status` and `members list` say so.
     deadline.check("versions shown");
@@ -259,26 +236,9 @@ fn a_new_kind_is_not_proposed_while_an_old_member_is_in_the_cluster() {
 
     // Upgraded in place: stopped, the new binary started on the same data_dir.
     deadline.check("the upgrade");
-    cluster.stop_signal(OLD, Signal::SIGTERM);
-    assert!(
-        cluster.wait_exit(OLD, Duration::from_secs(20)).is_some(),
-        "node 3 did not stop on SIGTERM\n{}",
-        cluster.log_tail(OLD)
-    );
-    cluster.set_binary(OLD, None);
-    cluster.restart(OLD);
-    wait_until(
-        Duration::from_secs(30),
-        "every member on the new version",
-        || {
-            let v = member_versions(&cluster)?;
-            if v.values().all(|v| *v == new) && v.len() == 3 {
-                Ok(())
-            } else {
-                Err(format!("{v:?}"))
-            }
-        },
-    );
+    let every_member_new: BTreeMap<u64, u64> =
+        cluster.ids().into_iter().map(|m| (m, new)).collect();
+    upgrade_in_place(&mut cluster, OLD, &every_member_new);
 
     // Now the start goes through, and the rollout completes on every replica.
     deadline.check("the accepted start");
@@ -354,9 +314,11 @@ fn a_new_kind_is_not_proposed_while_an_old_member_is_in_the_cluster() {
     }
 }
 
-/// Stops node `id` the way systemd does (SIGTERM; it must exit by itself) and starts the
-/// workspace's coordinator on the same data_dir.
-fn upgrade_in_place(cluster: &mut Cluster, id: u64) {
+/// Upgrades node `id` in place: stops it the way systemd does (SIGTERM; it must exit by itself),
+/// starts the workspace's coordinator on the same data_dir, and waits (at most 30 s) until the
+/// leader reports exactly `want` (member id -> command format version), the upgraded node's new
+/// version among them.
+fn upgrade_in_place(cluster: &mut Cluster, id: u64, want: &BTreeMap<u64, u64>) {
     cluster.stop_signal(id, Signal::SIGTERM);
     assert!(
         cluster.wait_exit(id, Duration::from_secs(20)).is_some(),
@@ -365,6 +327,48 @@ fn upgrade_in_place(cluster: &mut Cluster, id: u64) {
     );
     cluster.set_binary(id, None);
     cluster.restart(id);
+    wait_until(
+        Duration::from_secs(30),
+        &format!("node {id} upgraded: versions {want:?}"),
+        || {
+            let v = member_versions(cluster)?;
+            if v == *want {
+                Ok(())
+            } else {
+                Err(format!("{v:?}, want {want:?}"))
+            }
+        },
+    );
+}
+
+/// Starts scripted agents for web-1, web-2 and web-3 (group `web`, on v1) and waits until the
+/// coordinators list all three.
+fn start_hosts(cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Vec<ScriptedAgent> {
+    let journal = Arc::new(Mutex::new(Journal::default()));
+    let agents: Vec<ScriptedAgent> = {
+        let _rt = rt.enter();
+        ["web-1", "web-2", "web-3"]
+            .iter()
+            .map(|h| {
+                ScriptedAgent::start(
+                    &cluster.coordinator_addrs(),
+                    h,
+                    &["web"],
+                    "v1",
+                    Script::default(),
+                    journal.clone(),
+                )
+            })
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), "3 hosts registered", || {
+        let hosts = cluster.try_ctl_json(&["hosts", "list"])?;
+        match hosts.as_array().map(Vec::len) {
+            Some(3) => Ok(()),
+            _ => Err(hosts.to_string()),
+        }
+    });
+    agents
 }
 
 /// Every node runs, has stopped on nothing, and has applied at least `commit`.
@@ -404,30 +408,7 @@ fn a_rolling_upgrade_from_old_binaries_allows_the_new_kind_after_the_last_node()
     let mut cluster = Cluster::start(3, &[("web", "1")], opts);
     let leader = cluster.wait_leader(ELECTION, None);
     let rt = runtime();
-    let journal = Arc::new(Mutex::new(Journal::default()));
-    let agents: Vec<ScriptedAgent> = {
-        let _rt = rt.enter();
-        ["web-1", "web-2", "web-3"]
-            .iter()
-            .map(|h| {
-                ScriptedAgent::start(
-                    &cluster.coordinator_addrs(),
-                    h,
-                    &["web"],
-                    "v1",
-                    Script::default(),
-                    journal.clone(),
-                )
-            })
-            .collect()
-    };
-    wait_until(Duration::from_secs(30), "3 hosts registered", || {
-        let hosts = cluster.try_ctl_json(&["hosts", "list"])?;
-        match hosts.as_array().map(Vec::len) {
-            Some(3) => Ok(()),
-            _ => Err(hosts.to_string()),
-        }
-    });
+    let agents = start_hosts(&cluster, &rt);
 
     // Followers first, the leader last, as docs/operations.md says. Before each node and after
     // all but the last, the new kind is refused naming a node still old; the lock's commands
@@ -463,25 +444,13 @@ fn a_rolling_upgrade_from_old_binaries_allows_the_new_kind_after_the_last_node()
         all_caught_up(&mut cluster, commit);
 
         deadline.check("a node upgraded");
-        upgrade_in_place(&mut cluster, id);
         still_old.retain(|&o| o != id);
-        wait_until(
-            Duration::from_secs(30),
-            "the upgraded node's version",
-            || {
-                let v = member_versions(&cluster)?;
-                let want: BTreeMap<u64, u64> = cluster
-                    .ids()
-                    .into_iter()
-                    .map(|m| (m, if still_old.contains(&m) { 1 } else { new }))
-                    .collect();
-                if v == want {
-                    Ok(())
-                } else {
-                    Err(format!("{v:?}, want {want:?}"))
-                }
-            },
-        );
+        let want: BTreeMap<u64, u64> = cluster
+            .ids()
+            .into_iter()
+            .map(|m| (m, if still_old.contains(&m) { 1 } else { new }))
+            .collect();
+        upgrade_in_place(&mut cluster, id, &want);
     }
 
     // Every node upgraded: the same start goes through, and completes on every replica.

@@ -9,7 +9,9 @@
 //!
 //! - **Contents** (`dpkg-deb -c`, `--info`): the three binaries, the two units, the example
 //!   configs as conffiles, the system user and the state directory; `systemd-analyze verify`
-//!   is clean on the units as packaged.
+//!   is clean on the units as packaged. The packaged binaries are stripped (no `.symtab`, no
+//!   DWARF, read from their ELF section headers), and their debug symbols are in the
+//!   `hotdeploy-dbgsym` .ddeb built beside it, under `/usr/lib/debug/.build-id/`.
 //! - **Under systemd**: a Debian container booted with `systemd-nspawn`
 //!   ([`hotdeploy_integration_tests::nspawn`]) installs the .deb with `dpkg -i`. With
 //!   certificates made by `hotdeployctl certs init` and configs in /etc/hotdeploy, a one-node
@@ -124,6 +126,48 @@ fn the_package_holds_the_binaries_units_configs_and_conffiles() {
     assert!(fields.contains("systemd"), "{fields}");
 
     verify_units_on_the_host(&deb);
+    binaries_are_stripped_with_symbols_beside(&deb);
+}
+
+/// The packaged binaries carry no symbol table and no DWARF; the `hotdeploy-dbgsym` package
+/// that cargo-deb writes next to the .deb holds one `.debug` file per binary, by build id.
+fn binaries_are_stripped_with_symbols_beside(deb: &Path) {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = tmp.path().join("root");
+    let mut c = Command::new("dpkg-deb");
+    c.arg("-x").arg(deb).arg(&root);
+    run_ok(c, "dpkg-deb -x");
+    for bin in ["hotdeploy-agent", "hotdeploy-coordinator", "hotdeployctl"] {
+        let path = root.join("usr/bin").join(bin);
+        let names = elf_section_names(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            names.iter().any(|n| n == ".text"),
+            "{bin}: no .text among {names:?}: the section reader is wrong"
+        );
+        let left = unstripped_sections(&names);
+        assert!(
+            left.is_empty(),
+            "{bin} is not stripped in the package: {left:?}"
+        );
+    }
+    let dir = deb.parent().unwrap_or_else(|| Path::new("."));
+    let ddeb = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "ddeb"))
+        .unwrap_or_else(|| panic!("no hotdeploy-dbgsym .ddeb next to {}", deb.display()));
+    let mut c = Command::new("dpkg-deb");
+    c.arg("-c").arg(&ddeb);
+    let listing = run_ok(c, "dpkg-deb -c (dbgsym)");
+    let debug_files = listing
+        .lines()
+        .filter(|l| l.contains("./usr/lib/debug/.build-id/") && l.ends_with(".debug"))
+        .count();
+    assert_eq!(
+        debug_files, 3,
+        "debug symbols of the three binaries:\n{listing}"
+    );
 }
 
 /// `systemd-analyze verify` on the units as packaged, where the host has it. The units name

@@ -160,7 +160,7 @@ impl Fleet {
         for (i, ip) in ips.iter().enumerate().take(spec.hosts) {
             fleet.add_agent(&host_name(i), *ip);
         }
-        fleet.wait_registered(deadline, spec.hosts);
+        wait_registered(deadline, &fleet.cluster, spec.hosts, || fleet.logs());
         if spec.install {
             let v1 = fleet.v1.clone();
             let s = fleet.start_rollout("install", &v1, &[]);
@@ -196,41 +196,11 @@ impl Fleet {
     }
 
     fn logs(&self) -> String {
-        let mut text = format!("---- haproxy ----\n{}", self.haproxy.log_tail());
-        for a in &self.agents {
-            text.push_str(&format!(
-                "\n---- agent {} ----\n{}",
-                a.host_id(),
-                a.log_tail()
-            ));
-        }
-        text.push('\n');
-        text.push_str(&self.cluster.all_logs());
-        text
-    }
-
-    fn hosts(&self) -> Result<Vec<Value>, String> {
-        let v = self.cluster.try_ctl_json(&["hosts", "list"])?;
-        v.as_array()
-            .cloned()
-            .ok_or_else(|| format!("hosts list is not an array: {v}"))
-    }
-
-    fn wait_registered(&self, deadline: &Deadline, n: usize) {
-        wait_for(
-            deadline,
-            Duration::from_secs(30),
-            &format!("{n} hosts registered"),
-            || {
-                let got = self.hosts()?.len();
-                if got == n {
-                    Ok(())
-                } else {
-                    Err(format!("{got} hosts"))
-                }
-            },
-            || self.logs(),
-        );
+        format!(
+            "---- haproxy ----\n{}{}",
+            self.haproxy.log_tail(),
+            fleet_logs(&self.agents, &self.cluster)
+        )
     }
 
     /// `rollout start web --release R --artifact URL --sha256 SHA --id ID EXTRA -o json`
@@ -315,22 +285,7 @@ impl Fleet {
             Duration::from_secs(60),
             &format!("every host on {release}, in rotation"),
             || {
-                for a in &self.agents {
-                    let v = a.app_version();
-                    if v.as_deref() != Some(release) {
-                        return Err(format!("{} serves {v:?}", a.host_id()));
-                    }
-                }
-                let hosts = self.hosts()?;
-                let ok = hosts.len() == self.agents.len()
-                    && hosts.iter().all(|h| {
-                        h["release"] == release
-                            && h["health"] == "healthy"
-                            && h["state"] == "in_rotation"
-                    });
-                if !ok {
-                    return Err(format!("{hosts:?}"));
-                }
+                all_agents_on(&self.agents, &self.cluster, release)?;
                 let rows = self.haproxy.stat().map_err(|e| e.to_string())?;
                 let managed: Vec<_> = rows.iter().filter(|r| r.name != "static").collect();
                 if managed.len() >= self.agents.len()

@@ -1,4 +1,5 @@
-//! Shared pieces of the agent end-to-end tests (`agent_e2e`, `agent_crash`, `agent_fleet`).
+//! Shared pieces of the agent end-to-end tests (`agent_e2e`, `agent_crash`, `agent_fleet`,
+//! `agent_rollout`, `rollout_e2e`, ...).
 //!
 //! Every scenario runs real processes: `hotdeploy-agent` supervising `sample-app` in `exec`
 //! mode, a real HAProxy in front with `agent-check` (agent-inter 500 ms), and, where a test
@@ -303,6 +304,73 @@ pub fn locks(cluster: &Cluster) -> Result<Vec<Value>, String> {
     v.as_array()
         .cloned()
         .ok_or_else(|| format!("locks list is not an array: {v}"))
+}
+
+/// `hosts list -o json` as an array.
+pub fn hosts_list(cluster: &Cluster) -> Result<Vec<Value>, String> {
+    let v = cluster.try_ctl_json(&["hosts", "list"])?;
+    v.as_array()
+        .cloned()
+        .ok_or_else(|| format!("hosts list is not an array: {v}"))
+}
+
+/// Every agent's log tail, then every coordinator's log, for a failure message.
+pub fn fleet_logs(agents: &[AgentProc], cluster: &Cluster) -> String {
+    let mut text = String::new();
+    for a in agents {
+        text.push_str(&format!(
+            "\n---- agent {} ----\n{}",
+            a.host_id(),
+            a.log_tail()
+        ));
+    }
+    text.push('\n');
+    text.push_str(&cluster.all_logs());
+    text
+}
+
+/// Waits (at most 30 s) until the coordinators list `n` hosts.
+pub fn wait_registered(
+    deadline: &Deadline,
+    cluster: &Cluster,
+    n: usize,
+    logs: impl Fn() -> String,
+) {
+    wait_for(
+        deadline,
+        Duration::from_secs(30),
+        &format!("{n} hosts registered"),
+        || {
+            let got = hosts_list(cluster)?.len();
+            if got == n {
+                Ok(())
+            } else {
+                Err(format!("{got} hosts"))
+            }
+        },
+        logs,
+    );
+}
+
+/// Whether every agent's app serves `release` and the coordinators list exactly those hosts,
+/// each healthy, in rotation and on `release`; the reason when not.
+pub fn all_agents_on(agents: &[AgentProc], cluster: &Cluster, release: &str) -> Result<(), String> {
+    for a in agents {
+        let v = a.app_version();
+        if v.as_deref() != Some(release) {
+            return Err(format!("{} serves {v:?}", a.host_id()));
+        }
+    }
+    let hosts = hosts_list(cluster)?;
+    let ok = hosts.len() == agents.len()
+        && hosts.iter().all(|h| {
+            h["release"] == release && h["health"] == "healthy" && h["state"] == "in_rotation"
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{hosts:?}"))
+    }
 }
 
 /// `hosts list -o json`, the entry of `host`.

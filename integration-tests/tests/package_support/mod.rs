@@ -1,6 +1,6 @@
 //! Helpers of the package tests (`package_deb.rs`): building the .deb once per set of inputs,
 //! under a lock, from the binaries the suite built; what a TLS client is served; waiting for a
-//! condition; reading a unit's properties in a container.
+//! condition; reading a unit's properties in a container; the section names of an ELF file.
 
 use hotdeploy_integration_tests::nspawn::{describe, Container};
 use hotdeploy_integration_tests::{bins, proc};
@@ -189,4 +189,60 @@ pub fn wait_for(
 pub fn property(c: &Container, unit: &str, name: &str) -> String {
     let out = c.systemctl(&["show", "-p", name, "--value", unit]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The section names of the ELF64 little-endian file `path` (what `readelf -S` lists), read
+/// from its section header table, so that a test can tell a stripped binary (no `.symtab`, no
+/// DWARF) from one that is not without any tool.
+pub fn elf_section_names(path: &Path) -> Result<Vec<String>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let what = path.display();
+    if bytes.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+        return Err(format!("{what}: not an ELF64 little-endian file"));
+    }
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .ok_or_else(|| format!("{what}: truncated at {at}"))
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| format!("{what}: truncated at {at}"))
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(|b| u64::from_le_bytes(b) as usize)
+            .ok_or_else(|| format!("{what}: truncated at {at}"))
+    };
+    // ELF64 header: e_shoff at 0x28, e_shentsize, e_shnum, e_shstrndx at 0x3a, 0x3c, 0x3e.
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
+    // A section header: sh_name (offset into .shstrtab) at 0, sh_offset at 0x18.
+    let header = |i: usize| shoff + i * shentsize;
+    let strtab = u64_at(header(shstrndx) + 0x18)?;
+    (0..shnum)
+        .map(|i| {
+            let start = strtab + u32_at(header(i))?;
+            let rest = bytes
+                .get(start..)
+                .ok_or_else(|| format!("{what}: section name out of bounds"))?;
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
+        })
+        .collect()
+}
+
+/// The debugging sections of an ELF file whose names say it is not stripped: `.symtab` and the
+/// DWARF sections (`.debug_*`, except `.debug_gdb_scripts`, which is loaded with the program).
+pub fn unstripped_sections(names: &[String]) -> Vec<&str> {
+    names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n == ".symtab" || (n.starts_with(".debug_") && *n != ".debug_gdb_scripts"))
+        .collect()
 }
