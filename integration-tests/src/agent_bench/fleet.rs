@@ -76,6 +76,8 @@ pub struct FleetOpts {
     pub hosts: usize,
     /// Requests per second through HAProxy.
     pub rate: u32,
+    /// The path the load requests (`/`, or `/slow?ms=N` so that a drain finds sessions open).
+    pub path: String,
     /// Start/stop cycles of the separate app restart measurement.
     pub restart_samples: usize,
     /// `[verify] success_threshold`.
@@ -145,6 +147,8 @@ pub struct FleetReport {
     pub hosts: usize,
     /// Requests per second through HAProxy.
     pub rate: u32,
+    /// The path the load requested.
+    pub path: String,
     /// `success_threshold`, `interval` (ms), `settle` (ms).
     pub verify: (u64, f64, f64),
     /// `(success_threshold − 1) × interval + settle`, ms.
@@ -276,7 +280,9 @@ pub fn run(dir: &Path, opts: &FleetOpts) -> anyhow::Result<FleetReport> {
     }
 
     let mut load_cfg = LoadConfig::new(frontend, opts.rate);
-    load_cfg.workers = 8;
+    // Enough workers that slow requests (`/slow?ms=N`) still keep the rate.
+    load_cfg.workers = 16;
+    load_cfg.path = opts.path.clone();
     let load = LoadGen::start(load_cfg);
     let observer = Observer::start(&haproxy);
     std::thread::sleep(Duration::from_secs(2));
@@ -359,6 +365,7 @@ pub fn run(dir: &Path, opts: &FleetOpts) -> anyhow::Result<FleetReport> {
         coordinators: NODES,
         hosts: opts.hosts,
         rate: opts.rate,
+        path: opts.path.clone(),
         verify: (opts.verify_threshold, interval, settle),
         verify_floor_ms,
         app,
@@ -590,9 +597,9 @@ pub fn table(r: &FleetReport) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "out-of-rotation window under a rollout: {} coordinators (mTLS, sled), {} hosts in group web \
-         (budget 1), HAProxy (agent-check + haproxy_socket), {} req/s through HAProxy; verify: \
+         (budget 1), HAProxy (agent-check + haproxy_socket), {} req/s of GET {} through HAProxy; verify: \
          threshold {} x interval {:.0} ms, settle {:.0} ms; floor (threshold-1) x interval + settle = {:.0} ms\n",
-        r.coordinators, r.hosts, r.rate, r.verify.0, r.verify.1, r.verify.2, r.verify_floor_ms
+        r.coordinators, r.hosts, r.rate, r.path, r.verify.0, r.verify.1, r.verify.2, r.verify_floor_ms
     ));
     out.push_str(&format!(
         "sample app alone ({} cycles): stop (SIGTERM→exit) p50 {:.1} ms max {:.1} ms; \

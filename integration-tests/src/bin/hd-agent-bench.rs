@@ -66,6 +66,10 @@ enum Cmd {
         /// Requests per second through HAProxy (default 50 standalone, 200 with --coordinators).
         #[arg(long)]
         rate: Option<u32>,
+        /// The path the load requests (with --coordinators): `/`, or `/slow?ms=N` so that
+        /// drains find sessions still open.
+        #[arg(long, default_value = "/")]
+        path: String,
         /// Cycles of the separate sample-app stop/start measurement.
         #[arg(long, default_value_t = 10)]
         restart_samples: usize,
@@ -149,6 +153,7 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<bool> {
             deploys,
             hosts,
             rate,
+            path,
             restart_samples,
             verify_threshold,
             verify_interval,
@@ -165,6 +170,7 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<bool> {
                     cycles: *deploys,
                     hosts: *hosts,
                     rate: rate.unwrap_or(200),
+                    path: path.clone(),
                     restart_samples: *restart_samples,
                     verify_threshold: *verify_threshold,
                     verify_interval: verify_interval.clone(),
