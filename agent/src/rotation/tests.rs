@@ -382,14 +382,18 @@ async fn without_socket_drain_and_undrain_wait_their_grace_and_run_hooks() {
         ..RotationConfig::default()
     };
     let ctl = control(&cfg, "web-1");
-    let c = ctl.clone();
-    let during = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        c.state()
+    // Every state the drain goes through, as it happens (no sampling at a fixed offset into
+    // the grace, which a slow machine can miss).
+    let mut states = ctl.subscribe();
+    let seen = tokio::spawn(async move {
+        let mut v = Vec::new();
+        while states.changed().await.is_ok() {
+            v.push(*states.borrow_and_update());
+        }
+        v
     });
     let took = ctl.drain().await.unwrap();
     assert!(took >= Duration::from_millis(300));
-    assert_eq!(during.await.unwrap(), Rotation::Draining);
     assert_eq!(ctl.state(), Rotation::OutOfRotation);
     let took = ctl.undrain().await.unwrap();
     assert!(took >= Duration::from_millis(200));
@@ -397,6 +401,16 @@ async fn without_socket_drain_and_undrain_wait_their_grace_and_run_hooks() {
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         "drain web-1\nundrain web-1\n"
+    );
+    drop(ctl);
+    // Draining for the whole grace, out once it passed, back in after the undrain's grace.
+    assert_eq!(
+        seen.await.unwrap(),
+        vec![
+            Rotation::Draining,
+            Rotation::OutOfRotation,
+            Rotation::InRotation
+        ]
     );
 }
 
@@ -599,9 +613,61 @@ async fn reassert_at_start_trusts_haproxy_over_a_lost_journal() {
         ..RotationConfig::default()
     };
     let ctl = control(&cfg, "web-1");
+    let before = Instant::now();
     ctl.reassert(false).await;
     assert_eq!(ctl.state(), Rotation::InRotation);
-    assert!(!ctl.settled());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Settled from `undrain_grace` after the reassert on: read the instant itself rather than
+    // sampling `settled()` at an offset a slow machine may overshoot.
+    let from = ctl
+        .settled_at
+        .lock()
+        .unwrap()
+        .expect("a settle instant after reassert");
+    assert!(
+        from >= before + Duration::from_millis(300)
+            && from <= Instant::now() + Duration::from_millis(300),
+        "settled from {:?} after the reassert",
+        from - before
+    );
+    tokio::time::sleep_until(from).await;
     assert!(ctl.settled());
+}
+
+/// The brief's cut (b): while a drain or an undrain waits on HAProxy, `show stat` is polled
+/// every [`POLL`] (25 ms), so the wait ends within about 25 ms of HAProxy getting there
+/// rather than up to 200 ms later; and no faster, so a waiting host asks HAProxy at most 40
+/// times a second. Counted over a 500 ms timeout that never confirms: sleeps only ever run
+/// long, so the upper bound is exact and the lower one generous.
+#[tokio::test]
+async fn drain_and_undrain_poll_haproxy_every_25ms() {
+    let polls = |fake: &FakeHaproxy| fake.commands().iter().filter(|c| *c == "show stat").count();
+    let fake = FakeHaproxy::start(&[5], &["DRAIN"]);
+    let ctl = control(&fake.cfg(Duration::from_millis(500)), "web-1");
+    let took = ctl.drain().await.unwrap();
+    let n = polls(&fake);
+    let most = (took.as_millis() / POLL.as_millis()) as usize + 1;
+    assert!(
+        n >= 8,
+        "{n} polls in {took:?}: the wait's granularity is too coarse"
+    );
+    assert!(
+        n <= most,
+        "{n} polls in {took:?}: more often than every {POLL:?}"
+    );
+
+    let fake = FakeHaproxy::start(&[0], &["DOWN"]);
+    let ctl = control(&fake.cfg(Duration::from_millis(500)), "web-1");
+    ctl.set_state(Rotation::OutOfRotation);
+    let t0 = Instant::now();
+    assert!(ctl.undrain().await.is_err());
+    let took = t0.elapsed();
+    let n = polls(&fake);
+    assert!(
+        n >= 8,
+        "{n} polls in {took:?}: the wait's granularity is too coarse"
+    );
+    assert!(
+        n <= (took.as_millis() / POLL.as_millis()) as usize + 1,
+        "{n} polls in {took:?}: more often than every {POLL:?}"
+    );
 }

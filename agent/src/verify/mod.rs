@@ -6,6 +6,13 @@
 //! 1. **Rise.** Failures are tolerated — the service may still be starting — but each one resets
 //!    the count. Verify moves on once `success_threshold` consecutive rounds pass. If `timeout`
 //!    (counted from the start of verify) expires first, verify fails with the last probe error.
+//!    A round that failed because the connection was *refused* (nothing listens yet: the
+//!    service is still starting, [`FailureKind::NotListening`]) is retried after
+//!    `min(interval, 10ms)` instead of a whole `interval`, so the streak starts within 10 ms of
+//!    the service listening rather than up to an `interval` later. Refused connects cost the
+//!    service nothing. Every other failure waits the full `interval`, and successes are always
+//!    `interval` apart: `success_threshold` still means that many passing rounds spanning
+//!    `(success_threshold − 1) × interval`.
 //! 2. **Settle.** The service must then stay healthy for `settle`: any failed round during it
 //!    fails verify at once. This catches a release that answers its first checks and then
 //!    crashes (a bad config read lazily, a leak, a panic on the first real request).
@@ -16,7 +23,7 @@
 
 mod probe;
 
-pub use probe::ProbeError;
+pub use probe::{FailureKind, ProbeError};
 
 use hotdeploy_common::config::VerifyConfig;
 use probe::HttpProbe;
@@ -25,6 +32,8 @@ use tokio::time::Instant;
 
 /// The ceiling of one probe attempt's timeout.
 const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause after a rise-stage round whose connection was refused (capped at `interval`).
+pub const NOT_LISTENING_RETRY: Duration = Duration::from_millis(10);
 
 /// How a successful verify went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +120,7 @@ impl Verifier {
         let start = Instant::now();
         let deadline = start + cfg.timeout;
         let (mut rounds, mut failures, mut streak, mut best) = (0u32, 0u32, 0u32, 0u32);
-        let mut last = None;
+        let mut last: Option<ProbeError> = None;
         loop {
             rounds += 1;
             let result = match tokio::time::timeout_at(deadline, self.probe_once()).await {
@@ -144,7 +153,13 @@ impl Verifier {
                     last = Some(e);
                 }
             }
-            let next = Instant::now() + cfg.interval;
+            let pause = match &last {
+                Some(e) if streak == 0 && e.kind == FailureKind::NotListening => {
+                    cfg.interval.min(NOT_LISTENING_RETRY)
+                }
+                _ => cfg.interval,
+            };
+            let next = Instant::now() + pause;
             if next >= deadline {
                 break;
             }
@@ -198,6 +213,7 @@ impl Verifier {
                     probe: "http",
                     target: self.cfg.http.clone().unwrap_or_default(),
                     reason: e.to_string(),
+                    kind: FailureKind::Unhealthy,
                 })
             }
         }

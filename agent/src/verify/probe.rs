@@ -25,6 +25,43 @@ pub struct ProbeError {
     /// The URL, address or command.
     pub target: String,
     pub reason: String,
+    /// What kind of failure it was.
+    pub kind: FailureKind,
+}
+
+/// What kind of failure a probe met; verify retries sooner after [`FailureKind::NotListening`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The connection was refused: nothing listens at the target yet (a service still
+    /// starting). Costs the service nothing to ask again soon.
+    NotListening,
+    /// Anything else: a bad status or body, a timeout, an exec that failed.
+    Unhealthy,
+}
+
+impl ProbeError {
+    fn new(probe: &'static str, target: &str, reason: String, kind: FailureKind) -> Self {
+        Self {
+            probe,
+            target: target.to_string(),
+            reason,
+            kind,
+        }
+    }
+}
+
+/// Whether `e` or any of its sources is an I/O error of kind `ConnectionRefused`.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 pub(crate) struct HttpProbe {
@@ -57,17 +94,16 @@ impl HttpProbe {
     }
 
     pub async fn probe(&self) -> Result<(), ProbeError> {
-        let fail = |reason: String| ProbeError {
-            probe: "http",
-            target: self.url.clone(),
-            reason,
-        };
-        let mut resp = self
-            .client
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| fail(describe_reqwest(&e)))?;
+        let fail =
+            |reason: String| ProbeError::new("http", &self.url, reason, FailureKind::Unhealthy);
+        let mut resp = self.client.get(&self.url).send().await.map_err(|e| {
+            let kind = if refused(&e) {
+                FailureKind::NotListening
+            } else {
+                FailureKind::Unhealthy
+            };
+            ProbeError::new("http", &self.url, describe_reqwest(&e), kind)
+        })?;
         let status = resp.status().as_u16();
         if status != self.expect_status {
             return Err(fail(format!(
@@ -114,24 +150,23 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 }
 
 pub(crate) async fn tcp(addr: &str, timeout: Duration) -> Result<(), ProbeError> {
-    let fail = |reason: String| ProbeError {
-        probe: "tcp",
-        target: addr.to_string(),
-        reason,
-    };
+    let fail = |reason: String, kind| ProbeError::new("tcp", addr, reason, kind);
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(fail(e.to_string())),
-        Err(_) => Err(fail(format!("connect timed out after {timeout:?}"))),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(fail(e.to_string(), FailureKind::NotListening))
+        }
+        Ok(Err(e)) => Err(fail(e.to_string(), FailureKind::Unhealthy)),
+        Err(_) => Err(fail(
+            format!("connect timed out after {timeout:?}"),
+            FailureKind::Unhealthy,
+        )),
     }
 }
 
 pub(crate) async fn exec(argv: &[String], timeout: Duration) -> Result<(), ProbeError> {
-    let fail = |reason: String| ProbeError {
-        probe: "exec",
-        target: argv.join(" "),
-        reason,
-    };
+    let target = argv.join(" ");
+    let fail = |reason: String| ProbeError::new("exec", &target, reason, FailureKind::Unhealthy);
     let out = cmd::run(argv, &[], None, timeout)
         .await
         .map_err(|e| fail(e.to_string()))?;

@@ -204,3 +204,113 @@ async fn no_probes_is_an_error() {
         .unwrap_err();
     assert!(matches!(e, VerifyError::NoProbes));
 }
+
+/// A port on 127.0.0.1 that nothing listens on (bound once to pick it, then closed).
+async fn free_port() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Starts answering 200 on `addr` after `delay`; returns each request's arrival time.
+fn listen_later(
+    addr: std::net::SocketAddr,
+    delay: Duration,
+) -> (Arc<Mutex<Vec<Instant>>>, tokio::task::JoinHandle<()>) {
+    let hits = Arc::new(Mutex::new(Vec::new()));
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let listener = TcpListener::bind(addr).await.unwrap();
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            h.lock().unwrap().push(Instant::now());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (hits, task)
+}
+
+/// The brief's cut (a): a refused connection in the rise stage (the service is not listening
+/// yet) is retried after `min(interval, 10ms)`, not a whole interval. With a 400 ms interval
+/// and the service listening 60 ms in, the first success comes about 10 ms after it listens;
+/// without the short retry it would wait for the second round, 400 ms in.
+#[tokio::test]
+async fn a_refused_connection_is_retried_soon_while_rising() {
+    let addr = free_port().await;
+    let (hits, server) = listen_later(addr, Duration::from_millis(60));
+    let c = VerifyConfig {
+        http: Some(format!("http://{addr}/health")),
+        success_threshold: 1,
+        interval: Duration::from_millis(400),
+        timeout: Duration::from_secs(5),
+        settle: Duration::ZERO,
+        ..VerifyConfig::default()
+    };
+    let (lines, progress) = collect();
+    let report = Verifier::new(&c).verify(&progress).await.unwrap();
+    server.abort();
+    // It did probe while nothing listened, more than once in the first interval.
+    assert!(report.failures >= 2, "{report:?}");
+    assert!(
+        lines.lock().unwrap().iter().any(|l| l.contains("refused")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    assert!(
+        report.time_to_healthy < Duration::from_millis(400),
+        "waited a whole interval after a refused connection: {report:?}"
+    );
+    assert_eq!(hits.lock().unwrap().len(), 1);
+}
+
+/// The short retry changes nothing else: `success_threshold` successes are still `interval`
+/// apart, and a failure that is not a refused connection (here a 503 from a service that
+/// listens but is not ready) still waits the whole interval.
+#[tokio::test]
+async fn successes_and_other_failures_keep_the_interval() {
+    let addr = free_port().await;
+    let (hits, server) = listen_later(addr, Duration::from_millis(30));
+    let interval = Duration::from_millis(100);
+    let c = VerifyConfig {
+        http: Some(format!("http://{addr}/health")),
+        success_threshold: 3,
+        interval,
+        timeout: Duration::from_secs(5),
+        settle: Duration::ZERO,
+        ..VerifyConfig::default()
+    };
+    let report = Verifier::new(&c).verify(&|_| {}).await.unwrap();
+    server.abort();
+    let hits = hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 3, "{report:?}");
+    for w in hits.windows(2) {
+        assert!(
+            w[1] - w[0] >= interval,
+            "successes closer than the interval: {hits:?}"
+        );
+    }
+    assert!(report.time_to_healthy >= interval * 2, "{report:?}");
+
+    // 503s: every round a whole interval after the last.
+    let srv = TestServer::start(Arc::new(|n| if n < 2 { (503, "") } else { (200, "ok") })).await;
+    let mut c = cfg(&srv.url);
+    c.success_threshold = 1;
+    c.interval = Duration::from_millis(100);
+    c.settle = Duration::ZERO;
+    let report = Verifier::new(&c).verify(&|_| {}).await.unwrap();
+    assert_eq!(report.failures, 2);
+    assert!(
+        report.time_to_healthy >= Duration::from_millis(200),
+        "{report:?}"
+    );
+}

@@ -13,7 +13,7 @@
 //!
 //! | column  | from entering … | to entering … | what happens |
 //! |---------|-----------------|---------------|--------------|
-//! | drain   | `draining`      | `swapped`     | `set server state drain`, poll `show stat` (every 200 ms) until `scur == 0` |
+//! | drain   | `draining`      | `swapped`     | `set server state drain`, poll `show stat` (every 25 ms) until `scur == 0` |
 //! | swap    | `swapped`       | `restarted`   | journal write, new `current` symlink + rename |
 //! | restart | `restarted`     | `verifying`   | SIGTERM to the old app, wait for it to exit, spawn the new one |
 //! | verify  | `verifying`     | `undraining`  | probes until `success_threshold` successes, then `settle` |

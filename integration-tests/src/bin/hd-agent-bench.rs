@@ -5,6 +5,7 @@
 //! cargo build --release --workspace --bins
 //! target/release/hd-agent-bench idle      # idle RSS and CPU of a standalone agent (target RSS ≤ 15 MB)
 //! target/release/hd-agent-bench window    # out-of-rotation window per phase, agent overhead (target ≤ 100 ms)
+//! target/release/hd-agent-bench window --coordinators 3   # ... under real rollouts, fences included
 //! target/release/hd-agent-bench staging   # ~200 MB .tar.gz/.tar.zst staging vs sha256sum + tar -x (target ≤ 1.2×)
 //! ```
 //!
@@ -18,7 +19,7 @@
 //! line and prints.
 
 use clap::{Parser, Subcommand};
-use hotdeploy_integration_tests::agent_bench::{guard, idle, staging, window};
+use hotdeploy_integration_tests::agent_bench::{fleet, guard, idle, staging, window};
 use hotdeploy_integration_tests::pack::ArtifactFormat;
 use hotdeploy_integration_tests::proc;
 use serde::Serialize;
@@ -52,12 +53,23 @@ enum Cmd {
     },
     /// The out-of-rotation window of v1<->v2 deploys behind HAProxy, per phase.
     Window {
-        /// Deploys (alternating v2, v1, ...).
+        /// 0: standalone agents deployed over their Deploy API. 3: agents attached to a real
+        /// 3-node coordinator cluster (mTLS), each cycle one rollout of the whole group.
+        #[arg(long, default_value_t = 0)]
+        coordinators: usize,
+        /// Deploys (alternating v2, v1, ...); with --coordinators, rollouts of every host.
         #[arg(long, default_value_t = 6)]
         deploys: usize,
-        /// Requests per second through HAProxy.
-        #[arg(long, default_value_t = 50)]
-        rate: u32,
+        /// Hosts in the group (with --coordinators; budget 1).
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// Requests per second through HAProxy (default 50 standalone, 200 with --coordinators).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// The path the load requests (with --coordinators): `/`, or `/slow?ms=N` so that
+        /// drains find sessions still open.
+        #[arg(long, default_value = "/")]
+        path: String,
         /// Cycles of the separate sample-app stop/start measurement.
         #[arg(long, default_value_t = 10)]
         restart_samples: usize,
@@ -137,16 +149,40 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<bool> {
             Ok(r.target_met)
         }
         Cmd::Window {
+            coordinators,
             deploys,
+            hosts,
             rate,
+            path,
             restart_samples,
             verify_threshold,
             verify_interval,
             verify_settle,
         } => {
+            if *coordinators != 0 && *coordinators != fleet::NODES {
+                anyhow::bail!(
+                    "--coordinators {coordinators}: 0 (standalone) or {} (a real cluster)",
+                    fleet::NODES
+                );
+            }
+            if *coordinators > 0 {
+                let opts = fleet::FleetOpts {
+                    cycles: *deploys,
+                    hosts: *hosts,
+                    rate: rate.unwrap_or(200),
+                    path: path.clone(),
+                    restart_samples: *restart_samples,
+                    verify_threshold: *verify_threshold,
+                    verify_interval: verify_interval.clone(),
+                    verify_settle: verify_settle.clone(),
+                };
+                let r = fleet::run(dir, &opts)?;
+                emit(args.json, &fleet::table(&r), &r)?;
+                return Ok(r.target_met_p50 && r.target_met_max);
+            }
             let opts = window::WindowOpts {
                 deploys: *deploys,
-                rate: *rate,
+                rate: rate.unwrap_or(50),
                 restart_samples: *restart_samples,
                 verify_threshold: *verify_threshold,
                 verify_interval: verify_interval.clone(),
