@@ -48,6 +48,7 @@ pub use record::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 const KEY_CLIENT_ID: &str = "meta/client_id";
@@ -94,22 +95,47 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+/// How long an open waits for the journal's file lock before it gives up.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens sled at `path`, waiting up to [`LOCK_WAIT`] for its file lock.
+///
+/// sled releases the lock only when the last handle on its page cache goes, and its own I/O
+/// threads can still hold one for a moment after the `Db` is dropped. So the same process
+/// reopening a journal it just closed can find the lock taken (in tests, 13 opens in 200 under
+/// load). Another process that holds it still fails the open once the wait is over, with
+/// sled's "could not acquire lock" error naming the file.
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(8 << 20)
+            // Every write is flushed explicitly; no background flusher (which would also keep
+            // the file lock for a while after the journal is dropped).
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Journal {
     /// Opens (or creates) the journal in `data_dir/journal`, drawing the client id at first
     /// start.
     pub fn open(data_dir: &Path, host_id: &str) -> Result<Self, JournalError> {
         let path = data_dir.join("journal");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(8 << 20)
-            // Every write is flushed explicitly; no background flusher (which would also keep
-            // the file lock for a while after the journal is dropped).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| JournalError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let db = open_db(&path).map_err(|source| JournalError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let mut j = Self {
             db,
             data_dir: data_dir.to_path_buf(),
@@ -423,6 +449,25 @@ mod tests {
             .unwrap()
             .is_new()
             .unwrap());
+    }
+
+    #[test]
+    fn an_open_waits_for_a_lock_that_is_let_go_and_names_one_that_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Journal::open(dir.path(), "web-1").unwrap();
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let started = Instant::now();
+        let j = Journal::open(dir.path(), "web-1").expect("open once the lock is let go");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        letting_go.join().unwrap();
+        let e = Journal::open(dir.path(), "web-1").expect_err("a lock held throughout");
+        let text = e.to_string();
+        assert!(text.contains("could not acquire lock"), "{text}");
+        assert!(text.contains("journal"), "{text}");
+        drop(j);
     }
 
     #[test]
