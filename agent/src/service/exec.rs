@@ -53,8 +53,32 @@ pub(crate) const ADOPTED_POLL: Duration = Duration::from_millis(200);
 /// How often our own child is checked for having exited when no SIGCHLD says so (a missed or
 /// merged signal); SIGCHLD wakes the check at once.
 const OWN_POLL: Duration = Duration::from_millis(500);
-/// How often a stopping process is checked.
+/// How often a stopping process is checked, at most. The checks start at [`STOP_POLL_FIRST`]
+/// and double up to this: most services are gone a millisecond after SIGTERM, and a flat 50 ms
+/// poll cost every restart about 50 ms of the host's time out of rotation (BENCHMARKS.md,
+/// agent §2b).
 const STOP_POLL: Duration = Duration::from_millis(50);
+const STOP_POLL_FIRST: Duration = Duration::from_millis(1);
+
+/// The waits between the checks of a stopping process: 1, 2, 4, ... ms, then [`STOP_POLL`].
+#[derive(Debug)]
+struct StopPoll(Duration);
+
+impl StopPoll {
+    fn new() -> Self {
+        StopPoll(STOP_POLL_FIRST)
+    }
+
+    /// Waits the current step, and doubles the next one up to [`STOP_POLL`].
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = self.step_after();
+    }
+
+    fn step_after(&self) -> Duration {
+        (self.0 * 2).min(STOP_POLL)
+    }
+}
 /// The most we wait after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -139,14 +163,16 @@ impl Proc {
         match self {
             Proc::Own(rec) => {
                 let pgid = Pid::from_raw(rec.pid);
+                let mut poll = StopPoll::new();
                 while group_exists(rec.pid) && Instant::now() < until {
-                    tokio::time::sleep(STOP_POLL).await;
+                    poll.wait().await;
                 }
                 if group_exists(rec.pid) {
                     let _ = killpg(pgid, Signal::SIGKILL);
                     let kill_until = Instant::now() + KILL_WAIT;
+                    let mut poll = StopPoll::new();
                     while group_exists(rec.pid) && Instant::now() < kill_until {
-                        tokio::time::sleep(STOP_POLL).await;
+                        poll.wait().await;
                     }
                     if group_exists(rec.pid) {
                         // Unreaped zombies (a PID 1 that does not reap) keep the group
@@ -158,13 +184,15 @@ impl Proc {
             }
             Proc::Adopted(rec) => {
                 let Some(gone) = now_ticks() else { return };
+                let mut poll = StopPoll::new();
                 while stragglers_left(rec, gone) && Instant::now() < until {
-                    tokio::time::sleep(STOP_POLL).await;
+                    poll.wait().await;
                 }
                 if kill_stragglers(rec, gone) > 0 {
                     let kill_until = Instant::now() + KILL_WAIT;
+                    let mut poll = StopPoll::new();
                     while stragglers_left(rec, gone) && Instant::now() < kill_until {
-                        tokio::time::sleep(STOP_POLL).await;
+                        poll.wait().await;
                     }
                 }
             }
@@ -406,6 +434,7 @@ async fn stop_proc(
 }
 
 async fn wait_own_exit(pid: i32, deadline: Instant) -> bool {
+    let mut poll = StopPoll::new();
     loop {
         if own_exit(pid).is_some() {
             return true;
@@ -413,11 +442,12 @@ async fn wait_own_exit(pid: i32, deadline: Instant) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(STOP_POLL).await;
+        poll.wait().await;
     }
 }
 
 async fn wait_gone(rec: &ChildRecord, deadline: Instant) -> bool {
+    let mut poll = StopPoll::new();
     loop {
         if !is_alive(rec) {
             return true;
@@ -425,7 +455,7 @@ async fn wait_gone(rec: &ChildRecord, deadline: Instant) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(STOP_POLL).await;
+        poll.wait().await;
     }
 }
 
@@ -433,5 +463,24 @@ fn stop_failed(rec: &ChildRecord, reason: String) -> ServiceError {
     ServiceError::Failed {
         what: format!("stopping pid {}", rec.pid),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod stop_poll_tests {
+    use super::*;
+
+    /// A stopping service is first checked after a millisecond, not after a whole 50 ms poll:
+    /// the steps double from 1 ms and stay at 50 ms.
+    #[test]
+    fn the_stop_poll_starts_at_a_millisecond_and_doubles_to_its_cap() {
+        let mut poll = StopPoll::new();
+        let mut steps = vec![poll.0];
+        for _ in 0..8 {
+            poll.0 = poll.step_after();
+            steps.push(poll.0);
+        }
+        let ms: Vec<u128> = steps.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [1, 2, 4, 8, 16, 32, 50, 50, 50]);
     }
 }
