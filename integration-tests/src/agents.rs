@@ -8,6 +8,10 @@
 //! gRPC on [`AGENT_PORT`], the HAProxy agent-check responder on [`AGENT_CHECK_PORT`], the
 //! readiness endpoint on [`AGENT_READY_PORT`] and the app on [`APP_PORT`].
 //!
+//! [`AgentOpts::grpc_port`] and [`AgentOpts::front_ends`] let a second agent share a host's IP
+//! (the agent that upgrades the main one, DESIGN §8), and [`AgentProc::prepare`] writes an
+//! agent's config without starting it, for an agent that this second agent supervises.
+//!
 //! The agent runs the app in a process group of its own, so killing the agent does not kill the
 //! app. That is the point of re-adoption tests: [`AgentProc::kill`] kills only the agent.
 //! Dropping the `AgentProc` kills both: the agent's group, then every process whose command
@@ -82,6 +86,13 @@ pub struct AgentOpts {
     /// The agent binary started at the next (re)start, where it is not the workspace's
     /// ([`bins::agent`]): the "new" binary of an agent upgrade test. `None` by default.
     pub binary: Option<PathBuf>,
+    /// The gRPC port on the agent's IP: [`AGENT_PORT`] by default; a second agent on the same
+    /// IP (the self-upgrade agent, [`net::SELF_AGENT_PORT`]) needs another.
+    pub grpc_port: u16,
+    /// Whether the rotation front ends (agent-check responder, `/ready`) listen: `true` by
+    /// default. `false` leaves `[rotation]` without listeners, as for an agent no load
+    /// balancer watches (and [`AgentProc::ready_status`] answers `None`).
+    pub front_ends: bool,
 }
 
 impl AgentOpts {
@@ -117,6 +128,8 @@ impl AgentOpts {
             tls: None,
             crl: None,
             binary: None,
+            grpc_port: AGENT_PORT,
+            front_ends: true,
         }
     }
 }
@@ -133,6 +146,17 @@ pub struct AgentProc {
 impl AgentProc {
     /// Writes the config, starts the agent, and waits until its gRPC port listens.
     pub fn start(opts: AgentOpts) -> AgentProc {
+        let mut agent = AgentProc::prepare(opts);
+        agent.spawn();
+        agent
+    }
+
+    /// Writes the config (temp dir, service root, data dir) without starting the agent: for an
+    /// agent that something else starts, e.g. a second agent supervising this one in `exec`
+    /// mode with `hotdeploy-agent --config` [`AgentProc::config_path`]. [`AgentProc::pid`] is
+    /// then `None`; dropping it still kills every process that mentions its temp dir (the
+    /// agent, by its `--config` path, and its app).
+    pub fn prepare(opts: AgentOpts) -> AgentProc {
         let dir = tempfile::Builder::new()
             .prefix(&format!("hd-agent-{}-", opts.host_id))
             .tempdir()
@@ -140,7 +164,7 @@ impl AgentProc {
         let root = dir.path().join("srv");
         std::fs::create_dir_all(&root)
             .unwrap_or_else(|e| panic!("creating {}: {e}", root.display()));
-        let mut agent = AgentProc {
+        let agent = AgentProc {
             child: None,
             config: dir.path().join("agent.toml"),
             log: dir.path().join("agent.log"),
@@ -148,7 +172,6 @@ impl AgentProc {
             dir,
         };
         agent.write_config();
-        agent.spawn();
         agent
     }
 
@@ -182,8 +205,8 @@ impl AgentProc {
             ],
             stop_timeout: o.stop_timeout.clone(),
             keep_releases: o.keep_releases,
-            haproxy_agent_listen: self.agent_check_addr(),
-            http_listen: self.ready_addr(),
+            haproxy_agent_listen: o.front_ends.then(|| self.agent_check_addr()),
+            http_listen: o.front_ends.then(|| self.ready_addr()),
             drain_grace: o.drain_grace.clone(),
             undrain_grace: o.undrain_grace.clone(),
             drain_timeout: o.drain_timeout.clone(),
@@ -366,7 +389,12 @@ impl AgentProc {
 
     /// The agent's gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
-        net::addr(self.opts.ip, AGENT_PORT)
+        net::addr(self.opts.ip, self.opts.grpc_port)
+    }
+
+    /// The agent's config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     /// The HAProxy agent-check responder's address.

@@ -35,6 +35,8 @@ pub const AGENT_CHECK_PORT: u16 = 7402;
 pub const AGENT_READY_PORT: u16 = 7403;
 /// Agent Prometheus `/metrics` port (`metrics_listen`).
 pub const AGENT_METRICS_PORT: u16 = 7404;
+/// gRPC port of a host's second agent, the one that upgrades the main agent (DESIGN §8).
+pub const SELF_AGENT_PORT: u16 = 7411;
 /// The sample app's port on each agent IP.
 pub const APP_PORT: u16 = 8080;
 /// HAProxy's frontend port.
@@ -49,6 +51,7 @@ pub fn harness_ports() -> Vec<u16> {
         AGENT_CHECK_PORT,
         AGENT_READY_PORT,
         AGENT_METRICS_PORT,
+        SELF_AGENT_PORT,
         APP_PORT,
         HAPROXY_PORT,
     ];

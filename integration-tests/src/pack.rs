@@ -8,6 +8,8 @@
 //!
 //! [`make_sample_release`] builds the release the tests deploy: `bin/sample-app` (a copy of the
 //! built sample app), `VERSION`, and for a release meant to fail its health check, `FAIL_HEALTH`.
+//! [`make_agent_release`] builds a release of the agent itself: `bin/hotdeploy-agent` (a copy of
+//! the built agent) and `VERSION`, for a rollout that upgrades agents.
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
@@ -177,6 +179,35 @@ pub fn make_sample_release(
     }
     let artifact = out_dir.join(format!("app-{version}.{}", format.extension()));
     let sha = pack_dir(&tree, &artifact)?;
+    Ok((artifact, sha))
+}
+
+/// Builds the agent release `version` in `out_dir`: a source tree `out_dir/src-<version>/` with
+/// `bin/hotdeploy-agent` (a copy of the built agent) and `VERSION`, packed as
+/// `out_dir/agent-<version>.<ext>`. Returns the artifact's path and hex sha256.
+pub fn make_agent_release(
+    out_dir: &Path,
+    version: &str,
+    format: ArtifactFormat,
+) -> anyhow::Result<(PathBuf, String)> {
+    let agent = crate::bins::find(crate::bins::AGENT).with_context(|| {
+        format!(
+            "hotdeploy-agent is not built in {}: run `cargo build --workspace --bins`",
+            crate::bins::profile_dir().display()
+        )
+    })?;
+    let tree = out_dir.join(format!("src-{version}"));
+    if tree.exists() {
+        fs::remove_dir_all(&tree)?;
+    }
+    fs::create_dir_all(tree.join("bin"))?;
+    fs::copy(&agent, tree.join("bin").join("hotdeploy-agent"))
+        .with_context(|| format!("copying {}", agent.display()))?;
+    fs::write(tree.join("VERSION"), format!("{version}\n"))?;
+    let artifact = out_dir.join(format!("agent-{version}.{}", format.extension()));
+    let sha = pack_dir(&tree, &artifact)?;
+    // The tree is a copy of a large binary that nothing reads again.
+    fs::remove_dir_all(&tree)?;
     Ok((artifact, sha))
 }
 

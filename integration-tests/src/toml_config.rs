@@ -138,10 +138,10 @@ pub struct AgentConfigFile {
     pub stop_timeout: String,
     /// `[service] keep_releases`.
     pub keep_releases: u64,
-    /// `[rotation] haproxy_agent_listen`.
-    pub haproxy_agent_listen: SocketAddr,
-    /// `[rotation] http_listen`.
-    pub http_listen: SocketAddr,
+    /// `[rotation] haproxy_agent_listen`; left out when `None` (no agent-check responder).
+    pub haproxy_agent_listen: Option<SocketAddr>,
+    /// `[rotation] http_listen`; left out when `None` (no `/ready`).
+    pub http_listen: Option<SocketAddr>,
     /// `[rotation] drain_grace`.
     pub drain_grace: String,
     /// `[rotation] undrain_grace`.
@@ -189,11 +189,12 @@ impl AgentConfigFile {
         root.insert("service".into(), service.into());
 
         let mut rotation = Table::new();
-        rotation.insert(
-            "haproxy_agent_listen".into(),
-            self.haproxy_agent_listen.to_string().into(),
-        );
-        rotation.insert("http_listen".into(), self.http_listen.to_string().into());
+        if let Some(at) = self.haproxy_agent_listen {
+            rotation.insert("haproxy_agent_listen".into(), at.to_string().into());
+        }
+        if let Some(at) = self.http_listen {
+            rotation.insert("http_listen".into(), at.to_string().into());
+        }
         rotation.insert("drain_grace".into(), self.drain_grace.clone().into());
         rotation.insert("undrain_grace".into(), self.undrain_grace.clone().into());
         if let Some(drain_timeout) = &self.drain_timeout {
