@@ -86,6 +86,7 @@ impl Rollouts {
             );
             r.log(at.index, at.at_ms, "", format!("halted: {reason}"));
             r.set_state(RolloutState::Halted, reason, at.at_ms);
+            self.active_steps.touch_rollout(id);
             return;
         }
         if r.steps.iter().all(|s| s.phase.is_terminal()) {
@@ -96,6 +97,7 @@ impl Rollouts {
             );
             r.log(at.index, at.at_ms, "", msg);
             r.set_state(RolloutState::Completed, String::new(), at.at_ms);
+            self.active_steps.touch_rollout(id);
             return;
         }
         if r.state != RolloutState::Running {
@@ -121,6 +123,7 @@ impl Rollouts {
             );
             r.log(at.index, at.at_ms, "", reason.clone());
             r.set_state(RolloutState::Paused, reason, at.at_ms);
+            self.active_steps.touch_rollout(id);
             return;
         }
         let mut count = in_flight(r, fleet);
@@ -149,6 +152,7 @@ impl Rollouts {
             let s = &mut r.steps[i];
             s.enter(StepPhase::Staged, at.at_ms);
             let host = s.host.clone();
+            self.active_steps.touch_step(id, &host);
             count -= 1;
             r.log(
                 at.index,
@@ -183,6 +187,7 @@ impl Rollouts {
             s.admitted_at_ms = Some(at.at_ms);
             s.first_install = first;
             let host = s.host.clone();
+            self.active_steps.touch_step(id, &host);
             if !first {
                 count += 1;
             }
