@@ -164,14 +164,14 @@ impl Rollouts {
                 ),
             );
         }
-        // Hosts already out first, then the others, each in step order.
-        let mut order: Vec<usize> = (0..r.steps.len()).collect();
-        order.sort_by_key(|&i| !fleet.host(&r.steps[i].host).is_some_and(already_out));
-        for i in order {
+        // Hosts already out first, then the others, each in step order. Only eligible steps
+        // are looked at, and each host is looked up once (not once per comparison of a sort:
+        // this runs after every applied entry, on every replica).
+        let (out, rest): (Vec<usize>, Vec<usize>) = (0..r.steps.len())
+            .filter(|&i| eligible(&r.steps[i]))
+            .partition(|&i| fleet.host(&r.steps[i].host).is_some_and(already_out));
+        for i in out.into_iter().chain(rest) {
             let s = &r.steps[i];
-            if !eligible(s) {
-                continue;
-            }
             let Some(h) = fleet.host(&s.host) else {
                 continue;
             };
