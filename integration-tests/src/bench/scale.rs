@@ -423,7 +423,8 @@ async fn measure(
     admin: &mut HdClient,
 ) -> Result<ScaleLevel> {
     let window = Duration::from_secs(opts.window_s.max(1));
-    let mut lock = HdClient::new(leader, "sc-lock-client")?.with_acquire_wait(5000);
+    // A client id per level: each client numbers its writes from 1.
+    let mut lock = HdClient::new(leader, &format!("sc-lock-{agents}"))?.with_acquire_wait(5000);
     // Warm-up: the connection and the first pairs.
     for _ in 0..5 {
         lock.pair(LOCK_HOST).await?;
