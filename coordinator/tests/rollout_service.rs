@@ -7,14 +7,14 @@
 use hotdeploy_common::config::CoordinatorConfig;
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
 use hotdeploy_common::proto::{
-    AcquireSlotRequest, GetRolloutRequest, HeartbeatRequest, HostReport, RegisterRequest, Release,
-    ReportStepRequest, RolloutState, SetGroupPolicyRequest, StartRolloutRequest, StepReport,
-    WatchRolloutRequest, WriteId,
+    AcquireSlotRequest, ForceReleaseRequest, GetRolloutRequest, HeartbeatRequest, HostReport,
+    RegisterRequest, Release, ReleaseSlotRequest, ReportStepRequest, RolloutState,
+    SetGroupPolicyRequest, StartRolloutRequest, StepReport, WatchRolloutRequest, WriteId,
 };
 use hotdeploy_common::tls::ClientTls;
 use hotdeploy_coordinator::liveness::Liveness;
 use hotdeploy_coordinator::raft::RaftNode;
-use hotdeploy_coordinator::service::{self, CoordinatorService};
+use hotdeploy_coordinator::service::{self, CoordinatorService, SignalStats};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,6 +25,8 @@ use tonic::Code;
 /// One coordinator node serving on loopback; stops serving when dropped.
 struct OneNode {
     client: CoordinatorClient<Channel>,
+    /// What the heartbeat streams' dispatcher looked at and woke.
+    signals: SignalStats,
     _stop: oneshot::Sender<()>,
     _stop_clock: watch::Sender<bool>,
     _dir: tempfile::TempDir,
@@ -56,6 +58,7 @@ async fn one_node() -> OneNode {
     let (stop_clock, clock) = watch::channel(false);
     tokio::spawn(hotdeploy_coordinator::progress::run(node.clone(), clock));
     let svc = CoordinatorService::new(node.clone(), liveness);
+    let signals = svc.heartbeat_signals();
     let (stop, stopped) = oneshot::channel::<()>();
     let (serving, _is_serving) = oneshot::channel();
     tokio::spawn(service::serve(
@@ -80,6 +83,7 @@ async fn one_node() -> OneNode {
         .expect("connect");
     OneNode {
         client,
+        signals,
         _stop: stop,
         _stop_clock: stop_clock,
         _dir: dir,
@@ -340,6 +344,163 @@ async fn the_heartbeat_stream_pushes_an_assignment_the_moment_it_changes() {
         }
     }
     drop(tx);
+}
+
+/// A heartbeat stream of `host`: the sender of its beats (one is sent) and its answers.
+async fn open_stream(
+    c: &CoordinatorClient<Channel>,
+    host: &str,
+) -> (
+    mpsc::Sender<HeartbeatRequest>,
+    tonic::Streaming<hotdeploy_common::proto::HeartbeatResponse>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(HeartbeatRequest {
+        host: host.into(),
+        report: Some(healthy("v1")),
+    })
+    .await
+    .expect("send");
+    let mut answers = c
+        .clone()
+        .heartbeat(ReceiverStream::new(rx))
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    let first = answers.message().await.expect("answer").expect("one");
+    assert!(
+        first.slot.is_none() && first.assignment.is_none(),
+        "{first:?}"
+    );
+    (tx, answers)
+}
+
+/// Waits until the dispatcher has looked at `entries` applied entries in all.
+async fn dispatched(signals: &SignalStats, entries: u64) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while signals.entries() < entries {
+        assert!(
+            Instant::now() < end,
+            "the dispatcher looked at {} entries, not {entries}",
+            signals.entries()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The next answer pushed on `answers`, within 3 s, unasked (no beat is sent).
+async fn pushed(
+    answers: &mut tonic::Streaming<hotdeploy_common::proto::HeartbeatResponse>,
+    what: &str,
+) -> hotdeploy_common::proto::HeartbeatResponse {
+    tokio::time::timeout(Duration::from_secs(3), answers.message())
+        .await
+        .unwrap_or_else(|_| panic!("{what} pushed within 3 s without a beat"))
+        .expect("stream")
+        .expect("answer")
+}
+
+/// Issue 10's heartbeat hot path: a stream is woken for its own host's changes (a slot given,
+/// a slot force-released, an assignment), each pushed at once, and not for other hosts'.
+#[tokio::test]
+async fn a_heartbeat_stream_is_woken_only_by_its_own_hosts_changes() {
+    let mut n = one_node().await;
+    web(&mut n.client, 3).await;
+    let (_tx1, mut one) = open_stream(&n.client, "web-1").await;
+    let (_tx2, mut two) = open_stream(&n.client, "web-2").await;
+    let acquire = |host: &str, seq: u64| AcquireSlotRequest {
+        write: write(seq),
+        host: host.into(),
+        purpose: "maintenance".into(),
+        reason: "test".into(),
+        wait_ms: 5000,
+        ..Default::default()
+    };
+
+    // 40 grants and releases of web-3's slot: 80 entries that are no business of web-1's or
+    // web-2's streams.
+    let before = (n.signals.entries(), n.signals.wakeups());
+    for i in 0..40 {
+        let token = n
+            .client
+            .acquire_slot(acquire("web-3", 100 + 2 * i))
+            .await
+            .expect("acquire web-3")
+            .into_inner()
+            .slot
+            .expect("slot")
+            .token;
+        n.client
+            .release_slot(ReleaseSlotRequest {
+                write: write(101 + 2 * i),
+                host: "web-3".into(),
+                token,
+            })
+            .await
+            .expect("release web-3");
+    }
+    dispatched(&n.signals, before.0 + 80).await;
+    let woken = n.signals.wakeups() - before.1;
+    assert_eq!(
+        woken,
+        0,
+        "{woken} stream wake-ups for {} entries about another host",
+        n.signals.entries() - before.0
+    );
+    for (name, s) in [("web-1", &mut one), ("web-2", &mut two)] {
+        let quiet = tokio::time::timeout(Duration::from_millis(300), s.message()).await;
+        assert!(
+            quiet.is_err(),
+            "{name}'s stream was told something: {quiet:?}"
+        );
+    }
+
+    // web-1 is given a slot, then it is force-released: both reach web-1 at once, and only it.
+    let woken_before = n.signals.wakeups();
+    let token = n
+        .client
+        .acquire_slot(acquire("web-1", 200))
+        .await
+        .expect("acquire web-1")
+        .into_inner()
+        .slot
+        .expect("slot")
+        .token;
+    let m = pushed(&mut one, "the slot given").await;
+    assert_eq!(m.slot.as_ref().map(|s| s.token), Some(token), "{m:?}");
+    n.client
+        .force_release(ForceReleaseRequest {
+            write: write(201),
+            host: "web-1".into(),
+        })
+        .await
+        .expect("force release");
+    let m = pushed(&mut one, "the slot force-released").await;
+    assert!(
+        m.slot.is_none(),
+        "web-1 was still told it holds a slot: {m:?}"
+    );
+    assert_eq!(
+        n.signals.wakeups() - woken_before,
+        2,
+        "web-1's stream alone, twice"
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), two.message()).await;
+    assert!(
+        quiet.is_err(),
+        "web-2's stream was told something: {quiet:?}"
+    );
+
+    // A rollout gives both their assignment.
+    n.client
+        .start_rollout(start_req("r1", "v2"))
+        .await
+        .expect("start");
+    for (name, s) in [("web-1", &mut one), ("web-2", &mut two)] {
+        let m = pushed(s, "the assignment").await;
+        let rollout = m.assignment.as_ref().map(|a| a.rollout.as_str());
+        assert_eq!(rollout, Some("r1"), "{name}: {m:?}");
+    }
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 use super::acquire::{self, AcquireOutcome, AcquireRequest};
 use super::auth::{authorize, Need};
 use super::convert::{group_to_wire, host_to_wire, report_from_wire, slot_to_wire, write_id};
+use super::host_signals::{HostSignals, SignalStats};
 use super::leader::{
     ensure_leader, node_status, not_leader, read_barrier, state_status, write, WRITE_TIMEOUT,
 };
@@ -43,17 +44,26 @@ pub struct CoordinatorService {
     grpc_errors: GrpcErrors,
     /// `AcquireSlot` outcomes and waits.
     lock_stats: LockStats,
+    /// Wakes each heartbeat stream when its host's answer may have changed.
+    signals: HostSignals,
 }
 
 impl CoordinatorService {
     pub fn new(node: RaftNode, liveness: Arc<Liveness>) -> Self {
         Self {
-            node,
             liveness,
             waiters: Waiters::new(),
             grpc_errors: GrpcErrors::default(),
             lock_stats: LockStats::default(),
+            signals: HostSignals::new(node.clone()),
+            node,
         }
+    }
+
+    /// How many applied entries the heartbeat streams' dispatcher looked at, and how many
+    /// stream wake-ups it sent (`host_signals.rs`).
+    pub fn heartbeat_signals(&self) -> SignalStats {
+        self.signals.stats()
     }
 
     /// Counts this listener's refused calls into `metrics` (`hotdeploy_grpc_errors_total`).
@@ -106,10 +116,7 @@ fn check_purpose(p: &str) -> Result<(), Status> {
 pub(super) fn held_slot(node: &RaftNode, host: &str) -> Option<Slot> {
     let st = node.state();
     let token = st.host(host)?.slot?;
-    st.slots()
-        .into_iter()
-        .find(|s| s.token == token)
-        .map(slot_to_wire)
+    st.slot(token).map(slot_to_wire)
 }
 
 pub(super) type HeartbeatStream =
@@ -162,6 +169,7 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(heartbeat::serve(
             self.node.clone(),
             self.liveness.clone(),
+            self.signals.clone(),
             role,
             req.into_inner(),
         )))

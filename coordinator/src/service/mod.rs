@@ -18,7 +18,8 @@
 //! on the same listen address (see `raft::bootstrap`).
 //!
 //! Files: `coordinator` (the thin handlers), `acquire` (the AcquireSlot wait loop and its
-//! outcome), `heartbeat` (the agents' stream), `rollout` (the rollout RPCs' logic) and
+//! outcome), `heartbeat` (the agents' stream), `host_signals` (which wakes a stream only for
+//! its own host's changes), `rollout` (the rollout RPCs' logic) and
 //! `rollout_wire` (its conversions), `members`, `snapshot` (the state for `snapshot save`),
 //! `waiters` (the AcquireSlot queue), `leader` (routing and statuses), `auth`, `convert`.
 
@@ -27,6 +28,7 @@ mod auth;
 mod convert;
 mod coordinator;
 mod heartbeat;
+mod host_signals;
 mod leader;
 mod members;
 mod rollout;
@@ -35,6 +37,7 @@ mod snapshot;
 mod waiters;
 
 pub use coordinator::CoordinatorService;
+pub use host_signals::SignalStats;
 pub use leader::leader_hint;
 
 use crate::raft::{BlankPeerService, PeerServer};

@@ -30,6 +30,7 @@
 //! network inputs.
 
 use super::audit::{AuditEvent, AuditLog};
+use super::changes::{Changed, HostChanges};
 use super::command::{Answer, Command, Proposal, Response, FORMAT_VERSION, ROLLOUTS_VERSION};
 use super::error::StateError;
 use super::fleetlock::FLEETLOCK;
@@ -89,6 +90,10 @@ pub struct StateMachine {
     /// (`SetMemberVersion`). A later leader judges a member that is down by it.
     #[serde(default)]
     member_versions: BTreeMap<u64, u32>,
+    /// Derived and local, never serialized: the hosts whose heartbeat answer each recent entry
+    /// may have changed (`changes.rs`).
+    #[serde(skip)]
+    changes: HostChanges,
 }
 
 /// The snapshot as written: the state wrapped in a format number.
@@ -220,6 +225,7 @@ impl StateMachine {
         }
         state.rebuild_members();
         state.rollouts.reindex();
+        state.changes = HostChanges::starting_at(state.applied);
         state
             .check_consistency()
             .map_err(|e| StateError::Decode(format!("inconsistent state snapshot: {e}")))?;
@@ -252,6 +258,17 @@ impl StateMachine {
     /// All slots, sorted by token (oldest grant first).
     pub fn slots(&self) -> Vec<&Slot> {
         self.slots.values().collect()
+    }
+
+    /// The slot of token `token`, if it is held.
+    pub fn slot(&self, token: u64) -> Option<&Slot> {
+        self.slots.get(&token)
+    }
+
+    /// The hosts whose heartbeat answer (slot or assignment) the entries after `index` may
+    /// have changed, or [`Changed::All`] when this state no longer knows (see `changes.rs`).
+    pub fn hosts_changed_after(&self, index: u64) -> Changed<'_> {
+        self.changes.after(index)
     }
 
     /// Would `Acquire{host, purpose}` be granted now? `Ok(())` also for a re-entrant acquire.
@@ -336,6 +353,14 @@ impl StateMachine {
     /// The step `host` is to work on now, if any.
     pub fn assignment(&self, host: &str) -> Option<Assignment> {
         self.rollouts.assignment(host)
+    }
+
+    /// The host → active step index as it is, and as a full rebuild makes it (tests).
+    #[cfg(test)]
+    pub(super) fn index_and_rebuild(
+        &self,
+    ) -> (super::rollout::IndexEntries, super::rollout::IndexEntries) {
+        self.rollouts.index_and_rebuild()
     }
 
     /// [`StateMachine::assignment`] by a walk of every rollout, not the index (tests).
@@ -445,8 +470,11 @@ impl StateMachine {
     }
 
     /// Applies `command`, then moves the rollouts to their fixpoint (admission is derived on
-    /// apply: see `rollout/admit.rs`). Only after a success: a refusal changes nothing.
+    /// apply: see `rollout/admit.rs`). Only after a success: a refusal changes nothing. Then
+    /// brings the host → active step index up to date with what changed, and records the hosts
+    /// whose heartbeat answer may have changed.
     fn execute(&mut self, index: u64, at_ms: u64, actor: &str, command: Command) -> Response {
+        let subject = slot_subject(&command).map(str::to_string);
         let response = self.execute_command(index, at_ms, actor, command);
         if response.is_ok() && self.rollouts.any_active() {
             let at = At {
@@ -456,8 +484,13 @@ impl StateMachine {
             };
             self.rollouts.reconcile(&at, fleet!(self));
         }
+        // Also after a refusal: it changed nothing, so whatever it marked is a no-op.
+        let mut touched = self.rollouts.refresh_index();
         if response.is_ok() {
-            self.rollouts.reindex();
+            touched.extend(subject);
+            for host in touched {
+                self.changes.record(index, host);
+            }
         }
         response
     }
@@ -1027,6 +1060,20 @@ impl<'a> Ctx<'a> {
 
 /// Refuses a budget that `MaxUnavailable::parse` would refuse (0, 0%, over 100%). The type can
 /// be built directly, so a command may carry one that no config or CLI would accept.
+/// The host whose slot `command` may change, or who (re-)registers: its heartbeat answer may
+/// change with it.
+fn slot_subject(command: &Command) -> Option<&str> {
+    match command {
+        Command::Register { host, .. }
+        | Command::Acquire { host, .. }
+        | Command::Release { host, .. }
+        | Command::ForceRelease { host }
+        | Command::RemoveHost { host, .. }
+        | Command::RegisterLockOnly { host, .. } => Some(host),
+        _ => None,
+    }
+}
+
 fn check_budget(group: &str, m: MaxUnavailable) -> Result<(), StateError> {
     MaxUnavailable::parse(&m.to_string())
         .map(|_| ())

@@ -12,6 +12,7 @@
 //! - `lock`: [`Slot`]s and the grant rule, the heart of the system;
 //! - `session`: dedup of retried client writes by `(client_id, seq)`;
 //! - `audit`: the bounded trail of operator actions;
+//! - `changes`: which hosts' heartbeat answers each recent entry may have changed (derived);
 //! - `error`: [`StateError`], with gRPC codes and retryability;
 //! - `rollout/`: rollouts, their per-host steps, admission and desired releases;
 //! - `fleetlock`: FleetLock's lock-only hosts (`RegisterLockOnly`) and the `fleetlock` purpose;
@@ -20,6 +21,7 @@
 //!   calls, and the only place that turns raft's entries and membership changes into commands.
 
 mod audit;
+mod changes;
 mod command;
 mod error;
 mod fleetlock;
@@ -41,6 +43,7 @@ mod tests;
 mod upgrade_tests;
 
 pub use audit::AuditEvent;
+pub use changes::Changed;
 pub use command::{
     Answer, Command, DecodeError, Proposal, Response, WriteId, BASE_VERSION, FLEETLOCK_VERSION,
     FORMAT_VERSION, ROLLOUTS_VERSION, VERSION_GATE_VERSION,

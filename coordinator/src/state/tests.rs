@@ -1261,3 +1261,29 @@ fn errors_know_their_code_and_retryability() {
         "{name}"
     );
 }
+
+/// The leader's queue of waiting acquires builds a checker after every applied entry: it must
+/// count only the groups its waiters are in, not the whole fleet (`hd-bench scale`: with
+/// 10,000 hosts, one waiting lock client cost O(hosts) per entry).
+#[test]
+fn a_grant_checker_counts_only_the_groups_it_is_asked_about() {
+    let mut f = Fleet::new();
+    for g in 0..20 {
+        f.group(&format!("g{g}"), "1");
+        for h in 0..20 {
+            f.join(&format!("g{g}-h{h}"), &[&format!("g{g}")]);
+        }
+    }
+    f.group("lock", "1");
+    f.join("lock-h", &["lock"]);
+    f.join("lock-peer", &["lock"]);
+    let checker = f.sm.grant_checker();
+    assert_eq!(checker.groups_counted(), 0, "nothing asked yet");
+    assert_eq!(checker.outlook("lock-h", DEPLOY), Outlook::Grantable);
+    assert_eq!(checker.groups_counted(), 1, "only the lock group");
+    assert_eq!(checker.outlook("lock-peer", DEPLOY), Outlook::Grantable);
+    assert_eq!(checker.outlook("g3-h1", DEPLOY), Outlook::Grantable);
+    assert_eq!(checker.groups_counted(), 2, "each group at most once");
+    // The same judgement as the machine's own.
+    assert!(f.sm.check_grant("g3-h1", DEPLOY).is_ok());
+}

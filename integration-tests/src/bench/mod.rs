@@ -1,7 +1,7 @@
 //! The coordinator benchmarks behind `hd-bench` (DESIGN §9: benchmarks are not timed tests; each
 //! has a command in the README and a results table in BENCHMARKS.md).
 //!
-//! Five questions are asked of a real 3-node cluster on loopback, built in release mode, with
+//! Six questions are asked of a real 3-node cluster on loopback, built in release mode, with
 //! every Ready that must be durable `fdatasync`ed (see `coordinator/src/raft/sled_files.rs`):
 //!
 //! - [`lock`]: how long one acquire + release round trip of the deploy lock takes, from 1 client
@@ -17,6 +17,8 @@
 //! - [`rollout`]: how close a rollout of N simulated agents (the real agent logic on
 //!   [`sim_host`]'s fixed-cost host, wired by [`sim_agent`]) comes to its physical floor
 //!   ceil(N/B) × (restart + verify).
+//! - [`scale`]: N agents registered and holding heartbeat streams: the leader's CPU and RSS
+//!   and the lock's p99 under that load, ramped to the largest N held with p99 < 50 ms.
 //!
 //! The pieces, one job each:
 //!
@@ -54,6 +56,7 @@ pub mod machine;
 pub mod memory;
 pub mod report;
 pub mod rollout;
+pub mod scale;
 pub mod setup;
 pub mod sim_agent;
 pub mod sim_host;

@@ -387,3 +387,60 @@ pub fn rollout_table(r: &super::rollout::RolloutReport) -> String {
     targets_table(&mut out, &r.targets);
     out
 }
+
+pub fn scale_table(r: &super::scale::ScaleReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "machine: {}", r.machine.line());
+    let _ = writeln!(
+        out,
+        "heartbeat every {} ms, {} streams per connection, {} s window per level\n",
+        r.opts.interval_ms, r.opts.streams_per_connection, r.opts.window_s
+    );
+    let _ = writeln!(
+        out,
+        "{:>7} {:>6} {:>6} {:>9} {:>8} {:>9} {:>6} {:>6} {:>8} {:>8} {:>8} {:>11}",
+        "agents",
+        "reg s",
+        "open",
+        "answers/s",
+        "CPU %",
+        "RSS MiB",
+        "unrch",
+        "pairs",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "load"
+    );
+    for l in &r.levels {
+        let _ = writeln!(
+            out,
+            "{:>7} {:>6.1} {:>6} {:>9.0} {:>8.0} {:>9.1} {:>6} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>5.1}->{:<5.1}",
+            l.agents,
+            l.register_s,
+            l.streams_open,
+            l.answers_per_s,
+            l.leader_cpu_pct,
+            l.leader_rss_mib.unwrap_or(0.0),
+            l.unreachable,
+            l.lock.ops,
+            l.lock.p50_ms,
+            l.lock.p99_ms,
+            l.lock.max_ms,
+            l.load_before,
+            l.load_after
+        );
+    }
+    if let Some(why) = &r.stopped {
+        let _ = writeln!(out, "\nramp stopped: {why}");
+    }
+    let _ = writeln!(
+        out,
+        "largest held (lock p99 < 50 ms, every stream up, none unreachable): {}",
+        r.largest_held
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "none".into())
+    );
+    targets_table(&mut out, &r.targets);
+    out
+}

@@ -8,6 +8,7 @@
 //! target/release/hd-bench memory    # leader/follower RSS with 10,000 registered hosts
 //! target/release/hd-bench waiters   # 1,000 waiting acquires in a 1,000-host group: grant latency, leader CPU
 //! target/release/hd-bench rollout --agents 1000 --budget 50  # rollout time / ceil(N/B) x (T + verify)
+//! target/release/hd-bench scale --agents 10000,20000,30000,50000  # heartbeating agents: leader CPU/RSS, lock p99
 //! ```
 //!
 //! Each subcommand starts its own clusters on loopback (3 coordinators; for `lock` also 3 etcd
@@ -22,14 +23,14 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hotdeploy_integration_tests::bench::{
-    cleanup, failover, lock, memory, report, rollout, waiters,
+    cleanup, failover, lock, memory, report, rollout, scale, waiters,
 };
 use serde::Serialize;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Coordinator benchmarks: lock latency/throughput vs etcd, failover, memory, waiters, rollout"
+    about = "Coordinator benchmarks: lock latency/throughput vs etcd, failover, memory, waiters, rollout, scale"
 )]
 struct Args {
     /// Print the report as JSON on stdout (the table goes to stderr).
@@ -136,6 +137,21 @@ enum Cmd {
         /// How long the rollout may take, s.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+    },
+    /// Many agents registered and heartbeating: leader CPU and RSS, lock p99; ramped.
+    Scale {
+        /// Agent counts of the ramp, ascending, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,20000,30000,50000")]
+        agents: Vec<usize>,
+        /// Heartbeat streams per HTTP/2 connection (the server allows 1,024).
+        #[arg(long, default_value_t = 1000)]
+        streams_per_connection: usize,
+        /// Each agent's heartbeat interval, ms (the agents' own is 1 s).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Measured window of each level, s.
+        #[arg(long, default_value_t = 10)]
+        window_s: u64,
     },
 }
 
@@ -248,6 +264,21 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             };
             let r = rollout::run(&rt, &opts)?;
             (report::rollout_table(&r), to_json(&r)?, r.targets)
+        }
+        Cmd::Scale {
+            agents,
+            streams_per_connection,
+            interval_ms,
+            window_s,
+        } => {
+            let opts = scale::ScaleOpts {
+                agents: agents.clone(),
+                streams_per_connection: *streams_per_connection,
+                interval_ms: *interval_ms,
+                window_s: *window_s,
+            };
+            let r = scale::run(&rt, &opts)?;
+            (report::scale_table(&r), to_json(&r)?, r.targets)
         }
     };
     if args.json {

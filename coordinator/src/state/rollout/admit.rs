@@ -86,6 +86,7 @@ impl Rollouts {
             );
             r.log(at.index, at.at_ms, "", format!("halted: {reason}"));
             r.set_state(RolloutState::Halted, reason, at.at_ms);
+            self.active_steps.touch_rollout(id);
             return;
         }
         if r.steps.iter().all(|s| s.phase.is_terminal()) {
@@ -96,6 +97,7 @@ impl Rollouts {
             );
             r.log(at.index, at.at_ms, "", msg);
             r.set_state(RolloutState::Completed, String::new(), at.at_ms);
+            self.active_steps.touch_rollout(id);
             return;
         }
         if r.state != RolloutState::Running {
@@ -121,6 +123,7 @@ impl Rollouts {
             );
             r.log(at.index, at.at_ms, "", reason.clone());
             r.set_state(RolloutState::Paused, reason, at.at_ms);
+            self.active_steps.touch_rollout(id);
             return;
         }
         let mut count = in_flight(r, fleet);
@@ -149,6 +152,7 @@ impl Rollouts {
             let s = &mut r.steps[i];
             s.enter(StepPhase::Staged, at.at_ms);
             let host = s.host.clone();
+            self.active_steps.touch_step(id, &host);
             count -= 1;
             r.log(
                 at.index,
@@ -160,14 +164,14 @@ impl Rollouts {
                 ),
             );
         }
-        // Hosts already out first, then the others, each in step order.
-        let mut order: Vec<usize> = (0..r.steps.len()).collect();
-        order.sort_by_key(|&i| !fleet.host(&r.steps[i].host).is_some_and(already_out));
-        for i in order {
+        // Hosts already out first, then the others, each in step order. Only eligible steps
+        // are looked at, and each host is looked up once (not once per comparison of a sort:
+        // this runs after every applied entry, on every replica).
+        let (out, rest): (Vec<usize>, Vec<usize>) = (0..r.steps.len())
+            .filter(|&i| eligible(&r.steps[i]))
+            .partition(|&i| fleet.host(&r.steps[i].host).is_some_and(already_out));
+        for i in out.into_iter().chain(rest) {
             let s = &r.steps[i];
-            if !eligible(s) {
-                continue;
-            }
             let Some(h) = fleet.host(&s.host) else {
                 continue;
             };
@@ -183,6 +187,7 @@ impl Rollouts {
             s.admitted_at_ms = Some(at.at_ms);
             s.first_install = first;
             let host = s.host.clone();
+            self.active_steps.touch_step(id, &host);
             if !first {
                 count += 1;
             }

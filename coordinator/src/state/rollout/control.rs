@@ -55,6 +55,7 @@ impl Rollouts {
                     at.at_ms,
                 );
                 r.log(at.index, at.at_ms, "", format!("paused by {}", at.actor));
+                self.active_steps.touch_rollout(id);
                 Ok(true)
             }
             RolloutState::Paused => Ok(false),
@@ -69,6 +70,7 @@ impl Rollouts {
             RolloutState::Paused => {
                 r.set_state(RolloutState::Running, String::new(), at.at_ms);
                 r.log(at.index, at.at_ms, "", format!("resumed by {}", at.actor));
+                self.active_steps.touch_rollout(id);
                 Ok(true)
             }
             RolloutState::Running => Ok(false),
@@ -192,6 +194,7 @@ impl Rollouts {
                 None => format!("aborted by {}", at.actor),
             };
             r.log(at.index, at.at_ms, "", msg);
+            self.active_steps.touch_rollout(id);
         }
         let Some((rb_id, previous, policy, group, hosts)) = plan else {
             return Ok(None);
@@ -240,6 +243,7 @@ impl Rollouts {
         if let Some(r) = self.by_id.get_mut(id) {
             r.log(at.index, at.at_ms, "", format!("halted: {reason}"));
             r.set_state(RolloutState::Halted, reason, at.at_ms);
+            self.active_steps.touch_rollout(id);
         }
         Ok(true)
     }

@@ -32,10 +32,11 @@
 //!   non-terminal step;
 //! - every step of an active rollout names a registered host, and a step's token names that
 //!   host's slot or none.
-//! - the derived host → active step index (not serialized, rebuilt after every applied command
-//!   and on restore) names exactly the non-terminal steps of the active rollouts. Reads
-//!   (`assignment`, the heartbeat's question after every entry) use it; code that runs while a
-//!   command applies walks the rollouts instead, since the index is only rebuilt after it.
+//! - the derived host → active step index (`index`: not serialized, rebuilt on restore, and
+//!   brought up to date after every applied command from what the command marked as changed)
+//!   names exactly the non-terminal steps of the active rollouts. Reads (`assignment`, the
+//!   heartbeat's answer) use it; code that runs while a command applies walks the rollouts
+//!   instead, since the index is only refreshed after it.
 //!
 //! Left out: command versioning for mixed-version clusters (issue 11; see the architecture
 //! doc for where its gate sits) and any per-rollout metrics.
@@ -44,6 +45,7 @@ mod admit;
 mod control;
 mod desired;
 mod error;
+mod index;
 mod model;
 mod report;
 mod start;
@@ -66,8 +68,9 @@ pub use wait::{Unavailable, Wait};
 use super::group::Group;
 use super::host::Host;
 use super::lock::Slot;
+use index::ActiveIndex;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The part of the machine's state a rollout reads: hosts, groups and slots, after the command
 /// being applied has changed them.
@@ -134,6 +137,10 @@ pub(in crate::state) fn serves(slot: &Slot, r: &Rollout) -> bool {
     slot.rollout == r.id && slot.token > r.created_index
 }
 
+/// Host → (rollout, step position): the index's entries, for tests.
+#[cfg(test)]
+pub(in crate::state) type IndexEntries = BTreeMap<String, (String, usize)>;
+
 /// Who applies: the raft index, the proposer's clock and the actor of the entry.
 #[derive(Clone, Copy)]
 pub(in crate::state) struct At<'a> {
@@ -152,10 +159,11 @@ pub(in crate::state) struct Rollouts {
     group_desired: BTreeMap<String, Desired>,
     /// Derived, never serialized: host → (active rollout, index of its non-terminal step in
     /// it), so that a heartbeat's assignment is one lookup rather than a walk of every
-    /// rollout and its steps. Rebuilt by [`Rollouts::reindex`] after every command the machine
-    /// applies and on restore; [`Rollouts::check_consistency`] checks it against a scan.
+    /// rollout and its steps. Rebuilt by [`Rollouts::reindex`] on restore and refreshed by
+    /// [`Rollouts::refresh_index`] after every command (see `index.rs`);
+    /// [`Rollouts::check_consistency`] checks it against a scan.
     #[serde(skip)]
-    active_steps: BTreeMap<String, (String, usize)>,
+    active_steps: ActiveIndex,
 }
 
 impl Rollouts {
@@ -190,20 +198,31 @@ impl Rollouts {
     pub fn active_step_of(&self, host: &str) -> Option<(&Rollout, &Step)> {
         let (id, i) = self.active_steps.get(host)?;
         let r = self.by_id.get(id)?;
-        r.steps.get(*i).map(|s| (r, s))
+        r.steps.get(i).map(|s| (r, s))
     }
 
-    /// Rebuilds the host → active step index from the rollouts. Linear in the steps of the
-    /// active rollouts; the machine calls it once per applied command.
+    /// Rebuilds the host → active step index from the rollouts (on restore). Linear in the
+    /// steps of the active rollouts.
     pub fn reindex(&mut self) {
-        self.active_steps.clear();
-        for r in self.by_id.values().filter(|r| r.state.is_active()) {
-            for (i, s) in r.steps.iter().enumerate() {
-                if !s.phase.is_terminal() {
-                    self.active_steps.insert(s.host.clone(), (r.id.clone(), i));
-                }
-            }
-        }
+        self.active_steps.rebuild(&self.by_id);
+    }
+
+    /// Brings the index up to date with what the command just applied marked as changed, and
+    /// returns the hosts whose assignment may have changed. The machine calls it after every
+    /// command; it costs what the command touched.
+    pub fn refresh_index(&mut self) -> BTreeSet<String> {
+        self.active_steps.refresh(&self.by_id)
+    }
+
+    /// The index as it is and as a full rebuild would make it, for the property tests.
+    #[cfg(test)]
+    pub fn index_and_rebuild(&self) -> (IndexEntries, IndexEntries) {
+        let mut rebuilt = ActiveIndex::default();
+        rebuilt.rebuild(&self.by_id);
+        (
+            self.active_steps.entries().clone(),
+            rebuilt.entries().clone(),
+        )
     }
 
     /// [`Rollouts::active_step_of`] by a walk of every rollout, for use while a command is
@@ -317,7 +336,7 @@ impl Rollouts {
                 for (i, s) in r.steps.iter().enumerate() {
                     let indexed = self.active_steps.get(&s.host);
                     let want = !s.phase.is_terminal();
-                    if want && indexed != Some(&(r.id.clone(), i)) {
+                    if want && indexed != Some((r.id.as_str(), i)) {
                         return Err(format!(
                             "host {:?} is indexed at {indexed:?}, not at step {i} of {:?}",
                             s.host, r.id

@@ -23,16 +23,19 @@
 //! - **desired release:** a host's desired release is that of the latest rollout (by start)
 //!   whose step on it succeeded, tracked here from the steps' transitions;
 //! - a refused command changes nothing; the machine's own consistency check passes; snapshot
-//!   and restore give back an equal state.
+//!   and restore give back an equal state;
+//! - **derived state:** the host → active step index, kept up to date incrementally, equals a
+//!   full rebuild; and every host whose heartbeat answer (slot, assignment) changed is in the
+//!   change log of that entry, which is all that wakes its heartbeat stream.
 
 use crate::state::{
-    Answer, Command, GroupSeed, Health, Host, Proposal, Reachability, ReleaseSpec, Report,
-    Response, RolloutKind, RolloutSpec, RolloutState, Rotation, StateMachine, StepPhase,
-    StepReport,
+    Answer, Assignment, Changed, Command, GroupSeed, Health, Host, Proposal, Reachability,
+    ReleaseSpec, Report, Response, RolloutKind, RolloutSpec, RolloutState, Rotation, StateMachine,
+    StepPhase, StepReport,
 };
 use ::proptest::prelude::*;
 use hotdeploy_common::config::MaxUnavailable;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const GROUPS: [&str; 2] = ["a", "b"];
 const HOSTS: usize = 5;
@@ -667,9 +670,55 @@ fn check(
             &h.id
         );
     }
+    // The index, kept up to date from what each command marked, is what a full rebuild
+    // makes.
+    let (index_now, rebuilt) = after.index_and_rebuild();
+    prop_assert_eq!(
+        index_now,
+        rebuilt,
+        "incremental host -> active step index after {:?}",
+        command
+    );
+    check_changes_recorded(before, after, index)?;
     let restored = StateMachine::restore(&after.snapshot().expect("snapshot"));
     prop_assert_eq!(restored.as_ref(), Ok(after));
     Ok(())
+}
+
+/// What a heartbeat stream tells `host`: the token of its slot, and its assignment.
+fn answer(sm: &StateMachine, host: &str) -> (Option<Option<u64>>, Option<Assignment>) {
+    (sm.host(host).map(|h| h.slot), sm.assignment(host))
+}
+
+/// Every host whose heartbeat answer the entry at `index` changed is in the change log for
+/// that entry (which is all a stream is woken by). Returns how many answers changed.
+fn check_changes_recorded(
+    before: &StateMachine,
+    after: &StateMachine,
+    index: u64,
+) -> Result<usize, TestCaseError> {
+    let changed = after.hosts_changed_after(index - 1);
+    let mut hosts: BTreeSet<String> = before.hosts().map(|h| h.id.clone()).collect();
+    hosts.extend(after.hosts().map(|h| h.id.clone()));
+    let mut n = 0;
+    for h in &hosts {
+        if answer(before, h) != answer(after, h) {
+            n += 1;
+            let seen = match &changed {
+                Changed::All => true,
+                Changed::Hosts(list) => list.contains(&h.as_str()),
+            };
+            prop_assert!(
+                seen,
+                "the heartbeat answer of {} changed at {} ({:?} -> {:?}) and was not recorded",
+                h,
+                index,
+                answer(before, h),
+                answer(after, h)
+            );
+        }
+    }
+    Ok(n)
 }
 
 fn run(seeds: Vec<GroupSeed>, ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -716,6 +765,8 @@ fn random_sequences_reach_completion_halts_and_admissions() {
     use ::proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let (mut completed, mut halted, mut grants) = (0, 0, 0);
+    // Heartbeat answers that changed, hosts the change log named, and (host, entry) pairs.
+    let (mut answers_changed, mut recorded, mut pairs) = (0, 0, 0);
     for _ in 0..200 {
         let seeds = seeds().new_tree(&mut runner).expect("seeds").current();
         let ops = proptest::collection::vec(op(), 60..120)
@@ -733,7 +784,15 @@ fn random_sequences_reach_completion_halts_and_admissions() {
             let (actor, command) = command(&sm, op);
             let is_rollout_acquire =
                 matches!(&command, Command::Acquire { rollout, .. } if !rollout.is_empty());
+            let before = sm.clone();
             let r = sm.apply(index, Proposal::new(None, index * 1000, actor, command));
+            answers_changed +=
+                check_changes_recorded(&before, &sm, index).expect("every change recorded");
+            pairs += sm.hosts().count();
+            recorded += match sm.hosts_changed_after(index - 1) {
+                Changed::All => sm.hosts().count(),
+                Changed::Hosts(h) => h.iter().collect::<BTreeSet<_>>().len(),
+            };
             if is_rollout_acquire && matches!(r, Ok(Answer::Slot(ref s)) if s.token == index) {
                 grants += 1;
             }
@@ -750,6 +809,19 @@ fn random_sequences_reach_completion_halts_and_admissions() {
             .count();
     }
     eprintln!("completed {completed}, halted {halted}, rollout grants {grants}");
+    eprintln!(
+        "heartbeat answers changed {answers_changed}, hosts woken {recorded} of {pairs} \
+         (host, entry) pairs"
+    );
+    assert!(
+        answers_changed >= 500,
+        "only {answers_changed} answers changed"
+    );
+    // A stream is woken for its own host's entries, not for every entry.
+    assert!(
+        recorded * 3 < pairs,
+        "{recorded} hosts woken of {pairs} (host, entry) pairs: the log is not selective"
+    );
     assert!(completed >= 20, "only {completed} rollouts completed");
     assert!(halted >= 20, "only {halted} rollouts halted");
     assert!(grants >= 50, "only {grants} rollout slots granted");

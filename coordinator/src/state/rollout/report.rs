@@ -156,6 +156,7 @@ impl Rollouts {
         let succeeded = s.phase == P::Succeeded;
         r.log(at.index, at.at_ms, host, message);
         r.progressed(at.at_ms);
+        self.active_steps.touch_step(id, host);
         if succeeded {
             self.record_success(id, host);
         }
@@ -219,6 +220,7 @@ impl Rollouts {
         s.first_install = false;
         r.log(at.index, at.at_ms, host, format!("slot {token} granted"));
         r.progressed(at.at_ms);
+        self.active_steps.touch_step(id, host);
     }
 
     /// `host` committed `phase` with the token of its slot for rollout `id`.
@@ -239,6 +241,7 @@ impl Rollouts {
         }
         r.log(at.index, at.at_ms, host, to.as_str().to_string());
         r.progressed(at.at_ms);
+        self.active_steps.touch_step(id, host);
     }
 
     /// `slot` is gone (`how`: "released", "force-released", "freed by host removal"). A step
@@ -273,6 +276,7 @@ impl Rollouts {
         };
         r.log(at.index, at.at_ms, &slot.host, message);
         r.progressed(at.at_ms);
+        self.active_steps.touch_step(&slot.rollout, &slot.host);
     }
 
     /// `host` registered. It gets a step in an active rollout of a group it is in and has none
@@ -296,6 +300,9 @@ impl Rollouts {
                         format!("{host} left group {}: dropped from the rollout", r.group),
                     );
                     r.progressed(at.at_ms);
+                    // The steps after it moved.
+                    self.active_steps.touch_rollout(&id);
+                    self.active_steps.touch_step(&id, host);
                 }
             }
         }
@@ -325,6 +332,7 @@ impl Rollouts {
             r.steps.push(s);
             r.log(at.index, at.at_ms, host, msg);
             r.progressed(at.at_ms);
+            self.active_steps.touch_step(&id, host);
             if done {
                 self.record_success(&id, host);
             }
@@ -355,6 +363,9 @@ impl Rollouts {
                     format!("{host} was removed: dropped from the rollout"),
                 );
                 r.progressed(at.at_ms);
+                // The steps after it moved.
+                self.active_steps.touch_rollout(&id);
+                self.active_steps.touch_step(&id, host);
             }
         }
         self.forget_host(host);

@@ -260,6 +260,7 @@ impl Rollouts {
             .map(|s| s.host.clone())
             .collect();
         self.by_id.insert(id.clone(), r);
+        self.active_steps.touch_rollout(&id);
         for host in done {
             self.record_success(&id, &host);
         }
@@ -306,6 +307,7 @@ impl Rollouts {
                 "",
                 format!("superseded by rollout {by}"),
             );
+            self.active_steps.touch_rollout(id);
         }
     }
 
@@ -324,7 +326,13 @@ impl Rollouts {
         terminal.sort();
         let excess = terminal.len() - MAX_TERMINAL;
         for (_, id) in terminal.into_iter().take(excess) {
-            self.by_id.remove(&id);
+            if let Some(r) = self.by_id.remove(&id) {
+                // Terminal, so nothing should point at it; should something, its step marks
+                // clear it.
+                for s in &r.steps {
+                    self.active_steps.touch_step(&id, &s.host);
+                }
+            }
         }
     }
 }
