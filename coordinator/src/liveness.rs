@@ -123,13 +123,16 @@ impl Liveness {
         });
     }
 
-    /// Runs the periodic check until the process ends.
-    pub async fn run(self: Arc<Self>) {
+    /// Runs the periodic check until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
         let period = (self.cfg.heartbeat_interval / 2).max(Duration::from_millis(100));
         let mut tick = tokio::time::interval(period);
         loop {
-            tick.tick().await;
-            self.check();
+            tokio::select! {
+                _ = tick.tick() => self.check(),
+                _ = &mut shutdown => return,
+            }
         }
     }
 
@@ -252,5 +255,25 @@ mod tests {
         .await
         .expect("the valid report applies")
         .unwrap();
+    }
+
+    /// The periodic check ends on the shutdown signal rather than running until it is aborted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_check_ends_on_the_shutdown_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_node::config(dir.path(), "127.0.0.1:1");
+        let node = test_node::start(&cfg).await;
+        let liveness = Liveness::new(node, LivenessConfig::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(liveness.run(async {
+            let _ = stopped.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!running.is_finished(), "the check ended before shutdown");
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the check ends on shutdown")
+            .unwrap();
     }
 }

@@ -54,7 +54,7 @@ async fn one_node() -> OneNode {
         .await
         .expect("raft node");
     let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
-    tokio::spawn(liveness.clone().run());
+    tokio::spawn(liveness.clone().run(std::future::pending::<()>()));
     let (stop_clock, clock) = watch::channel(false);
     tokio::spawn(hotdeploy_coordinator::progress::run(node.clone(), clock));
     let svc = CoordinatorService::new(node.clone(), liveness);

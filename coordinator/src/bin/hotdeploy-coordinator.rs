@@ -220,8 +220,6 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     }
     let (node, peer) = RaftNode::start(&cfg, storage, client_tls).await?;
     let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
-    tokio::spawn(liveness.clone().run());
-    tokio::spawn(seed_groups(node.clone(), cfg.clone()));
     // The one shutdown signal, for every long-lived task.
     let (stop, stopping) = watch::channel(false);
     let signalled = stop.clone();
@@ -229,6 +227,12 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = signalled.send(true);
     });
+    let checking = tokio::spawn(liveness.clone().run(stopped(stopping.clone())));
+    let seeding = tokio::spawn(seed_groups(
+        node.clone(),
+        cfg.clone(),
+        stopped(stopping.clone()),
+    ));
     let progress = tokio::spawn(hotdeploy_coordinator::progress::run(
         node.clone(),
         stopping.clone(),
@@ -283,6 +287,8 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     .await;
     let _ = stop.send(true);
     let _ = supervisor.await;
+    let _ = checking.await;
+    let _ = seeding.await;
     let _ = progress.await;
     if let Some(h) = http_server {
         let _ = h.await;
@@ -309,7 +315,18 @@ fn clone_listener(listener: &TcpListener) -> anyhow::Result<TcpListener> {
 /// When this node leads a cluster that has no groups yet, proposes the config's `[groups]`.
 /// The state machine ignores the seed once any group exists, so the config's values apply only
 /// to a newly bootstrapped cluster.
-async fn seed_groups(node: RaftNode, cfg: CoordinatorConfig) {
+async fn seed_groups(
+    node: RaftNode,
+    cfg: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        _ = seed_groups_once(node, cfg) => {}
+        _ = shutdown => {}
+    }
+}
+
+async fn seed_groups_once(node: RaftNode, cfg: CoordinatorConfig) {
     if cfg.groups.is_empty() {
         return;
     }
