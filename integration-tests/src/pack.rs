@@ -148,6 +148,26 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A fresh source tree `out_dir/src-<version>/` holding `bin/<binary>` (a copy of the built
+/// workspace binary) and `VERSION`.
+fn release_tree(out_dir: &Path, version: &str, binary: &str) -> anyhow::Result<PathBuf> {
+    let built = crate::bins::find(binary).with_context(|| {
+        format!(
+            "{binary} is not built in {}: run `cargo build --workspace --bins`",
+            crate::bins::profile_dir().display()
+        )
+    })?;
+    let tree = out_dir.join(format!("src-{version}"));
+    if tree.exists() {
+        fs::remove_dir_all(&tree)?;
+    }
+    fs::create_dir_all(tree.join("bin"))?;
+    fs::copy(&built, tree.join("bin").join(binary))
+        .with_context(|| format!("copying {}", built.display()))?;
+    fs::write(tree.join("VERSION"), format!("{version}\n"))?;
+    Ok(tree)
+}
+
 /// Builds the sample release `version` in `out_dir`: a source tree `out_dir/src-<version>/`
 /// with `bin/sample-app`, `VERSION` and optionally `FAIL_HEALTH`, packed as
 /// `out_dir/app-<version>.<ext>`. Returns the artifact's path and hex sha256.
@@ -157,20 +177,7 @@ pub fn make_sample_release(
     fail_health: bool,
     format: ArtifactFormat,
 ) -> anyhow::Result<(PathBuf, String)> {
-    let app = crate::bins::find(crate::bins::SAMPLE_APP).with_context(|| {
-        format!(
-            "sample-app is not built in {}: run `cargo build --workspace --bins`",
-            crate::bins::profile_dir().display()
-        )
-    })?;
-    let tree = out_dir.join(format!("src-{version}"));
-    if tree.exists() {
-        fs::remove_dir_all(&tree)?;
-    }
-    fs::create_dir_all(tree.join("bin"))?;
-    fs::copy(&app, tree.join("bin").join("sample-app"))
-        .with_context(|| format!("copying {}", app.display()))?;
-    fs::write(tree.join("VERSION"), format!("{version}\n"))?;
+    let tree = release_tree(out_dir, version, crate::bins::SAMPLE_APP)?;
     if fail_health {
         fs::write(
             tree.join("FAIL_HEALTH"),
@@ -190,20 +197,7 @@ pub fn make_agent_release(
     version: &str,
     format: ArtifactFormat,
 ) -> anyhow::Result<(PathBuf, String)> {
-    let agent = crate::bins::find(crate::bins::AGENT).with_context(|| {
-        format!(
-            "hotdeploy-agent is not built in {}: run `cargo build --workspace --bins`",
-            crate::bins::profile_dir().display()
-        )
-    })?;
-    let tree = out_dir.join(format!("src-{version}"));
-    if tree.exists() {
-        fs::remove_dir_all(&tree)?;
-    }
-    fs::create_dir_all(tree.join("bin"))?;
-    fs::copy(&agent, tree.join("bin").join("hotdeploy-agent"))
-        .with_context(|| format!("copying {}", agent.display()))?;
-    fs::write(tree.join("VERSION"), format!("{version}\n"))?;
+    let tree = release_tree(out_dir, version, crate::bins::AGENT)?;
     let artifact = out_dir.join(format!("agent-{version}.{}", format.extension()));
     let sha = pack_dir(&tree, &artifact)?;
     // The tree is a copy of a large binary that nothing reads again.
