@@ -220,18 +220,6 @@ fn crash_during_verify_with_coordinators_releases_the_slot() {
     crash_and_recover("during_verify", true);
 }
 
-/// HAProxy's status of `server`, or why it could not be read.
-fn haproxy_status(haproxy: &hotdeploy_integration_tests::haproxy::HaProxy, server: &str) -> String {
-    match haproxy.stat() {
-        Ok(rows) => rows
-            .into_iter()
-            .find(|r| r.name == server)
-            .map(|r| r.status)
-            .unwrap_or_else(|| "(no such server)".into()),
-        Err(e) => format!("(stat failed: {e})"),
-    }
-}
-
 /// What one round of observation saw, in the order it was read: what the agent reports and
 /// whether the coordinators list its slot, then HAProxy. The agent confirms HAProxy has the
 /// server UP before it reports it in rotation or releases its slot, and HAProxy keeps it UP, so
@@ -273,7 +261,7 @@ fn observe(
             Ok(held) => held.iter().any(|l| l["host"] == "web-1"),
             Err(_) => continue,
         };
-        let haproxy = haproxy_status(haproxy, "web-1");
+        let haproxy = haproxy.server_status("web-1");
         let s = Sample {
             agent_state,
             slot_held,
@@ -345,7 +333,7 @@ fn a_lost_journal_is_rebuilt_and_the_slot_released_only_once_back_up() {
         "the agent did not die at after_drain (built without the failpoints feature?)\n{}",
         logs(&agent)
     );
-    let at_crash = haproxy_status(&haproxy, "web-1");
+    let at_crash = haproxy.server_status("web-1");
     assert!(
         at_crash.starts_with("DRAIN"),
         "HAProxy at the crash: {at_crash}"

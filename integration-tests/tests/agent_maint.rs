@@ -31,18 +31,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-/// What HAProxy says of web-1 (`UP`, `DRAIN`, `MAINT`, ...).
-fn haproxy_status(haproxy: &HaProxy) -> String {
-    match haproxy.stat() {
-        Ok(rows) => rows
-            .into_iter()
-            .find(|r| r.name == "web-1")
-            .map(|r| r.status)
-            .unwrap_or_else(|| "(no such server)".into()),
-        Err(e) => format!("(stat failed: {e})"),
-    }
-}
-
 /// The pieces of one scenario.
 struct Scene {
     deadline: Deadline,
@@ -173,7 +161,7 @@ impl Scene {
             "{when}: web-1 should hold an agent-maintenance slot for {reason:?}: {held:?}\n{}",
             self.logs()
         );
-        let ha = haproxy_status(&self.haproxy);
+        let ha = self.haproxy.server_status("web-1");
         assert!(
             !ha.starts_with("UP"),
             "{when}: web-1 is in HAProxy's rotation ({ha})\n{}",
@@ -239,7 +227,7 @@ fn maintenance_through_a_command_holds_the_slot_and_keeps_the_host_out_while_it_
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(text(&out).contains("does not exist"), "{}", show(&out));
     assert!(locks(&scene.cluster).unwrap_or_default().is_empty());
-    assert!(haproxy_status(&scene.haproxy).starts_with("UP"));
+    assert!(scene.haproxy.server_status("web-1").starts_with("UP"));
 
     // Maintenance by hand: an operator's `locks acquire` slot (purpose `maintenance`) is not the
     // agent's. While it is held the agent's maintenance is refused by the lock and disrupts
@@ -263,7 +251,7 @@ fn maintenance_through_a_command_holds_the_slot_and_keeps_the_host_out_while_it_
         held.len() == 1 && held[0]["purpose"] == "maintenance" && held[0]["reason"] == "by hand",
         "only the operator's slot, untouched by the agent: {held:?}"
     );
-    assert!(haproxy_status(&scene.haproxy).starts_with("UP"));
+    assert!(scene.haproxy.server_status("web-1").starts_with("UP"));
     let out = scene.cluster.ctl(&["locks", "release", "web-1"]);
     assert!(out.status.success(), "locks release: {}", show(&out));
     assert!(locks(&scene.cluster).unwrap_or_default().is_empty());
