@@ -32,20 +32,10 @@ fn crash_and_recover(failpoint: &str, with_cluster: bool) {
         if with_cluster { " (coordinators)" } else { "" }
     );
     let deadline = Deadline::new(&name, Duration::from_secs(60));
-    let artifacts = tempfile::Builder::new()
-        .prefix("hd-crash-rel-")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let artifacts = artifacts_dir("hd-crash-rel-");
     let v1 = release(artifacts.path(), "v1", false);
     let v2 = release(artifacts.path(), "v2", false);
-    // A group of one host can be deployed only with allow_zero_available.
-    let cluster: Option<Cluster> = with_cluster.then(|| {
-        start_cluster(
-            &deadline,
-            "5s",
-            "[groups.web]\nallow_zero_available = true\n",
-        )
-    });
+    let cluster: Option<Cluster> = with_cluster.then(|| start_one_host_cluster(&deadline));
     let coordinators = cluster
         .as_ref()
         .map(Cluster::coordinator_addrs)
@@ -287,17 +277,12 @@ fn observe(
 #[test]
 fn a_lost_journal_is_rebuilt_and_the_slot_released_only_once_back_up() {
     let deadline = Deadline::new("lost journal after a drain", Duration::from_secs(90));
-    let artifacts = tempfile::Builder::new()
-        .prefix("hd-crash-rel-")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("temp dir: {e}"));
-    let v1 = release(artifacts.path(), "v1", false);
+    let OneHostGroup {
+        artifacts,
+        v1,
+        cluster,
+    } = OneHostGroup::start(&deadline, "hd-crash-rel-");
     let v2 = release(artifacts.path(), "v2", false);
-    let cluster = start_cluster(
-        &deadline,
-        "5s",
-        "[groups.web]\nallow_zero_available = true\n",
-    );
     let ips = hotdeploy_integration_tests::net::alloc_ips(2);
     let haproxy = start_haproxy(&[ha_server("web-1", ips[0])], ips[1]);
     let mut opts = fast_opts("web-1", ips[0], cluster.coordinator_addrs());
@@ -412,16 +397,11 @@ fn a_lost_journal_is_rebuilt_and_the_slot_released_only_once_back_up() {
 #[test]
 fn a_crash_inside_an_undrain_never_leaves_a_drained_host_without_a_slot() {
     let deadline = Deadline::new("crash inside an undrain", Duration::from_secs(90));
-    let artifacts = tempfile::Builder::new()
-        .prefix("hd-crash-rel-")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("temp dir: {e}"));
-    let v1 = release(artifacts.path(), "v1", false);
-    let cluster = start_cluster(
-        &deadline,
-        "5s",
-        "[groups.web]\nallow_zero_available = true\n",
-    );
+    let OneHostGroup {
+        artifacts: _artifacts,
+        v1,
+        cluster,
+    } = OneHostGroup::start(&deadline, "hd-crash-rel-");
     let ips = hotdeploy_integration_tests::net::alloc_ips(2);
     let haproxy = start_haproxy(&[ha_server("web-1", ips[0])], ips[1]);
     let mut agent = AgentProc::start(fast_opts("web-1", ips[0], cluster.coordinator_addrs()));

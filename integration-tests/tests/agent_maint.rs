@@ -45,17 +45,11 @@ impl Scene {
     fn start(name: &str) -> Scene {
         let deadline = Deadline::new(name, Duration::from_secs(150));
         HaProxy::require().unwrap_or_else(|e| panic!("{e}"));
-        let artifacts = tempfile::Builder::new()
-            .prefix("hd-maint-rel-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let v1 = release(artifacts.path(), "v1", false);
-        // A group of one host can be held only with allow_zero_available.
-        let cluster = start_cluster(
-            &deadline,
-            "5s",
-            "[groups.web]\nallow_zero_available = true\n",
-        );
+        let OneHostGroup {
+            artifacts,
+            v1,
+            cluster,
+        } = OneHostGroup::start(&deadline, "hd-maint-rel-");
         let ips = net::alloc_ips(2);
         let haproxy = start_haproxy(&[ha_server("web-1", ips[0])], ips[1]);
         let mut opts = fast_opts("web-1", ips[0], cluster.coordinator_addrs());
