@@ -383,6 +383,7 @@ impl MaintRun {
         if let Err(e) = self.eng.journal.put_maint(&self.rec) {
             tracing::error!(error = %e, "cannot journal the maintenance result");
         }
+        self.eng.stats.maintenance_concluded(result);
         let verdict = MaintVerdict {
             result,
             error,
