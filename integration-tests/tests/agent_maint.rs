@@ -18,6 +18,11 @@
 //! - The agent is killed (`kill -9`) mid-command and restarted: the command goes on, the host
 //!   stays out while it runs, and once it ends the host returns to rotation with the slot
 //!   released.
+//! - The agent dies (failpoint `maint_before_pid_journaled`, a `kill -9` of its own) after it
+//!   started the command's process but before it journaled the pid: the command never runs (it
+//!   waits at a gate for the journaled pid), and the restarted agent says so (`failed`, "was
+//!   not run", counted in `hotdeploy_agent_maintenance_runs_total`), returning the host with the
+//!   slot released.
 
 mod agent_support;
 
@@ -52,7 +57,7 @@ impl Scene {
         } = OneHostGroup::start(&deadline, "hd-maint-rel-");
         let ips = net::alloc_ips(2);
         let haproxy = start_haproxy(&[ha_server("web-1", ips[0])], ips[1]);
-        let mut opts = fast_opts("web-1", ips[0], cluster.coordinator_addrs());
+        let mut opts = fast_opts("web-1", ips[0], cluster.coordinator_addrs()).with_metrics();
         opts.haproxy_socket = Some(haproxy.socket_path().to_path_buf());
         opts.drain_timeout = Some("5s".into());
         let agent = AgentProc::start(opts);
@@ -392,5 +397,86 @@ fn an_agent_killed_mid_command_returns_the_host_with_the_slot_released_once_it_e
     );
     assert!(!pid_alive(pid));
     one_app_pid(&scene.agent);
+    scene.deadline.finish();
+}
+
+#[test]
+fn an_agent_killed_before_journaling_the_commands_pid_never_runs_it_and_says_so() {
+    let mut scene = Scene::start("agent killed before the command's pid is journaled");
+    scene.agent.opts_mut().env = vec![(
+        "HOTDEPLOY_FAILPOINTS".into(),
+        "maint_before_pid_journaled".into(),
+    )];
+    scene.agent.restart();
+    wait_settled(
+        &scene.deadline,
+        &scene.agent,
+        Some("v1"),
+        Duration::from_secs(15),
+    );
+    // Were the command to run, it would write `started` at once and, the gate being open, end.
+    scene.open_gate();
+    let out = scene.ctl_maint("os patch", &scene.command(0));
+    assert!(
+        !out.status.success(),
+        "the maintenance succeeded although the agent was to die in it: {}\n(was the agent \
+         built with --features hotdeploy-agent/failpoints?)",
+        show(&out)
+    );
+    let exit = scene
+        .agent
+        .wait_exit(scene.deadline.bound(Duration::from_secs(10)));
+    assert!(
+        exit.is_some(),
+        "the agent still runs: built without `--features hotdeploy-agent/failpoints`?\n{}",
+        scene.logs()
+    );
+    assert!(
+        scene
+            .agent
+            .log_tail()
+            .contains("failpoint maint_before_pid_journaled"),
+        "the agent died, but not at maint_before_pid_journaled:\n{}",
+        scene.logs()
+    );
+    let held = locks(&scene.cluster).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        held.iter()
+            .any(|l| l["host"] == "web-1" && l["purpose"] == "agent-maintenance"),
+        "the slot stays held while the agent is down: {held:?}"
+    );
+
+    scene.agent.opts_mut().env.clear();
+    scene.agent.restart();
+    let s = scene.wait_back("after the restarted agent undid the maintenance");
+    let last_error = s["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("was not run"),
+        "the restarted agent must say the command was not run: {s}\n{}",
+        scene.logs()
+    );
+    assert_eq!(s["maintenance"], false, "{s}");
+    let runs = scene.agent.scrape().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        runs.get("hotdeploy_agent_maintenance_runs_total{outcome=\"failed\"}"),
+        Some(1.0),
+        "the undone run is counted as failed"
+    );
+    assert_eq!(
+        runs.value_or_zero("hotdeploy_agent_maintenance_runs_total{outcome=\"succeeded\"}"),
+        0.0
+    );
+    // The command never ran, not even late: its gate closed with the agent that held it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = scene.gate_file("started");
+    assert!(
+        !started.exists(),
+        "the maintenance command ran (pid {}) although its pid was never journaled",
+        std::fs::read_to_string(&started).unwrap_or_default().trim()
+    );
+    let log = std::fs::read_to_string(scene.agent.data_dir().join("maint.log"))
+        .unwrap_or_else(|e| panic!("maint.log: {e}"));
+    assert!(log.contains("was not started"), "maint.log: {log}");
+    assert!(!log.contains("maintenance output"), "maint.log: {log}");
     scene.deadline.finish();
 }
