@@ -17,6 +17,7 @@
 //! - [`supervisor`]: READY=1, the systemd watchdog and `grpc.health.v1`, from the raft loop's
 //!   own progress.
 //! - [`progress`]: leader-only rollout progress deadlines; proposes `CheckProgress` only.
+//! - [`tls_reload`]: SIGHUP re-reads the `[tls]` files, for new connections in and out.
 //! - [`recovery`]: disaster recovery: the snapshot file of `hotdeployctl snapshot save`, and
 //!   `hotdeploy-coordinator restore`.
 //! - [`ctl`]: the `hotdeployctl` command line.
@@ -32,3 +33,4 @@ pub mod recovery;
 pub mod service;
 pub mod state;
 pub mod supervisor;
+pub mod tls_reload;

@@ -181,6 +181,21 @@ impl HaProxy {
         stat_at(&self.socket)
     }
 
+    /// HAProxy's status of one server (`UP`, `DRAIN (agent)`, `MAINT`, ...), or, in
+    /// parentheses, why it could not be read: `(no such server)`, `(stat failed: ...)`. The
+    /// text never starts with a status word when there is none, so `== "UP"` and
+    /// `starts_with("DRAIN")` read a failure as "not that status".
+    pub fn server_status(&self, server: &str) -> String {
+        match self.stat() {
+            Ok(rows) => rows
+                .into_iter()
+                .find(|r| r.name == server)
+                .map(|r| r.status)
+                .unwrap_or_else(|| "(no such server)".into()),
+            Err(e) => format!("(stat failed: {e})"),
+        }
+    }
+
     /// Waits until exactly `n` servers are listed and all are `UP`.
     pub fn wait_all_up(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -37,12 +37,19 @@
 //! prints it and lets the test return, unless `HOTDEPLOY_REQUIRE_NSPAWN` is set (as
 //! `scripts/test` does once the root file system is built), where it fails the test instead.
 //! Nothing passes silently.
+//!
+//! [`agent_config`] is the config of the agent such a container's tests run, `web-1`: the
+//! same everywhere but for what a test is about (the coordinators, the data_dir, `[tls]`, and
+//! whether the agent runs its service itself or through a systemd unit).
 
 use crate::bins;
+use crate::net;
 use crate::proc::{self, log_tail};
+use crate::toml_config::{table, AgentConfigFile};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -518,6 +525,68 @@ fn child_named(parent: u32, comm: &str) -> Option<i32> {
         }
     }
     None
+}
+
+/// How the agent in a container controls its service (`[service] control`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceControl {
+    /// `exec`: the agent runs this command line itself (`{current}` is the live release).
+    Exec(Vec<String>),
+    /// `systemd`: the agent starts, stops and restarts this unit with `systemctl`.
+    Systemd {
+        /// The unit, e.g. `hd-app.service`.
+        unit: String,
+    },
+}
+
+/// The config of agent `web-1` in a container on `ip` (the container shares the host's
+/// network): group `web`, service `app` under `/srv/app`, gRPC on [`net::AGENT_PORT`], the
+/// agent-check responder and `/ready` on their ports, 1 s drain and undrain grace, and verify on
+/// the app's `/health` at [`net::APP_PORT`] (2 successes 200 ms apart, within 10 s, after a
+/// 300 ms settle). `tls` empty means `insecure = true`. More keys go in the answer's `extra`.
+pub fn agent_config(
+    ip: Ipv4Addr,
+    coordinators: Vec<SocketAddr>,
+    data_dir: &str,
+    tls: toml::Table,
+    control: ServiceControl,
+) -> AgentConfigFile {
+    let (exec, extra) = match control {
+        ServiceControl::Exec(exec) => (exec, toml::Table::new()),
+        // `exec` is unused in systemd mode, but a well-formed config names it.
+        ServiceControl::Systemd { unit } => (
+            vec!["/bin/false".into()],
+            table(&format!(
+                "[service]\ncontrol = \"systemd\"\nunit = \"{unit}\"\n"
+            )),
+        ),
+    };
+    let app = net::addr(ip, net::APP_PORT);
+    AgentConfigFile {
+        host_id: "web-1".into(),
+        groups: vec!["web".into()],
+        coordinators,
+        listen: net::addr(ip, net::AGENT_PORT),
+        data_dir: PathBuf::from(data_dir),
+        tls,
+        service_name: "app".into(),
+        service_root: PathBuf::from("/srv/app"),
+        exec,
+        stop_timeout: "5s".into(),
+        keep_releases: 3,
+        haproxy_agent_listen: Some(net::addr(ip, net::AGENT_CHECK_PORT)),
+        http_listen: Some(net::addr(ip, net::AGENT_READY_PORT)),
+        drain_grace: "1s".into(),
+        undrain_grace: "1s".into(),
+        drain_timeout: None,
+        haproxy: None,
+        verify_http: format!("http://{app}/health"),
+        verify_success_threshold: 2,
+        verify_interval: "200ms".into(),
+        verify_timeout: "10s".into(),
+        verify_settle: "300ms".into(),
+        extra,
+    }
 }
 
 /// Status and output of a command, for messages.

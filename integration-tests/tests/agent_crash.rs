@@ -32,20 +32,10 @@ fn crash_and_recover(failpoint: &str, with_cluster: bool) {
         if with_cluster { " (coordinators)" } else { "" }
     );
     let deadline = Deadline::new(&name, Duration::from_secs(60));
-    let artifacts = tempfile::Builder::new()
-        .prefix("hd-crash-rel-")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let artifacts = artifacts_dir("hd-crash-rel-");
     let v1 = release(artifacts.path(), "v1", false);
     let v2 = release(artifacts.path(), "v2", false);
-    // A group of one host can be deployed only with allow_zero_available.
-    let cluster: Option<Cluster> = with_cluster.then(|| {
-        start_cluster(
-            &deadline,
-            "5s",
-            "[groups.web]\nallow_zero_available = true\n",
-        )
-    });
+    let cluster: Option<Cluster> = with_cluster.then(|| start_one_host_cluster(&deadline));
     let coordinators = cluster
         .as_ref()
         .map(Cluster::coordinator_addrs)
@@ -220,18 +210,6 @@ fn crash_during_verify_with_coordinators_releases_the_slot() {
     crash_and_recover("during_verify", true);
 }
 
-/// HAProxy's status of `server`, or why it could not be read.
-fn haproxy_status(haproxy: &hotdeploy_integration_tests::haproxy::HaProxy, server: &str) -> String {
-    match haproxy.stat() {
-        Ok(rows) => rows
-            .into_iter()
-            .find(|r| r.name == server)
-            .map(|r| r.status)
-            .unwrap_or_else(|| "(no such server)".into()),
-        Err(e) => format!("(stat failed: {e})"),
-    }
-}
-
 /// What one round of observation saw, in the order it was read: what the agent reports and
 /// whether the coordinators list its slot, then HAProxy. The agent confirms HAProxy has the
 /// server UP before it reports it in rotation or releases its slot, and HAProxy keeps it UP, so
@@ -273,7 +251,7 @@ fn observe(
             Ok(held) => held.iter().any(|l| l["host"] == "web-1"),
             Err(_) => continue,
         };
-        let haproxy = haproxy_status(haproxy, "web-1");
+        let haproxy = haproxy.server_status("web-1");
         let s = Sample {
             agent_state,
             slot_held,
@@ -299,17 +277,12 @@ fn observe(
 #[test]
 fn a_lost_journal_is_rebuilt_and_the_slot_released_only_once_back_up() {
     let deadline = Deadline::new("lost journal after a drain", Duration::from_secs(90));
-    let artifacts = tempfile::Builder::new()
-        .prefix("hd-crash-rel-")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("temp dir: {e}"));
-    let v1 = release(artifacts.path(), "v1", false);
+    let OneHostGroup {
+        artifacts,
+        v1,
+        cluster,
+    } = OneHostGroup::start(&deadline, "hd-crash-rel-");
     let v2 = release(artifacts.path(), "v2", false);
-    let cluster = start_cluster(
-        &deadline,
-        "5s",
-        "[groups.web]\nallow_zero_available = true\n",
-    );
     let ips = hotdeploy_integration_tests::net::alloc_ips(2);
     let haproxy = start_haproxy(&[ha_server("web-1", ips[0])], ips[1]);
     let mut opts = fast_opts("web-1", ips[0], cluster.coordinator_addrs());
@@ -345,7 +318,7 @@ fn a_lost_journal_is_rebuilt_and_the_slot_released_only_once_back_up() {
         "the agent did not die at after_drain (built without the failpoints feature?)\n{}",
         logs(&agent)
     );
-    let at_crash = haproxy_status(&haproxy, "web-1");
+    let at_crash = haproxy.server_status("web-1");
     assert!(
         at_crash.starts_with("DRAIN"),
         "HAProxy at the crash: {at_crash}"
@@ -424,16 +397,11 @@ fn a_lost_journal_is_rebuilt_and_the_slot_released_only_once_back_up() {
 #[test]
 fn a_crash_inside_an_undrain_never_leaves_a_drained_host_without_a_slot() {
     let deadline = Deadline::new("crash inside an undrain", Duration::from_secs(90));
-    let artifacts = tempfile::Builder::new()
-        .prefix("hd-crash-rel-")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("temp dir: {e}"));
-    let v1 = release(artifacts.path(), "v1", false);
-    let cluster = start_cluster(
-        &deadline,
-        "5s",
-        "[groups.web]\nallow_zero_available = true\n",
-    );
+    let OneHostGroup {
+        artifacts: _artifacts,
+        v1,
+        cluster,
+    } = OneHostGroup::start(&deadline, "hd-crash-rel-");
     let ips = hotdeploy_integration_tests::net::alloc_ips(2);
     let haproxy = start_haproxy(&[ha_server("web-1", ips[0])], ips[1]);
     let mut agent = AgentProc::start(fast_opts("web-1", ips[0], cluster.coordinator_addrs()));

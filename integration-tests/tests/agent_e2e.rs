@@ -100,16 +100,6 @@ impl Fleet {
         );
     }
 
-    /// HAProxy's status of `server`.
-    fn status_of(&self, server: &str) -> Option<String> {
-        self.haproxy
-            .stat()
-            .ok()?
-            .into_iter()
-            .find(|r| r.name == server)
-            .map(|r| r.status)
-    }
-
     fn logs(&self) -> String {
         let mut text = format!("---- haproxy ----\n{}", self.haproxy.log_tail());
         for a in &self.agents {
@@ -145,10 +135,8 @@ fn time_until_status(fleet: &Fleet, deadline: &Deadline, server: &str, want: &st
     let t0 = Instant::now();
     let until = t0 + deadline.bound(Duration::from_secs(10));
     loop {
-        if fleet
-            .status_of(server)
-            .is_some_and(|s| s == want || s.starts_with(&format!("{want} ")))
-        {
+        let status = fleet.haproxy.server_status(server);
+        if status == want || status.starts_with(&format!("{want} ")) {
             return t0.elapsed();
         }
         assert!(
@@ -186,10 +174,10 @@ fn drain_and_undrain_show_in_haproxy_within_two_agent_intervals() {
     let s = status(web1).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s["state"], "out_of_rotation", "{s}");
     assert_eq!(web1.ready_status(), Some(503), "/ready of a drained host");
-    assert_eq!(fleet.status_of("web-2").as_deref(), Some("UP"));
+    assert_eq!(fleet.haproxy.server_status("web-2"), "UP");
     // It stays drained: the agent keeps answering `drain`.
     std::thread::sleep(3 * AGENT_INTER);
-    let still = fleet.status_of("web-1").unwrap_or_default();
+    let still = fleet.haproxy.server_status("web-1");
     assert!(
         still.starts_with("DRAIN"),
         "web-1 left DRAIN by itself: {still}"
@@ -282,7 +270,7 @@ fn deploy_under_load(use_socket: bool) {
     let s = wait_settled(&deadline, web1, Some("v2"), Duration::from_secs(5));
     assert_eq!(s["last_outcome"], "succeeded", "{s}");
     assert_eq!(s["previous"], "v1", "{s}");
-    assert_eq!(fleet.status_of("web-1").as_deref(), Some("UP"));
+    assert_eq!(fleet.haproxy.server_status("web-1"), "UP");
     if use_socket {
         // Confirmation through the runtime API, not the 20 s grace periods.
         assert!(

@@ -18,6 +18,11 @@
 //! - The agent is killed (`kill -9`) mid-command and restarted: the command goes on, the host
 //!   stays out while it runs, and once it ends the host returns to rotation with the slot
 //!   released.
+//! - The agent dies (failpoint `maint_before_pid_journaled`, a `kill -9` of its own) after it
+//!   started the command's process but before it journaled the pid: the command never runs (it
+//!   waits at a gate for the journaled pid), and the restarted agent says so (`failed`, "was
+//!   not run", counted in `hotdeploy_agent_maintenance_runs_total`), returning the host with the
+//!   slot released.
 
 mod agent_support;
 
@@ -30,18 +35,6 @@ use hotdeploy_integration_tests::{net, proc};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-
-/// What HAProxy says of web-1 (`UP`, `DRAIN`, `MAINT`, ...).
-fn haproxy_status(haproxy: &HaProxy) -> String {
-    match haproxy.stat() {
-        Ok(rows) => rows
-            .into_iter()
-            .find(|r| r.name == "web-1")
-            .map(|r| r.status)
-            .unwrap_or_else(|| "(no such server)".into()),
-        Err(e) => format!("(stat failed: {e})"),
-    }
-}
 
 /// The pieces of one scenario.
 struct Scene {
@@ -57,20 +50,14 @@ impl Scene {
     fn start(name: &str) -> Scene {
         let deadline = Deadline::new(name, Duration::from_secs(150));
         HaProxy::require().unwrap_or_else(|e| panic!("{e}"));
-        let artifacts = tempfile::Builder::new()
-            .prefix("hd-maint-rel-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let v1 = release(artifacts.path(), "v1", false);
-        // A group of one host can be held only with allow_zero_available.
-        let cluster = start_cluster(
-            &deadline,
-            "5s",
-            "[groups.web]\nallow_zero_available = true\n",
-        );
+        let OneHostGroup {
+            artifacts,
+            v1,
+            cluster,
+        } = OneHostGroup::start(&deadline, "hd-maint-rel-");
         let ips = net::alloc_ips(2);
         let haproxy = start_haproxy(&[ha_server("web-1", ips[0])], ips[1]);
-        let mut opts = fast_opts("web-1", ips[0], cluster.coordinator_addrs());
+        let mut opts = fast_opts("web-1", ips[0], cluster.coordinator_addrs()).with_metrics();
         opts.haproxy_socket = Some(haproxy.socket_path().to_path_buf());
         opts.drain_timeout = Some("5s".into());
         let agent = AgentProc::start(opts);
@@ -173,7 +160,7 @@ impl Scene {
             "{when}: web-1 should hold an agent-maintenance slot for {reason:?}: {held:?}\n{}",
             self.logs()
         );
-        let ha = haproxy_status(&self.haproxy);
+        let ha = self.haproxy.server_status("web-1");
         assert!(
             !ha.starts_with("UP"),
             "{when}: web-1 is in HAProxy's rotation ({ha})\n{}",
@@ -239,7 +226,7 @@ fn maintenance_through_a_command_holds_the_slot_and_keeps_the_host_out_while_it_
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(text(&out).contains("does not exist"), "{}", show(&out));
     assert!(locks(&scene.cluster).unwrap_or_default().is_empty());
-    assert!(haproxy_status(&scene.haproxy).starts_with("UP"));
+    assert!(scene.haproxy.server_status("web-1").starts_with("UP"));
 
     // Maintenance by hand: an operator's `locks acquire` slot (purpose `maintenance`) is not the
     // agent's. While it is held the agent's maintenance is refused by the lock and disrupts
@@ -263,7 +250,7 @@ fn maintenance_through_a_command_holds_the_slot_and_keeps_the_host_out_while_it_
         held.len() == 1 && held[0]["purpose"] == "maintenance" && held[0]["reason"] == "by hand",
         "only the operator's slot, untouched by the agent: {held:?}"
     );
-    assert!(haproxy_status(&scene.haproxy).starts_with("UP"));
+    assert!(scene.haproxy.server_status("web-1").starts_with("UP"));
     let out = scene.cluster.ctl(&["locks", "release", "web-1"]);
     assert!(out.status.success(), "locks release: {}", show(&out));
     assert!(locks(&scene.cluster).unwrap_or_default().is_empty());
@@ -410,5 +397,86 @@ fn an_agent_killed_mid_command_returns_the_host_with_the_slot_released_once_it_e
     );
     assert!(!pid_alive(pid));
     one_app_pid(&scene.agent);
+    scene.deadline.finish();
+}
+
+#[test]
+fn an_agent_killed_before_journaling_the_commands_pid_never_runs_it_and_says_so() {
+    let mut scene = Scene::start("agent killed before the command's pid is journaled");
+    scene.agent.opts_mut().env = vec![(
+        "HOTDEPLOY_FAILPOINTS".into(),
+        "maint_before_pid_journaled".into(),
+    )];
+    scene.agent.restart();
+    wait_settled(
+        &scene.deadline,
+        &scene.agent,
+        Some("v1"),
+        Duration::from_secs(15),
+    );
+    // Were the command to run, it would write `started` at once and, the gate being open, end.
+    scene.open_gate();
+    let out = scene.ctl_maint("os patch", &scene.command(0));
+    assert!(
+        !out.status.success(),
+        "the maintenance succeeded although the agent was to die in it: {}\n(was the agent \
+         built with --features hotdeploy-agent/failpoints?)",
+        show(&out)
+    );
+    let exit = scene
+        .agent
+        .wait_exit(scene.deadline.bound(Duration::from_secs(10)));
+    assert!(
+        exit.is_some(),
+        "the agent still runs: built without `--features hotdeploy-agent/failpoints`?\n{}",
+        scene.logs()
+    );
+    assert!(
+        scene
+            .agent
+            .log_tail()
+            .contains("failpoint maint_before_pid_journaled"),
+        "the agent died, but not at maint_before_pid_journaled:\n{}",
+        scene.logs()
+    );
+    let held = locks(&scene.cluster).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        held.iter()
+            .any(|l| l["host"] == "web-1" && l["purpose"] == "agent-maintenance"),
+        "the slot stays held while the agent is down: {held:?}"
+    );
+
+    scene.agent.opts_mut().env.clear();
+    scene.agent.restart();
+    let s = scene.wait_back("after the restarted agent undid the maintenance");
+    let last_error = s["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("was not run"),
+        "the restarted agent must say the command was not run: {s}\n{}",
+        scene.logs()
+    );
+    assert_eq!(s["maintenance"], false, "{s}");
+    let runs = scene.agent.scrape().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        runs.get("hotdeploy_agent_maintenance_runs_total{outcome=\"failed\"}"),
+        Some(1.0),
+        "the undone run is counted as failed"
+    );
+    assert_eq!(
+        runs.value_or_zero("hotdeploy_agent_maintenance_runs_total{outcome=\"succeeded\"}"),
+        0.0
+    );
+    // The command never ran, not even late: its gate closed with the agent that held it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = scene.gate_file("started");
+    assert!(
+        !started.exists(),
+        "the maintenance command ran (pid {}) although its pid was never journaled",
+        std::fs::read_to_string(&started).unwrap_or_default().trim()
+    );
+    let log = std::fs::read_to_string(scene.agent.data_dir().join("maint.log"))
+        .unwrap_or_else(|e| panic!("maint.log: {e}"));
+    assert!(log.contains("was not started"), "maint.log: {log}");
+    assert!(!log.contains("maintenance output"), "maint.log: {log}");
     scene.deadline.finish();
 }

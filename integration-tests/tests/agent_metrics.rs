@@ -86,17 +86,12 @@ fn plain_log(text: &str) -> String {
 #[test]
 fn metrics_are_scraped_during_and_after_a_deploy() {
     let deadline = Deadline::new("agent metrics during a deploy", Duration::from_secs(240));
-    let artifacts = tempfile::Builder::new()
-        .prefix("hd-metrics-rel-")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let v1 = release(artifacts.path(), "v1", false);
+    let OneHostGroup {
+        artifacts,
+        v1,
+        cluster,
+    } = OneHostGroup::start(&deadline, "hd-metrics-rel-");
     let v2 = release(artifacts.path(), "v2", false);
-    let cluster = start_cluster(
-        &deadline,
-        "5s",
-        "[groups.web]\nallow_zero_available = true\n",
-    );
     let ip = net::alloc_ips(1)[0];
     let agent =
         AgentProc::start(fast_opts("web-1", ip, cluster.coordinator_addrs()).with_metrics());

@@ -17,17 +17,6 @@ use hotdeploy_integration_tests::net;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-fn haproxy_status(haproxy: &HaProxy) -> String {
-    match haproxy.stat() {
-        Ok(rows) => rows
-            .into_iter()
-            .find(|r| r.name == "web-1")
-            .map(|r| r.status)
-            .unwrap_or_else(|| "(no such server)".into()),
-        Err(e) => format!("(stat failed: {e})"),
-    }
-}
-
 /// Issue 8, item 7.
 #[test]
 fn an_unconfirmed_undrain_is_never_reported_in_rotation_and_is_reverted() {
@@ -78,7 +67,7 @@ fn an_unconfirmed_undrain_is_never_reported_in_rotation_and_is_reverted() {
             while !stop.load(Ordering::SeqCst) {
                 if let Ok(st) = status(&agent) {
                     let state = st["state"].as_str().unwrap_or_default().to_string();
-                    samples.push((state, haproxy_status(&haproxy)));
+                    samples.push((state, haproxy.server_status("web-1")));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -149,6 +138,10 @@ fn an_unconfirmed_undrain_is_never_reported_in_rotation_and_is_reverted() {
     assert!(out.status.success(), "undrain: {}\n{}", show(&out), logs());
     let s = wait_settled(&deadline, &agent, Some("v1"), Duration::from_secs(10));
     assert_eq!(s["state"], "in_rotation", "{s}");
-    assert!(haproxy_status(&haproxy).starts_with("UP"), "{}", logs());
+    assert!(
+        haproxy.server_status("web-1").starts_with("UP"),
+        "{}",
+        logs()
+    );
     deadline.finish();
 }

@@ -20,12 +20,11 @@ mod agent_support;
 use agent_support::*;
 use hotdeploy_integration_tests::agents::AgentProc;
 use hotdeploy_integration_tests::cluster::Cluster;
-use hotdeploy_integration_tests::nspawn::{describe, Container};
-use hotdeploy_integration_tests::toml_config::{table, AgentConfigFile};
+use hotdeploy_integration_tests::nspawn::{agent_config, describe, Container, ServiceControl};
+use hotdeploy_integration_tests::toml_config::{merge, table};
 use hotdeploy_integration_tests::{bins, net, proc};
 use serde_json::Value;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -72,36 +71,22 @@ impl Inside {
             .as_bytes(),
             0o644,
         );
-        let file = AgentConfigFile {
-            host_id: "web-1".into(),
-            groups: vec!["web".into()],
-            coordinators: cluster.coordinator_addrs(),
-            listen: net::addr(ip, net::AGENT_PORT),
-            data_dir: PathBuf::from("/var/lib/hotdeploy"),
-            tls: toml::Table::new(),
-            service_name: "app".into(),
-            service_root: PathBuf::from("/srv/app"),
-            // Unused in systemd mode, but a well-formed config names it.
-            exec: vec!["/bin/false".into()],
-            stop_timeout: "5s".into(),
-            keep_releases: 3,
-            haproxy_agent_listen: Some(net::addr(ip, net::AGENT_CHECK_PORT)),
-            http_listen: Some(net::addr(ip, net::AGENT_READY_PORT)),
-            drain_grace: "1s".into(),
-            undrain_grace: "1s".into(),
-            drain_timeout: None,
-            haproxy: None,
-            verify_http: format!("http://{app}/health"),
-            verify_success_threshold: 2,
-            verify_interval: "200ms".into(),
-            verify_timeout: "10s".into(),
-            verify_settle: "300ms".into(),
-            extra: table(&format!(
-                "[service]\ncontrol = \"systemd\"\nunit = \"{APP_UNIT}\"\n\
-                 [health]\ninterval = \"{INTERVAL_MS}ms\"\nprobe_timeout = \"{INTERVAL_MS}ms\"\n\
+        let mut file = agent_config(
+            ip,
+            cluster.coordinator_addrs(),
+            "/var/lib/hotdeploy",
+            toml::Table::new(),
+            ServiceControl::Systemd {
+                unit: APP_UNIT.into(),
+            },
+        );
+        merge(
+            &mut file.extra,
+            &table(&format!(
+                "[health]\ninterval = \"{INTERVAL_MS}ms\"\nprobe_timeout = \"{INTERVAL_MS}ms\"\n\
                  unhealthy_after = {UNHEALTHY_AFTER}\nhealthy_after = {HEALTHY_AFTER}\n"
             )),
-        };
+        );
         c.write_file("/etc/hotdeploy/agent.toml", file.render().as_bytes(), 0o644);
         c.systemctl_ok(&["daemon-reload"]);
         // Type=notify: `start` returns once the agent has said READY=1.

@@ -575,11 +575,7 @@ fn haproxy_balances_sample_apps_and_the_observer_sees_a_drain() {
     stubs[0].draining.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(5);
     let drained = loop {
-        let rows = haproxy.stat().unwrap();
-        if rows
-            .iter()
-            .any(|r| r.name == "h1" && r.status.starts_with("DRAIN"))
-        {
+        if haproxy.server_status("h1").starts_with("DRAIN") {
             break true;
         }
         if Instant::now() >= deadline {

@@ -31,8 +31,8 @@ mod package_support;
 mod pki_support;
 
 use hotdeploy_common::tls_pki::{Subject, Validity};
-use hotdeploy_integration_tests::nspawn::{describe, Container};
-use hotdeploy_integration_tests::toml_config::{table, AgentConfigFile, CoordinatorConfigFile};
+use hotdeploy_integration_tests::nspawn::{agent_config, describe, Container, ServiceControl};
+use hotdeploy_integration_tests::toml_config::{table, CoordinatorConfigFile};
 use hotdeploy_integration_tests::{bins, net, proc};
 use package_support::*;
 use std::collections::BTreeMap;
@@ -362,32 +362,13 @@ fn install(test: &str) -> Option<Installed> {
         groups: vec![("web".into(), "1".into())],
         extra: toml::Table::new(),
     };
-    let app = net::addr(ip, net::APP_PORT);
-    let agent = AgentConfigFile {
-        host_id: "web-1".into(),
-        groups: vec!["web".into()],
-        coordinators: vec![installed.coordinator],
-        listen: installed.agent,
-        data_dir: PathBuf::from("/var/lib/hotdeploy/agent"),
-        tls: tls("agent-web-1"),
-        service_name: "app".into(),
-        service_root: PathBuf::from("/srv/app"),
-        exec: vec!["{current}/bin/app".into()],
-        stop_timeout: "5s".into(),
-        keep_releases: 3,
-        haproxy_agent_listen: Some(net::addr(ip, net::AGENT_CHECK_PORT)),
-        http_listen: Some(net::addr(ip, net::AGENT_READY_PORT)),
-        drain_grace: "1s".into(),
-        undrain_grace: "1s".into(),
-        drain_timeout: None,
-        haproxy: None,
-        verify_http: format!("http://{app}/health"),
-        verify_success_threshold: 2,
-        verify_interval: "200ms".into(),
-        verify_timeout: "10s".into(),
-        verify_settle: "300ms".into(),
-        extra: toml::Table::new(),
-    };
+    let agent = agent_config(
+        ip,
+        vec![installed.coordinator],
+        "/var/lib/hotdeploy/agent",
+        tls("agent-web-1"),
+        ServiceControl::Exec(vec!["{current}/bin/app".into()]),
+    );
     // Over the package's example conffiles, keeping their owner and mode.
     for (path, text) in [
         ("/etc/hotdeploy/coordinator.toml", coordinator.render()),

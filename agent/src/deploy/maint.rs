@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! draining (slot of purpose agent-maintenance, fenced; the maintenance hold; drain)
-//!   → running (fenced again; the command, its pid and start time journaled)
+//!   → running (fenced again; the command started at its gate, its pid and start time
+//!     journaled, the gate opened)
 //!   → verifying (the service's probes, as after a deploy's restart)
 //!   → undraining (confirmed) → released                           (result: succeeded)
 //! ```
@@ -29,8 +30,11 @@
 //!   that slot, or an operator undrains it.
 //! - The return to rotation is not confirmed: the host stays out under its maintenance hold.
 //!
+//! The command is started held at a gate and let run only once its pid is journaled
+//! (`maint_command`), so a journal in `running` without a pid means the command never ran.
+//!
 //! Recovery at start ([`recover`], by the rule of [`crate::journal::resume`]): before the command
-//! ran, undo (return, release); the command still running in this boot, wait for it (polling
+//! ran (or before its pid was journaled, so it never ran), undo (return, release); the command still running in this boot, wait for it (polling
 //! `/proc`, since a non-child cannot be waited for); the command gone or the host rebooted,
 //! verify; verify passed, undrain and release.
 
@@ -236,15 +240,25 @@ impl MaintRun {
             ("HOTDEPLOY_MAINT_REASON", self.rec.reason.clone()),
             ("HOTDEPLOY_SLOT_TOKEN", self.rec.token.to_string()),
         ];
-        let running: Running = match maint_command::spawn(&program, &self.rec.argv, &env, &log) {
+        // The command waits at its gate until its pid is journaled (see `maint_command`): a
+        // journal without the pid then means that it never ran.
+        let gated = match maint_command::spawn(&program, &self.rec.argv, &env, &log) {
+            Ok(g) => g,
+            Err(e) => return self.undo(format!("the command was not run: {e}")).await,
+        };
+        self.rec.child = Some(gated.record.clone());
+        failpoint("maint_before_pid_journaled");
+        if let Err(e) = self.eng.journal.put_maint(&self.rec) {
+            // A restarted agent could not find it: it must not run.
+            gated.close().await;
+            self.rec.child = None;
+            let why = format!("the command was not run: cannot journal its pid: {e}");
+            return self.undo(why).await;
+        }
+        let running: Running = match gated.open().await {
             Ok(r) => r,
             Err(e) => return self.undo(format!("the command was not run: {e}")).await,
         };
-        self.rec.child = Some(running.record.clone());
-        if let Err(e) = self.eng.journal.put_maint(&self.rec) {
-            // The command runs: nothing can be undone. Recovery will not know its pid.
-            tracing::error!(error = %e, "cannot journal the maintenance command's pid");
-        }
         self.progress.step(
             MaintStep::Running.as_str(),
             format!(
@@ -383,6 +397,7 @@ impl MaintRun {
         if let Err(e) = self.eng.journal.put_maint(&self.rec) {
             tracing::error!(error = %e, "cannot journal the maintenance result");
         }
+        self.eng.stats.maintenance_concluded(result);
         let verdict = MaintVerdict {
             result,
             error,

@@ -3,7 +3,8 @@
 //!
 //! The record is written, and flushed, before each step is acted on, like a deploy's phases:
 //! `draining` (before the slot and the drain), `running` (before the command is started; the
-//! boot id is in it, and the command's pid and start time are added as soon as it runs),
+//! boot id is in it, and the command's pid and start time are added once its process exists
+//! and before it is let run: see `gated`),
 //! `verifying`, `undraining`, then `done` with the result. The slot and the drain themselves are
 //! the maintenance [`super::Hold`] of purpose `agent-maintenance`, as for `Maintenance{enable}`:
 //! the host starts out of rotation while it is journaled, and the slot stays claimed.
@@ -138,6 +139,11 @@ pub struct MaintRecord {
     /// The boot the command was started in (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: Option<String>,
     pub child: Option<MaintChild>,
+    /// The command is let run only once `child` is journaled (it waits at a gate until then),
+    /// so a record in `running` without `child` means it never ran. False in the records of
+    /// agents from before the gate, where such a record means the command may have run.
+    #[serde(default)]
+    pub gated: bool,
     pub exit: Option<CmdExit>,
     pub result: Option<MaintResult>,
     pub error: Option<String>,
@@ -159,6 +165,7 @@ impl MaintRecord {
             step: MaintStep::Draining,
             boot_id: None,
             child: None,
+            gated: true,
             exit: None,
             result: None,
             error: None,
@@ -221,6 +228,11 @@ pub fn resume(
                      unknown)"
                         .into(),
                 ),
+                None if rec.gated => Resume::Undo(
+                    "the agent stopped before the maintenance command's pid was journaled; the \
+                     command is let run only after that, so it was not run"
+                        .into(),
+                ),
                 None => Resume::Verify(
                     "the agent stopped as it started the maintenance command, before its pid \
                      was journaled (whether it ran, and its exit status, are unknown)"
@@ -275,12 +287,35 @@ mod tests {
             matches!(&r, Resume::Verify(why) if why.contains("unknown")),
             "{r:?}"
         );
-        // No pid journaled (the agent died as it spawned it): nothing to wait on.
+    }
+
+    #[test]
+    fn no_pid_journaled_means_the_gated_command_never_ran_so_undo() {
+        // The agent died between starting the command's process and journaling its pid: the
+        // command waits at its gate for the pid to be journaled, so it never ran.
         let r = resume(&running(Some("boot-a"), None), Some("boot-a"), |_| true);
+        assert!(
+            matches!(&r, Resume::Undo(why) if why.contains("not run")),
+            "{r:?}"
+        );
+        // A record of an agent from before the gate: the command may have run.
+        let mut old = running(Some("boot-a"), None);
+        old.gated = false;
+        let r = resume(&old, Some("boot-a"), |_| true);
         assert!(
             matches!(&r, Resume::Verify(why) if why.contains("pid")),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_record_from_before_the_gate_reads_as_ungated() {
+        let mut rec = running(Some("b"), None);
+        let mut json: serde_json::Value = serde_json::to_value(&rec).unwrap();
+        json.as_object_mut().unwrap().remove("gated");
+        let back: MaintRecord = serde_json::from_value(json).unwrap();
+        rec.gated = false;
+        assert_eq!(back, rec);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the engine's deploys feed: the time spent in each deploy step, deploys by outcome, the
-//! slot grant this agent last saw, and errors by kind.
+//! slot grant this agent last saw, and errors by kind; and what its maintenance runs
+//! (`RunMaintenance`, `hotdeploy-agent maint`) feed: runs by result, counted like deploys.
 //!
 //! A *step* ([`Step`]) is what an operator thinks of as a deploy phase: stage, wait for a slot,
 //! drain, swap, restart, verify, roll back, undrain. Each is opened by the journal phase that
@@ -11,7 +12,7 @@
 //! Every label is one of a fixed set, and every series exists from the start (at zero), so that
 //! a series never appears out of nowhere and `rate()` sees its first increase.
 
-use crate::journal::{DeployKind, Outcome, Phase};
+use crate::journal::{DeployKind, MaintResult, Outcome, Phase};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -173,6 +174,20 @@ pub(crate) struct DeployLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct MaintLabels {
+    /// The run's result: `succeeded`, `command_failed`, `verify_failed`, `failed`.
+    pub outcome: &'static str,
+}
+
+/// Every result a maintenance run ends with, for the series that exist from the start.
+const MAINT_RESULTS: [MaintResult; 4] = [
+    MaintResult::Succeeded,
+    MaintResult::CommandFailed,
+    MaintResult::VerifyFailed,
+    MaintResult::Failed,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ErrorLabels {
     pub kind: &'static str,
 }
@@ -224,6 +239,7 @@ impl Errors {
 pub struct DeployStats {
     pub(crate) steps: StepHistograms,
     pub(crate) deploys: Family<DeployLabels, Counter>,
+    pub(crate) maintenance: Family<MaintLabels, Counter>,
     pub(crate) errors: Errors,
     /// The last slot this agent was granted: `(token, granted_at_ms)`.
     grant: Arc<Mutex<Option<(u64, u64)>>>,
@@ -249,9 +265,16 @@ impl Default for DeployStats {
                 });
             }
         }
+        let maintenance = Family::<MaintLabels, Counter>::default();
+        for r in MAINT_RESULTS {
+            let _ = maintenance.get_or_create(&MaintLabels {
+                outcome: r.as_str(),
+            });
+        }
         Self {
             steps,
             deploys,
+            maintenance,
             errors: Errors::default(),
             grant: Arc::default(),
         }
@@ -279,6 +302,15 @@ impl DeployStats {
             .get_or_create(&DeployLabels {
                 kind: kind.as_str(),
                 outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a concluded maintenance run (live or finished by recovery).
+    pub fn maintenance_concluded(&self, result: MaintResult) {
+        self.maintenance
+            .get_or_create(&MaintLabels {
+                outcome: result.as_str(),
             })
             .inc();
     }

@@ -7,6 +7,7 @@
 //! - **the engine's deploys** ([`DeployStats`]): the time spent in each deploy step (a histogram
 //!   by `phase`: stage, slot_wait, drain, swap, restart, verify, rollback, undrain) and deploys
 //!   by kind and outcome, fed by `deploy::transition` at each phase transition and conclusion;
+//!   and maintenance runs by result, counted as each run concludes (`deploy::maint`);
 //! - **the edges** ([`metered`]): errors by kind, counted where an effect on the host or a call
 //!   to the coordinators fails, and each slot grant's time; the health monitor's probe rounds
 //!   and failures ([`ProbeCounters`]);
@@ -101,6 +102,12 @@ impl AgentMetrics {
             "Deploys concluded, by kind (deploy, rollback) and outcome (succeeded, failed, \
              rolled_back, fenced)",
             stats.deploys.clone(),
+        );
+        registry.register(
+            "maintenance_runs",
+            "Maintenance runs (RunMaintenance, hotdeploy-agent maint) concluded, recovery's \
+             included, by outcome (succeeded, command_failed, verify_failed, failed)",
+            stats.maintenance.clone(),
         );
         registry.register(
             "errors",

@@ -180,3 +180,45 @@ async fn a_stale_token_and_a_held_slot_show() {
     );
     assert_eq!(value(&text, "hotdeploy_agent_held_out"), 1.0, "{text}");
 }
+
+#[tokio::test]
+async fn maintenance_runs_are_counted_by_outcome() {
+    use crate::deploy::{MaintParams, MaintProgress};
+    use crate::journal::MaintResult;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[true]);
+    let stats = DeployStats::default();
+    let eng = metered_engine(&fake, dir.path(), &stats);
+    let probes = ProbeCounters::default();
+    let series =
+        |outcome: &str| format!("hotdeploy_agent_maintenance_runs_total{{outcome=\"{outcome}\"}}");
+    let before = render(&eng, &stats, &probes);
+    for outcome in ["succeeded", "command_failed", "verify_failed", "failed"] {
+        assert_eq!(value(&before, &series(outcome)), 0.0, "{before}");
+    }
+    let maint = |script: &str| MaintParams {
+        reason: "os patch".into(),
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        timeout: None,
+    };
+    let v = eng
+        .maint(maint("true"), MaintProgress::default())
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(v.result, MaintResult::Succeeded, "{v:?}");
+    let v = eng
+        .maint(maint("exit 3"), MaintProgress::default())
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(v.result, MaintResult::CommandFailed, "{v:?}");
+    let after = render(&eng, &stats, &probes);
+    assert_eq!(value(&after, &series("succeeded")), 1.0, "{after}");
+    assert_eq!(value(&after, &series("command_failed")), 1.0, "{after}");
+    assert_eq!(value(&after, &series("verify_failed")), 0.0, "{after}");
+    assert_eq!(value(&after, &series("failed")), 0.0, "{after}");
+    // A maintenance run is not a deploy.
+    let deploys = "hotdeploy_agent_deploys_total{kind=\"deploy\",outcome=\"succeeded\"}";
+    assert_eq!(value(&after, deploys), 0.0);
+}

@@ -9,12 +9,13 @@
 //! groups when this node leads a brand-new cluster, serve gRPC. The supervisor tells systemd
 //! READY=1 once the server accepts connections and the raft loop runs, and feeds the watchdog
 //! (and reports `grpc.health.v1` SERVING) only while the raft loop keeps turning. SIGHUP re-reads
-//! the `[tls]` files.
+//! the `[tls]` files (`hotdeploy_coordinator::tls_reload`).
 //!
 //! With `http_listen` set, its listener is bound next to the gRPC one (a bad address stops the
 //! start), and serves `/metrics`, `/leader` and, with `[fleetlock] enabled`, FleetLock once the
 //! raft node runs. SIGTERM (or Ctrl-C) is the one shutdown signal: both listeners stop
-//! accepting and finish what is in flight, and the rollout-progress task ends.
+//! accepting and finish what is in flight, and every other long-lived task (the supervisor, the
+//! SIGHUP reloader, the liveness check, the group seeding, rollout progress) ends and is awaited.
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
@@ -29,6 +30,7 @@ use hotdeploy_coordinator::raft::{bootstrap, RaftNode};
 use hotdeploy_coordinator::service::{self, CoordinatorService};
 use hotdeploy_coordinator::state::{Command, GroupSeed, Proposal, StateMachine};
 use hotdeploy_coordinator::supervisor::{self, Systemd};
+use hotdeploy_coordinator::tls_reload::Reloader;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -183,7 +185,40 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         .with_context(|| format!("listen address {} resolves to nothing", cfg.listen))?;
     let server_tls = ServerTls::load(&cfg.tls)?;
     let client_tls = ClientTls::load(&cfg.tls)?;
-    tokio::spawn(reload_on_sighup(server_tls.clone(), client_tls.clone()));
+    // The one shutdown signal, for every long-lived task.
+    let (stop, stopping) = watch::channel(false);
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signalled.send(true);
+    });
+    let reloading = match Reloader::listen(server_tls.clone(), client_tls.clone()) {
+        Ok(r) => Some(tokio::spawn(r.run(stopped(stopping.clone())))),
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP ({e}): certificates reload only on restart");
+            None
+        }
+    };
+    let result = serve_node(cfg, addr, server_tls, client_tls, &stop, stopping).await;
+    // However the node ended (shut down, or failed to start), the reloader ends with it.
+    let _ = stop.send(true);
+    if let Some(r) = reloading {
+        let _ = r.await;
+    }
+    result
+}
+
+/// Everything after the TLS settings are loaded: listeners, storage, bootstrap, raft, the
+/// long-lived tasks and the servers, until `stopping` (sent through `stop` once the gRPC server
+/// has ended).
+async fn serve_node(
+    cfg: CoordinatorConfig,
+    addr: SocketAddr,
+    server_tls: Option<ServerTls>,
+    client_tls: ClientTls,
+    stop: &watch::Sender<bool>,
+    stopping: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -195,38 +230,32 @@ async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     if storage.is_blank() && cfg.initial_cluster_state == ClusterState::New {
         // Answer the peers' ClusterInfo while asking them: a brand-new cluster's nodes each wait
         // for a quorum of the others to answer.
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_blank, blank_stopped) = tokio::sync::oneshot::channel::<()>();
         let blank = tokio::spawn(service::serve_blank(
             clone_listener(&listener)?,
             server_tls.clone(),
             cfg.limits.max_connections,
             cfg.id,
             async {
-                let _ = stopped.await;
+                let _ = blank_stopped.await;
             },
         ));
         let result = tokio::select! {
-            r = bootstrap::bootstrap_new::<StateMachine>(&cfg, &storage, &client_tls) => r,
-            _ = shutdown_signal() => {
-                tracing::info!("shut down while waiting to bootstrap");
-                return Ok(());
-            }
+            r = bootstrap::bootstrap_new::<StateMachine>(&cfg, &storage, &client_tls) => Some(r),
+            _ = stopped(stopping.clone()) => None,
         };
-        let _ = stop.send(());
+        let _ = stop_blank.send(());
         if let Ok(Err(e)) = blank.await {
             tracing::warn!("the bootstrap-time peer service: {e:#}");
         }
+        let Some(result) = result else {
+            tracing::info!("shut down while waiting to bootstrap");
+            return Ok(());
+        };
         result?;
     }
     let (node, peer) = RaftNode::start(&cfg, storage, client_tls).await?;
     let liveness = Liveness::new(node.clone(), cfg.liveness.clone());
-    // The one shutdown signal, for every long-lived task.
-    let (stop, stopping) = watch::channel(false);
-    let signalled = stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = signalled.send(true);
-    });
     let checking = tokio::spawn(liveness.clone().run(stopped(stopping.clone())));
     let seeding = tokio::spawn(seed_groups(
         node.clone(),
@@ -362,25 +391,6 @@ async fn seed_groups_once(node: RaftNode, cfg: CoordinatorConfig) {
         }
         if status.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// On SIGHUP, re-reads the `[tls]` files: new connections, in and out, use them; open ones
-/// carry on. A failed reload keeps the old settings and says why.
-async fn reload_on_sighup(server: Option<ServerTls>, client: ClientTls) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: certificates reload only on restart");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        let Some(server) = &server else {
-            tracing::info!("SIGHUP: [tls] insecure = true, nothing to reload");
-            continue;
-        };
-        match server.reload().and_then(|()| client.reload()) {
-            Ok(()) => tracing::info!("SIGHUP: reloaded the [tls] certificates, key, CA and CRL"),
-            Err(e) => tracing::error!("SIGHUP: {e}; the previous certificates stay in use"),
         }
     }
 }

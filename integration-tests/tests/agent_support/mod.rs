@@ -164,6 +164,49 @@ pub fn start_cluster(deadline: &Deadline, unreachable_after: &str, extra: &str) 
     cluster
 }
 
+/// The coordinators' config for group `web` when it has one host: with a budget of 1,
+/// deploying, draining or holding that host for maintenance leaves none available, which the
+/// coordinators refuse unless `allow_zero_available`.
+pub const ONE_HOST_GROUP: &str = "[groups.web]\nallow_zero_available = true\n";
+
+/// A temp dir of the scenario's own for its release artifacts, named `prefix...`.
+pub fn artifacts_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|e| panic!("temp dir: {e}"))
+}
+
+/// [`start_cluster`] for a group `web` of one host ([`ONE_HOST_GROUP`]).
+pub fn start_one_host_cluster(deadline: &Deadline) -> Cluster {
+    start_cluster(deadline, "5s", ONE_HOST_GROUP)
+}
+
+/// The start of every scenario on one host alone in group `web`: its artifact dir, release
+/// `v1` built there (healthy), and the coordinator cluster ([`start_one_host_cluster`]).
+pub struct OneHostGroup {
+    /// Where the scenario's releases are built (removed on drop).
+    pub artifacts: tempfile::TempDir,
+    /// Release `v1`.
+    pub v1: Rel,
+    /// The 3-node cluster, with a leader.
+    pub cluster: Cluster,
+}
+
+impl OneHostGroup {
+    /// Builds `v1` in a fresh artifact dir named `prefix...`, then starts the cluster.
+    pub fn start(deadline: &Deadline, prefix: &str) -> OneHostGroup {
+        let artifacts = artifacts_dir(prefix);
+        let v1 = release(artifacts.path(), "v1", false);
+        let cluster = start_one_host_cluster(deadline);
+        OneHostGroup {
+            artifacts,
+            v1,
+            cluster,
+        }
+    }
+}
+
 /// Text of a command's output, for messages.
 pub fn show(output: &Output) -> String {
     format!(
