@@ -79,12 +79,7 @@ pub(crate) async fn acquire(
         return AcquireOutcome::NotLeader;
     }
     let deadline = Instant::now() + req.wait;
-    let groups = node
-        .state()
-        .host(&req.host)
-        .map(|h| h.groups.clone())
-        .unwrap_or_default();
-    let ticket = waiters.enqueue(&req.host, &req.purpose, &groups, req.canary);
+    let ticket = waiters.enqueue(&req.host, &req.purpose, req.canary);
     let mut applied = node.subscribe_applied();
     let mut queue = waiters.subscribe();
     loop {

@@ -1,11 +1,18 @@
 //! The leader's queue of `AcquireSlot` calls waiting for budget.
 //!
-//! Waiters are served canary hosts first, then first come, first served: a waiter proposes its
-//! grant only when no waiter ahead of it *that shares one of its groups* could be granted right
-//! now. Waiters of unrelated groups never hold each other up. A waiter whose grant is being
-//! proposed still blocks the ones behind it until its grant applies: letting them race would
-//! hand the budget to whoever proposes fastest (often the host that just released), starving
-//! the queue. A waiter leaves the queue when its call ends for any reason (granted, refused,
+//! Waiters are served canary hosts first, then first come, first served, **as many at once as
+//! the budget holds**: the plan judges the waiters in queue order, and each waiter it lets
+//! propose is counted against its groups' budget before the next one is judged
+//! ([`GrantChecker::reserve`](crate::state::GrantChecker::reserve)). So a group with room for
+//! five proposes its first five waiters together, and their grants share one raft round trip
+//! (and one sync), instead of one commit after another: a rollout's wave of B hosts asking at
+//! once would otherwise wait B commits for its last slot (BENCHMARKS.md §5). A grant being
+//! proposed keeps its budget in every plan until it applies, so nobody behind it (least of all
+//! the host that just released) can take that budget by proposing faster. Waiters of
+//! unrelated groups never hold each other up, and a waiter that cannot be granted holds up no
+//! one. The state machine still judges every grant when it applies; a plan that was wrong
+//! (another entry took the budget first) costs a retryable refusal, and the waiter waits again.
+//! A waiter leaves the queue when its call ends for any reason (granted, refused,
 //! deadline, or the client going away: tonic drops the call's future, and with it the
 //! [`Ticket`]), so the leader never proposes a grant for a caller that has gone. The queue lives
 //! in the leader's memory only; after a leader change, agents ask again with the same
@@ -20,7 +27,7 @@
 //! and the queue's version, and every other waiter reads its [`Turn`] from it.
 
 use crate::state::{Outlook, StateMachine};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -31,9 +38,9 @@ type Key = (bool, u64);
 /// What a waiter should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Turn {
-    /// It fits, and no waiter ahead of it in its groups does: propose the grant.
+    /// It fits, after the grants of the waiters ahead of it that fit: propose the grant.
     Propose,
-    /// Not yet: its budget is full, or a waiter ahead of it in its groups could be granted.
+    /// Not yet: its budget is full, counting the grants of the waiters ahead of it.
     Wait,
     /// Refused for a reason waiting does not change: answer the refusal.
     Refused,
@@ -43,7 +50,6 @@ pub(crate) enum Turn {
 struct Waiting {
     host: String,
     purpose: String,
-    groups: Vec<String>,
 }
 
 /// Every waiter's turn at one applied index and queue version.
@@ -65,19 +71,17 @@ struct Inner {
 impl Inner {
     fn plan(&self, st: &StateMachine) -> Plan {
         let checker = st.grant_checker();
-        let mut blocked: BTreeSet<&str> = BTreeSet::new();
         let mut turns = HashMap::with_capacity(self.queue.len());
         for (key, w) in &self.queue {
-            let outlook = checker.outlook(&w.host, &w.purpose);
-            let behind = w.groups.iter().any(|g| blocked.contains(g.as_str()));
-            let turn = match outlook {
+            let turn = match checker.outlook(&w.host, &w.purpose) {
                 Outlook::Refused => Turn::Refused,
-                Outlook::Grantable if !behind => Turn::Propose,
-                Outlook::Grantable | Outlook::Wait => Turn::Wait,
+                Outlook::Grantable => {
+                    // Its grant will take budget: the waiters behind it see that.
+                    checker.reserve(&w.host);
+                    Turn::Propose
+                }
+                Outlook::Wait => Turn::Wait,
             };
-            if outlook == Outlook::Grantable {
-                blocked.extend(w.groups.iter().map(String::as_str));
-            }
             turns.insert(*key, turn);
         }
         Plan {
@@ -110,13 +114,7 @@ impl Waiters {
         }
     }
 
-    pub(crate) fn enqueue(
-        &self,
-        host: &str,
-        purpose: &str,
-        groups: &[String],
-        canary: bool,
-    ) -> Ticket {
+    pub(crate) fn enqueue(&self, host: &str, purpose: &str, canary: bool) -> Ticket {
         let mut g = self.lock();
         g.next += 1;
         g.version += 1;
@@ -124,7 +122,6 @@ impl Waiters {
         let w = Waiting {
             host: host.to_owned(),
             purpose: purpose.to_owned(),
-            groups: groups.to_vec(),
         };
         g.queue.insert(key, w);
         Ticket {
@@ -235,10 +232,6 @@ mod tests {
         }
     }
 
-    fn groups(g: &[&str]) -> Vec<String> {
-        g.iter().map(|g| g.to_string()).collect()
-    }
-
     #[test]
     fn canaries_first_then_fifo() {
         let mut f = Fleet::new(&[("web", "1")]);
@@ -246,9 +239,9 @@ mod tests {
             f.host(h, &["web"]);
         }
         let w = Waiters::new();
-        let a = w.enqueue("a", "deploy", &groups(&["web"]), false);
-        let b = w.enqueue("b", "deploy", &groups(&["web"]), false);
-        let c = w.enqueue("c", "deploy", &groups(&["web"]), true);
+        let a = w.enqueue("a", "deploy", false);
+        let b = w.enqueue("b", "deploy", false);
+        let c = w.enqueue("c", "deploy", true);
         assert_eq!(w.turn(&c, &f.sm), Turn::Propose);
         assert_eq!(w.turn(&a, &f.sm), Turn::Wait);
         drop(c);
@@ -261,6 +254,34 @@ mod tests {
     }
 
     #[test]
+    fn a_group_with_room_for_three_proposes_its_first_three_waiters_together() {
+        let mut f = Fleet::new(&[("web", "3")]);
+        for h in ["a", "b", "c", "d", "e", "x"] {
+            f.host(h, &["web"]);
+        }
+        let w = Waiters::new();
+        let t: Vec<Ticket> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|h| w.enqueue(h, "deploy", false))
+            .collect();
+        let turns = |w: &Waiters, f: &Fleet| t.iter().map(|t| w.turn(t, &f.sm)).collect::<Vec<_>>();
+        use Turn::{Propose, Wait};
+        assert_eq!(turns(&w, &f), [Propose, Propose, Propose, Wait]);
+        // While the three grants are under way their budget stays taken: a host that asks
+        // later (here one that would fit on its own) waits behind them.
+        let late = w.enqueue("e", "deploy", false);
+        assert_eq!(w.turn(&late, &f.sm), Wait);
+        // Two of the grants apply; the plan still holds room for the third, not for d.
+        f.grant("a");
+        f.grant("b");
+        assert_eq!(turns(&w, &f), [Propose, Propose, Propose, Wait]);
+        // Another host going out takes the room the third grant was planned into: the third
+        // waits (its grant, if already proposed, is refused as over budget when it applies).
+        f.grant("x");
+        assert_eq!(turns(&w, &f), [Propose, Propose, Wait, Wait]);
+    }
+
+    #[test]
     fn a_waiter_ahead_that_cannot_be_granted_does_not_block() {
         let mut f = Fleet::new(&[("web", "1"), ("db", "1")]);
         f.host("a", &["web", "db"]);
@@ -269,8 +290,8 @@ mod tests {
         f.host("x", &["db"]);
         f.grant("x"); // db is full: a cannot be granted.
         let w = Waiters::new();
-        let a = w.enqueue("a", "deploy", &groups(&["db", "web"]), false);
-        let b = w.enqueue("b", "deploy", &groups(&["web"]), false);
+        let a = w.enqueue("a", "deploy", false);
+        let b = w.enqueue("b", "deploy", false);
         assert_eq!(w.turn(&a, &f.sm), Turn::Wait);
         assert_eq!(w.turn(&b, &f.sm), Turn::Propose);
     }
@@ -283,14 +304,14 @@ mod tests {
         f.host("c", &["db", "web"]);
         f.host("d", &["db", "web"]);
         let w = Waiters::new();
-        let a = w.enqueue("a", "deploy", &groups(&["web"]), false);
-        let b = w.enqueue("b", "deploy", &groups(&["db"]), false);
-        let c = w.enqueue("c", "deploy", &groups(&["db", "web"]), false);
+        let a = w.enqueue("a", "deploy", false);
+        let b = w.enqueue("b", "deploy", false);
+        let c = w.enqueue("c", "deploy", false);
         assert_eq!(w.turn(&a, &f.sm), Turn::Propose);
         assert_eq!(w.turn(&b, &f.sm), Turn::Propose);
         assert_eq!(w.turn(&c, &f.sm), Turn::Wait);
         // An unknown host is refused at once, wherever it stands.
-        let ghost = w.enqueue("ghost", "deploy", &[], false);
+        let ghost = w.enqueue("ghost", "deploy", false);
         assert_eq!(w.turn(&ghost, &f.sm), Turn::Refused);
         assert_eq!(w.waiting(), 4);
     }
@@ -316,11 +337,7 @@ mod tests {
         let w = Waiters::new();
         let tickets: Vec<Ticket> = hosts
             .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let g: &[&str] = if i < 500 { &["db", "web"] } else { &["web"] };
-                w.enqueue(h, "deploy", &groups(g), false)
-            })
+            .map(|h| w.enqueue(h, "deploy", false))
             .collect();
         let started = std::time::Instant::now();
         for (round, host) in hosts.iter().enumerate().take(20) {
@@ -332,7 +349,12 @@ mod tests {
                 .filter(|(_, t)| **t == Turn::Propose)
                 .map(|(i, _)| i)
                 .collect();
-            assert_eq!(proposing, vec![500], "round {round}: only h500 may propose");
+            // web's budget of 10 goes to the first ten waiters that can use it, together.
+            let first_ten: Vec<usize> = (500..510).collect();
+            assert_eq!(
+                proposing, first_ten,
+                "round {round}: h500..h509 may propose"
+            );
             f.apply(Command::MarkReachable {
                 host: host.clone(),
                 report: Report {

@@ -264,4 +264,28 @@ impl<'a> GrantChecker<'a> {
         }
         Outlook::Grantable
     }
+
+    /// Counts `host` as it will be once a grant to it applies: in each of its groups' size and
+    /// Unavailable(g). The leader's queue of waiters calls it for each waiter it lets propose,
+    /// so that the next question sees the budget the grants already under way will take, and
+    /// a group's room goes to its waiters in queue order, as many at once as it holds. A host
+    /// already unavailable (or already holding a slot) changes nothing.
+    pub fn reserve(&self, host: &str) {
+        let Some(host) = self.hosts.get(host) else {
+            return;
+        };
+        let mut tallies = self.tallies.borrow_mut();
+        for name in &host.groups {
+            let Some((name, group)) = self.groups.get_key_value(name) else {
+                continue;
+            };
+            let t = tallies
+                .entry(name.as_str())
+                .or_insert_with(|| tally(group, self.hosts));
+            // Newly unavailable; an uncounted host joins the size too (holding a slot counts).
+            if t.unavailable.insert(host.id.as_str()) && !host.is_counted() {
+                t.size += 1;
+            }
+        }
+    }
 }

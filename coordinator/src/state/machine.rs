@@ -363,6 +363,12 @@ impl StateMachine {
         self.rollouts.index_and_rebuild()
     }
 
+    /// Whether admission's shortcuts agree with their plain definitions (tests).
+    #[cfg(test)]
+    pub(super) fn check_admission_shortcuts(&self) -> Result<(), String> {
+        self.rollouts.check_admission_shortcuts(fleet!(self))
+    }
+
     /// [`StateMachine::assignment`] by a walk of every rollout, not the index (tests).
     #[cfg(test)]
     pub(super) fn assignment_by_scan(&self, host: &str) -> Option<Assignment> {

@@ -56,6 +56,7 @@ pub mod machine;
 pub mod memory;
 pub mod report;
 pub mod rollout;
+pub mod rollout_timeline;
 pub mod scale;
 pub mod setup;
 pub mod sim_agent;

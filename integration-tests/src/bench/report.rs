@@ -384,6 +384,27 @@ pub fn rollout_table(r: &super::rollout::RolloutReport) -> String {
         r.last_verify_s,
         r.last_verify_ratio
     );
+    let t = &r.timeline;
+    let _ = writeln!(
+        out,
+        "\nwhere the time went (the coordinators' phase times): in flight p50 {} ms per host \
+         against T + verify = {} ms; batch utilization {:.2}",
+        t.in_flight_p50_ms,
+        o.restart_ms + o.verify_ms,
+        t.utilization
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:>6} {:>8} {:>8}",
+        "stretch", "hosts", "p50 ms", "p90 ms"
+    );
+    for s in &t.stretches {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>6} {:>8} {:>8}",
+            s.name, s.hosts, s.p50_ms, s.p90_ms
+        );
+    }
     targets_table(&mut out, &r.targets);
     out
 }

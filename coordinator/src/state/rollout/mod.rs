@@ -201,9 +201,12 @@ impl Rollouts {
         r.steps.get(i).map(|s| (r, s))
     }
 
-    /// Rebuilds the host → active step index from the rollouts (on restore). Linear in the
-    /// steps of the active rollouts.
+    /// Rebuilds the derived indexes from the rollouts (on restore): each rollout's host →
+    /// step position map, and the host → active step index. Linear in the steps.
     pub fn reindex(&mut self) {
+        for r in self.by_id.values_mut() {
+            r.reindex();
+        }
         self.active_steps.rebuild(&self.by_id);
     }
 
@@ -307,6 +310,12 @@ impl Rollouts {
                         r.group, r.id
                     ));
                 }
+            }
+            if !r.positions_are_true() {
+                return Err(format!(
+                    "rollout {:?}'s host -> step position map is not its steps'",
+                    r.id
+                ));
             }
             for s in &r.steps {
                 if r.state.is_active() && fleet.host(&s.host).is_none() {

@@ -6,7 +6,7 @@
 //! admitted). See docs/architecture.md "Rollouts" for the state diagram.
 
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// Events kept per rollout; older ones fall off the front (counted in `events_dropped`).
 pub const MAX_EVENTS: usize = 256;
@@ -329,19 +329,91 @@ pub struct Rollout {
     pub superseded_by: String,
     /// The rollback rollout `abort --rollback` started, `""` for none.
     pub rollback: String,
-    /// One per host, in host-id order (hosts that join later at the end).
+    /// One per host, in host-id order (hosts that join later at the end). Steps are added
+    /// and removed only by [`Rollout::push_step`] and [`Rollout::remove_step`], which keep
+    /// `positions` true.
     pub steps: Vec<Step>,
     pub events: VecDeque<Event>,
     pub events_dropped: u64,
+    /// Derived, never serialized: host → position in `steps`, so that finding a host's step
+    /// is one lookup (admission and every report ask it on every replica, after every entry).
+    #[serde(skip)]
+    pub(super) positions: StepPositions,
 }
+
+/// Host → position of its step in [`Rollout::steps`]. Derived from the steps, so it takes no
+/// part in equality: two rollouts with the same steps are equal however their maps were
+/// made. Empty after deserializing until [`Rollout::reindex`]; a lookup notices that (the map
+/// is shorter than the steps) and walks the steps instead, so a missing rebuild costs time,
+/// never a wrong answer.
+#[derive(Clone, Debug, Default)]
+pub(super) struct StepPositions(HashMap<String, usize>);
+
+impl PartialEq for StepPositions {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for StepPositions {}
 
 impl Rollout {
     pub fn step(&self, host: &str) -> Option<&Step> {
-        self.steps.iter().find(|s| s.host == host)
+        self.position(host).map(|i| &self.steps[i])
     }
 
     pub(super) fn step_mut(&mut self, host: &str) -> Option<&mut Step> {
-        self.steps.iter_mut().find(|s| s.host == host)
+        self.position(host).map(|i| &mut self.steps[i])
+    }
+
+    /// The position of `host`'s step in `steps`: one lookup while the map is whole, a walk of
+    /// the steps if it is not (see [`StepPositions`]).
+    pub fn position(&self, host: &str) -> Option<usize> {
+        let map = &self.positions.0;
+        if map.len() == self.steps.len() {
+            match map.get(host) {
+                Some(&i) if self.steps.get(i).is_some_and(|s| s.host == host) => return Some(i),
+                None => return None,
+                Some(_) => {}
+            }
+        }
+        self.steps.iter().position(|s| s.host == host)
+    }
+
+    /// Appends the step of a host that has none in this rollout.
+    pub(super) fn push_step(&mut self, step: Step) {
+        self.positions.0.insert(step.host.clone(), self.steps.len());
+        self.steps.push(step);
+    }
+
+    /// Removes the step at `pos`; the steps after it move up one.
+    pub(super) fn remove_step(&mut self, pos: usize) -> Step {
+        let step = self.steps.remove(pos);
+        self.positions.0.remove(&step.host);
+        for (i, s) in self.steps.iter().enumerate().skip(pos) {
+            self.positions.0.insert(s.host.clone(), i);
+        }
+        step
+    }
+
+    /// Rebuilds the host → position map from the steps (after deserializing).
+    pub(super) fn reindex(&mut self) {
+        self.positions.0 = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.host.clone(), i))
+            .collect();
+    }
+
+    /// Whether the host → position map is whole and true, for the consistency check.
+    pub(super) fn positions_are_true(&self) -> bool {
+        self.positions.0.len() == self.steps.len()
+            && self
+                .steps
+                .iter()
+                .enumerate()
+                .all(|(i, s)| self.positions.0.get(&s.host) == Some(&i))
     }
 
     pub fn succeeded(&self) -> u64 {

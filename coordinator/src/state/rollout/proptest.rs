@@ -661,6 +661,14 @@ fn check(
         }
     }
     prop_assert_eq!(after.check_consistency(), Ok(()));
+    // Admission counts the batch from the slot table and finds the hosts already out from
+    // the hosts' states: the same as a lookup of every step's host.
+    prop_assert_eq!(
+        after.check_admission_shortcuts(),
+        Ok(()),
+        "after {:?}",
+        command
+    );
     // The host → active step index says what a walk of every rollout says.
     for h in after.hosts() {
         prop_assert_eq!(

@@ -290,9 +290,9 @@ impl Rollouts {
                 continue;
             };
             let left = !h.groups.contains(&r.group);
-            if let Some(pos) = r.steps.iter().position(|s| s.host == host) {
+            if let Some(pos) = r.position(host) {
                 if left && r.steps[pos].phase.is_before_admission() {
-                    r.steps.remove(pos);
+                    r.remove_step(pos);
                     r.log(
                         at.index,
                         at.at_ms,
@@ -329,7 +329,7 @@ impl Rollouts {
             } else {
                 format!("{host} joined group {}: added to the rollout", r.group)
             };
-            r.steps.push(s);
+            r.push_step(s);
             r.log(at.index, at.at_ms, host, msg);
             r.progressed(at.at_ms);
             self.active_steps.touch_step(&id, host);
@@ -354,8 +354,8 @@ impl Rollouts {
             let Some(r) = self.by_id.get_mut(&id) else {
                 continue;
             };
-            if let Some(pos) = r.steps.iter().position(|s| s.host == host) {
-                r.steps.remove(pos);
+            if let Some(pos) = r.position(host) {
+                r.remove_step(pos);
                 r.log(
                     at.index,
                     at.at_ms,

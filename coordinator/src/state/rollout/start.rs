@@ -373,6 +373,7 @@ pub(super) fn new_rollout(
         steps: Vec::new(),
         events: VecDeque::new(),
         events_dropped: 0,
+        positions: Default::default(),
     };
     r.log(
         at.index,
@@ -406,7 +407,7 @@ pub(super) fn new_rollout(
             step.canary = true;
             canaries_left -= 1;
         }
-        r.steps.push(step);
+        r.push_step(step);
     }
     r
 }
