@@ -1,12 +1,20 @@
 //! One simulated agent of `hd-bench rollout`: the real agent logic on a [`SimHost`].
 //!
 //! What runs is what `hotdeploy-agent`'s daemon wires together for the rollout path, taken from
-//! the agent crate as it is: the journal (sled, in the agent's own temp dir), the coordinator
+//! the agent crate as it is: the journal (sled, in the agent's own temp dir: see below), the coordinator
 //! link (register, heartbeat stream, acquire/release/fence, `ReportStep`), the deploy engine
 //! (with its recovery and slot reconciliation) and the rollout driver. Only the host is
 //! simulated ([`super::sim_host`]). Left out, as the rollout path does not need them: the
 //! agent's gRPC API, the health monitor, the rotation front ends and the report task (the host
 //! report is a fixed healthy, in-rotation one).
+//!
+//! **The journals are on the host's side of the simulation.** Each real agent syncs its own
+//! journal on its own host's disk at every phase; a thousand simulated agents on one machine
+//! would instead queue those syncs on one disk, behind each other and behind the coordinators'
+//! own, and measure that queue rather than the rollout. So each agent's journal goes under
+//! [`JOURNAL_ROOT`] (tmpfs) when it exists: the journal code and its syncs run as they are, and
+//! the host's disk costs nothing, like the rest of the simulated host. The coordinators' data
+//! stays on the real disk: that is what the bench measures.
 //!
 //! The driver's staging jitter is zero: staging is free here and outside the floor, and the
 //! jitter only spreads the fleet's first `STAGING`/`STAGED` reports.
@@ -28,6 +36,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// Where the simulated agents' journals go, if it exists (see the module docs).
+pub const JOURNAL_ROOT: &str = "/dev/shm";
 
 /// How long a stopping agent's tasks may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,10 +64,16 @@ impl SimAgent {
         coordinators: &[SocketAddr],
         costs: Costs,
     ) -> Result<SimAgent> {
+        let root = std::path::Path::new(JOURNAL_ROOT);
+        let root = if root.is_dir() {
+            root.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
         let dir = tempfile::Builder::new()
             .prefix("hd-bench-agent-")
-            .tempdir()
-            .context("creating the agent's temp dir")?;
+            .tempdir_in(&root)
+            .with_context(|| format!("creating the agent's temp dir in {}", root.display()))?;
         let journal = Journal::open(dir.path(), host_id).context("opening the journal")?;
         journal.reconciled().context("marking the journal")?;
         let (report, rx) = watch::channel(HostReport {
