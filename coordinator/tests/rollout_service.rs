@@ -663,7 +663,10 @@ async fn the_leaders_clock_halts_a_rollout_without_progress() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(r.state, RolloutState::Halted as i32);
-    assert!(r.reason.starts_with("no progress for 1s"), "{}", r.reason);
+    // How long it went without progress depends on when the leader's once-a-second look
+    // came (later on a loaded machine); the deadline it broke does not.
+    assert!(r.reason.starts_with("no progress for "), "{}", r.reason);
+    assert!(r.reason.contains("(progress_deadline 1s)"), "{}", r.reason);
     assert!(
         r.reason.contains("web-1 waits on staging on the agent"),
         "{}",
