@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|f| root.join("hotdeploy/v1").join(f));
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Small per-call buffers: see `src/codec.rs`.
+        .codec_path("crate::codec::LeanCodec")
         .file_descriptor_set_path(out.join("hotdeploy_descriptor.bin"))
         .compile_protos(&files, std::slice::from_ref(&root))?;
     for f in &files {

@@ -2,6 +2,7 @@
 //!
 //! - [`proto`]: the gRPC code generated from `proto/hotdeploy/v1`, for the coordinator, the peer
 //!   transport and the agent.
+//! - [`codec`]: the protobuf codec of every generated client and server (small per-call buffers).
 //! - [`config`]: the TOML config files of both daemons, parsed with serde and checked as a whole
 //!   before anything starts, so that a bad config fails with a message that names the key.
 //! - [`names`]: the charsets of host, group and release names. Every name that crosses a network
@@ -15,6 +16,7 @@
 //!
 //! Deliberately absent: anything with state. This crate holds types and pure helpers only.
 
+pub mod codec;
 pub mod config;
 pub mod maint_progress;
 pub mod names;

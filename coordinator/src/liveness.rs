@@ -20,7 +20,7 @@
 //! refusal is logged once.
 
 use crate::raft::RaftNode;
-use crate::state::{Command, Proposal, Reachability, Report};
+use crate::state::{Command, Host, Proposal, Reachability, Report};
 use hotdeploy_common::config::LivenessConfig;
 use hotdeploy_common::time::now_ms;
 use std::collections::{HashMap, HashSet};
@@ -57,33 +57,57 @@ impl Liveness {
     /// Records a heartbeat (or registration) from `host` with its report, and proposes a change
     /// if the replicated facts differ.
     pub fn observe(self: &Arc<Self>, host: &str, report: Report) {
-        if !self.node.status().is_leader() {
-            return;
-        }
-        lock(&self.seen).insert(host.to_owned(), Instant::now());
-        if lock(&self.refused).get(host) == Some(&report) {
-            return;
-        }
-        let command = {
+        let change = {
             let st = self.node.state();
-            let Some(h) = st.host(host) else { return };
-            let same = h.health == report.health
-                && h.rotation == report.rotation
-                && h.release == report.release
-                && h.phase == report.phase;
-            match h.reachability {
-                Reachability::Unreachable => Command::MarkReachable {
-                    host: host.to_owned(),
-                    report,
-                },
-                Reachability::Reachable if !same => Command::UpdateReport {
-                    host: host.to_owned(),
-                    report,
-                },
-                Reachability::Reachable => return,
+            match st.host(host) {
+                Some(h) => self.judge(h, report),
+                None => None,
             }
         };
-        self.propose(host, command);
+        if let Some(command) = change {
+            self.propose(host, command);
+        }
+    }
+
+    /// Records a heartbeat from `host` (as the state, read by the caller, has it) with its
+    /// report, and returns the command that brings the replicated facts up to it, if any: for
+    /// the caller to [`Liveness::propose`] once its state guard is dropped. A heartbeat stream
+    /// reads the state once per beat for this and for its answer.
+    ///
+    /// Per beat, and so allocation-free when nothing changed: the host's entry in the table is
+    /// updated in place.
+    pub fn judge(&self, host: &Host, report: Report) -> Option<Command> {
+        if !self.node.is_leader() {
+            return None;
+        }
+        let now = Instant::now();
+        {
+            let mut seen = lock(&self.seen);
+            match seen.get_mut(host.id.as_str()) {
+                Some(last) => *last = now,
+                None => {
+                    seen.insert(host.id.clone(), now);
+                }
+            }
+        }
+        if lock(&self.refused).get(host.id.as_str()) == Some(&report) {
+            return None;
+        }
+        let same = host.health == report.health
+            && host.rotation == report.rotation
+            && host.release == report.release
+            && host.phase == report.phase;
+        match host.reachability {
+            Reachability::Unreachable => Some(Command::MarkReachable {
+                host: host.id.clone(),
+                report,
+            }),
+            Reachability::Reachable if !same => Some(Command::UpdateReport {
+                host: host.id.clone(),
+                report,
+            }),
+            Reachability::Reachable => None,
+        }
     }
 
     /// Age of the last heartbeat this leader saw from `host`, in ms.
@@ -93,7 +117,8 @@ impl Liveness {
             .map(|t| t.elapsed().as_millis() as u64)
     }
 
-    fn propose(self: &Arc<Self>, host: &str, command: Command) {
+    /// Proposes `command` for `host`, unless one of its proposals is in flight already.
+    pub fn propose(self: &Arc<Self>, host: &str, command: Command) {
         if !lock(&self.inflight).insert(host.to_owned()) {
             return;
         }
@@ -137,7 +162,7 @@ impl Liveness {
     }
 
     fn check(self: &Arc<Self>) {
-        let leader = self.node.status().is_leader();
+        let leader = self.node.is_leader();
         let since = {
             let mut ls = lock(&self.leader_since);
             match (leader, *ls) {

@@ -32,7 +32,7 @@ pub async fn run(node: RaftNode, mut shutdown: watch::Receiver<bool>) {
                 }
             }
         }
-        if !node.status().is_leader() {
+        if !node.is_leader() {
             continue;
         }
         let overdue = node.state().overdue_rollouts(now_ms());

@@ -673,3 +673,97 @@ async fn the_leaders_clock_halts_a_rollout_without_progress() {
         r.reason
     );
 }
+
+/// Issue 10's per-beat cuts keep what a beat does: every beat refreshes the host's last-seen
+/// age and carries its report to the state, its answer names the slot it holds and the leader,
+/// and a stream that names another host is checked again (a bad name is refused, and so is an
+/// unregistered host).
+#[tokio::test]
+async fn every_beat_reports_and_is_answered_and_each_host_a_stream_names_is_checked() {
+    let mut n = one_node().await;
+    web(&mut n.client, 2).await;
+    let (tx, mut answers) = open_stream(&n.client, "web-1").await;
+    let slot = n
+        .client
+        .acquire_slot(AcquireSlotRequest {
+            write: write(1),
+            host: "web-1".into(),
+            purpose: "maintenance".into(),
+            reason: "test".into(),
+            wait_ms: 5000,
+            ..Default::default()
+        })
+        .await
+        .expect("acquire")
+        .into_inner()
+        .slot
+        .expect("a slot");
+    let granted = pushed(&mut answers, "the grant").await;
+    assert_eq!(granted.slot.map(|s| s.token), Some(slot.token));
+
+    // A beat with a new report: answered with the slot and the leader, and the report lands.
+    let host_of = |hosts: Vec<hotdeploy_common::proto::HostInfo>, id: &str| {
+        hosts
+            .into_iter()
+            .find(|h| h.host == id)
+            .unwrap_or_else(|| panic!("{id} is listed"))
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(HeartbeatRequest {
+        host: "web-1".into(),
+        report: Some(healthy("v7")),
+    })
+    .await
+    .expect("send");
+    let answer = pushed(&mut answers, "the beat's answer").await;
+    assert_eq!(answer.slot.map(|s| s.token), Some(slot.token));
+    assert_eq!(answer.leader, 1);
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let hosts = n
+            .client
+            .list_hosts(hotdeploy_common::proto::ListHostsRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .hosts;
+        let web1 = host_of(hosts, "web-1");
+        let age = web1.last_seen_ms.expect("a beat was seen");
+        if web1.release == "v7" {
+            assert!(age < 250, "the last beat is {age} ms old");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the beat's report never landed: {web1:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The same stream names another host: checked again, and a bad name ends the stream.
+    tx.send(HeartbeatRequest {
+        host: "web 2!".into(),
+        report: Some(healthy("v1")),
+    })
+    .await
+    .expect("send");
+    let refused = tokio::time::timeout(Duration::from_secs(3), answers.message())
+        .await
+        .expect("an answer within 3 s")
+        .expect_err("a bad host name is refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+
+    // A stream of web-2 that names an unregistered host next: refused, not answered.
+    let (tx2, mut two) = open_stream(&n.client, "web-2").await;
+    tx2.send(HeartbeatRequest {
+        host: "web-9".into(),
+        report: Some(healthy("v1")),
+    })
+    .await
+    .expect("send");
+    let refused = tokio::time::timeout(Duration::from_secs(3), two.message())
+        .await
+        .expect("an answer within 3 s")
+        .expect_err("an unregistered host is refused");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+}

@@ -146,7 +146,7 @@ impl Lock {
     }
 
     fn ensure_leader(&self) -> Result<(), Refusal> {
-        if self.node.status().is_leader() {
+        if self.node.is_leader() {
             Ok(())
         } else {
             Err(self.not_leader())

@@ -62,7 +62,7 @@ impl Routes {
                 ),
             },
             "/leader" => {
-                if self.node.status().is_leader() {
+                if self.node.is_leader() {
                     respond(StatusCode::OK, "text/plain", "leader\n".into())
                 } else {
                     respond(

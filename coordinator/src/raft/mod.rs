@@ -277,6 +277,16 @@ impl RaftNode {
         self.status.borrow().clone()
     }
 
+    /// Whether this node is the leader, read without copying the status (per heartbeat).
+    pub fn is_leader(&self) -> bool {
+        self.status.borrow().is_leader()
+    }
+
+    /// The leader's id as this node knows it (0: unknown), read without copying the status.
+    pub fn leader_id(&self) -> u64 {
+        self.status.borrow().leader
+    }
+
     /// Notified on every status change (role, leader, term, commit, membership).
     pub fn subscribe_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()

@@ -75,7 +75,7 @@ pub(crate) async fn acquire(
     req: AcquireRequest,
     write_timeout: Duration,
 ) -> AcquireOutcome {
-    if !node.status().is_leader() {
+    if !node.is_leader() {
         return AcquireOutcome::NotLeader;
     }
     let deadline = Instant::now() + req.wait;
@@ -83,7 +83,7 @@ pub(crate) async fn acquire(
     let mut applied = node.subscribe_applied();
     let mut queue = waiters.subscribe();
     loop {
-        if !node.status().is_leader() {
+        if !node.is_leader() {
             return AcquireOutcome::NotLeader;
         }
         let turn = {

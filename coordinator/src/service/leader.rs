@@ -23,7 +23,7 @@ pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// "not the leader; the leader is node 2 at HOST:PORT", or that no leader is known.
 pub fn leader_hint(node: &RaftNode) -> String {
-    let leader = node.status().leader;
+    let leader = node.leader_id();
     let address = (leader != 0).then(|| node.address_of(leader)).flatten();
     match (&address, leader) {
         (Some(a), l) => format!("not the leader; the leader is node {l} at {a}"),
@@ -34,7 +34,7 @@ pub fn leader_hint(node: &RaftNode) -> String {
 
 /// UNAVAILABLE with a leader hint when one is known.
 pub(crate) fn not_leader(node: &RaftNode) -> Status {
-    let leader = node.status().leader;
+    let leader = node.leader_id();
     let address = (leader != 0).then(|| node.address_of(leader)).flatten();
     let mut status = Status::unavailable(leader_hint(node));
     if let Some(a) = address {
@@ -49,7 +49,7 @@ pub(crate) fn not_leader(node: &RaftNode) -> Status {
 }
 
 pub(crate) fn ensure_leader(node: &RaftNode) -> Result<(), Status> {
-    if node.status().is_leader() {
+    if node.is_leader() {
         Ok(())
     } else {
         Err(not_leader(node))

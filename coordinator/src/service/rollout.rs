@@ -255,7 +255,7 @@ pub(crate) async fn watch(node: &RaftNode, id: String) -> Result<WatchStream, St
         let mut last: Option<RolloutInfo> = None;
         let mut sent_at = tokio::time::Instant::now();
         loop {
-            if !node.status().is_leader() {
+            if !node.is_leader() {
                 Err(not_leader(&node))?;
             }
             let now = info(&node, &id)?;
