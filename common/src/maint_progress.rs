@@ -1,8 +1,26 @@
-//! Following a `RunMaintenance` stream, for both of its clients (`hotdeploy-agent maint` and
-//! `hotdeployctl agent maint`): each progress message as it arrives, then the last one, which
-//! decides the exit code (0 only for `succeeded`).
+//! Asking for and following a `RunMaintenance` stream, for both of its clients
+//! (`hotdeploy-agent maint` and `hotdeployctl agent maint`): the request from their arguments,
+//! then each progress message as it arrives, then the last one, which decides the exit code (0
+//! only for `succeeded`).
 
-use crate::proto::{MaintenanceOutcome, MaintenanceProgress};
+use crate::proto::{MaintenanceOutcome, MaintenanceProgress, RunMaintenanceRequest};
+use std::time::Duration;
+
+/// The request for maintenance `reason` running `argv`, killed after `timeout` (none: no
+/// limit, sent as 0).
+pub fn request(
+    reason: String,
+    argv: Vec<String>,
+    timeout: Option<Duration>,
+) -> RunMaintenanceRequest {
+    RunMaintenanceRequest {
+        reason,
+        argv,
+        timeout_ms: timeout
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+    }
+}
 
 /// Reads `stream` to its last message (`done`), handing every earlier one to `each`. An error
 /// says how the stream broke.

@@ -16,8 +16,8 @@
 use clap::{Parser, Subcommand};
 use hotdeploy_agent::api::Daemon;
 use hotdeploy_common::config::AgentConfig;
+use hotdeploy_common::maint_progress;
 use hotdeploy_common::proto::agent_client::AgentClient;
-use hotdeploy_common::proto::RunMaintenanceRequest;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -125,14 +125,7 @@ async fn maint(cfg: AgentConfig, m: MaintArgs) -> i32 {
             return 2;
         }
     };
-    let req = RunMaintenanceRequest {
-        reason: m.reason,
-        argv: m.cmd,
-        timeout_ms: m
-            .timeout
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
-    };
+    let req = maint_progress::request(m.reason, m.cmd, m.timeout);
     let mut client = AgentClient::new(channel);
     let mut stream = match client.run_maintenance(req).await {
         Ok(r) => r.into_inner(),
@@ -145,18 +138,16 @@ async fn maint(cfg: AgentConfig, m: MaintArgs) -> i32 {
             return 1;
         }
     };
-    let last = hotdeploy_common::maint_progress::follow(&mut stream, |p| {
-        eprintln!("[{}] {}", p.step, p.message)
-    })
-    .await;
+    let last =
+        maint_progress::follow(&mut stream, |p| eprintln!("[{}] {}", p.step, p.message)).await;
     match last {
         Ok(last) => {
             if m.json {
-                println!("{}", hotdeploy_common::maint_progress::to_json(&last));
+                println!("{}", maint_progress::to_json(&last));
             } else {
-                println!("{}", hotdeploy_common::maint_progress::to_text(&last));
+                println!("{}", maint_progress::to_text(&last));
             }
-            hotdeploy_common::maint_progress::exit_code(&last)
+            maint_progress::exit_code(&last)
         }
         Err(e) => {
             eprintln!("hotdeploy-agent maint: {e}");

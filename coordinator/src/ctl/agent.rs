@@ -15,8 +15,7 @@ use hotdeploy_common::maint_progress;
 use hotdeploy_common::proto::agent_client::AgentClient;
 use hotdeploy_common::proto::{
     AgentStatus, AgentStatusRequest, DeployProgress, DeployRequest, DrainRequest, Health,
-    ListReleasesRequest, Outcome, Release, RollbackRequest, Rotation, RunMaintenanceRequest,
-    UndrainRequest,
+    ListReleasesRequest, Outcome, Release, RollbackRequest, Rotation, UndrainRequest,
 };
 use serde_json::json;
 use std::path::PathBuf;
@@ -187,14 +186,7 @@ pub async fn run(args: AgentArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
             follow(stream, global.output, "deploy").await
         }
         AgentCommand::Maint(m) => {
-            let req = RunMaintenanceRequest {
-                reason: m.reason,
-                argv: m.cmd,
-                timeout_ms: m
-                    .timeout
-                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                    .unwrap_or(0),
-            };
+            let req = maint_progress::request(m.reason, m.cmd, m.timeout);
             let mut stream = client
                 .run_maintenance(req)
                 .await
