@@ -23,7 +23,7 @@
 //! [`AgentOpts::tls`], the operator certificate instead of `--insecure`).
 
 use crate::bins;
-use crate::cluster::{parse_json_output, tls_table, CtlAuth, CTL_TIMEOUT};
+use crate::cluster::{parse_json_output, tls_table, Cluster, CtlAuth, CTL_TIMEOUT};
 use crate::http_probe;
 use crate::net::{
     self, AGENT_CHECK_PORT, AGENT_METRICS_PORT, AGENT_PORT, AGENT_READY_PORT, APP_PORT,
@@ -465,4 +465,19 @@ fn resolve_link(link: &Path) -> Option<PathBuf> {
         .ok()
         .filter(|m| m.file_type().is_symlink())?;
     std::fs::canonicalize(link).ok()
+}
+
+/// Every agent's log tail, then every coordinator's log, for a failure message.
+pub fn fleet_logs(agents: &[AgentProc], cluster: &Cluster) -> String {
+    let mut text = String::new();
+    for a in agents {
+        text.push_str(&format!(
+            "\n---- agent {} ----\n{}",
+            a.host_id(),
+            a.log_tail()
+        ));
+    }
+    text.push('\n');
+    text.push_str(&cluster.all_logs());
+    text
 }

@@ -188,6 +188,30 @@ pub struct ScriptedAgent {
 }
 
 impl ScriptedAgent {
+    /// One agent per host of `hosts`, each in `groups` on `release` with the default script,
+    /// sharing `journal`. Must run inside a runtime.
+    pub fn start_each(
+        endpoints: &[SocketAddr],
+        hosts: &[&str],
+        groups: &[&str],
+        release: &str,
+        journal: &Arc<Mutex<Journal>>,
+    ) -> Vec<ScriptedAgent> {
+        hosts
+            .iter()
+            .map(|h| {
+                ScriptedAgent::start(
+                    endpoints,
+                    h,
+                    groups,
+                    release,
+                    Script::default(),
+                    journal.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// Starts agent `host` in `groups`, on `release` (`""`: unprovisioned), against the
     /// coordinators at `endpoints`. Must be called inside a tokio runtime.
     pub fn start(

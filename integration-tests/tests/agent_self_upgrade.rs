@@ -134,20 +134,7 @@ impl Host {
 
     /// `rollout start GROUP --release R --artifact URL --sha256 SHA --id ID --watch`.
     fn rollout(&self, group: &str, id: &str, rel: &Rel) -> Output {
-        let args = [
-            "rollout",
-            "start",
-            group,
-            "--release",
-            &rel.id,
-            "--artifact",
-            &rel.url,
-            "--sha256",
-            &rel.sha256,
-            "--id",
-            id,
-            "--watch",
-        ];
+        let args = rollout_start_args(group, id, rel, &["--watch"]);
         self.cluster.ctl_at(&self.cluster.endpoints(), &args, WATCH)
     }
 

@@ -22,7 +22,7 @@ mod common;
 use common::{ctl_ok, leader_of, lock_of, member_ids, output_text, runtime, serial, Deadline};
 use hotdeploy_integration_tests::bins;
 use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts};
-use hotdeploy_integration_tests::scripted_agent::{Journal, Script, ScriptedAgent};
+use hotdeploy_integration_tests::scripted_agent::{Journal, ScriptedAgent};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -117,19 +117,13 @@ fn a_cluster_that_lost_its_quorum_is_restored_from_a_snapshot_file() {
     let journal = Arc::new(Mutex::new(Journal::default()));
     let agents: Vec<ScriptedAgent> = {
         let _rt = rt.enter();
-        HOSTS
-            .iter()
-            .map(|h| {
-                ScriptedAgent::start(
-                    &cluster.coordinator_addrs(),
-                    h,
-                    &["web"],
-                    "v1",
-                    Script::default(),
-                    journal.clone(),
-                )
-            })
-            .collect()
+        ScriptedAgent::start_each(
+            &cluster.coordinator_addrs(),
+            &HOSTS,
+            &["web"],
+            "v1",
+            &journal,
+        )
     };
 
     // The state worth keeping: a completed rollout, and a slot an operator holds.

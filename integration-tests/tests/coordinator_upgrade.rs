@@ -28,7 +28,7 @@ use hotdeploy_integration_tests::bins;
 use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts};
 use hotdeploy_integration_tests::http_request::{Reply, Request};
 use hotdeploy_integration_tests::net;
-use hotdeploy_integration_tests::scripted_agent::{Journal, Script, ScriptedAgent};
+use hotdeploy_integration_tests::scripted_agent::{Journal, ScriptedAgent};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -347,19 +347,13 @@ fn start_hosts(cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Vec<ScriptedA
     let journal = Arc::new(Mutex::new(Journal::default()));
     let agents: Vec<ScriptedAgent> = {
         let _rt = rt.enter();
-        ["web-1", "web-2", "web-3"]
-            .iter()
-            .map(|h| {
-                ScriptedAgent::start(
-                    &cluster.coordinator_addrs(),
-                    h,
-                    &["web"],
-                    "v1",
-                    Script::default(),
-                    journal.clone(),
-                )
-            })
-            .collect()
+        ScriptedAgent::start_each(
+            &cluster.coordinator_addrs(),
+            &["web-1", "web-2", "web-3"],
+            &["web"],
+            "v1",
+            &journal,
+        )
     };
     wait_until(Duration::from_secs(30), "3 hosts registered", || {
         let hosts = cluster.try_ctl_json(&["hosts", "list"])?;

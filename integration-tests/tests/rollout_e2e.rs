@@ -203,33 +203,10 @@ impl Fleet {
         )
     }
 
-    /// `rollout start web --release R --artifact URL --sha256 SHA --id ID EXTRA -o json`
-    /// through every coordinator's endpoint.
-    fn start_args(id: &str, rel: &Rel, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "rollout",
-            "start",
-            "web",
-            "--release",
-            &rel.id,
-            "--artifact",
-            &rel.url,
-            "--sha256",
-            &rel.sha256,
-            "--id",
-            id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    }
-
     /// Starts rollout `id` of `rel`; the `rollout status` object it printed.
     fn start_rollout(&self, id: &str, rel: &Rel, extra: &[&str]) -> Value {
         self.cluster
-            .try_ctl_json(&Self::start_args(id, rel, extra))
+            .try_ctl_json(&rollout_start_args("web", id, rel, extra))
             .unwrap_or_else(|e| panic!("rollout start {id}: {e}\n{}", self.logs()))
     }
 
@@ -792,7 +769,7 @@ fn the_same_start_twice_and_through_another_coordinator_makes_one_rollout() {
         .find(|id| *id != leader)
         .unwrap_or_else(|| panic!("no follower"));
     let (status, w) = fleet.under_load(|| {
-        let args = Fleet::start_args("j", &v2, &[]);
+        let args = rollout_start_args("web", "j", &v2, &[]);
         let first = fleet.start_rollout("j", &v2, &[]);
         let second = fleet.start_rollout("j", &v2, &[]);
         let mut json_args = vec!["-o".to_string(), "json".to_string()];

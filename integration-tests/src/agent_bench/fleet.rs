@@ -516,17 +516,11 @@ fn commit_stats(cluster: &Cluster, leader: u64, ca: &Path) -> anyhow::Result<(f6
 
 /// Logs of everything, for a failure.
 fn fleet_logs(cluster: &Cluster, haproxy: &HaProxy, agents: &[AgentProc]) -> String {
-    let mut text = format!("---- haproxy ----\n{}", haproxy.log_tail());
-    for a in agents {
-        text.push_str(&format!(
-            "\n---- agent {} ----\n{}",
-            a.host_id(),
-            a.log_tail()
-        ));
-    }
-    text.push('\n');
-    text.push_str(&cluster.all_logs());
-    text
+    format!(
+        "---- haproxy ----\n{}{}",
+        haproxy.log_tail(),
+        crate::agents::fleet_logs(agents, cluster)
+    )
 }
 
 /// The breakdown of `host`'s deploy in cycle `c`, from its log's `events`.

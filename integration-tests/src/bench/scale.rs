@@ -204,26 +204,12 @@ fn held(level: &ScaleLevel) -> Option<String> {
 }
 
 fn start_cluster(groups: &[GroupSpec], interval_ms: u64) -> Cluster {
-    let mut extra = String::new();
-    for g in groups.iter().filter(|g| g.allow_zero_available) {
-        extra.push_str(&format!(
-            "[groups.{}]\nallow_zero_available = true\n",
-            g.name
-        ));
-    }
     let opts = ClusterOpts {
         heartbeat_interval: format!("{interval_ms}ms"),
         unreachable_after: "10s".into(),
-        extra: crate::toml_config::table(&extra),
         ..ClusterOpts::default()
     };
-    let seeds: Vec<(&str, &str)> = groups
-        .iter()
-        .map(|g| (g.name.as_str(), g.max_unavailable.as_str()))
-        .collect();
-    let cluster = Cluster::start(3, &seeds, opts);
-    super::cleanup::track(cluster.dir());
-    cluster
+    setup::start_cluster_with(groups, opts)
 }
 
 /// Every level, in order; stops at the first that is not held.

@@ -41,6 +41,18 @@ pub struct GroupSpec {
 /// Starts a 3-node cluster seeded with `groups`; returns it and its leader's id (found with
 /// `hotdeployctl status -o json`, confirmed by the leader itself).
 pub fn start_cluster(groups: &[GroupSpec]) -> (Cluster, u64) {
+    let opts = ClusterOpts {
+        unreachable_after: "1h".into(),
+        ..ClusterOpts::default()
+    };
+    let cluster = start_cluster_with(groups, opts);
+    let leader = cluster.wait_leader(ELECTION_TIMEOUT, None);
+    (cluster, leader)
+}
+
+/// Starts a 3-node cluster with `opts`, seeded with `groups` (their budgets, and
+/// `allow_zero_available` added to `opts.extra`), and tracked for the bench's cleanup.
+pub fn start_cluster_with(groups: &[GroupSpec], mut opts: ClusterOpts) -> Cluster {
     let mut extra = String::new();
     for g in groups.iter().filter(|g| g.allow_zero_available) {
         extra.push_str(&format!(
@@ -48,19 +60,14 @@ pub fn start_cluster(groups: &[GroupSpec]) -> (Cluster, u64) {
             g.name
         ));
     }
-    let opts = ClusterOpts {
-        unreachable_after: "1h".into(),
-        extra: toml_config::table(&extra),
-        ..ClusterOpts::default()
-    };
+    opts.extra.extend(toml_config::table(&extra));
     let seeds: Vec<(&str, &str)> = groups
         .iter()
         .map(|g| (g.name.as_str(), g.max_unavailable.as_str()))
         .collect();
     let cluster = Cluster::start(3, &seeds, opts);
     super::cleanup::track(cluster.dir());
-    let leader = cluster.wait_leader(ELECTION_TIMEOUT, None);
-    (cluster, leader)
+    cluster
 }
 
 /// Checks, at the leader, that every group in `groups` exists with the asked

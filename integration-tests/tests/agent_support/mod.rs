@@ -14,6 +14,9 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+// Not every test that includes this module uses it.
+#[allow(unused_imports)]
+pub use hotdeploy_integration_tests::agents::fleet_logs;
 use hotdeploy_integration_tests::agents::{AgentOpts, AgentProc};
 use hotdeploy_integration_tests::cluster::{Cluster, ClusterOpts};
 use hotdeploy_integration_tests::haproxy::{HaProxy, HaServer, ObserverReport};
@@ -108,6 +111,20 @@ pub struct Rel {
     pub id: String,
     pub url: String,
     pub sha256: String,
+}
+
+impl Rel {
+    /// `--release R --artifact URL --sha256 SHA`, as `hotdeployctl` takes a release.
+    pub fn flags(&self) -> [&str; 6] {
+        [
+            "--release",
+            &self.id,
+            "--artifact",
+            &self.url,
+            "--sha256",
+            &self.sha256,
+        ]
+    }
 }
 
 /// Builds sample release `id` (failing its health check if `fail_health`) in `dir`.
@@ -217,17 +234,22 @@ pub fn show(output: &Output) -> String {
     )
 }
 
+/// `rollout start GROUP --release R --artifact URL --sha256 SHA --id ID EXTRA...`: the
+/// arguments of `hotdeployctl` for a rollout of `rel`.
+pub fn rollout_start_args(group: &str, id: &str, rel: &Rel, extra: &[&str]) -> Vec<String> {
+    ["rollout", "start", group]
+        .iter()
+        .chain(&rel.flags())
+        .chain(&["--id", id])
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// `hotdeployctl agent deploy` of `rel`.
 pub fn deploy(agent: &AgentProc, rel: &Rel) -> Output {
-    agent.ctl(&[
-        "deploy",
-        "--release",
-        &rel.id,
-        "--artifact",
-        &rel.url,
-        "--sha256",
-        &rel.sha256,
-    ])
+    let args: Vec<&str> = ["deploy"].into_iter().chain(rel.flags()).collect();
+    agent.ctl(&args)
 }
 
 /// Deploys `rel` and insists it succeeds.
@@ -355,21 +377,6 @@ pub fn hosts_list(cluster: &Cluster) -> Result<Vec<Value>, String> {
     v.as_array()
         .cloned()
         .ok_or_else(|| format!("hosts list is not an array: {v}"))
-}
-
-/// Every agent's log tail, then every coordinator's log, for a failure message.
-pub fn fleet_logs(agents: &[AgentProc], cluster: &Cluster) -> String {
-    let mut text = String::new();
-    for a in agents {
-        text.push_str(&format!(
-            "\n---- agent {} ----\n{}",
-            a.host_id(),
-            a.log_tail()
-        ));
-    }
-    text.push('\n');
-    text.push_str(&cluster.all_logs());
-    text
 }
 
 /// Waits (at most 30 s) until the coordinators list `n` hosts.
