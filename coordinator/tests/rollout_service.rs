@@ -8,8 +8,9 @@ use hotdeploy_common::config::CoordinatorConfig;
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
 use hotdeploy_common::proto::{
     AcquireSlotRequest, ForceReleaseRequest, GetRolloutRequest, HeartbeatRequest, HostReport,
-    RegisterRequest, Release, ReleaseSlotRequest, ReportStepRequest, RolloutState,
-    SetGroupPolicyRequest, StartRolloutRequest, StepReport, WatchRolloutRequest, WriteId,
+    ListSlotsRequest, RegisterRequest, Release, ReleaseSlotRequest, ReportStepRequest,
+    RolloutState, SetGroupPolicyRequest, StartRolloutRequest, StepPhase, StepReport,
+    WatchRolloutRequest, WriteId,
 };
 use hotdeploy_common::tls::ClientTls;
 use hotdeploy_coordinator::liveness::Liveness;
@@ -587,6 +588,7 @@ async fn watch_streams_each_change_and_ends_when_the_rollout_does() {
         report: r as i32,
         error: "verify failed: 500".into(),
         host_report: Some(healthy("v1")),
+        release_token: 0,
     };
     c.report_step(report(StepReport::Staging, 1))
         .await
@@ -766,4 +768,106 @@ async fn every_beat_reports_and_is_answered_and_each_host_a_stream_names_is_chec
         .expect("an answer within 3 s")
         .expect_err("an unregistered host is refused");
     assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+}
+
+/// An outcome that names its slot's token releases the slot in the same write, and says so; a
+/// retry of that write answers the same; a token with a report that is not an outcome is
+/// refused naming the field, and nothing moves.
+#[tokio::test]
+async fn an_outcome_with_its_token_releases_the_slot_and_says_so() {
+    let mut n = one_node().await;
+    web(&mut n.client, 2).await;
+    let mut c = n.client.clone();
+    c.start_rollout(StartRolloutRequest {
+        batch: 1,
+        ..start_req("r1", "v2")
+    })
+    .await
+    .expect("start");
+    let step = |host: &str, r: StepReport, seq: u64, token: u64| ReportStepRequest {
+        write: Some(WriteId {
+            client_id: host.into(),
+            seq,
+        }),
+        host: host.into(),
+        rollout: "r1".into(),
+        attempt: 1,
+        report: r as i32,
+        error: String::new(),
+        host_report: Some(healthy("v2")),
+        release_token: token,
+    };
+    for h in ["web-1", "web-2"] {
+        c.report_step(step(h, StepReport::Staged, 1, 0))
+            .await
+            .expect("staged");
+    }
+    let info = c
+        .get_rollout(GetRolloutRequest { id: "r1".into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .rollout
+        .expect("rollout");
+    let first = info
+        .hosts
+        .iter()
+        .find(|s| s.phase == StepPhase::Waiting as i32)
+        .map(|s| s.host.clone())
+        .expect("one host admitted");
+    let slot = c
+        .acquire_slot(AcquireSlotRequest {
+            write: Some(WriteId {
+                client_id: first.clone(),
+                seq: 2,
+            }),
+            host: first.clone(),
+            purpose: "deploy".into(),
+            reason: "rollout".into(),
+            rollout: "r1".into(),
+            wait_ms: 0,
+            canary: false,
+        })
+        .await
+        .expect("slot")
+        .into_inner()
+        .slot
+        .expect("slot");
+
+    let e = c
+        .report_step(step(&first, StepReport::Verifying, 3, slot.token))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("release_token"), "{e:?}");
+
+    let done = step(&first, StepReport::Succeeded, 4, slot.token);
+    let answer = c.report_step(done.clone()).await.expect("outcome");
+    assert!(answer.into_inner().released, "released with the outcome");
+    let slots = c
+        .list_slots(ListSlotsRequest::default())
+        .await
+        .expect("slots")
+        .into_inner();
+    assert!(
+        slots.slots.iter().all(|s| s.host != first),
+        "{first} still holds a slot: {slots:?}"
+    );
+    let again = c.report_step(done).await.expect("retry");
+    assert!(again.into_inner().released, "a retry answers the same");
+    let info = c
+        .get_rollout(GetRolloutRequest { id: "r1".into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .rollout
+        .expect("rollout");
+    let s = info.hosts.iter().find(|s| s.host == first).unwrap();
+    assert_eq!(s.phase, StepPhase::Succeeded as i32, "{info:?}");
+    let other = info.hosts.iter().find(|s| s.host != first).unwrap();
+    assert_eq!(
+        other.phase,
+        StepPhase::Waiting as i32,
+        "the freed budget admits the next host: {info:?}"
+    );
 }

@@ -456,6 +456,7 @@ async fn report_step(
                 report: report as i32,
                 error: error.to_string(),
                 host_report: host_report.clone(),
+                release_token: 0,
             };
             async move { c.report_step(req).await }
         })

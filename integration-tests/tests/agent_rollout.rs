@@ -333,7 +333,7 @@ fn agents_killed_mid_rollout_keep_their_slot_counted_and_the_rollout_completes()
     let mut fleet = Fleet::start(&deadline);
     fleet.wait_registered(&deadline);
     fleet.install_v1(&deadline);
-    for (i, point) in [(0, "after_drain"), (1, "after_outcome_reported")] {
+    for (i, point) in [(0, "after_drain"), (1, "before_outcome_reported")] {
         let a = &mut fleet.agents[i];
         a.opts_mut().env = vec![("HOTDEPLOY_FAILPOINTS".into(), point.into())];
         a.restart();
@@ -357,10 +357,11 @@ fn agents_killed_mid_rollout_keep_their_slot_counted_and_the_rollout_completes()
     let out = fleet.cluster.ctl(&args);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 
-    // Whichever is admitted first: web-1 dies drained, web-2 after reporting its outcome and
-    // before its release. While either is down its slot stays counted and nobody else is
-    // deployed; then it is restarted without the crash point.
-    let mut crashing = vec![(0, "after_drain"), (1, "after_outcome_reported")];
+    // Whichever is admitted first: web-1 dies drained, web-2 back in rotation but before its
+    // outcome and release (one entry). While either is down its slot stays counted and nobody
+    // else is deployed; then it is restarted without the crash point, and web-2's recovery
+    // reports the outcome with the release.
+    let mut crashing = vec![(0, "after_drain"), (1, "before_outcome_reported")];
     while !crashing.is_empty() {
         let which: Vec<usize> = crashing.iter().map(|(i, _)| *i).collect();
         let i = fleet.wait_crash(&which, Duration::from_secs(90));

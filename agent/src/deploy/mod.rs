@@ -83,7 +83,7 @@ pub use host::RealHost;
 pub use maint::{MaintParams, MaintProgress, MaintVerdict, MAINT_LOG};
 pub use ops::{
     ArtifactRef, HeldSlot, Hook, HookCtx, HostOps, OpError, OpResult, ProgressFn, RotationView,
-    SlotLock, SlotOwner, SlotRequest, SlotView, StepReport, StepUpdate,
+    SlotLock, SlotOwner, SlotRequest, SlotView, StepReport, StepSlot, StepUpdate,
 };
 pub use progress::Progress;
 pub use reconcile::round_bound as reconcile_round_bound;

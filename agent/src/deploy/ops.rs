@@ -225,6 +225,20 @@ pub struct StepUpdate {
     /// coordinators know the host's release the moment the step ends; `None` leaves the report
     /// as the heartbeat has it.
     pub release: Option<String>,
+    /// With an outcome: the token of the slot the deploy holds, released in the same log entry
+    /// once the outcome is recorded; 0 releases nothing.
+    pub release_token: u64,
+}
+
+/// What became of the slot named by a step report's `release_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepSlot {
+    /// Released with the outcome, and unclaimed.
+    Released,
+    /// Not released: none was named, the host no longer held it, or the coordinators took the
+    /// outcome alone (a member, or the coordinator, predates the combined entry). The caller
+    /// releases it on its own.
+    NotReleased,
 }
 
 /// Whose a slot the coordinators list for this host is.
@@ -281,5 +295,7 @@ pub trait SlotLock: Send + Sync + 'static {
     /// Reports on a rollout step, retrying transient failures for a bounded time (same write
     /// id). [`LinkError::Refused`]: the coordinators will never take it (a stale attempt, a
     /// step that no longer exists), so it is dropped; [`LinkError::Timeout`]: try again later.
-    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<(), LinkError>>;
+    /// What became of `update.release_token`'s slot is the answer: a released token is
+    /// unclaimed, and no acquire is sent while the report that releases it is in flight.
+    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<StepSlot, LinkError>>;
 }

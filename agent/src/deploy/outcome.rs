@@ -4,7 +4,11 @@
 //! The outcome of a deploy under a slot is reported *before* the slot is released (see
 //! `run::Run::back_in_rotation`): the coordinators then count the step done while the slot still
 //! stands, so the next host of the rollout is granted the moment it frees, and a release never
-//! looks like a deploy that vanished (which re-drives the step). An outcome with no slot to
+//! looks like a deploy that vanished (which re-drives the step). Both go in one `ReportStep`
+//! that names the slot's token: one log entry and one round trip, in that order. When the
+//! answer says the slot was not released with it (the coordinators take the outcome alone while
+//! a member predates that form, or the token was no longer held), the caller releases it
+//! separately, after the outcome as before. An outcome with no slot to
 //! release (a failure before the drain, a fenced deploy, a first install, a host kept out of
 //! rotation) is reported when the deploy is over ([`report_due`]).
 //!
@@ -15,20 +19,22 @@
 //! rollout they no longer have) is dropped: both orders converge (architecture.md, "The agent
 //! protocol").
 
-use super::{Inner, StepReport, StepUpdate};
+use super::{Inner, StepReport, StepSlot, StepUpdate};
 use crate::journal::{DeployRecord, Outcome, OutcomeReport, RolloutStep};
 use crate::link::LinkError;
 use std::sync::Arc;
 
-/// Sends the outcome of the rollout deploy `rec`; answers what the journal should now say.
+/// Sends the outcome of the rollout deploy `rec`, releasing the slot of `release_token` with it
+/// (0: none); answers what the journal should now say, and what became of the slot.
 pub(super) async fn send(
     inner: &Inner,
     rec: &DeployRecord,
     outcome: Outcome,
     error: &str,
-) -> OutcomeReport {
+    release_token: u64,
+) -> (OutcomeReport, StepSlot) {
     let (Some(lock), Some(step)) = (&inner.lock, &rec.step) else {
-        return OutcomeReport::Sent;
+        return (OutcomeReport::Sent, StepSlot::NotReleased);
     };
     let update = StepUpdate {
         rollout: rec.rollout.clone(),
@@ -36,16 +42,17 @@ pub(super) async fn send(
         report: StepReport::of(outcome),
         error: error.to_owned(),
         release: inner.view.borrow().current.clone(),
+        release_token,
     };
     match lock.report_step(update).await {
-        Ok(()) => OutcomeReport::Sent,
+        Ok(slot) => (OutcomeReport::Sent, slot),
         Err(LinkError::Refused(m)) => {
             tracing::info!(
                 rollout = %rec.rollout,
                 attempt = step.attempt,
                 "the coordinators refuse the outcome ({m}); dropped"
             );
-            OutcomeReport::Sent
+            (OutcomeReport::Sent, StepSlot::NotReleased)
         }
         Err(e) => {
             tracing::warn!(
@@ -54,7 +61,7 @@ pub(super) async fn send(
                 error = %e,
                 "the outcome could not be reported; it is sent again later"
             );
-            OutcomeReport::Due
+            (OutcomeReport::Due, StepSlot::NotReleased)
         }
     }
 }
@@ -68,6 +75,7 @@ pub(super) async fn progress(inner: &Inner, rollout: &str, attempt: u32, report:
         report,
         error: String::new(),
         release: None,
+        release_token: 0,
     };
     if let Err(e) = lock.report_step(update).await {
         tracing::warn!(%report, error = %e, "cannot report the step's progress");
@@ -101,7 +109,8 @@ pub(super) async fn report_due(inner: &Arc<Inner>) {
         return;
     }
     let error = rec.error.clone().unwrap_or_default();
-    let report = send(inner, &rec, outcome, &error).await;
+    // Any slot of this deploy is the reconciliation's to release (the deploy is over).
+    let (report, _) = send(inner, &rec, outcome, &error, 0).await;
     if report == OutcomeReport::Due {
         return;
     }

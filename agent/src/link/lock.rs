@@ -1,7 +1,7 @@
 //! The link as the engine's [`SlotLock`].
 
 use super::{Link, LinkError};
-use crate::deploy::{SlotLock, SlotRequest, SlotView, StepUpdate};
+use crate::deploy::{SlotLock, SlotRequest, SlotView, StepSlot, StepUpdate};
 use crate::journal::{Phase, WriteId};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -48,7 +48,7 @@ impl SlotLock for Link {
         Link::subscribe_slot(self)
     }
 
-    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<(), LinkError>> {
+    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<StepSlot, LinkError>> {
         Link::report_step(self, update).boxed()
     }
 }

@@ -37,7 +37,7 @@ mod tests;
 
 pub use error::LinkError;
 
-use crate::deploy::{HeldSlot, SlotOwner, SlotView, StepUpdate};
+use crate::deploy::{HeldSlot, SlotOwner, SlotView, StepSlot, StepUpdate};
 use crate::journal::{Journal, Phase, Purpose, WriteId};
 use claims::SlotClaims;
 use hotdeploy_common::config::TlsConfig;
@@ -283,9 +283,13 @@ impl Link {
     /// Sends a `ReportStep`, with this host's report (its `release` replaced by
     /// `update.release` when given), retrying transient failures until [`FENCE_DEADLINE`] with
     /// one write id. A stale attempt, or a rollout or step the coordinators do not know, is
-    /// [`LinkError::Refused`]: the report will never be taken and is to be dropped.
-    pub async fn report_step(&self, update: StepUpdate) -> Result<(), LinkError> {
+    /// [`LinkError::Refused`]: the report will never be taken and is to be dropped. With a
+    /// `release_token`, the release is in flight for the claims (as in [`Link::release`]) until
+    /// the answer says whether the slot went with the outcome.
+    pub async fn report_step(&self, update: StepUpdate) -> Result<StepSlot, LinkError> {
         let inner = &self.inner;
+        let ticket =
+            (update.release_token != 0).then(|| inner.claims.begin_release(update.release_token));
         let write = next_write(inner)?;
         let mut host_report = inner.report.borrow().clone();
         if let Some(r) = &update.release {
@@ -299,21 +303,30 @@ impl Link {
             report: update.report.to_proto() as i32,
             error: update.error.clone(),
             host_report: Some(host_report),
+            release_token: update.release_token,
         };
         let r = fenced_call(inner, "ReportStep", |mut c| {
             let req = req.clone();
-            async move { c.report_step(req).await.map(|_| ()) }
+            async move { c.report_step(req).await.map(|r| r.into_inner().released) }
         })
         .await;
         match r {
-            Ok(()) => {
+            Ok(released) => {
                 tracing::info!(
                     rollout = %update.rollout,
                     attempt = update.attempt,
                     report = %update.report,
+                    released,
                     "step reported"
                 );
-                Ok(())
+                match ticket {
+                    Some(t) if released => {
+                        t.released();
+                        tracing::info!(token = update.release_token, "slot released");
+                        Ok(StepSlot::Released)
+                    }
+                    _ => Ok(StepSlot::NotReleased),
+                }
             }
             Err(Fenced::Stale(msg)) => Err(LinkError::Refused(msg)),
             Err(Fenced::Other(e)) => Err(e),
@@ -397,10 +410,14 @@ fn next_write(inner: &LinkInner) -> Result<WriteId, LinkError> {
 
 /// Calls a token-fenced write at the leader until [`FENCE_DEADLINE`], and tells a stale token
 /// (FAILED_PRECONDITION or NOT_FOUND) apart from other refusals and from timeouts.
-async fn fenced_call<F, Fut>(inner: &Arc<LinkInner>, what: &'static str, f: F) -> Result<(), Fenced>
+async fn fenced_call<F, Fut, T>(
+    inner: &Arc<LinkInner>,
+    what: &'static str,
+    f: F,
+) -> Result<T, Fenced>
 where
     F: Fn(CoordinatorClient<Channel>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     let deadline = Instant::now() + FENCE_DEADLINE;
     match call::unary(
@@ -416,7 +433,7 @@ where
     )
     .await
     {
-        Ok(_) => Ok(()),
+        Ok(answer) => Ok(answer),
         Err(call::CallError::Status(s))
             if matches!(
                 s.code(),

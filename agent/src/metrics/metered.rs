@@ -10,7 +10,7 @@
 use super::deploy::{DeployStats, ErrorKind, Errors};
 use crate::deploy::{
     ArtifactRef, Hook, HookCtx, HostOps, OpResult, ProgressFn, RotationView, SlotLock, SlotRequest,
-    SlotView, StepUpdate,
+    SlotView, StepSlot, StepUpdate,
 };
 use crate::journal::{Phase, WriteId};
 use crate::link::LinkError;
@@ -186,7 +186,7 @@ impl SlotLock for MeteredLock {
     fn slot(&self) -> watch::Receiver<SlotView> {
         self.inner.slot()
     }
-    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<(), LinkError>> {
+    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<StepSlot, LinkError>> {
         self.inner
             .report_step(update)
             .map(|r| counted(&self.stats.errors, ErrorKind::Report, r))

@@ -17,6 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 /// The most a host waits before it starts staging a new assignment.
 pub const STAGE_JITTER: Duration = Duration::from_millis(500);
+/// How long staging runs before the coordinators are told it is under way (`STAGING`): a
+/// stage that ends sooner (the release already in the store, a small artifact) is reported
+/// `STAGED` alone, one log entry per host instead of two, and a thousand hosts given one
+/// rollout do not each write both while the first batch deploys.
+pub const STAGING_REPORT_AFTER: Duration = Duration::from_secs(1);
 /// How often the driver looks again with nothing new (an outcome still to report).
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
 /// The pause before asking again for a slot the coordinators did not grant for the rollout.
@@ -42,6 +47,8 @@ pub struct RolloutDriver {
     lock: Arc<dyn SlotLock>,
     assignment: watch::Receiver<Option<Assignment>>,
     jitter: Duration,
+    /// [`STAGING_REPORT_AFTER`], or what a test sets.
+    staging_report_after: Duration,
     /// The step staged last (its release is in the store), and when `STAGED` was last sent.
     staged: Option<(Key, Instant)>,
     /// Steps dealt with: staging failed, or a deploy of them ran.
@@ -61,6 +68,7 @@ impl RolloutDriver {
             lock,
             assignment,
             jitter: STAGE_JITTER,
+            staging_report_after: STAGING_REPORT_AFTER,
             staged: None,
             done: BTreeSet::new(),
         }
@@ -167,8 +175,10 @@ impl RolloutDriver {
         self.deploy(key, release, &a).await
     }
 
-    /// Stages the step's release: `STAGING`, stage, `STAGED`; `FAILED` with the error when
-    /// staging fails. `false`: the step is over for this host (failed, or refused as stale).
+    /// Stages the step's release, then reports `STAGED`, or `FAILED` with the error when
+    /// staging fails; `STAGING` is reported only once staging has run for
+    /// [`STAGING_REPORT_AFTER`] (and the coordinators do not know it yet). `false`: the step is
+    /// over for this host (failed, or refused as stale).
     async fn stage(&mut self, key: &Key, release: &Release, phase: StepPhase) -> bool {
         if phase <= StepPhase::Staging {
             let ms = self.jitter.as_millis() as u64;
@@ -176,17 +186,36 @@ impl RolloutDriver {
                 let wait = rand::thread_rng().gen_range(0..=ms);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            if let Err(LinkError::Refused(m)) = self.report(key, StepReport::Staging, "").await {
-                tracing::info!(rollout = %key.0, attempt = key.1, "step refused ({m}); dropped");
-                return false;
-            }
         }
         tracing::info!(rollout = %key.0, release = %release.id, "pre-staging");
-        let r = self
-            .engine
-            .prestage(&release.id, artifact(release))
-            .await
-            .unwrap_or_else(|e| Err(crate::deploy::OpError::transient(e.to_string())));
+        let staging = async {
+            self.engine
+                .prestage(&release.id, artifact(release))
+                .await
+                .unwrap_or_else(|e| Err(crate::deploy::OpError::transient(e.to_string())))
+        };
+        tokio::pin!(staging);
+        let mut refused = None;
+        let r = if phase < StepPhase::Staging {
+            tokio::select! {
+                r = &mut staging => r,
+                _ = tokio::time::sleep(self.staging_report_after) => {
+                    if let Err(LinkError::Refused(m)) =
+                        self.report(key, StepReport::Staging, "").await
+                    {
+                        refused = Some(m);
+                    }
+                    // Finished either way: a stage is not cut off halfway.
+                    staging.await
+                }
+            }
+        } else {
+            staging.await
+        };
+        if let Some(m) = refused {
+            tracing::info!(rollout = %key.0, attempt = key.1, "step refused ({m}); dropped");
+            return false;
+        }
         match r {
             Ok(()) => {
                 let _ = self.report(key, StepReport::Staged, "").await;
@@ -259,8 +288,10 @@ impl RolloutDriver {
                 report,
                 error: error.to_owned(),
                 release: None,
+                release_token: 0,
             })
-            .await;
+            .await
+            .map(|_| ());
         if let Err(e) = &r {
             tracing::warn!(rollout = %key.0, attempt = key.1, %report, error = %e, "step report not taken");
         }

@@ -5,9 +5,11 @@
 //! For each assignment `(rollout, attempt)` it has not dealt with:
 //!
 //! 1. **Pre-stage at once, without the lock.** After a random jitter (so that a fleet given one
-//!    assignment at once does not fetch the artifact at one instant), `ReportStep{STAGING}`,
-//!    stage through the engine ([`crate::deploy::Engine::prestage`]: fetch, verify the digest
-//!    and signature, unpack), then `STAGED`. One host stages one release at a time. A staging
+//!    assignment at once does not fetch the artifact at one instant), stage through the engine
+//!    ([`crate::deploy::Engine::prestage`]: fetch, verify the digest and signature, unpack),
+//!    then `ReportStep{STAGED}`. A stage still running after
+//!    [`STAGING_REPORT_AFTER`] is reported `STAGING` meanwhile; a quicker one is not,
+//!    which spares the log one entry per host. One host stages one release at a time. A staging
 //!    failure (a bad checksum, a full disk, an unreachable URL) touches nothing live: it is
 //!    reported `FAILED` with its error, and the host stays in rotation on its release.
 //! 2. **Deploy once `may_deploy`.** The engine's ordinary deploy, with the rollout id and the
@@ -41,4 +43,4 @@ mod driver;
 #[cfg(test)]
 mod tests;
 
-pub use driver::RolloutDriver;
+pub use driver::{RolloutDriver, STAGING_REPORT_AFTER};

@@ -143,7 +143,11 @@ async fn stages_at_once_deploys_once_admitted_and_reports_the_outcome_before_the
     // Staged without the lock, and nothing more while not admitted.
     wait_for("STAGED", || has_report(&coord, "staged")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(reports(&coord), ["staging@1", "staged@1"]);
+    assert_eq!(
+        reports(&coord),
+        ["staged@1"],
+        "a quick stage is reported staged alone"
+    );
     assert!(ops.effects().contains(&"stage v2".to_string()));
     assert!(
         coord.state().acquires.is_empty(),
@@ -158,7 +162,7 @@ async fn stages_at_once_deploys_once_admitted_and_reports_the_outcome_before_the
         last_report(&a.journal) == Some(OutcomeReport::Sent)
     })
     .await;
-    assert_eq!(reports(&coord), ["staging@1", "staged@1", "succeeded@1"]);
+    assert_eq!(reports(&coord), ["staged@1", "succeeded@1"]);
     assert_eq!(
         coord.state().acquire_rollouts,
         [("r1".to_string(), true)],
@@ -178,11 +182,40 @@ async fn stages_at_once_deploys_once_admitted_and_reports_the_outcome_before_the
         "the outcome goes before the release: {e:?}"
     );
     assert!(pos(&e, "undrain") < pos(&e, "coordinator step succeeded"));
+    assert_eq!(
+        coord.state().step_release_tokens.last(),
+        Some(&41),
+        "the outcome names the slot"
+    );
+    assert!(
+        coord.state().release_calls.is_empty(),
+        "released with the outcome, not by a ReleaseSlot of its own"
+    );
     assert_eq!(ops.current().as_deref(), Some("v2"));
 
     // The same step is never deployed twice.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(coord.state().acquires.len(), 1);
+    a.stop().await;
+}
+
+/// A stage that takes longer than `STAGING_REPORT_AFTER` is reported `STAGING` while it
+/// runs, then `STAGED`.
+#[tokio::test]
+async fn a_slow_stage_is_reported_staging_while_it_runs() {
+    let ops = Fake::with(Some("v1"), None, &[true]);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    ops.set(|s| s.block_stage = Some(gate.clone()));
+    let coord = FakeCoordinator::default();
+    coord.state().assignment = Some(step(1, GOOD, StepPhase::Pending, false));
+    let a = agent(&ops, &coord, |_| {}).await;
+
+    wait_for("STAGING", || has_report(&coord, "staging")).await;
+    assert_eq!(reports(&coord), ["staging@1"], "staging still runs");
+    assert!(!ops.effects().contains(&"stage v2".to_string()));
+    gate.notify_one();
+    wait_for("STAGED", || has_report(&coord, "staged")).await;
+    assert_eq!(reports(&coord), ["staging@1", "staged@1"]);
     a.stop().await;
 }
 
@@ -195,8 +228,8 @@ async fn a_staging_failure_touches_nothing_and_reports_failed_with_its_error() {
 
     wait_for("FAILED", || has_report(&coord, "failed")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(reports(&coord), ["staging@1", "failed@1"], "reported once");
-    let error = coord.state().steps[1].3.clone();
+    assert_eq!(reports(&coord), ["failed@1"], "reported once");
+    let error = coord.state().steps[0].3.clone();
     assert!(
         error.contains("staging v2 failed") && error.contains("sha256 mismatch"),
         "{error}"
@@ -228,6 +261,30 @@ async fn a_failed_verify_rolls_back_and_reports_rolled_back_with_the_reason_befo
     let e = ops.effects();
     assert!(pos(&e, "coordinator step rolled_back") < pos(&e, "coordinator release 41"));
     assert_eq!(ops.current().as_deref(), Some("v1"));
+    a.stop().await;
+}
+
+/// A coordinator that takes the outcome alone (it predates the combined entry, or a member of
+/// its cluster does) answers "not released": the agent releases the slot itself, after the
+/// outcome, and nothing is left held.
+#[tokio::test]
+async fn an_outcome_taken_alone_is_followed_by_a_release_of_its_own() {
+    let ops = Fake::with(Some("v1"), None, &[true]);
+    let coord = FakeCoordinator::default();
+    coord.state().old_report_step = true;
+    coord.state().assignment = Some(step(1, GOOD, StepPhase::Waiting, true));
+    log_events_into(&coord, &ops);
+    let a = agent(&ops, &coord, |_| {}).await;
+
+    wait_for("the slot released", || !coord.state().released.is_empty()).await;
+    assert_eq!(reports(&coord), ["staged@1", "succeeded@1"]);
+    assert_eq!(coord.state().release_calls, [41], "one ReleaseSlot");
+    assert!(coord.state().held.is_none(), "nothing left held");
+    let e = ops.effects();
+    assert!(
+        pos(&e, "coordinator step succeeded") < pos(&e, "coordinator release 41"),
+        "the outcome still goes first: {e:?}"
+    );
     a.stop().await;
 }
 

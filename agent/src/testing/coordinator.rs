@@ -48,6 +48,11 @@ pub(crate) struct CoordState {
     pub acquire_faults: VecDeque<tonic::Code>,
     /// Every AcquireSlot's rollout and canary flag.
     pub acquire_rollouts: Vec<(String, bool)>,
+    /// Ignores a ReportStep's `release_token`, as a coordinator from before the combined
+    /// outcome-and-release entry does (or one whose cluster has a member too old for it).
+    pub old_report_step: bool,
+    /// The `release_token` of every ReportStep taken.
+    pub step_release_tokens: Vec<u64>,
 }
 
 impl Default for CoordState {
@@ -71,6 +76,8 @@ impl Default for CoordState {
             step_releases: Vec::new(),
             acquire_faults: VecDeque::new(),
             acquire_rollouts: Vec::new(),
+            old_report_step: false,
+            step_release_tokens: Vec::new(),
         }
     }
 }
@@ -374,8 +381,19 @@ impl Coordinator for FakeCoordinator {
             .push((r.rollout.clone(), r.attempt, name.clone(), r.error.clone()));
         s.step_releases
             .push(r.host_report.map(|h| h.release).unwrap_or_default());
+        s.step_release_tokens.push(r.release_token);
         s.event(format!("step {name}"));
-        Ok(Response::new(ReportStepResponse {}))
+        // After the outcome, in the same write, as the state machine does; a token no longer
+        // held releases nothing.
+        let token = r.release_token;
+        let released =
+            token != 0 && !s.old_report_step && s.held.as_ref().map(|h| h.token) == Some(token);
+        if released {
+            s.held = None;
+            s.released.push(token);
+            s.event(format!("release {token}"));
+        }
+        Ok(Response::new(ReportStepResponse { released }))
     }
     async fn start_rollout(
         &self,

@@ -110,6 +110,13 @@ impl Metrics {
             stats.commit_latency.clone(),
         );
         registry.register(
+            "raft_proposals_applied",
+            "Proposals made at this node that applied, by command kind (Acquire, ReportPhase, \
+             ReportStep, Release, UpdateReport, ...): summed over the members, where the log's \
+             entries come from",
+            stats.applied.clone(),
+        );
+        registry.register(
             "raft_errors",
             "Raft requests that failed, by op (propose, conf_change, read) and kind",
             stats.errors.clone(),

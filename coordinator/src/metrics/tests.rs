@@ -340,8 +340,9 @@ fn the_grafana_dashboard_uses_only_served_metrics() {
     }
 }
 
-/// On a running node, the edge-fed series move: a write adds to the commit latency, a refused
-/// gRPC call is counted by call and code, a follower's proposal by kind.
+/// On a running node, the edge-fed series move: a write adds to the commit latency and to the
+/// applied proposals of its kind, a refused gRPC call is counted by call and code, a
+/// follower's proposal by kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_latency_and_refusals_move_on_a_running_node() {
     use crate::liveness::Liveness;
@@ -385,6 +386,14 @@ async fn commit_latency_and_refusals_move_on_a_running_node() {
     assert_eq!(
         value(&text, "hotdeploy_group_budget{group=\"web\"}"),
         Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "hotdeploy_raft_proposals_applied_total{kind=\"SetGroupPolicy\"}"
+        ),
+        Some(1.0),
+        "{text}"
     );
 
     let (serving, _) = tokio::sync::oneshot::channel();

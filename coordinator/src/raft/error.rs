@@ -76,6 +76,17 @@ impl NodeError {
     pub fn is_retryable(&self) -> bool {
         !matches!(self, NodeError::Stopped | NodeError::MemberTooOld { .. })
     }
+
+    /// Whether the leader's version gate kept the command out of the log: nothing was
+    /// proposed, and a command of an older version may go through.
+    pub fn is_version_gate(&self) -> bool {
+        matches!(
+            self,
+            NodeError::MemberTooOld { .. }
+                | NodeError::VersionUnknown { .. }
+                | NodeError::VersionGatePending { .. }
+        )
+    }
 }
 
 /// What stops the node.

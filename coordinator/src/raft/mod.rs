@@ -52,7 +52,7 @@ pub use error::{Fatal, NodeError};
 pub use peer_service::{BlankPeerService, PeerService};
 pub use progress::Progress;
 pub use replicated::{EntryError, MemberChange, MembershipChange, Replicated, SnapshotError};
-pub use stats::{error_kind, ErrorLabels, NodeStats, COMMIT_LATENCY_BUCKETS};
+pub use stats::{error_kind, ErrorLabels, KindLabels, NodeStats, COMMIT_LATENCY_BUCKETS};
 pub use status::{NodeStatus, Role};
 pub use storage::{SledStorage, StorageError, SyncCounts, SyncError};
 pub use versions::Known;
@@ -200,15 +200,16 @@ impl RaftNode {
     pub async fn propose(&self, p: Proposal, timeout: Duration) -> Result<Response, NodeError> {
         let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
+        let kind = p.command.kind();
         let gate = versions::Gate {
             needs: p.version,
-            kind: p.command.kind(),
+            kind,
         };
         let data = p.encode();
         let result = self
             .call(Msg::Propose { data, gate, reply }, rx, timeout)
             .await;
-        self.stats.proposal(started, &result);
+        self.stats.proposal(kind, started, &result);
         result
     }
 

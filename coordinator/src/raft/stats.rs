@@ -1,6 +1,11 @@
 //! What the node's clients saw of it, for the metrics: how long a write took from its proposal
-//! to its entry applied (on the leader, where proposals are made), and how many proposals,
-//! membership changes and reads failed, by kind.
+//! to its entry applied (on the leader, where proposals are made), how many proposals applied,
+//! by command kind, and how many proposals, membership changes and reads failed, by kind.
+//!
+//! The applied proposals by kind say where the log's entries come from (a deploy's fenced
+//! phases, its step reports, heartbeat report changes, liveness): summed over the members, they
+//! are every entry but the leader's own (membership records, the version gate's), which no
+//! client waits for.
 //!
 //! Measured at the edge, in [`RaftNode`](super::RaftNode)'s calls, not inside the Ready loop:
 //! what an agent waits for is the whole way, inbox and fsync and a quorum's round trip
@@ -31,12 +36,20 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// The label of an applied proposal: its command's kind (`Command::kind`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 /// The node's request statistics. Cheap to clone; clones share the counts.
 #[derive(Clone, Debug)]
 pub struct NodeStats {
     /// Proposal to applied, of every proposal that applied (whatever the state machine
     /// answered).
     pub commit_latency: Histogram,
+    /// Proposals made at this node that applied, by command kind.
+    pub applied: Family<KindLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
 }
 
@@ -44,16 +57,25 @@ impl Default for NodeStats {
     fn default() -> Self {
         Self {
             commit_latency: Histogram::new(COMMIT_LATENCY_BUCKETS),
+            applied: Family::default(),
             errors: Family::default(),
         }
     }
 }
 
 impl NodeStats {
-    /// Records the end of a proposal started at `started`.
-    pub(super) fn proposal<T>(&self, started: Instant, result: &Result<T, NodeError>) {
+    /// Records the end of a proposal of a command of `kind`, started at `started`.
+    pub(super) fn proposal<T>(
+        &self,
+        kind: &'static str,
+        started: Instant,
+        result: &Result<T, NodeError>,
+    ) {
         match result {
-            Ok(_) => self.commit_latency.observe(started.elapsed().as_secs_f64()),
+            Ok(_) => {
+                self.commit_latency.observe(started.elapsed().as_secs_f64());
+                self.applied.get_or_create(&KindLabels { kind }).inc();
+            }
             Err(e) => self.failed("propose", e),
         }
     }

@@ -522,8 +522,8 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<ReportStepResponse>, Status> {
         check_name("host", &req.get_ref().host, check_host)?;
         let actor = authorize(&req, "ReportStep", Need::Host(&req.get_ref().host))?;
-        rollout::report_step(&self.node, &actor, req.into_inner()).await?;
-        Ok(Response::new(ReportStepResponse {}))
+        let released = rollout::report_step(&self.node, &actor, req.into_inner()).await?;
+        Ok(Response::new(ReportStepResponse { released }))
     }
 
     async fn start_rollout(

@@ -81,7 +81,30 @@ pub(crate) async fn write(
 ) -> Result<Answer, Status> {
     ensure_leader(node)?;
     let p = Proposal::new(write, now_ms(), actor, command);
+    answer(node, node.propose(p, WRITE_TIMEOUT).await)
+}
+
+/// Like [`write`], but a command the leader's version gate keeps out of the log (a member does
+/// not know its version yet) answers `None`, for a caller with an older way to do the same.
+pub(crate) async fn write_if_known(
+    node: &RaftNode,
+    write: Option<WriteId>,
+    actor: &str,
+    command: Command,
+) -> Result<Option<Answer>, Status> {
+    ensure_leader(node)?;
+    let p = Proposal::new(write, now_ms(), actor, command);
     match node.propose(p, WRITE_TIMEOUT).await {
+        Err(e) if e.is_version_gate() => {
+            tracing::debug!("{e}; proposing the older form");
+            Ok(None)
+        }
+        r => answer(node, r).map(Some),
+    }
+}
+
+fn answer(node: &RaftNode, r: Result<crate::state::Response, NodeError>) -> Result<Answer, Status> {
+    match r {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => Err(state_status(&e)),
         Err(e) => Err(node_status(node, e)),

@@ -12,7 +12,7 @@
 //! rollout from a dead connection), ending after a terminal state. A deposed leader ends the
 //! stream with UNAVAILABLE and a hint; the client reconnects.
 
-use super::leader::{not_leader, read_barrier, state_status, write};
+use super::leader::{not_leader, read_barrier, state_status, write, write_if_known};
 use super::rollout_wire::{
     assignment_to_wire, host_report_from_wire, is_terminal, release_from_wire, report_from_wire,
     rollout_to_wire, summary_to_wire,
@@ -205,12 +205,18 @@ pub(crate) async fn abort(
     })
 }
 
-/// `ReportStep`, from an agent.
+/// `ReportStep`, from an agent: answers whether the slot of `release_token` was released
+/// with the outcome.
+///
+/// An outcome with a token is one entry, version 5 ([`Command::version`]). While a member does
+/// not know that version, the leader's gate keeps it out of the log, and the outcome is
+/// proposed alone (same write id: the refused proposal never reached the log): the answer then
+/// says not released, and the agent releases on its own, as before version 5.
 pub(crate) async fn report_step(
     node: &RaftNode,
     actor: &str,
     req: ReportStepRequest,
-) -> Result<(), Status> {
+) -> Result<bool, Status> {
     check_host(&req.host).map_err(|e| invalid("host", e))?;
     check_id(&req.rollout)?;
     let report = report_from_wire(req.report).ok_or_else(|| {
@@ -225,16 +231,33 @@ pub(crate) async fn report_step(
             "attempt must be the assignment's attempt (1 or more)",
         ));
     }
-    let command = Command::ReportStep {
-        host: req.host,
-        rollout: req.rollout,
+    if req.release_token != 0 && !report.is_outcome() {
+        return Err(Status::invalid_argument(format!(
+            "release_token: only an outcome (SUCCEEDED, FAILED, ROLLED_BACK, FENCED) releases \
+             a slot, not {}",
+            report.as_str()
+        )));
+    }
+    let write_id = super::convert::write_id(req.write)?;
+    let error: String = req.error.chars().take(MAX_ERROR).collect();
+    let host_report = host_report_from_wire(req.host_report.as_ref());
+    let step = |release: Option<u64>| Command::ReportStep {
+        host: req.host.clone(),
+        rollout: req.rollout.clone(),
         attempt: req.attempt,
         report,
-        error: req.error.chars().take(MAX_ERROR).collect(),
-        host_report: host_report_from_wire(req.host_report.as_ref()),
+        error: error.clone(),
+        host_report: host_report.clone(),
+        release,
     };
-    propose(node, super::convert::write_id(req.write)?, actor, command).await?;
-    Ok(())
+    if req.release_token != 0 {
+        let both = step(Some(req.release_token));
+        if let Some(answer) = write_if_known(node, write_id.clone(), actor, both).await? {
+            return Ok(matches!(answer, Answer::Released { .. }));
+        }
+    }
+    propose(node, write_id, actor, step(None)).await?;
+    Ok(false)
 }
 
 /// The assignment of `host` as the wire carries it.

@@ -38,6 +38,10 @@
 //!   and the `Acquire` of purpose `fleetlock` (an ordinary slot, but audited as a FleetLock
 //!   grant). Its `Release` is an ordinary one ([`BASE_VERSION`]). So a FleetLock `pre-reboot`
 //!   waits for version 4 on every member, and a `steady-state` of a host not known yet too.
+//! - 5 ([`STEP_RELEASE_VERSION`]): a `ReportStep` that also releases the deploy's slot
+//!   (`release: Some(token)`), one entry for an outcome and its release. A `ReportStep`
+//!   without it keeps version 2, so an agent's outcome still goes through a mixed cluster: the
+//!   service then records the outcome alone and the agent releases on its own.
 //!
 //! The cargo feature `command-format-v1` builds an honest old binary for the mixed-version
 //! tests: [`FORMAT_VERSION`] is 1, so it applies and advertises version 1 only, refuses newer
@@ -60,12 +64,14 @@ pub const ROLLOUTS_VERSION: u32 = 2;
 pub const VERSION_GATE_VERSION: u32 = 3;
 /// FleetLock's lock-only hosts (`RegisterLockOnly`).
 pub const FLEETLOCK_VERSION: u32 = 4;
+/// A `ReportStep` that releases the slot with the outcome.
+pub const STEP_RELEASE_VERSION: u32 = 5;
 
 /// The newest command format version this binary can apply: the largest of the versions above.
 /// Every command kind it knows has a version at most this.
 #[cfg(not(feature = "command-format-v1"))]
 pub const FORMAT_VERSION: u32 = max(
-    max(BASE_VERSION, ROLLOUTS_VERSION),
+    max(max(BASE_VERSION, ROLLOUTS_VERSION), STEP_RELEASE_VERSION),
     max(VERSION_GATE_VERSION, FLEETLOCK_VERSION),
 );
 /// The newest command format version this binary can apply: built as an old binary (the cargo
@@ -256,7 +262,10 @@ pub enum Command {
         id: String,
         rollback: bool,
     },
-    /// An agent reports on its step; an outcome carries its host report too.
+    /// An agent reports on its step; an outcome carries its host report too, and may release
+    /// the deploy's slot (`release`, its token) once it is recorded: one entry for both. A
+    /// token the host no longer holds releases nothing (the answer is then `Done`, not
+    /// `Released`).
     ReportStep {
         host: String,
         rollout: String,
@@ -264,6 +273,8 @@ pub enum Command {
         report: StepReport,
         error: String,
         host_report: Option<Report>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<u64>,
     },
     /// Leader-proposed: halts the rollout if, at this entry's `at_ms`, it has made no progress
     /// for its deadline.
@@ -295,6 +306,9 @@ impl Command {
     pub fn version(&self) -> u32 {
         match self {
             Command::Acquire { purpose, .. } if purpose == FLEETLOCK => FLEETLOCK_VERSION,
+            Command::ReportStep {
+                release: Some(_), ..
+            } => STEP_RELEASE_VERSION,
             Command::SeedGroups { .. }
             | Command::SetGroupPolicy { .. }
             | Command::Register { .. }
@@ -340,6 +354,9 @@ impl Command {
             Command::PauseRollout { .. } => "PauseRollout",
             Command::ResumeRollout { .. } => "ResumeRollout",
             Command::AbortRollout { .. } => "AbortRollout",
+            Command::ReportStep {
+                release: Some(_), ..
+            } => "ReportStep (release)",
             Command::ReportStep { .. } => "ReportStep",
             Command::CheckProgress { .. } => "CheckProgress",
             Command::SetMemberVersion { .. } => "SetMemberVersion",

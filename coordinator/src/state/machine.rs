@@ -37,7 +37,7 @@ use super::fleetlock::FLEETLOCK;
 use super::group::{Group, GroupSeed, GroupView};
 use super::host::{Host, HostKind, Reachability, Report};
 use super::lock::{self, Slot};
-use super::rollout::{Assignment, At, Desired, Fleet, Rollout, Rollouts, Wait};
+use super::rollout::{Assignment, At, Desired, Fleet, Rollout, RolloutError, Rollouts, Wait};
 use super::session::Sessions;
 use hotdeploy_common::config::MaxUnavailable;
 use hotdeploy_common::names::{check_group, check_host, check_release};
@@ -605,10 +605,18 @@ impl StateMachine {
                 report,
                 error,
                 host_report,
+                release,
             } => {
                 self.host_ref(&host)?;
                 if let Some(r) = &host_report {
                     check_report(r)?;
+                }
+                if release.is_some() && !report.is_outcome() {
+                    return Err(RolloutError::ReleaseWithoutOutcome {
+                        host,
+                        report: report.as_str().to_string(),
+                    }
+                    .into());
                 }
                 self.rollouts.report_step(
                     &ctx.at(),
@@ -622,7 +630,14 @@ impl StateMachine {
                 if let Some(r) = host_report {
                     self.host_mut(&host)?.apply_report(r);
                 }
-                Ok(Answer::Done)
+                // After the outcome, so the rollout counts the step done before its slot
+                // frees (a slot freed first would drive the step again).
+                match release {
+                    Some(token) if self.host_ref(&host)?.slot == Some(token) => {
+                        self.release(&ctx, &host, token)
+                    }
+                    _ => Ok(Answer::Done),
+                }
             }
             Command::CheckProgress { rollout } => {
                 self.rollouts
@@ -1075,7 +1090,12 @@ fn slot_subject(command: &Command) -> Option<&str> {
         | Command::Release { host, .. }
         | Command::ForceRelease { host }
         | Command::RemoveHost { host, .. }
-        | Command::RegisterLockOnly { host, .. } => Some(host),
+        | Command::RegisterLockOnly { host, .. }
+        | Command::ReportStep {
+            host,
+            release: Some(_),
+            ..
+        } => Some(host),
         _ => None,
     }
 }

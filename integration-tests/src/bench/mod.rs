@@ -36,6 +36,8 @@
 //! - [`cleanup`] kills every child when the bench is interrupted by a signal.
 //! - [`costs`] reads each node's context switches and CPU time per committed entry from
 //!   `/proc` (the write path's hand-offs and work, barely moved by the machine's load).
+//! - [`log_entries`] reads the members' commit index and applied proposals by kind from
+//!   `/metrics`: what a run cost the log, per host (`rollout`).
 //! - [`syscalls`] counts each node's `fdatasync`/`fsync` per committed entry under strace
 //!   (`lock --syscalls`).
 //!
@@ -52,6 +54,7 @@ pub mod etcd_proto;
 pub mod failover;
 pub mod hd_client;
 pub mod lock;
+pub mod log_entries;
 pub mod machine;
 pub mod memory;
 pub mod report;

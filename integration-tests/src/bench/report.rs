@@ -405,6 +405,18 @@ pub fn rollout_table(r: &super::rollout::RolloutReport) -> String {
             s.name, s.hosts, s.p50_ms, s.p90_ms
         );
     }
+    let e = &r.entries;
+    let kinds: Vec<String> = e
+        .by_kind
+        .iter()
+        .map(|(kind, n)| format!("{kind} {n:.2}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nraft entries per host: {:.2} committed; proposals by kind: {}",
+        e.entries,
+        kinds.join(", ")
+    );
     targets_table(&mut out, &r.targets);
     out
 }

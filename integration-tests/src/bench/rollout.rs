@@ -19,9 +19,14 @@
 //! the machine's CPU from the agents and coordinators being measured. The time at which the
 //! last host's verify passed is reported beside it.
 //!
+//! The bench also reports what the rollout cost the log ([`log_entries`]): committed entries
+//! per host, and the proposals by command kind, read from the members' `/metrics` before
+//! `rollout start` and once it is completed.
+//!
 //! Every host must be on `v2` at the end, or the run is an error, not a number.
 
 use super::hd_client;
+use super::log_entries::{self, Tally};
 use super::machine::{self, Machine};
 use super::report::Target;
 use super::rollout_timeline::{self, Timeline};
@@ -88,6 +93,8 @@ pub struct RolloutReport {
     pub last_verify_ratio: f64,
     /// Where the time went, from the rollout's phase times.
     pub timeline: Timeline,
+    /// Raft entries per host, and the proposals by kind.
+    pub entries: log_entries::PerHost,
     /// The verdicts.
     pub targets: Vec<Target>,
 }
@@ -138,6 +145,7 @@ pub fn run(rt: &Runtime, opts: &RolloutOpts) -> Result<RolloutReport> {
             opts.agents
         );
 
+        let log_before = Tally::read(&cluster)?;
         let t0 = Instant::now();
         start_rollout(&cluster)?;
         let done = rt.block_on(wait_completed(
@@ -146,6 +154,7 @@ pub fn run(rt: &Runtime, opts: &RolloutOpts) -> Result<RolloutReport> {
         ))?;
         let measured = t0.elapsed();
         let load1_after = machine::load1();
+        let entries = Tally::read(&cluster)?.per_host_since(&log_before, opts.agents);
 
         let mut last_verify = Duration::ZERO;
         for a in &agents {
@@ -172,6 +181,7 @@ pub fn run(rt: &Runtime, opts: &RolloutOpts) -> Result<RolloutReport> {
             ratio,
             last_verify_ratio,
             timeline: rollout_timeline::of(&done, opts.budget),
+            entries,
             targets: vec![Target::at_most(
                 "rollout time / floor",
                 Some(ratio),

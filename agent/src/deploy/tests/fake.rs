@@ -23,6 +23,13 @@ pub(crate) struct State {
     /// Phase reports that fail as unconfirmed (coordinators unreachable), one per call.
     pub(crate) unconfirmed: VecDeque<Phase>,
     pub(crate) block_stage: Option<Arc<tokio::sync::Notify>>,
+    /// The `verifying` phase report answers only once a verify has begun (a fence that must
+    /// overlap the verify, or it never commits).
+    pub(crate) verifying_waits_for_verify: bool,
+    /// Signalled when a verify begins.
+    pub(crate) verify_began: Arc<tokio::sync::Notify>,
+    /// Verifies never end (a health check that hangs).
+    pub(crate) hang_verify: bool,
     /// Undrains that fail, one per call.
     pub(crate) undrain_failures: usize,
     /// Releases never answer (a coordinator that hangs).
@@ -51,6 +58,9 @@ impl Default for State {
             stale_at: None,
             unconfirmed: VecDeque::new(),
             block_stage: None,
+            verifying_waits_for_verify: false,
+            verify_began: Arc::new(tokio::sync::Notify::new()),
+            hang_verify: false,
             undrain_failures: 0,
             hang_release: false,
             refused: BTreeSet::new(),
@@ -251,9 +261,16 @@ impl HostOps for Fake {
         async { Ok(()) }.boxed()
     }
     fn verify<'a>(&'a self, _p: ProgressFn<'a>) -> BoxFuture<'a, OpResult> {
-        let ok = self.0.lock().unwrap().verify.pop_front().unwrap_or(true);
+        let (ok, hang) = {
+            let mut s = self.0.lock().unwrap();
+            s.verify_began.notify_one();
+            (s.verify.pop_front().unwrap_or(true), s.hang_verify)
+        };
         self.log(format!("verify {}", if ok { "ok" } else { "fail" }));
         async move {
+            if hang {
+                futures::future::pending::<()>().await;
+            }
             if ok {
                 Ok(())
             } else {
@@ -296,15 +313,20 @@ impl SlotLock for Fake {
     }
     fn report_phase(&self, token: u64, phase: Phase) -> BoxFuture<'_, Result<(), LinkError>> {
         self.log(format!("report {phase}"));
-        let (stale, unconfirmed) = {
+        let (stale, unconfirmed, wait_for_verify) = {
             let mut s = self.0.lock().unwrap();
             let unconfirmed = s.unconfirmed.front() == Some(&phase);
             if unconfirmed {
                 s.unconfirmed.pop_front();
             }
-            (s.stale_at == Some(phase), unconfirmed)
+            let wait = (phase == Phase::Verifying && s.verifying_waits_for_verify)
+                .then(|| s.verify_began.clone());
+            (s.stale_at == Some(phase), unconfirmed, wait)
         };
         async move {
+            if let Some(began) = wait_for_verify {
+                began.notified().await;
+            }
             if stale {
                 Err(LinkError::Stale(format!("token {token} revoked")))
             } else if unconfirmed {
@@ -336,8 +358,17 @@ impl SlotLock for Fake {
     fn slot(&self) -> watch::Receiver<SlotView> {
         self.0.lock().unwrap().slot.subscribe()
     }
-    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<(), LinkError>> {
+    fn report_step(&self, update: StepUpdate) -> BoxFuture<'_, Result<StepSlot, LinkError>> {
         self.log(format!("step {}", update.report));
-        async { Ok(()) }.boxed()
+        let token = update.release_token;
+        if token == 0 {
+            return async { Ok(StepSlot::NotReleased) }.boxed();
+        }
+        // Released with the outcome, as a coordinator that knows the combined entry does.
+        self.log(format!("release {token} with the outcome"));
+        self.set(|s| {
+            s.claimed.remove(&token);
+        });
+        async { Ok(StepSlot::Released) }.boxed()
     }
 }

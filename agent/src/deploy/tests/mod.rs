@@ -202,6 +202,58 @@ async fn stale_token_stops_everything_disruptive() {
     }
 }
 
+/// The `verifying` phase report commits while the verify runs, not before it: a fence that
+/// answers only once a verify has begun still lets the deploy succeed (waiting for it first
+/// would wait forever).
+#[tokio::test]
+async fn the_verifying_fence_overlaps_the_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[true]);
+    fake.set(|s| s.verifying_waits_for_verify = true);
+    let eng = engine(&fake, dir.path(), true);
+    let run = eng.deploy(params("v2", "aa"), Progress::none()).unwrap();
+    let (outcome, err) = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("the verify waited for the verifying fence")
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded, "{err}");
+    let e = fake.effects();
+    assert!(
+        pos(&e, "report restarted") < pos(&e, "verify ok"),
+        "the restart is fenced before the verify: {e:?}"
+    );
+    assert!(pos(&e, "report verifying") < pos(&e, "undrain"), "{e:?}");
+    assert_eq!(fake.current().as_deref(), Some("v2"));
+}
+
+/// A stale token found by the overlapped `verifying` fence stops the deploy at once, even while
+/// the verify is still running (here it never ends): nothing more happens under the slot.
+#[tokio::test]
+async fn a_stale_verifying_fence_stops_a_verify_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[true]);
+    fake.set(|s| {
+        s.stale_at = Some(Phase::Verifying);
+        s.hang_verify = true;
+    });
+    let eng = engine(&fake, dir.path(), true);
+    let run = eng.deploy(params("v2", "aa"), Progress::none()).unwrap();
+    let (outcome, err) = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("a stale fence waited for a verify that never ends")
+        .unwrap();
+    assert_eq!(outcome, Outcome::Fenced);
+    assert!(err.contains("stale"), "{err}");
+    let e = fake.effects();
+    let after: Vec<_> = e[pos(&e, "report verifying") + 1..]
+        .iter()
+        .filter(|x| *x != "verify ok")
+        .cloned()
+        .collect();
+    assert!(after.is_empty(), "after a stale verifying: {after:?}");
+    assert_eq!(fake.previous(), None, "previous moved under a stale token");
+}
+
 #[tokio::test]
 async fn first_deploy_needs_no_slot_and_no_drain() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,10 @@ use super::scenarios::{assert_replicas_agree, fleet};
 use super::{address, Sim};
 use crate::raft::conf_context::{membership_change, ConfContext};
 use crate::raft::{Known, NodeError};
-use crate::state::{Answer, BASE_VERSION, FORMAT_VERSION, ROLLOUTS_VERSION};
+use crate::state::{
+    Answer, Command, StepReport, BASE_VERSION, FLEETLOCK_VERSION, FORMAT_VERSION, ROLLOUTS_VERSION,
+    STEP_RELEASE_VERSION,
+};
 use raft::prelude::ConfChangeType;
 use std::collections::BTreeMap;
 
@@ -150,6 +153,78 @@ fn a_new_kind_waits_for_the_old_member_and_commits_once_it_is_upgraded() {
         "a down member with a record must not stop rollouts\n{}",
         sim.trace()
     );
+}
+
+/// An outcome that releases its slot in the same entry is version 5: while a member knows only
+/// 4, the gate keeps it out of the log, and the same outcome without the release (version 2)
+/// still goes in: what the service falls back to, so a mixed cluster loses no outcome.
+#[test]
+fn an_outcome_with_its_release_waits_for_version_5_and_goes_alone_meanwhile() {
+    let mut sim = Sim::three(44);
+    sim.crash(3);
+    sim.set_version(3, FLEETLOCK_VERSION);
+    sim.restart(3);
+    let mut leader = fleet(&mut sim, 1);
+    if leader == 3 {
+        sim.transfer_leader(3, 1);
+        assert!(sim.run_until(100, |s| s.leader() == Some(1)));
+        leader = sim.elect();
+    }
+    let others: Vec<(u64, u32)> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != leader)
+        .map(|id| {
+            (
+                id,
+                if id == 3 {
+                    FLEETLOCK_VERSION
+                } else {
+                    FORMAT_VERSION
+                },
+            )
+        })
+        .collect();
+    wait_reports(&mut sim, leader, &expected(leader, &others));
+    let outcome = |release: Option<u64>| Command::ReportStep {
+        host: "h1".into(),
+        rollout: "r1".into(),
+        attempt: 1,
+        report: StepReport::Succeeded,
+        error: String::new(),
+        host_report: None,
+        release,
+    };
+    let before = sim.applied(leader);
+    let at = sim.now_ms();
+    let mut r = sim.propose(leader, &operator(at, outcome(Some(7))));
+    let refused = sim.wait(&mut r, 10).unwrap_err();
+    assert_eq!(
+        refused,
+        NodeError::MemberTooOld {
+            member: 3,
+            this_node: false,
+            knows: FLEETLOCK_VERSION,
+            needs: STEP_RELEASE_VERSION,
+            kind: "ReportStep (release)",
+        }
+    );
+    assert!(refused.is_version_gate());
+    sim.run(20);
+    assert_eq!(
+        sim.applied(leader),
+        before,
+        "the combined entry reached the log"
+    );
+
+    let mut r = sim.propose(leader, &operator(at, outcome(None)));
+    let answer = sim
+        .wait(&mut r, 50)
+        .expect("the outcome alone is proposed and applied");
+    // There is no rollout r1 here: applied, and refused by the machine, on every replica.
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(sim.applied(leader) > before);
+    assert_replicas_agree(&mut sim);
+    assert!(sim.fatal(3).is_none(), "{:?}", sim.fatal(3));
 }
 
 #[test]

@@ -100,6 +100,12 @@ pub enum RolloutError {
         report: String,
         phase: String,
     },
+
+    #[error(
+        "host {host:?} cannot release its slot with report {report}: only an outcome \
+         (succeeded, failed, rolled_back, fenced) releases one"
+    )]
+    ReleaseWithoutOutcome { host: String, report: String },
 }
 
 fn reason_suffix(reason: &str) -> String {
@@ -114,9 +120,10 @@ impl RolloutError {
     pub fn code(&self) -> Code {
         match self {
             Self::UnknownRollout { .. } | Self::NoStep { .. } => Code::NotFound,
-            Self::BatchOverBudget { .. } | Self::CanaryOverHosts { .. } | Self::Invalid(_) => {
-                Code::InvalidArgument
-            }
+            Self::BatchOverBudget { .. }
+            | Self::CanaryOverHosts { .. }
+            | Self::Invalid(_)
+            | Self::ReleaseWithoutOutcome { .. } => Code::InvalidArgument,
             Self::IdTaken { .. }
             | Self::Conflict { .. }
             | Self::NoHosts { .. }

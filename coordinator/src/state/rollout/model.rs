@@ -195,6 +195,14 @@ pub enum StepReport {
 }
 
 impl StepReport {
+    /// Whether the report is a deploy's outcome (it ends the attempt).
+    pub fn is_outcome(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Fenced
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Staging => "staging",

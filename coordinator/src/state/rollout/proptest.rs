@@ -64,6 +64,8 @@ enum Act {
     Phase(usize),
     Swap,
     Succeed,
+    /// The outcome and the release of the host's slot in one entry.
+    SucceedReleasing,
     Fail,
     RollBack,
     Fenced,
@@ -170,6 +172,7 @@ fn act() -> impl Strategy<Value = Act> {
         3 => (0usize..4).prop_map(Act::Phase),
         1 => Just(Act::Swap),
         4 => Just(Act::Succeed),
+        3 => Just(Act::SucceedReleasing),
         1 => Just(Act::Fail),
         1 => Just(Act::RollBack),
         1 => Just(Act::Fenced),
@@ -391,15 +394,20 @@ fn command(sm: &StateMachine, op: &Op) -> (String, Command) {
                 None => (picked(sm, pick), 1),
             };
             let token = sm.host(&name).and_then(|h| h.slot).unwrap_or(0);
+            let step_releasing =
+                |r: StepReport, attempt: u32, error: &str, hr: Option<Report>, release| {
+                    Command::ReportStep {
+                        host: name.clone(),
+                        rollout: rollout.clone(),
+                        attempt,
+                        report: r,
+                        error: error.into(),
+                        host_report: hr,
+                        release,
+                    }
+                };
             let step = |r: StepReport, attempt: u32, error: &str, hr: Option<Report>| {
-                Command::ReportStep {
-                    host: name.clone(),
-                    rollout: rollout.clone(),
-                    attempt,
-                    report: r,
-                    error: error.into(),
-                    host_report: hr,
-                }
+                step_releasing(r, attempt, error, hr, None)
             };
             let target = assignment
                 .as_ref()
@@ -427,6 +435,9 @@ fn command(sm: &StateMachine, op: &Op) -> (String, Command) {
                 },
                 Act::Swap => step(StepReport::Swapping, attempt, "", None),
                 Act::Succeed => step(StepReport::Succeeded, attempt, "", Some(done)),
+                Act::SucceedReleasing => {
+                    step_releasing(StepReport::Succeeded, attempt, "", Some(done), Some(token))
+                }
                 Act::Fail => step(StepReport::Failed, attempt, "prop failure", None),
                 Act::RollBack => step(StepReport::RolledBack, attempt, "verify failed", None),
                 Act::Fenced => step(StepReport::Fenced, attempt, "stale token", None),

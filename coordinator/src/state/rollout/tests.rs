@@ -158,6 +158,7 @@ impl World {
                 report,
                 error: error.to_string(),
                 host_report,
+                release: None,
             },
         )
     }
@@ -1224,4 +1225,133 @@ fn rollouts_survive_a_snapshot_and_an_old_snapshot_loads_without_them() {
     let old = StateMachine::restore(&serde_json::to_vec(&json).unwrap()).unwrap();
     assert!(old.rollouts().is_empty());
     assert_eq!(old.hosts().count(), 3);
+}
+
+// ---- an outcome that releases its slot (one entry) ----
+
+/// The agent's `ReportStep` of an outcome, naming the slot to release with it.
+fn outcome_releasing(
+    w: &mut World,
+    host: &str,
+    id: &str,
+    report: StepReport,
+    token: u64,
+) -> Response {
+    let attempt = w.attempt(id, host);
+    let release = w.rollout(id).release.id.clone();
+    w.apply(
+        &format!("agent/{host}"),
+        Command::ReportStep {
+            host: host.to_string(),
+            rollout: id.to_string(),
+            attempt,
+            report,
+            error: String::new(),
+            host_report: Some(on(&release)),
+            release: Some(token),
+        },
+    )
+}
+
+#[test]
+fn an_outcome_that_names_its_slot_releases_it_in_the_same_entry_and_the_next_host_goes() {
+    let mut w = World::web("1", 3, "v1");
+    w.start(spec("r1", "web", "v2")).unwrap();
+    w.stage_all("r1");
+    let first = w.admitted("r1");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let h = first[0].clone();
+    let token = w.token(&h, "r1");
+    for p in ["draining", "swapped", "restarted", "verifying"] {
+        w.fence(&h, token, p).unwrap();
+    }
+    let answer = outcome_releasing(&mut w, &h, "r1", StepReport::Succeeded, token);
+    assert_eq!(answer, Ok(Answer::Released { token }));
+    assert_eq!(
+        w.sm.host(&h).unwrap().slot,
+        None,
+        "the slot went with the outcome"
+    );
+    assert!(w.sm.slot(token).is_none());
+    let step = w.rollout("r1").step(&h).unwrap().clone();
+    assert_eq!(
+        step.phase,
+        StepPhase::Succeeded,
+        "counted done, not driven again"
+    );
+    assert_eq!(step.attempt, 1);
+    let next = w.admitted("r1");
+    assert_eq!(
+        next.len(),
+        1,
+        "the budget it freed admits the next host: {next:?}"
+    );
+    assert_ne!(next[0], h);
+}
+
+#[test]
+fn an_outcome_naming_a_slot_the_host_does_not_hold_releases_nothing_but_is_recorded() {
+    let mut w = World::web("1", 3, "v1");
+    w.start(spec("r1", "web", "v2")).unwrap();
+    w.stage_all("r1");
+    let h = w.admitted("r1")[0].clone();
+    let token = w.token(&h, "r1");
+    w.fence(&h, token, "draining").unwrap();
+    let answer = outcome_releasing(&mut w, &h, "r1", StepReport::Succeeded, token + 1000);
+    assert_eq!(answer, Ok(Answer::Done), "not released");
+    assert_eq!(
+        w.sm.host(&h).unwrap().slot,
+        Some(token),
+        "its own slot is untouched"
+    );
+    assert_eq!(w.phase("r1", &h), StepPhase::Succeeded);
+    // The agent then releases on its own, as before.
+    assert_eq!(w.release(&h, token), Ok(Answer::Released { token }));
+    assert_eq!(w.phase("r1", &h), StepPhase::Succeeded, "not driven again");
+}
+
+#[test]
+fn only_an_outcome_may_release_a_slot() {
+    let mut w = World::web("1", 3, "v1");
+    w.start(spec("r1", "web", "v2")).unwrap();
+    w.stage_all("r1");
+    let h = w.admitted("r1")[0].clone();
+    let token = w.token(&h, "r1");
+    let before = w.rollout("r1");
+    let e = err(outcome_releasing(
+        &mut w,
+        &h,
+        "r1",
+        StepReport::Verifying,
+        token,
+    ));
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.to_string().contains("only an outcome"), "{e}");
+    assert_eq!(w.sm.host(&h).unwrap().slot, Some(token));
+    assert_eq!(w.rollout("r1"), before, "nothing changed");
+}
+
+#[test]
+fn an_outcome_with_its_release_needs_version_5_and_alone_keeps_version_2() {
+    use crate::state::{ROLLOUTS_VERSION, STEP_RELEASE_VERSION};
+    let outcome = |release| Command::ReportStep {
+        host: "web-1".into(),
+        rollout: "r1".into(),
+        attempt: 1,
+        report: StepReport::Succeeded,
+        error: String::new(),
+        host_report: None,
+        release,
+    };
+    assert_eq!(outcome(Some(7)).version(), STEP_RELEASE_VERSION);
+    assert_eq!(outcome(Some(7)).kind(), "ReportStep (release)");
+    assert_eq!(outcome(None).version(), ROLLOUTS_VERSION);
+    assert_eq!(outcome(None).kind(), "ReportStep");
+    // Without a release the entry is what a version-2 binary writes: no new field.
+    let alone = Proposal::new(None, 1, "agent/web-1", outcome(None));
+    assert!(!String::from_utf8(alone.encode())
+        .unwrap()
+        .contains("\"release\""));
+    let both = Proposal::new(None, 1, "agent/web-1", outcome(Some(7)));
+    assert_eq!(Proposal::decode(&both.encode()), Ok(both));
 }
