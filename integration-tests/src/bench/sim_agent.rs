@@ -5,8 +5,11 @@
 //! link (register, heartbeat stream, acquire/release/fence, `ReportStep`), the deploy engine
 //! (with its recovery and slot reconciliation) and the rollout driver. Only the host is
 //! simulated ([`super::sim_host`]). Left out, as the rollout path does not need them: the
-//! agent's gRPC API, the health monitor, the rotation front ends and the report task (the host
-//! report is a fixed healthy, in-rotation one).
+//! agent's gRPC API, the health monitor and the rotation front ends. The host report is a
+//! healthy, in-rotation one whose release follows the engine's live release (as the agent's
+//! report task makes it), so the coordinators know each host's release as it changes; unlike
+//! the real report task it does not carry the deploy's phase and rotation changes, each of
+//! which a real agent's heartbeat would also report.
 //!
 //! **The journals are on the host's side of the simulation.** Each real agent syncs its own
 //! journal on its own host's disk at every phase; a thousand simulated agents on one machine
@@ -17,14 +20,14 @@
 //! stays on the real disk: that is what the bench measures.
 //!
 //! The driver's staging jitter is zero: staging is free here and outside the floor, and the
-//! jitter only spreads the fleet's first `STAGING`/`STAGED` reports.
+//! jitter only spreads the fleet's first `STAGED` reports.
 //!
 //! Every task runs on one shutdown token; [`SimAgent::stop`] cancels it and waits (bounded) for
 //! the link and the driver.
 
 use super::sim_host::{Costs, SimHost};
 use anyhow::{Context, Result};
-use hotdeploy_agent::deploy::{Engine, EngineParts, Timing};
+use hotdeploy_agent::deploy::{Engine, EngineParts, Timing, View};
 use hotdeploy_agent::health::HealthFact;
 use hotdeploy_agent::journal::Journal;
 use hotdeploy_agent::link::{Link, LinkConfig};
@@ -50,7 +53,7 @@ pub struct SimAgent {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _engine: Engine,
-    _report: watch::Sender<HostReport>,
+    _report: Arc<watch::Sender<HostReport>>,
     _dir: tempfile::TempDir,
 }
 
@@ -82,6 +85,7 @@ impl SimAgent {
             release: release.into(),
             phase: "idle".into(),
         });
+        let report = Arc::new(report);
         let link = Link::new(
             LinkConfig {
                 host_id: host_id.into(),
@@ -111,6 +115,11 @@ impl SimAgent {
         .context("building the engine")?;
         engine.start_recovery().context("starting recovery")?;
         let mut tasks = vec![link.start(shutdown.clone())];
+        tasks.push(tokio::spawn(follow_release(
+            engine.subscribe(),
+            report.clone(),
+            shutdown.clone(),
+        )));
         engine.start_reconcile();
         let driver = RolloutDriver::new(
             engine.clone(),
@@ -134,6 +143,27 @@ impl SimAgent {
         self.shutdown.cancel();
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(STOP_TIMEOUT, t).await;
+        }
+    }
+}
+
+/// Keeps the host report's release at the engine's live release (`View::current`) until the
+/// shutdown: the one part of the agent's report task the rollout path needs.
+async fn follow_release(
+    mut view: watch::Receiver<View>,
+    report: Arc<watch::Sender<HostReport>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let live = view.borrow_and_update().current.clone().unwrap_or_default();
+        report.send_if_modified(|r| {
+            let changed = r.release != live;
+            r.release = live;
+            changed
+        });
+        tokio::select! {
+            r = view.changed() => if r.is_err() { return },
+            _ = shutdown.cancelled() => return,
         }
     }
 }
