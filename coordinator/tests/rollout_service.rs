@@ -8,8 +8,8 @@ use hotdeploy_common::config::CoordinatorConfig;
 use hotdeploy_common::proto::coordinator_client::CoordinatorClient;
 use hotdeploy_common::proto::{
     AcquireSlotRequest, ForceReleaseRequest, GetRolloutRequest, HeartbeatRequest, HostReport,
-    ListSlotsRequest, RegisterRequest, Release, ReleaseSlotRequest, ReportStepRequest,
-    RolloutState, SetGroupPolicyRequest, StartRolloutRequest, StepPhase, StepReport,
+    ListSlotsRequest, RegisterRequest, Release, ReleaseSlotRequest, ReportStepRequest, RolloutInfo,
+    RolloutState, SetGroupPolicyRequest, Slot, StartRolloutRequest, StepPhase, StepReport,
     WatchRolloutRequest, WriteId,
 };
 use hotdeploy_common::tls::ClientTls;
@@ -124,6 +124,39 @@ fn healthy(release: &str) -> HostReport {
         release: release.into(),
         phase: "idle".into(),
     }
+}
+
+/// Rollout `id` as `GetRollout` shows it (it must exist).
+async fn rollout_info(c: &mut CoordinatorClient<Channel>, id: &str) -> RolloutInfo {
+    c.get_rollout(GetRolloutRequest { id: id.into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .rollout
+        .expect("rollout")
+}
+
+/// A `deploy` slot for `host` in rollout `rollout`, asked once without waiting.
+async fn deploy_slot(
+    c: &mut CoordinatorClient<Channel>,
+    write: Option<WriteId>,
+    host: &str,
+    rollout: &str,
+) -> Slot {
+    c.acquire_slot(AcquireSlotRequest {
+        write,
+        host: host.into(),
+        purpose: "deploy".into(),
+        reason: "rollout".into(),
+        rollout: rollout.into(),
+        wait_ms: 0,
+        canary: false,
+    })
+    .await
+    .expect("slot")
+    .into_inner()
+    .slot
+    .expect("slot")
 }
 
 /// Group `web` (budget 1) with hosts `web-1`..`web-n` on v1.
@@ -596,21 +629,7 @@ async fn watch_streams_each_change_and_ends_when_the_rollout_does() {
     c.report_step(report(StepReport::Staged, 2))
         .await
         .expect("staged");
-    let slot = c
-        .acquire_slot(AcquireSlotRequest {
-            write: write(3),
-            host: "web-1".into(),
-            purpose: "deploy".into(),
-            reason: "rollout".into(),
-            rollout: "r1".into(),
-            wait_ms: 0,
-            canary: false,
-        })
-        .await
-        .expect("slot")
-        .into_inner()
-        .slot
-        .expect("slot");
+    let slot = deploy_slot(&mut c, write(3), "web-1", "r1").await;
     assert_eq!(slot.rollout, "r1");
     c.report_step(report(StepReport::RolledBack, 4))
         .await
@@ -650,14 +669,7 @@ async fn the_leaders_clock_halts_a_rollout_without_progress() {
         .expect("start");
     let end = Instant::now() + Duration::from_secs(10);
     let r = loop {
-        let r = n
-            .client
-            .get_rollout(GetRolloutRequest { id: "r1".into() })
-            .await
-            .expect("get")
-            .into_inner()
-            .rollout
-            .expect("rollout");
+        let r = rollout_info(&mut n.client, "r1").await;
         if r.state != RolloutState::Running as i32 {
             break r;
         }
@@ -802,37 +814,18 @@ async fn an_outcome_with_its_token_releases_the_slot_and_says_so() {
             .await
             .expect("staged");
     }
-    let info = c
-        .get_rollout(GetRolloutRequest { id: "r1".into() })
-        .await
-        .expect("get")
-        .into_inner()
-        .rollout
-        .expect("rollout");
+    let info = rollout_info(&mut c, "r1").await;
     let first = info
         .hosts
         .iter()
         .find(|s| s.phase == StepPhase::Waiting as i32)
         .map(|s| s.host.clone())
         .expect("one host admitted");
-    let slot = c
-        .acquire_slot(AcquireSlotRequest {
-            write: Some(WriteId {
-                client_id: first.clone(),
-                seq: 2,
-            }),
-            host: first.clone(),
-            purpose: "deploy".into(),
-            reason: "rollout".into(),
-            rollout: "r1".into(),
-            wait_ms: 0,
-            canary: false,
-        })
-        .await
-        .expect("slot")
-        .into_inner()
-        .slot
-        .expect("slot");
+    let write = Some(WriteId {
+        client_id: first.clone(),
+        seq: 2,
+    });
+    let slot = deploy_slot(&mut c, write, &first, "r1").await;
 
     let e = c
         .report_step(step(&first, StepReport::Verifying, 3, slot.token))
@@ -855,13 +848,7 @@ async fn an_outcome_with_its_token_releases_the_slot_and_says_so() {
     );
     let again = c.report_step(done).await.expect("retry");
     assert!(again.into_inner().released, "a retry answers the same");
-    let info = c
-        .get_rollout(GetRolloutRequest { id: "r1".into() })
-        .await
-        .expect("get")
-        .into_inner()
-        .rollout
-        .expect("rollout");
+    let info = rollout_info(&mut c, "r1").await;
     let s = info.hosts.iter().find(|s| s.host == first).unwrap();
     assert_eq!(s.phase, StepPhase::Succeeded as i32, "{info:?}");
     let other = info.hosts.iter().find(|s| s.host != first).unwrap();

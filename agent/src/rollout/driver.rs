@@ -47,8 +47,6 @@ pub struct RolloutDriver {
     lock: Arc<dyn SlotLock>,
     assignment: watch::Receiver<Option<Assignment>>,
     jitter: Duration,
-    /// [`STAGING_REPORT_AFTER`], or what a test sets.
-    staging_report_after: Duration,
     /// The step staged last (its release is in the store), and when `STAGED` was last sent.
     staged: Option<(Key, Instant)>,
     /// Steps dealt with: staging failed, or a deploy of them ran.
@@ -68,7 +66,6 @@ impl RolloutDriver {
             lock,
             assignment,
             jitter: STAGE_JITTER,
-            staging_report_after: STAGING_REPORT_AFTER,
             staged: None,
             done: BTreeSet::new(),
         }
@@ -199,7 +196,7 @@ impl RolloutDriver {
         let r = if phase < StepPhase::Staging {
             tokio::select! {
                 r = &mut staging => r,
-                _ = tokio::time::sleep(self.staging_report_after) => {
+                _ = tokio::time::sleep(STAGING_REPORT_AFTER) => {
                     if let Err(LinkError::Refused(m)) =
                         self.report(key, StepReport::Staging, "").await
                     {

@@ -202,6 +202,18 @@ async fn stale_token_stops_everything_disruptive() {
     }
 }
 
+/// The deploy's verdict, if it comes within 10 s (else the test fails, saying `why`).
+async fn within_10_s<F, T, E>(run: F, why: &str) -> T
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Debug,
+{
+    tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect(why)
+        .unwrap()
+}
+
 /// The `verifying` phase report commits while the verify runs, not before it: a fence that
 /// answers only once a verify has begun still lets the deploy succeed (waiting for it first
 /// would wait forever).
@@ -212,10 +224,7 @@ async fn the_verifying_fence_overlaps_the_verify() {
     fake.set(|s| s.verifying_waits_for_verify = true);
     let eng = engine(&fake, dir.path(), true);
     let run = eng.deploy(params("v2", "aa"), Progress::none()).unwrap();
-    let (outcome, err) = tokio::time::timeout(std::time::Duration::from_secs(10), run)
-        .await
-        .expect("the verify waited for the verifying fence")
-        .unwrap();
+    let (outcome, err) = within_10_s(run, "the verify waited for the verifying fence").await;
     assert_eq!(outcome, Outcome::Succeeded, "{err}");
     let e = fake.effects();
     assert!(
@@ -238,10 +247,8 @@ async fn a_stale_verifying_fence_stops_a_verify_in_progress() {
     });
     let eng = engine(&fake, dir.path(), true);
     let run = eng.deploy(params("v2", "aa"), Progress::none()).unwrap();
-    let (outcome, err) = tokio::time::timeout(std::time::Duration::from_secs(10), run)
-        .await
-        .expect("a stale fence waited for a verify that never ends")
-        .unwrap();
+    let (outcome, err) =
+        within_10_s(run, "a stale fence waited for a verify that never ends").await;
     assert_eq!(outcome, Outcome::Fenced);
     assert!(err.contains("stale"), "{err}");
     let e = fake.effects();

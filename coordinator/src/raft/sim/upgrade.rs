@@ -15,11 +15,36 @@ use std::collections::BTreeMap;
 
 /// Three nodes, of which node 3 runs a binary that knows command format version 1 only.
 fn with_an_old_node(seed: u64) -> Sim {
+    with_node_3_at(seed, BASE_VERSION)
+}
+
+/// Three nodes, of which node 3 runs a binary that knows command format versions up to `old`.
+fn with_node_3_at(seed: u64, old: u32) -> Sim {
     let mut sim = Sim::three(seed);
     sim.crash(3);
-    sim.set_version(3, BASE_VERSION);
+    sim.set_version(3, old);
     sim.restart(3);
     sim
+}
+
+/// A fleet of `hosts` under a new leader (an old leader would refuse for itself; the stories
+/// are about a new leader and an old follower, so leadership goes to node 1 if node 3 won),
+/// once it has heard every member's version (node 3's is `old`). Answers the leader and the
+/// others' versions.
+fn new_leader_hearing(sim: &mut Sim, hosts: usize, old: u32) -> (u64, Vec<(u64, u32)>) {
+    let mut leader = fleet(sim, hosts);
+    if leader == 3 {
+        sim.transfer_leader(3, 1);
+        assert!(sim.run_until(100, |s| s.leader() == Some(1)));
+        leader = sim.elect();
+    }
+    let others: Vec<(u64, u32)> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != leader)
+        .map(|id| (id, if id == 3 { old } else { FORMAT_VERSION }))
+        .collect();
+    wait_reports(sim, leader, &expected(leader, &others));
+    (leader, others)
 }
 
 /// Ticks until `leader` has heard every member report `want` (or panics).
@@ -46,29 +71,7 @@ fn expected(leader: u64, others: &[(u64, u32)]) -> BTreeMap<u64, Known> {
 #[test]
 fn a_new_kind_waits_for_the_old_member_and_commits_once_it_is_upgraded() {
     let mut sim = with_an_old_node(41);
-    // An old leader would refuse for itself; the story is about a new leader and an old
-    // follower, so hand leadership to node 1 if the old node won.
-    let mut leader = fleet(&mut sim, 2);
-    if leader == 3 {
-        sim.transfer_leader(3, 1);
-        assert!(sim.run_until(100, |s| s.leader() == Some(1)));
-        leader = sim.elect();
-    }
-    let others: Vec<(u64, u32)> = [1, 2, 3]
-        .into_iter()
-        .filter(|id| *id != leader)
-        .map(|id| {
-            (
-                id,
-                if id == 3 {
-                    BASE_VERSION
-                } else {
-                    FORMAT_VERSION
-                },
-            )
-        })
-        .collect();
-    wait_reports(&mut sim, leader, &expected(leader, &others));
+    let (leader, others) = new_leader_hearing(&mut sim, 2, BASE_VERSION);
     let before = sim.applied(leader);
 
     // The new kind is refused, naming the old member; nothing reaches the log.
@@ -160,31 +163,8 @@ fn a_new_kind_waits_for_the_old_member_and_commits_once_it_is_upgraded() {
 /// still goes in: what the service falls back to, so a mixed cluster loses no outcome.
 #[test]
 fn an_outcome_with_its_release_waits_for_version_5_and_goes_alone_meanwhile() {
-    let mut sim = Sim::three(44);
-    sim.crash(3);
-    sim.set_version(3, FLEETLOCK_VERSION);
-    sim.restart(3);
-    let mut leader = fleet(&mut sim, 1);
-    if leader == 3 {
-        sim.transfer_leader(3, 1);
-        assert!(sim.run_until(100, |s| s.leader() == Some(1)));
-        leader = sim.elect();
-    }
-    let others: Vec<(u64, u32)> = [1, 2, 3]
-        .into_iter()
-        .filter(|id| *id != leader)
-        .map(|id| {
-            (
-                id,
-                if id == 3 {
-                    FLEETLOCK_VERSION
-                } else {
-                    FORMAT_VERSION
-                },
-            )
-        })
-        .collect();
-    wait_reports(&mut sim, leader, &expected(leader, &others));
+    let mut sim = with_node_3_at(44, FLEETLOCK_VERSION);
+    let (leader, _) = new_leader_hearing(&mut sim, 1, FLEETLOCK_VERSION);
     let outcome = |release: Option<u64>| Command::ReportStep {
         host: "h1".into(),
         rollout: "r1".into(),

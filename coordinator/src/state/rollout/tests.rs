@@ -1230,20 +1230,14 @@ fn rollouts_survive_a_snapshot_and_an_old_snapshot_loads_without_them() {
 // ---- an outcome that releases its slot (one entry) ----
 
 /// The agent's `ReportStep` of an outcome, naming the slot to release with it.
-fn outcome_releasing(
-    w: &mut World,
-    host: &str,
-    id: &str,
-    report: StepReport,
-    token: u64,
-) -> Response {
-    let attempt = w.attempt(id, host);
-    let release = w.rollout(id).release.id.clone();
+fn outcome_releasing(w: &mut World, host: &str, report: StepReport, token: u64) -> Response {
+    let attempt = w.attempt("r1", host);
+    let release = w.rollout("r1").release.id.clone();
     w.apply(
         &format!("agent/{host}"),
         Command::ReportStep {
             host: host.to_string(),
-            rollout: id.to_string(),
+            rollout: "r1".to_string(),
             attempt,
             report,
             error: String::new(),
@@ -1253,19 +1247,26 @@ fn outcome_releasing(
     )
 }
 
-#[test]
-fn an_outcome_that_names_its_slot_releases_it_in_the_same_entry_and_the_next_host_goes() {
+/// Rollout r1 of v2 over three hosts, budget 1, all staged: the one host admitted, holding
+/// its slot.
+fn one_host_holding_its_slot() -> (World, String, u64) {
     let mut w = World::web("1", 3, "v1");
     w.start(spec("r1", "web", "v2")).unwrap();
     w.stage_all("r1");
-    let first = w.admitted("r1");
-    assert_eq!(first.len(), 1, "{first:?}");
-    let h = first[0].clone();
+    let admitted = w.admitted("r1");
+    assert_eq!(admitted.len(), 1, "{admitted:?}");
+    let h = admitted[0].clone();
     let token = w.token(&h, "r1");
+    (w, h, token)
+}
+
+#[test]
+fn an_outcome_that_names_its_slot_releases_it_in_the_same_entry_and_the_next_host_goes() {
+    let (mut w, h, token) = one_host_holding_its_slot();
     for p in ["draining", "swapped", "restarted", "verifying"] {
         w.fence(&h, token, p).unwrap();
     }
-    let answer = outcome_releasing(&mut w, &h, "r1", StepReport::Succeeded, token);
+    let answer = outcome_releasing(&mut w, &h, StepReport::Succeeded, token);
     assert_eq!(answer, Ok(Answer::Released { token }));
     assert_eq!(
         w.sm.host(&h).unwrap().slot,
@@ -1291,13 +1292,9 @@ fn an_outcome_that_names_its_slot_releases_it_in_the_same_entry_and_the_next_hos
 
 #[test]
 fn an_outcome_naming_a_slot_the_host_does_not_hold_releases_nothing_but_is_recorded() {
-    let mut w = World::web("1", 3, "v1");
-    w.start(spec("r1", "web", "v2")).unwrap();
-    w.stage_all("r1");
-    let h = w.admitted("r1")[0].clone();
-    let token = w.token(&h, "r1");
+    let (mut w, h, token) = one_host_holding_its_slot();
     w.fence(&h, token, "draining").unwrap();
-    let answer = outcome_releasing(&mut w, &h, "r1", StepReport::Succeeded, token + 1000);
+    let answer = outcome_releasing(&mut w, &h, StepReport::Succeeded, token + 1000);
     assert_eq!(answer, Ok(Answer::Done), "not released");
     assert_eq!(
         w.sm.host(&h).unwrap().slot,
@@ -1312,19 +1309,9 @@ fn an_outcome_naming_a_slot_the_host_does_not_hold_releases_nothing_but_is_recor
 
 #[test]
 fn only_an_outcome_may_release_a_slot() {
-    let mut w = World::web("1", 3, "v1");
-    w.start(spec("r1", "web", "v2")).unwrap();
-    w.stage_all("r1");
-    let h = w.admitted("r1")[0].clone();
-    let token = w.token(&h, "r1");
+    let (mut w, h, token) = one_host_holding_its_slot();
     let before = w.rollout("r1");
-    let e = err(outcome_releasing(
-        &mut w,
-        &h,
-        "r1",
-        StepReport::Verifying,
-        token,
-    ));
+    let e = err(outcome_releasing(&mut w, &h, StepReport::Verifying, token));
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.to_string().contains("only an outcome"), "{e}");
     assert_eq!(w.sm.host(&h).unwrap().slot, Some(token));
