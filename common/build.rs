@@ -5,7 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY of intent: build scripts are single-threaded; prost-build reads PROTOC.
     std::env::set_var("PROTOC", protoc);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time, not baked in with `env!`: cargo may reuse one compiled build script for
+    // two checkouts of the workspace (a clone sharing a target directory), and the protos must be
+    // this checkout's.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let files = ["coordinator.proto", "peer.proto", "agent.proto"]
         .map(|f| root.join("hotdeploy/v1").join(f));
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -114,6 +114,11 @@ impl Hooks {
         }
     }
 
+    /// Whether a hook is configured for `point`.
+    pub fn configured(&self, point: HookPoint) -> bool {
+        self.path(point).is_some()
+    }
+
     /// Runs the hook for `point`, if one is configured.
     pub async fn run(&self, point: HookPoint, env: &HookEnv) -> Result<(), HookError> {
         let Some(path) = self.path(point) else {

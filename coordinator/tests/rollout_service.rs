@@ -151,6 +151,7 @@ async fn deploy_slot(
         rollout: rollout.into(),
         wait_ms: 0,
         canary: false,
+        fence_draining: false,
     })
     .await
     .expect("slot")
@@ -555,6 +556,7 @@ async fn a_host_not_admitted_is_refused_a_slot_at_once() {
             rollout: String::new(),
             wait_ms: 0,
             canary: false,
+            fence_draining: false,
         })
         .await
         .expect("maintenance slot");
@@ -569,6 +571,7 @@ async fn a_host_not_admitted_is_refused_a_slot_at_once() {
             rollout: "r1".into(),
             wait_ms: 10_000,
             canary: false,
+            fence_draining: false,
         })
         .await
         .unwrap_err();
@@ -857,4 +860,131 @@ async fn an_outcome_with_its_token_releases_the_slot_and_says_so() {
         StepPhase::Waiting as i32,
         "the freed budget admits the next host: {info:?}"
     );
+}
+
+/// A grant asked to fence the drain commits `draining` in its own entry, and says so: the step
+/// shows `draining` and `locks list` the phase, with no `ReportPhase`. A retry of that write
+/// answers the same while the slot is held; once the slot is force-released, the retry is
+/// refused as stale, so no agent drains on a slot it no longer holds. A grant not asked says
+/// its drain is not fenced.
+#[tokio::test]
+async fn a_grant_asked_to_fence_the_drain_commits_draining_and_a_retry_after_a_forced_release_is_stale(
+) {
+    let mut n = one_node().await;
+    web(&mut n.client, 3).await;
+    let mut c = n.client.clone();
+    c.start_rollout(StartRolloutRequest {
+        batch: 1,
+        ..start_req("r1", "v2")
+    })
+    .await
+    .expect("start");
+    for h in ["web-1", "web-2", "web-3"] {
+        c.report_step(ReportStepRequest {
+            write: Some(WriteId {
+                client_id: h.into(),
+                seq: 1,
+            }),
+            host: h.into(),
+            rollout: "r1".into(),
+            attempt: 1,
+            report: StepReport::Staged as i32,
+            error: String::new(),
+            host_report: None,
+            release_token: 0,
+        })
+        .await
+        .expect("staged");
+    }
+    let info = rollout_info(&mut c, "r1").await;
+    let first = info
+        .hosts
+        .iter()
+        .find(|s| s.phase == StepPhase::Waiting as i32)
+        .map(|s| s.host.clone())
+        .expect("one host admitted");
+    let ask = AcquireSlotRequest {
+        write: Some(WriteId {
+            client_id: first.clone(),
+            seq: 2,
+        }),
+        host: first.clone(),
+        purpose: "deploy".into(),
+        reason: "rollout".into(),
+        rollout: "r1".into(),
+        wait_ms: 0,
+        canary: false,
+        fence_draining: true,
+    };
+    let granted = c
+        .acquire_slot(ask.clone())
+        .await
+        .expect("slot")
+        .into_inner();
+    assert!(granted.draining_fenced, "{granted:?}");
+    let token = granted.slot.as_ref().expect("slot").token;
+    let info = rollout_info(&mut c, "r1").await;
+    let step = info.hosts.iter().find(|s| s.host == first).unwrap();
+    assert_eq!(step.phase, StepPhase::Draining as i32, "{info:?}");
+    let slots = c
+        .list_slots(ListSlotsRequest::default())
+        .await
+        .expect("slots")
+        .into_inner();
+    let held = slots.slots.iter().find(|s| s.token == token).expect("held");
+    assert_eq!(held.phase, "draining");
+
+    let again = c
+        .acquire_slot(ask.clone())
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(again, granted, "a retry while held answers the same");
+
+    c.force_release(ForceReleaseRequest {
+        write: None,
+        host: first.clone(),
+    })
+    .await
+    .expect("force release");
+    let e = c.acquire_slot(ask).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&token.to_string()), "{e:?}");
+    let slots = c
+        .list_slots(ListSlotsRequest::default())
+        .await
+        .expect("slots")
+        .into_inner();
+    assert!(
+        slots.slots.iter().all(|s| s.host != first),
+        "the stale retry took a slot: {slots:?}"
+    );
+
+    // Not asked: the grant commits no phase and says the drain is not fenced.
+    let info = rollout_info(&mut c, "r1").await;
+    let next = info
+        .hosts
+        .iter()
+        .find(|s| s.phase == StepPhase::Waiting as i32)
+        .map(|s| s.host.clone())
+        .expect("a host admitted after the forced release");
+    let plain = c
+        .acquire_slot(AcquireSlotRequest {
+            write: Some(WriteId {
+                client_id: next.clone(),
+                seq: 3,
+            }),
+            host: next.clone(),
+            purpose: "deploy".into(),
+            reason: "rollout".into(),
+            rollout: "r1".into(),
+            wait_ms: 0,
+            canary: false,
+            fence_draining: false,
+        })
+        .await
+        .expect("slot")
+        .into_inner();
+    assert!(!plain.draining_fenced, "{plain:?}");
+    assert_eq!(plain.slot.expect("slot").phase, "");
 }

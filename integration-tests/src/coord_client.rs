@@ -257,6 +257,7 @@ impl CoordClient {
             rollout: String::new(),
             wait_ms: wait.as_millis() as u64,
             canary: false,
+            fence_draining: false,
         };
         self.acquire_with(request, budget).await
     }

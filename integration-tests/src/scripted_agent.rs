@@ -546,6 +546,7 @@ async fn deploy(s: &Shared, a: &Assignment) -> bool {
             rollout: a.rollout.clone(),
             wait_ms: ACQUIRE_WAIT.as_millis() as u64,
             canary: a.canary,
+            fence_draining: false,
         };
         match s.client.acquire_with(req, WRITE_BUDGET).await {
             Ok(slot) => break slot.token,

@@ -100,6 +100,7 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
         rollout: String::new(),
         wait_ms: 0,
         canary: false,
+        fence_draining: false,
     };
 
     check("AcquireSlot for an unknown host", &|| {

@@ -378,6 +378,7 @@ fn a_partitioned_leader_grants_nothing_and_steps_down_after_the_heal() {
                     rollout: String::new(),
                     wait_ms: 0,
                     canary: false,
+                    fence_draining: false,
                 };
                 let started = partitioned_at.elapsed();
                 let answer = direct

@@ -174,14 +174,7 @@ impl HostOps for RealHost {
 
     fn hook<'a>(&'a self, point: Hook, ctx: &'a HookCtx) -> BoxFuture<'a, OpResult> {
         async move {
-            let point = match point {
-                Hook::BeforeDrain => HookPoint::BeforeDrain,
-                Hook::AfterDrain => HookPoint::AfterDrain,
-                Hook::BeforeSwap => HookPoint::BeforeSwap,
-                Hook::AfterSwap => HookPoint::AfterSwap,
-                Hook::AfterVerify => HookPoint::AfterVerify,
-                Hook::OnRollback => HookPoint::OnRollback,
-            };
+            let point = hook_point(point);
             let env = HookEnv {
                 host: ctx.host.clone(),
                 service: self.service_name.clone(),
@@ -196,5 +189,21 @@ impl HostOps for RealHost {
                 .map_err(|e| OpError::fatal(e.to_string()))
         }
         .boxed()
+    }
+
+    fn has_hook(&self, point: Hook) -> bool {
+        self.hooks.configured(hook_point(point))
+    }
+}
+
+/// The hook runner's name for an engine hook point.
+fn hook_point(point: Hook) -> HookPoint {
+    match point {
+        Hook::BeforeDrain => HookPoint::BeforeDrain,
+        Hook::AfterDrain => HookPoint::AfterDrain,
+        Hook::BeforeSwap => HookPoint::BeforeSwap,
+        Hook::AfterSwap => HookPoint::AfterSwap,
+        Hook::AfterVerify => HookPoint::AfterVerify,
+        Hook::OnRollback => HookPoint::OnRollback,
     }
 }

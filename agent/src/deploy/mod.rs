@@ -82,8 +82,8 @@ mod transition;
 pub use host::RealHost;
 pub use maint::{MaintParams, MaintProgress, MaintVerdict, MAINT_LOG};
 pub use ops::{
-    ArtifactRef, HeldSlot, Hook, HookCtx, HostOps, OpError, OpResult, ProgressFn, RotationView,
-    SlotLock, SlotOwner, SlotRequest, SlotView, StepReport, StepSlot, StepUpdate,
+    ArtifactRef, Grant, HeldSlot, Hook, HookCtx, HostOps, OpError, OpResult, ProgressFn,
+    RotationView, SlotLock, SlotOwner, SlotRequest, SlotView, StepReport, StepSlot, StepUpdate,
 };
 pub use progress::Progress;
 pub use reconcile::round_bound as reconcile_round_bound;
@@ -732,8 +732,9 @@ async fn drain(
                     rollout: String::new(),
                     canary: false,
                     wait: inner.timing.drain_slot_wait,
+                    fence_draining: false,
                 };
-                (lock.acquire(req, write).await?, true)
+                (lock.acquire(req, write).await?.token, true)
             }
         },
     };

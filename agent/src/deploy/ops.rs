@@ -133,6 +133,8 @@ pub trait HostOps: Send + Sync + 'static {
     fn verify<'a>(&'a self, progress: ProgressFn<'a>) -> BoxFuture<'a, OpResult>;
     /// Runs a hook if configured.
     fn hook<'a>(&'a self, point: Hook, ctx: &'a HookCtx) -> BoxFuture<'a, OpResult>;
+    /// Whether a hook is configured at `point` (one that [`HostOps::hook`] would run).
+    fn has_hook(&self, point: Hook) -> bool;
 }
 
 /// A slot request.
@@ -145,6 +147,19 @@ pub struct SlotRequest {
     pub canary: bool,
     /// How long to keep asking (no budget, no leader) before giving up.
     pub wait: Duration,
+    /// Ask the coordinators to commit `draining` with the grant, so that the grant is the
+    /// drain's fence: only for a holder that drains right after it, with no hook in between.
+    pub fence_draining: bool,
+}
+
+/// A granted slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub token: u64,
+    /// The grant's entry also committed `draining` with this token: the drain is fenced. False
+    /// when not asked, or from coordinators that could not take it (an older member); the
+    /// holder then fences `draining` itself.
+    pub draining_fenced: bool,
 }
 
 /// What an agent tells the coordinators about its rollout step (`ReportStep`). The phases of a
@@ -276,7 +291,7 @@ pub enum SlotView {
 pub trait SlotLock: Send + Sync + 'static {
     /// Takes a slot; the first attempt carries `write`. The granted token is claimed before it
     /// is returned. No acquire is sent while a release of this host's slot is in flight.
-    fn acquire(&self, req: SlotRequest, write: WriteId) -> BoxFuture<'_, Result<u64, LinkError>>;
+    fn acquire(&self, req: SlotRequest, write: WriteId) -> BoxFuture<'_, Result<Grant, LinkError>>;
     /// Releases a slot (a stale token counts as released) and unclaims it.
     fn release(&self, token: u64) -> BoxFuture<'_, Result<(), LinkError>>;
     /// Commits the phase about to be acted on; [`LinkError::Stale`] when fenced.

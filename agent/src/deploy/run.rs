@@ -387,6 +387,8 @@ impl Run {
             return self.first_deploy().await;
         };
 
+        // Whether the grant also committed `draining` (then it is the drain's fence).
+        let mut drain_fenced = false;
         if let Some(lock) = self.eng.lock.clone() {
             let kept = self
                 .eng
@@ -413,9 +415,15 @@ impl Run {
                         rollout: self.rec.rollout.clone(),
                         canary: self.canary(),
                         wait: self.eng.timing.slot_wait,
+                        // The grant can fence the drain only if nothing runs between them: a
+                        // `before_drain` hook may outlive the slot, so it is fenced after.
+                        fence_draining: !self.eng.ops.has_hook(Hook::BeforeDrain),
                     };
                     match lock.acquire(req, write).await {
-                        Ok(token) => token,
+                        Ok(grant) => {
+                            drain_fenced = grant.draining_fenced;
+                            grant.token
+                        }
                         Err(e) => {
                             // Nothing was disrupted. For a rollout this is "not admitted (yet)":
                             // no outcome; the driver follows the assignment again.
@@ -432,10 +440,13 @@ impl Run {
 
         // A gate hook may run for a long time (or the agent may be frozen in it), so it runs
         // *before* the fence: the token is checked right before the step it guards, never
-        // before a hook that could outlive the slot.
+        // before a hook that could outlive the slot. With no such hook, the grant itself may
+        // have committed `draining` (one round trip less): it is then the fence.
         self.gate(Hook::BeforeDrain).await?;
-        let fenced = self.fence(Phase::Draining).await;
-        fenced.map_err(|s| self.unconfirmed_aborts(s))?;
+        if !drain_fenced {
+            let fenced = self.fence(Phase::Draining).await;
+            fenced.map_err(|s| self.unconfirmed_aborts(s))?;
+        }
         self.claim_health();
         self.rec.drained_at_ms = Some(now_ms());
         self.enter(Phase::Draining, "leaving rotation")?;

@@ -1,27 +1,15 @@
 //! The link as the engine's [`SlotLock`].
 
 use super::{Link, LinkError};
-use crate::deploy::{SlotLock, SlotRequest, SlotView, StepSlot, StepUpdate};
+use crate::deploy::{Grant, SlotLock, SlotRequest, SlotView, StepSlot, StepUpdate};
 use crate::journal::{Phase, WriteId};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::watch;
 
 impl SlotLock for Link {
-    fn acquire(&self, req: SlotRequest, write: WriteId) -> BoxFuture<'_, Result<u64, LinkError>> {
-        async move {
-            Link::acquire(
-                self,
-                req.purpose,
-                &req.reason,
-                &req.rollout,
-                req.canary,
-                req.wait,
-                write,
-            )
-            .await
-        }
-        .boxed()
+    fn acquire(&self, req: SlotRequest, write: WriteId) -> BoxFuture<'_, Result<Grant, LinkError>> {
+        async move { Link::acquire(self, &req, write).await }.boxed()
     }
 
     fn release(&self, token: u64) -> BoxFuture<'_, Result<(), LinkError>> {

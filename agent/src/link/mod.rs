@@ -37,7 +37,7 @@ mod tests;
 
 pub use error::LinkError;
 
-use crate::deploy::{HeldSlot, SlotOwner, SlotView, StepSlot, StepUpdate};
+use crate::deploy::{Grant, HeldSlot, SlotOwner, SlotRequest, SlotView, StepSlot, StepUpdate};
 use crate::journal::{Journal, Phase, Purpose, WriteId};
 use claims::SlotClaims;
 use hotdeploy_common::config::TlsConfig;
@@ -170,18 +170,11 @@ impl Link {
     /// `wait` has passed; the first attempt carries `write`, and a fresh id is drawn only after a
     /// definitive "not now". Nothing is sent while a release of this host's slot is in flight
     /// (see `claims`). The granted token is claimed before it is returned.
-    pub async fn acquire(
-        &self,
-        purpose: Purpose,
-        reason: &str,
-        rollout: &str,
-        canary: bool,
-        wait: Duration,
-        write: WriteId,
-    ) -> Result<u64, LinkError> {
+    pub async fn acquire(&self, slot: &SlotRequest, write: WriteId) -> Result<Grant, LinkError> {
         let inner = &self.inner;
+        let purpose = slot.purpose;
         let start = Instant::now();
-        let deadline = start + wait;
+        let deadline = start + slot.wait;
         let Some(ticket) = inner.claims.begin_acquire(deadline).await else {
             return Err(LinkError::Timeout {
                 waited_ms: start.elapsed().as_millis() as u64,
@@ -203,10 +196,11 @@ impl Link {
                 write: Some(write.to_proto()),
                 host: inner.cfg.host_id.clone(),
                 purpose: purpose.wire().to_owned(),
-                reason: reason.to_owned(),
-                rollout: rollout.to_owned(),
+                reason: slot.reason.clone(),
+                rollout: slot.rollout.clone(),
                 wait_ms,
-                canary,
+                canary: slot.canary,
+                fence_draining: slot.fence_draining,
             };
             let per_call = Duration::from_millis(wait_ms) + Duration::from_secs(5);
             let r = call::unary(
@@ -230,8 +224,13 @@ impl Link {
                         ));
                     }
                     ticket.granted(token);
-                    tracing::info!(token, %purpose, "slot granted");
-                    return Ok(token);
+                    // Only an answer to this request's ask counts as its fence.
+                    let draining_fenced = slot.fence_draining && resp.draining_fenced;
+                    tracing::info!(token, %purpose, draining_fenced, "slot granted");
+                    return Ok(Grant {
+                        token,
+                        draining_fenced,
+                    });
                 }
                 Err(call::CallError::Status(s)) => match error::classify(&s) {
                     error::Verdict::NotNow => {

@@ -43,18 +43,16 @@ async fn follows_the_leader_with_the_same_write_id() {
     let (follower_addr, _f) = follower.serve().await;
     let (link, journal) = link(dir.path(), vec![follower_addr]);
     let write = journal.next_write_id().unwrap();
-    let token = link
-        .acquire(
-            Purpose::Deploy,
-            "test",
-            "",
-            false,
-            Duration::from_secs(10),
-            write.clone(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(token, 41);
+    let req = SlotRequest {
+        purpose: Purpose::Deploy,
+        reason: "test".into(),
+        rollout: String::new(),
+        canary: false,
+        wait: Duration::from_secs(10),
+        fence_draining: false,
+    };
+    let grant = link.acquire(&req, write.clone()).await.unwrap();
+    assert_eq!(grant.token, 41);
     let writes = leader.state().acquires.clone();
     assert_eq!(writes.len(), 2, "follower, then leader: {writes:?}");
     assert!(writes

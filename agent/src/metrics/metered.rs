@@ -9,8 +9,8 @@
 
 use super::deploy::{DeployStats, ErrorKind, Errors};
 use crate::deploy::{
-    ArtifactRef, Hook, HookCtx, HostOps, OpResult, ProgressFn, RotationView, SlotLock, SlotRequest,
-    SlotView, StepSlot, StepUpdate,
+    ArtifactRef, Grant, Hook, HookCtx, HostOps, OpResult, ProgressFn, RotationView, SlotLock,
+    SlotRequest, SlotView, StepSlot, StepUpdate,
 };
 use crate::journal::{Phase, WriteId};
 use crate::link::LinkError;
@@ -129,6 +129,9 @@ impl<H: HostOps> HostOps for MeteredHost<H> {
             .map(|r| counted(&self.errors, ErrorKind::Hook, r))
             .boxed()
     }
+    fn has_hook(&self, point: Hook) -> bool {
+        self.inner.has_hook(point)
+    }
 }
 
 /// A [`SlotLock`] whose failures are counted, and whose grants are timed (for the slot's age).
@@ -144,12 +147,12 @@ impl MeteredLock {
 }
 
 impl SlotLock for MeteredLock {
-    fn acquire(&self, req: SlotRequest, write: WriteId) -> BoxFuture<'_, Result<u64, LinkError>> {
+    fn acquire(&self, req: SlotRequest, write: WriteId) -> BoxFuture<'_, Result<Grant, LinkError>> {
         self.inner
             .acquire(req, write)
             .map(|r| {
-                if let Ok(token) = &r {
-                    self.stats.granted(*token, now_ms());
+                if let Ok(grant) = &r {
+                    self.stats.granted(grant.token, now_ms());
                 }
                 counted(&self.stats.errors, ErrorKind::Slot, r)
             })

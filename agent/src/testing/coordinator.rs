@@ -218,6 +218,7 @@ impl Coordinator for FakeCoordinator {
         if let Some(token) = s.answers.get(&(w.client_id.clone(), w.seq)).copied() {
             return Ok(Response::new(AcquireSlotResponse {
                 slot: Some(slot(token, &r.purpose, "")),
+                draining_fenced: false,
             }));
         }
         let granted = match &s.held {
@@ -240,6 +241,7 @@ impl Coordinator for FakeCoordinator {
         s.event(format!("acquire {}", granted.token));
         Ok(Response::new(AcquireSlotResponse {
             slot: Some(granted),
+            draining_fenced: false,
         }))
     }
     async fn release_slot(

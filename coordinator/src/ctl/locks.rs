@@ -98,6 +98,7 @@ pub async fn run(cmd: LocksCmd, opts: &GlobalOpts) -> anyhow::Result<i32> {
                         rollout: String::new(),
                         wait_ms: wait.as_millis() as u64,
                         canary: false,
+                        fence_draining: false,
                     };
                     async move { c.acquire_slot(req).await }
                 })

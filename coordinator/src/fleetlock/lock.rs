@@ -74,6 +74,7 @@ impl Lock {
             purpose: FLEETLOCK.to_string(),
             reason: format!("FleetLock pre-reboot (group {group})"),
             rollout: String::new(),
+            phase: None,
         };
         match self.propose(host, actor, cmd).await? {
             Answer::Slot(s) => Ok(s),

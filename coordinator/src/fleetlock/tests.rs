@@ -170,6 +170,7 @@ async fn a_fleetlock_holder_and_a_deploy_share_the_budget() {
         purpose: "deploy".into(),
         reason: String::new(),
         rollout: String::new(),
+        phase: None,
     };
     let refused = w.write(deploy.clone()).await;
     assert!(

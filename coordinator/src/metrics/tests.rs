@@ -64,6 +64,7 @@ fn state() -> StateMachine {
             purpose: FLEETLOCK.into(),
             reason: String::new(),
             rollout: String::new(),
+            phase: None,
         },
     );
     apply(

@@ -242,6 +242,7 @@ mod tests {
             purpose: "deploy".into(),
             reason: "held at backup time".into(),
             rollout: String::new(),
+            phase: None,
         });
         commands.push(Command::SetMember {
             id: 1,
@@ -332,6 +333,7 @@ mod tests {
                 purpose: "maintenance".into(),
                 reason: "after the restore".into(),
                 rollout: String::new(),
+                phase: None,
             },
         );
         // web-1 holds the group's only slot of budget: free it the way its holder would.

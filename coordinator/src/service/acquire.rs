@@ -11,6 +11,12 @@
 //! proposal of the same `(client_id, seq)`, when the turn comes again, is judged afresh. The
 //! refusal's own entry moves the applied index, so the loop looks again at once, finds the
 //! budget full, and waits; it never proposes in a loop.
+//!
+//! A request with `fence_draining` proposes the grant with the phase `draining` (command format
+//! version 6): the one entry grants the slot and fences the drain. While a member of the cluster
+//! does not know that version, the leader's gate refuses it, and the grant is proposed alone
+//! with the same write id; the answer then says the drain is not fenced, and the agent fences it
+//! itself, as before.
 
 use super::waiters::{Turn, Waiters};
 use crate::metrics::AcquireResult;
@@ -30,6 +36,8 @@ pub(crate) struct AcquireRequest {
     pub reason: String,
     pub rollout: String,
     pub canary: bool,
+    /// Commit `draining` with the grant (see the module docs).
+    pub fence_draining: bool,
     pub write: Option<WriteId>,
     /// The caller's identity, for the proposal.
     pub actor: String,
@@ -40,13 +48,12 @@ pub(crate) struct AcquireRequest {
 /// How an acquire ended.
 #[derive(Debug)]
 pub(crate) enum AcquireOutcome {
-    Granted(Slot),
+    /// `fenced`: the grant's entry also committed `draining` for the slot.
+    Granted { slot: Slot, fenced: bool },
     /// Refused by the lock; for a budget refusal, the wait ran out.
     Refused(StateError),
     /// The wait ran out while waiters ahead in the same groups could be granted.
-    QueueTimeout {
-        waited: Duration,
-    },
+    QueueTimeout { waited: Duration },
     /// This node is not the leader (or stopped being it).
     NotLeader,
     /// Raft could not carry the proposal (leadership lost, timeout, stopped).
@@ -59,7 +66,7 @@ impl AcquireOutcome {
     /// How the call ended, for the metrics.
     pub(crate) fn result(&self) -> AcquireResult {
         match self {
-            AcquireOutcome::Granted(_) => AcquireResult::Granted,
+            AcquireOutcome::Granted { .. } => AcquireResult::Granted,
             AcquireOutcome::Refused(_) => AcquireResult::Refused,
             AcquireOutcome::QueueTimeout { .. } => AcquireResult::QueueTimeout,
             AcquireOutcome::NotLeader => AcquireResult::NotLeader,
@@ -92,12 +99,15 @@ pub(crate) async fn acquire(
         };
         match turn {
             Turn::Propose => match propose(node, &req, write_timeout).await {
-                Ok(Ok(Answer::Slot(s))) => return AcquireOutcome::Granted(s),
-                Ok(Ok(other)) => return AcquireOutcome::Unexpected(other),
-                Ok(Err(e)) if e.is_retryable() && Instant::now() < deadline => {
+                Ok((Ok(Answer::Slot(slot)), with_phase)) => {
+                    let fenced = with_phase && slot.phase == DRAINING;
+                    return AcquireOutcome::Granted { slot, fenced };
+                }
+                Ok((Ok(other), _)) => return AcquireOutcome::Unexpected(other),
+                Ok((Err(e), _)) if e.is_retryable() && Instant::now() < deadline => {
                     tracing::debug!(host = %req.host, "grant lost a race: {e}");
                 }
-                Ok(Err(e)) => return AcquireOutcome::Refused(e),
+                Ok((Err(e), _)) => return AcquireOutcome::Refused(e),
                 Err(e) => return AcquireOutcome::NodeFailed(e),
             },
             Turn::Refused => {
@@ -122,19 +132,35 @@ pub(crate) async fn acquire(
     }
 }
 
+/// The phase a `fence_draining` grant commits: the agent's journal and `ReportPhase` name.
+const DRAINING: &str = "draining";
+
+/// Proposes the grant, with `draining` when asked and the cluster knows it (version 6), else
+/// alone. Answers the state machine's response, and whether the phase went with it.
 async fn propose(
     node: &RaftNode,
     req: &AcquireRequest,
     timeout: Duration,
-) -> Result<crate::state::Response, NodeError> {
-    let cmd = Command::Acquire {
+) -> Result<(crate::state::Response, bool), NodeError> {
+    let cmd = |phase: Option<&str>| Command::Acquire {
         host: req.host.clone(),
         purpose: req.purpose.clone(),
         reason: req.reason.clone(),
         rollout: req.rollout.clone(),
+        phase: phase.map(str::to_owned),
     };
-    let p = Proposal::new(req.write.clone(), now_ms(), &req.actor, cmd);
-    node.propose(p, timeout).await
+    let proposal = |phase| Proposal::new(req.write.clone(), now_ms(), &req.actor, cmd(phase));
+    if req.fence_draining {
+        match node.propose(proposal(Some(DRAINING)), timeout).await {
+            Err(e) if e.is_version_gate() => {
+                tracing::debug!(host = %req.host, "{e}; granting without the phase");
+            }
+            r => return r.map(|answer| (answer, true)),
+        }
+    }
+    node.propose(proposal(None), timeout)
+        .await
+        .map(|answer| (answer, false))
 }
 
 #[cfg(test)]
@@ -177,6 +203,7 @@ mod tests {
             purpose: "deploy".into(),
             reason: String::new(),
             rollout: String::new(),
+            phase: None,
         }
     }
 
@@ -234,13 +261,14 @@ mod tests {
             reason: "test".into(),
             rollout: String::new(),
             canary: false,
+            fence_draining: false,
             write: Some(id),
             actor: "agent/web-1".into(),
             wait: Duration::from_secs(3),
         };
         let outcome = acquire(&node, &waiters, req, Duration::from_secs(10)).await;
         let entries = node.state().applied_index() - before;
-        let AcquireOutcome::Granted(slot) = outcome else {
+        let AcquireOutcome::Granted { slot, .. } = outcome else {
             panic!("web-1 must be granted, got {outcome:?} after {entries} entries");
         };
         assert_eq!(slot.host, "web-1");
@@ -254,6 +282,7 @@ mod tests {
             reason: "test".into(),
             rollout: String::new(),
             canary: false,
+            fence_draining: false,
             write: Some(WriteId {
                 client_id: "agent/web-3/x".into(),
                 seq: 1,

@@ -207,6 +207,7 @@ impl Coordinator for CoordinatorService {
             reason: r.reason,
             rollout: r.rollout,
             canary,
+            fence_draining: r.fence_draining,
             actor,
             wait,
         };
@@ -219,8 +220,9 @@ impl Coordinator for CoordinatorService {
         self.lock_stats
             .answered(&purpose, outcome.result(), started.elapsed());
         match outcome {
-            AcquireOutcome::Granted(s) => Ok(Response::new(AcquireSlotResponse {
-                slot: Some(slot_to_wire(&s)),
+            AcquireOutcome::Granted { slot, fenced } => Ok(Response::new(AcquireSlotResponse {
+                slot: Some(slot_to_wire(&slot)),
+                draining_fenced: fenced,
             })),
             AcquireOutcome::Refused(e) => Err(state_status(&e)),
             AcquireOutcome::QueueTimeout { waited } => Err(Status::resource_exhausted(format!(

@@ -227,6 +227,7 @@ mod tests {
                 purpose: "deploy".into(),
                 reason: String::new(),
                 rollout: String::new(),
+                phase: None,
             })
             .unwrap();
         }

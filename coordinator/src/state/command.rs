@@ -42,6 +42,10 @@
 //!   (`release: Some(token)`), one entry for an outcome and its release. A `ReportStep`
 //!   without it keeps version 2, so an agent's outcome still goes through a mixed cluster: the
 //!   service then records the outcome alone and the agent releases on its own.
+//! - 6 ([`GRANT_PHASE_VERSION`]): an `Acquire` that commits the holder's first phase with the
+//!   grant (`phase: Some("draining")`): the grant is then the drain's fence, one entry less per
+//!   deploy. An `Acquire` without it keeps its version, so while a member does not know 6 the
+//!   service grants alone and the agent fences `draining` on its own, as before.
 //!
 //! The cargo feature `command-format-v1` builds an honest old binary for the mixed-version
 //! tests: [`FORMAT_VERSION`] is 1, so it applies and advertises version 1 only, refuses newer
@@ -66,13 +70,18 @@ pub const VERSION_GATE_VERSION: u32 = 3;
 pub const FLEETLOCK_VERSION: u32 = 4;
 /// A `ReportStep` that releases the slot with the outcome.
 pub const STEP_RELEASE_VERSION: u32 = 5;
+/// An `Acquire` that commits the holder's first phase with the grant.
+pub const GRANT_PHASE_VERSION: u32 = 6;
 
 /// The newest command format version this binary can apply: the largest of the versions above.
 /// Every command kind it knows has a version at most this.
 #[cfg(not(feature = "command-format-v1"))]
 pub const FORMAT_VERSION: u32 = max(
     max(max(BASE_VERSION, ROLLOUTS_VERSION), STEP_RELEASE_VERSION),
-    max(VERSION_GATE_VERSION, FLEETLOCK_VERSION),
+    max(
+        max(VERSION_GATE_VERSION, FLEETLOCK_VERSION),
+        GRANT_PHASE_VERSION,
+    ),
 );
 /// The newest command format version this binary can apply: built as an old binary (the cargo
 /// feature `command-format-v1`, for mixed-version tests), only the first.
@@ -222,6 +231,10 @@ pub enum Command {
         purpose: String,
         reason: String,
         rollout: String,
+        /// A phase to commit with the grant, as a `ReportPhase` of the granted token in the same
+        /// entry (the agent's `draining`, when no hook runs between the grant and the drain).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase: Option<String>,
     },
     Release {
         host: String,
@@ -305,6 +318,8 @@ impl Command {
     /// older binary would not record, so it needs that version too.
     pub fn version(&self) -> u32 {
         match self {
+            // Before FleetLock's arm: a phase needs 6 whatever the purpose (6 implies 4).
+            Command::Acquire { phase: Some(_), .. } => GRANT_PHASE_VERSION,
             Command::Acquire { purpose, .. } if purpose == FLEETLOCK => FLEETLOCK_VERSION,
             Command::ReportStep {
                 release: Some(_), ..
@@ -343,6 +358,7 @@ impl Command {
             Command::MarkUnreachable { .. } => "MarkUnreachable",
             Command::MarkReachable { .. } => "MarkReachable",
             Command::Acquire { purpose, .. } if purpose == FLEETLOCK => "Acquire (fleetlock)",
+            Command::Acquire { phase: Some(_), .. } => "Acquire (phase)",
             Command::Acquire { .. } => "Acquire",
             Command::Release { .. } => "Release",
             Command::ForceRelease { .. } => "ForceRelease",

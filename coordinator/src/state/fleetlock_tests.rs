@@ -100,6 +100,7 @@ impl World {
                 purpose: purpose.into(),
                 reason: "FleetLock pre-reboot".into(),
                 rollout: String::new(),
+                phase: None,
             },
         )
     }
@@ -421,6 +422,7 @@ fn fleetlock_commands_are_stamped_with_the_fleetlock_version() {
         purpose: purpose.into(),
         reason: String::new(),
         rollout: String::new(),
+        phase: None,
     };
     assert_eq!(acquire(FLEETLOCK).version(), FLEETLOCK_VERSION);
     assert_eq!(acquire("deploy").version(), BASE_VERSION);

@@ -145,7 +145,7 @@ impl StateMachine {
             return self.execute_versioned(index, at_ms, &actor, version, command);
         };
         if let Some(answer) = self.sessions.check(index, at_ms, &write) {
-            return answer;
+            return self.answer_again(answer);
         }
         let response = self.execute_versioned(index, at_ms, &actor, version, command);
         self.sessions.record(index, at_ms, &write, &response);
@@ -548,7 +548,14 @@ impl StateMachine {
                 purpose,
                 reason,
                 rollout,
-            } => self.acquire(&ctx, host, purpose, reason, rollout),
+                phase,
+            } => {
+                let granted = self.acquire(&ctx, host, purpose, reason, rollout)?;
+                match (granted, phase) {
+                    (Answer::Slot(slot), Some(phase)) => self.grant_with_phase(&ctx, slot, phase),
+                    (granted, _) => Ok(granted),
+                }
+            }
             Command::Release { host, token } => self.release(&ctx, &host, token),
             Command::ForceRelease { host } => self.force_release(&ctx, &host),
             Command::ReportPhase { host, token, phase } => {
@@ -887,6 +894,38 @@ impl StateMachine {
                 .on_grant(&ctx.at(), &slot.host, &slot.rollout, slot.token);
         }
         Ok(Answer::Slot(slot))
+    }
+
+    /// Commits the holder's first phase with its grant, in the same entry: what a
+    /// `ReportPhase{token, phase}` right after it would do. Answers the slot as it now is. It
+    /// is never refused (the host holds the token it was just granted), so the grant is never
+    /// applied without its phase.
+    fn grant_with_phase(&mut self, ctx: &Ctx, slot: Slot, phase: String) -> Response {
+        self.report_phase(ctx, &slot.host, slot.token, phase)?;
+        match self.slots.get(&slot.token) {
+            Some(now) => Ok(Answer::Slot(now.clone())),
+            None => Ok(Answer::Slot(slot)),
+        }
+    }
+
+    /// A client's repeated write answered from its session. A grant is given again only while
+    /// the host still holds that slot: a retried `AcquireSlot` whose slot was force-released (or
+    /// freed by `hosts remove`) since is told its token is stale, never handed a slot it no
+    /// longer has. An agent may act on a grant as on a fence (the grant that commits `draining`),
+    /// so the cached answer must be as true as a fence's at this entry.
+    fn answer_again(&self, answer: Response) -> Response {
+        let Ok(Answer::Slot(slot)) = &answer else {
+            return answer;
+        };
+        let current = self.hosts.get(&slot.host).and_then(|h| h.slot);
+        if current == Some(slot.token) {
+            return answer;
+        }
+        Err(StateError::StaleToken {
+            host: slot.host.clone(),
+            given: slot.token,
+            current,
+        })
     }
 
     /// Whether `id` holds a slot for `purpose` (an acquire would be re-entrant).

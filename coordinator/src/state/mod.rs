@@ -46,7 +46,8 @@ pub use audit::AuditEvent;
 pub use changes::Changed;
 pub use command::{
     Answer, Command, DecodeError, Proposal, Response, WriteId, BASE_VERSION, FLEETLOCK_VERSION,
-    FORMAT_VERSION, ROLLOUTS_VERSION, STEP_RELEASE_VERSION, VERSION_GATE_VERSION,
+    FORMAT_VERSION, GRANT_PHASE_VERSION, ROLLOUTS_VERSION, STEP_RELEASE_VERSION,
+    VERSION_GATE_VERSION,
 };
 pub use error::StateError;
 pub use fleetlock::{LockOnlyPlan, FLEETLOCK};

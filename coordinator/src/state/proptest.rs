@@ -207,6 +207,7 @@ fn command(sm: &StateMachine, op: &Op) -> Command {
             purpose: PURPOSES[purpose].into(),
             reason: "prop".into(),
             rollout: String::new(),
+            phase: None,
         },
         Op::Release { host, right, other } => Command::Release {
             host: host_name(host),
@@ -446,11 +447,28 @@ fn run_retries(
             }
             Some((write, command, first)) => {
                 let before = sm.clone();
+                // A grant is answered again only while its slot is held; once freed, the retry
+                // is told its token is stale (and takes nothing).
+                let expected = match &first {
+                    Ok(Answer::Slot(slot)) => {
+                        let current = sm.host(&slot.host).and_then(|h| h.slot);
+                        if current == Some(slot.token) {
+                            first.clone()
+                        } else {
+                            Err(StateError::StaleToken {
+                                host: slot.host.clone(),
+                                given: slot.token,
+                                current,
+                            })
+                        }
+                    }
+                    _ => first.clone(),
+                };
                 let again = sm.apply(
                     index,
                     Proposal::new(Some(write.clone()), at_ms, "agent", command),
                 );
-                prop_assert_eq!(&again, &first, "retry of {:?}", write);
+                prop_assert_eq!(&again, &expected, "retry of {:?}", write);
                 prop_assert!(before.hosts().eq(sm.hosts()));
                 prop_assert_eq!(before.slots(), sm.slots());
                 prop_assert_eq!(before.group_views(), sm.group_views());

@@ -6,6 +6,12 @@
 //! Ok or Err, without applying the command twice: a second `Acquire` must not look like a new
 //! grant, a second `Release` must not fail as stale.
 //!
+//! One cached answer is checked against the state before it is given again: a grant (the
+//! machine does it, `answer_again`). A retried `AcquireSlot` is handed its slot only while the
+//! host still holds it, and is told its token is stale once that slot was released or
+//! force-released, because a holder may act on a grant as on a fence (a grant that committed
+//! `draining`), and a fence must be true at the entry that answers it.
+//!
 //! Per client we keep the answers of its last [`WINDOW`] seqs. A seq below that window cannot be
 //! told apart from one already applied and forgotten, so it is refused ([`StateError::SeqTooOld`])
 //! rather than risk applying it twice. Seqs need not arrive in order inside the window: a client

@@ -116,6 +116,7 @@ impl Fleet {
                 purpose: purpose.to_string(),
                 reason: "test".to_string(),
                 rollout: "r1".to_string(),
+                phase: None,
             },
         )
     }
@@ -829,9 +830,17 @@ fn a_repeated_write_gets_its_first_answer_without_reapplying() {
         purpose: DEPLOY.into(),
         reason: "r".into(),
         rollout: "".into(),
+        phase: None,
     };
     let first = f.apply("agent/web-1", write("web-1", 1), acquire.clone());
     let token = slot_of(first.clone()).token;
+    // While the slot is held, the retry gets the first answer back, and nothing is applied.
+    let before = f.sm.clone();
+    assert_eq!(
+        f.apply("agent/web-1", write("web-1", 1), acquire.clone()),
+        first
+    );
+    assert_eq!(f.sm.slots(), before.slots());
     f.apply(
         "agent/web-1",
         write("web-1", 2),
@@ -841,10 +850,15 @@ fn a_repeated_write_gets_its_first_answer_without_reapplying() {
         },
     )
     .unwrap();
-    // The retry of seq 1 after a leader change: the same answer, and no new grant.
+    // The retry of seq 1 after a leader change: no new grant. A grant is answered again only
+    // while it is held (see `a_retried_grant_whose_slot_was_freed_is_told_it_is_stale`).
     assert_eq!(
         f.apply("agent/web-1", write("web-1", 1), acquire.clone()),
-        first
+        Err(StateError::StaleToken {
+            host: "web-1".into(),
+            given: token,
+            current: None,
+        })
     );
     assert_eq!(f.sm.host("web-1").unwrap().slot, None);
 
@@ -866,6 +880,88 @@ fn a_repeated_write_gets_its_first_answer_without_reapplying() {
     assert!(f.apply("agent/web-2", write("web-2", 1), acquire).is_ok());
 }
 
+fn acquire_with_phase(host: &str, phase: Option<&str>) -> Command {
+    Command::Acquire {
+        host: host.into(),
+        purpose: DEPLOY.into(),
+        reason: "r".into(),
+        rollout: "".into(),
+        phase: phase.map(str::to_owned),
+    }
+}
+
+/// A grant may carry its holder's first phase: the one entry grants the slot and commits the
+/// phase, as a `ReportPhase` of the new token right after it would (command format 6). An
+/// agent with no `before_drain` hook asks for `draining`: the grant is then the drain's fence.
+#[test]
+fn a_grant_with_a_phase_commits_the_phase_in_the_same_entry() {
+    let mut f = Fleet::web("1", 3);
+    let with = acquire_with_phase("web-1", Some("draining"));
+    assert_eq!(with.version(), GRANT_PHASE_VERSION);
+    assert_eq!(with.kind(), "Acquire (phase)");
+    let without = acquire_with_phase("web-2", None);
+    assert_eq!(without.version(), BASE_VERSION);
+    assert_eq!(without.kind(), "Acquire");
+
+    let slot = slot_of(f.apply("agent/web-1", write("web-1", 1), with));
+    assert_eq!(
+        slot.phase, "draining",
+        "the answer says the phase went with it"
+    );
+    assert_eq!(f.sm.slot(slot.token).unwrap().phase, "draining");
+    assert_eq!(f.sm.host("web-1").unwrap().phase, "draining");
+    assert_eq!(f.index, slot.token, "one entry: the grant's");
+
+    // Without a phase, nothing is committed for the holder.
+    f.release("web-1", slot.token).unwrap();
+    let plain = slot_of(f.apply("agent/web-2", write("web-2", 1), without));
+    assert_eq!(plain.phase, "");
+}
+
+/// A retried grant is answered from the client's session only while the host still holds that
+/// slot. Once the slot was force-released (or freed by `hosts remove`), the retry is told that
+/// its token is stale: an agent that acts on a grant as on the drain's fence must never be
+/// handed one it no longer has, and it takes nothing new.
+#[test]
+fn a_retried_grant_whose_slot_was_freed_is_told_it_is_stale() {
+    let mut f = Fleet::web("1", 3);
+    let acquire = acquire_with_phase("web-1", Some("draining"));
+    let first = f.apply("agent/web-1", write("web-1", 1), acquire.clone());
+    let token = slot_of(first.clone()).token;
+    assert_eq!(
+        f.apply("agent/web-1", write("web-1", 1), acquire.clone()),
+        first,
+        "held: the first answer"
+    );
+    f.operator(Command::ForceRelease {
+        host: "web-1".into(),
+    })
+    .unwrap();
+    let stale = |current| {
+        Err(StateError::StaleToken {
+            host: "web-1".into(),
+            given: token,
+            current,
+        })
+    };
+    assert_eq!(
+        f.apply("agent/web-1", write("web-1", 1), acquire.clone()),
+        stale(None)
+    );
+    assert_eq!(
+        f.sm.host("web-1").unwrap().slot,
+        None,
+        "the retry took nothing"
+    );
+    // Granted again under a new seq: the old retry is still stale, naming the new slot.
+    let again = slot_of(f.apply("agent/web-1", write("web-1", 2), acquire.clone())).token;
+    assert!(again > token);
+    assert_eq!(
+        f.apply("agent/web-1", write("web-1", 1), acquire),
+        stale(Some(again))
+    );
+}
+
 #[test]
 fn a_retryable_refusal_is_not_remembered() {
     // An AcquireSlot waiting on the leader re-proposes the same (client_id, seq) once the budget
@@ -876,6 +972,7 @@ fn a_retryable_refusal_is_not_remembered() {
         purpose: DEPLOY.into(),
         reason: "r".into(),
         rollout: "".into(),
+        phase: None,
     };
     let t2 = f.grant("web-2");
     let refused = f.apply("agent/web-1", write("web-1", 1), acquire.clone());
@@ -931,6 +1028,7 @@ fn idle_sessions_are_forgotten_after_an_hour_of_log_time() {
         purpose: DEPLOY.into(),
         reason: "".into(),
         rollout: "".into(),
+        phase: None,
     };
     let token = slot_of(f.apply("agent/web-1", write("old", 1), acquire.clone())).token;
     f.release("web-1", token).unwrap();
@@ -996,6 +1094,7 @@ fn operator_maintenance_and_membership_are_audited() {
             purpose: MAINTENANCE.into(),
             reason: "disk swap".into(),
             rollout: "".into(),
+            phase: None,
         },
     )
     .unwrap_err(); // over budget: refused, so not audited
@@ -1012,6 +1111,7 @@ fn operator_maintenance_and_membership_are_audited() {
             purpose: MAINTENANCE.into(),
             reason: "disk swap".into(),
             rollout: "".into(),
+            phase: None,
         },
     )
     .unwrap();
@@ -1073,6 +1173,7 @@ fn an_index_is_applied_once() {
             purpose: DEPLOY.into(),
             reason: "".into(),
             rollout: "".into(),
+            phase: None,
         },
     );
     let before = f.sm.clone();

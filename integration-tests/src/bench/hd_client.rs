@@ -144,6 +144,7 @@ fn acquire_request(write: Option<WriteId>, host: &str, wait_ms: u64) -> AcquireS
         rollout: String::new(),
         wait_ms,
         canary: false,
+        fence_draining: false,
     }
 }
 

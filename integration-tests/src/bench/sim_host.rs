@@ -180,4 +180,8 @@ impl HostOps for SimHost {
     fn hook<'a>(&'a self, _point: Hook, _ctx: &'a HookCtx) -> BoxFuture<'a, OpResult> {
         futures::future::ready(Ok(())).boxed()
     }
+
+    fn has_hook(&self, _point: Hook) -> bool {
+        false
+    }
 }

@@ -173,6 +173,7 @@ async fn wait_all(
                 rollout: String::new(),
                 wait_ms: wait.as_millis() as u64,
                 canary: false,
+                fence_draining: false,
             };
             let granted =
                 tokio::time::timeout(wait + Duration::from_secs(10), client.acquire_slot(req))

@@ -45,6 +45,10 @@ pub(crate) struct State {
     /// The engine's health fact, and what it said at each effect ("effect: Owner health").
     pub(crate) fact: Option<Arc<HealthFact>>,
     pub(crate) seen: Vec<String>,
+    /// The coordinators take a grant's ask to commit `draining` with it.
+    pub(crate) grant_fences_draining: bool,
+    /// The hooks configured (all succeed).
+    pub(crate) hooks: Vec<Hook>,
 }
 
 impl Default for State {
@@ -74,6 +78,8 @@ impl Default for State {
             witness: None,
             fact: None,
             seen: Vec::new(),
+            grant_fences_draining: false,
+            hooks: Vec::new(),
         }
     }
 }
@@ -283,6 +289,9 @@ impl HostOps for Fake {
         self.log(format!("hook {point:?}"));
         async { Ok(()) }.boxed()
     }
+    fn has_hook(&self, point: Hook) -> bool {
+        self.0.lock().unwrap().hooks.contains(&point)
+    }
 }
 
 impl SlotLock for Fake {
@@ -290,12 +299,24 @@ impl SlotLock for Fake {
         &self,
         req: SlotRequest,
         _w: crate::journal::WriteId,
-    ) -> BoxFuture<'_, Result<u64, LinkError>> {
-        self.log(format!("acquire {}", req.purpose));
+    ) -> BoxFuture<'_, Result<Grant, LinkError>> {
+        let draining_fenced = req.fence_draining && self.0.lock().unwrap().grant_fences_draining;
+        let fenced = if draining_fenced {
+            " (draining fenced)"
+        } else {
+            ""
+        };
+        self.log(format!("acquire {}{fenced}", req.purpose));
         self.set(|s| {
             s.claimed.insert(7);
         });
-        async { Ok(7) }.boxed()
+        async move {
+            Ok(Grant {
+                token: 7,
+                draining_fenced,
+            })
+        }
+        .boxed()
     }
     fn release(&self, token: u64) -> BoxFuture<'_, Result<(), LinkError>> {
         self.log(format!("release {token}"));

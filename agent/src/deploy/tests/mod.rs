@@ -111,6 +111,54 @@ async fn happy_path_orders_effects() {
     assert_eq!(v.token, 0);
 }
 
+/// With no `before_drain` hook, the deploy asks for the drain's fence with its grant. When the
+/// coordinators take it, no separate `draining` report is sent: the grant is the fence, and the
+/// drain follows it. The swap and the restart are fenced as before.
+#[tokio::test]
+async fn a_grant_that_fences_the_drain_takes_the_place_of_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[true]);
+    fake.set(|s| s.grant_fences_draining = true);
+    let eng = engine(&fake, dir.path(), true);
+    let (outcome, err) = eng
+        .deploy(params("v2", "aa"), Progress::none())
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded, "{err}");
+    let e = fake.effects();
+    assert!(
+        !e.iter().any(|x| x == "report draining"),
+        "the grant fenced the drain: {e:?}"
+    );
+    assert!(pos(&e, "acquire deploy (draining fenced)") < pos(&e, "drain"));
+    assert!(pos(&e, "report swapped") < pos(&e, "set_current v2"));
+    assert!(pos(&e, "report restarted") < pos(&e, "restart v2"));
+}
+
+/// A `before_drain` hook may run for a long time (and outlive the slot), so a deploy with one
+/// never lets its grant fence the drain: it fences after the hook, right before the drain.
+#[tokio::test]
+async fn a_before_drain_hook_keeps_the_drain_fenced_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[true]);
+    fake.set(|s| {
+        s.grant_fences_draining = true;
+        s.hooks = vec![Hook::BeforeDrain];
+    });
+    let eng = engine(&fake, dir.path(), true);
+    let (outcome, err) = eng
+        .deploy(params("v2", "aa"), Progress::none())
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded, "{err}");
+    let e = fake.effects();
+    assert!(e.iter().any(|x| x == "acquire deploy"), "not asked: {e:?}");
+    assert!(pos(&e, "hook BeforeDrain") < pos(&e, "report draining"));
+    assert!(pos(&e, "report draining") < pos(&e, "drain"));
+}
+
 #[tokio::test]
 async fn verify_failure_rolls_back_in_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,6 +45,7 @@ pub(crate) fn acquire(host: &str) -> Command {
         purpose: "deploy".into(),
         reason: "sim".into(),
         rollout: String::new(),
+        phase: None,
     }
 }
 

@@ -7,8 +7,8 @@ use super::{address, Sim};
 use crate::raft::conf_context::{membership_change, ConfContext};
 use crate::raft::{Known, NodeError};
 use crate::state::{
-    Answer, Command, StepReport, BASE_VERSION, FLEETLOCK_VERSION, FORMAT_VERSION, ROLLOUTS_VERSION,
-    STEP_RELEASE_VERSION,
+    Answer, Command, StepReport, BASE_VERSION, FLEETLOCK_VERSION, FORMAT_VERSION,
+    GRANT_PHASE_VERSION, ROLLOUTS_VERSION, STEP_RELEASE_VERSION,
 };
 use raft::prelude::ConfChangeType;
 use std::collections::BTreeMap;
@@ -203,6 +203,56 @@ fn an_outcome_with_its_release_waits_for_version_5_and_goes_alone_meanwhile() {
     // There is no rollout r1 here: applied, and refused by the machine, on every replica.
     assert!(answer.is_err(), "{answer:?}");
     assert!(sim.applied(leader) > before);
+    assert_replicas_agree(&mut sim);
+    assert!(sim.fatal(3).is_none(), "{:?}", sim.fatal(3));
+}
+
+/// A grant that commits `draining` with it is version 6: while a member knows only 5, the gate
+/// keeps it out of the log, and the same grant without the phase (version 1) still goes in, with
+/// the same write id: what the service falls back to, so a mixed cluster still grants (and the
+/// agent fences `draining` on its own).
+#[test]
+fn a_grant_with_its_phase_waits_for_version_6_and_goes_alone_meanwhile() {
+    let mut sim = with_node_3_at(46, STEP_RELEASE_VERSION);
+    // Two hosts: a slot for one of them leaves the other available.
+    let (leader, _) = new_leader_hearing(&mut sim, 2, STEP_RELEASE_VERSION);
+    let grant = |phase: Option<&str>| Command::Acquire {
+        host: "h1".into(),
+        purpose: "deploy".into(),
+        reason: "upgrade test".into(),
+        rollout: String::new(),
+        phase: phase.map(str::to_owned),
+    };
+    let before = sim.applied(leader);
+    let at = sim.now_ms();
+    let mut r = sim.propose(leader, &operator(at, grant(Some("draining"))));
+    let refused = sim.wait(&mut r, 10).unwrap_err();
+    assert_eq!(
+        refused,
+        NodeError::MemberTooOld {
+            member: 3,
+            this_node: false,
+            knows: STEP_RELEASE_VERSION,
+            needs: GRANT_PHASE_VERSION,
+            kind: "Acquire (phase)",
+        }
+    );
+    assert!(refused.is_version_gate());
+    sim.run(20);
+    assert_eq!(
+        sim.applied(leader),
+        before,
+        "the grant with its phase reached the log"
+    );
+
+    let mut r = sim.propose(leader, &operator(at, grant(None)));
+    let answer = sim
+        .wait(&mut r, 50)
+        .expect("the grant alone is proposed and applied");
+    let Ok(Answer::Slot(slot)) = answer else {
+        panic!("h1 is granted its slot: {answer:?}\n{}", sim.trace());
+    };
+    assert_eq!(slot.phase, "", "no phase went with the grant alone");
     assert_replicas_agree(&mut sim);
     assert!(sim.fatal(3).is_none(), "{:?}", sim.fatal(3));
 }

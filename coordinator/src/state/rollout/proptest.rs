@@ -56,11 +56,13 @@ fn release(i: usize) -> ReleaseSpec {
 }
 
 /// What an agent does with its assignment (or, without one, with a random rollout).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Act {
     Stage,
     Staged,
     Acquire,
+    /// A grant that commits `draining` with it.
+    AcquireDraining,
     Phase(usize),
     Swap,
     Succeed,
@@ -168,7 +170,8 @@ fn act() -> impl Strategy<Value = Act> {
     prop_oneof![
         4 => Just(Act::Stage),
         4 => Just(Act::Staged),
-        5 => Just(Act::Acquire),
+        3 => Just(Act::Acquire),
+        2 => Just(Act::AcquireDraining),
         3 => (0usize..4).prop_map(Act::Phase),
         1 => Just(Act::Swap),
         4 => Just(Act::Succeed),
@@ -307,6 +310,7 @@ fn command(sm: &StateMachine, op: &Op) -> (String, Command) {
                 purpose: "maintenance".into(),
                 reason: "prop".into(),
                 rollout: String::new(),
+                phase: None,
             },
         ),
         Op::ForceRelease { host } => (
@@ -422,11 +426,12 @@ fn command(sm: &StateMachine, op: &Op) -> (String, Command) {
             let cmd = match act {
                 Act::Stage => step(StepReport::Staging, attempt, "", None),
                 Act::Staged => step(StepReport::Staged, attempt, "", None),
-                Act::Acquire => Command::Acquire {
+                Act::Acquire | Act::AcquireDraining => Command::Acquire {
                     host: name.clone(),
                     purpose: "deploy".into(),
                     reason: "rollout".into(),
                     rollout: rollout.clone(),
+                    phase: (act == Act::AcquireDraining).then(|| "draining".into()),
                 },
                 Act::Phase(i) => Command::ReportPhase {
                     host: name.clone(),

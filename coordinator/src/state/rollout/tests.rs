@@ -190,6 +190,7 @@ impl World {
                 purpose: "deploy".to_string(),
                 reason: "rollout".to_string(),
                 rollout: id.to_string(),
+                phase: None,
             },
         )
     }
@@ -531,6 +532,7 @@ fn the_lock_keeps_the_last_word_and_status_says_who_uses_the_budget() {
         purpose: "maintenance".into(),
         reason: "disk".into(),
         rollout: String::new(),
+        phase: None,
     })
     .unwrap();
     w.start(spec("r1", "web", "v2")).unwrap();
@@ -1258,6 +1260,36 @@ fn one_host_holding_its_slot() -> (World, String, u64) {
     let h = admitted[0].clone();
     let token = w.token(&h, "r1");
     (w, h, token)
+}
+
+/// A grant that commits `draining` (the agent's ask when no hook runs before the drain) moves
+/// the step to `draining` in the grant's own entry, with that entry's time: what the fence
+/// right after it did before, one entry earlier.
+#[test]
+fn a_grant_with_draining_moves_its_step_to_draining_in_the_same_entry() {
+    let mut w = World::web("1", 3, "v1");
+    w.start(spec("r1", "web", "v2")).unwrap();
+    w.stage_all("r1");
+    let h = w.admitted("r1")[0].clone();
+    let answer = w.apply(
+        &format!("agent/{h}"),
+        Command::Acquire {
+            host: h.clone(),
+            purpose: "deploy".into(),
+            reason: "rollout".into(),
+            rollout: "r1".into(),
+            phase: Some("draining".into()),
+        },
+    );
+    let Ok(Answer::Slot(slot)) = answer else {
+        panic!("{h} is granted: {answer:?}");
+    };
+    let step = w.rollout("r1").step(&h).unwrap().clone();
+    assert_eq!(step.phase, StepPhase::Draining);
+    assert_eq!(step.token, Some(slot.token));
+    // Its next fence follows on as usual.
+    w.fence(&h, slot.token, "swapped").unwrap();
+    assert_eq!(w.phase("r1", &h), StepPhase::Swapping);
 }
 
 #[test]
