@@ -31,6 +31,14 @@ pub(super) enum Stop {
 /// The outcome of a deploy and why.
 pub(super) type Verdict = (Outcome, String);
 
+/// What became of a fenced swap.
+enum Swapped {
+    /// `current` points at the new release.
+    Done,
+    /// `current` could not be moved (why): roll back.
+    Failed(String),
+}
+
 /// What a deploy task answers when the agent shuts down under it: the journal is left as it
 /// was, and recovery resumes the deploy at the next start.
 pub(super) fn interrupted() -> Verdict {
@@ -210,20 +218,27 @@ impl Run {
 
     /// Commits the phase about to be acted on, fenced by the token.
     pub(super) async fn fence(&self, phase: Phase) -> Result<(), Stop> {
-        let (Some(lock), token) = (&self.eng.lock, self.rec.token) else {
-            return Ok(());
-        };
-        if token == 0 {
-            return Ok(());
-        }
-        match lock.report_phase(token, phase).await {
-            Ok(()) => Ok(()),
-            Err(LinkError::Stale(m)) => Err(Stop::Fenced(format!(
-                "slot token {token} is stale ({m}): stopped before {phase}, service left as it is"
-            ))),
-            Err(e) => Err(Stop::Unconfirmed(format!(
-                "could not commit phase {phase} with token {token}: {e}"
-            ))),
+        self.fence_of(phase).await
+    }
+
+    /// The fence of `phase` as a future that borrows nothing of the deploy, so that it can be
+    /// sent while the deploy goes on (see [`Run::swap_in`]).
+    fn fence_of(&self, phase: Phase) -> impl std::future::Future<Output = Result<(), Stop>> {
+        let (lock, token) = (self.eng.lock.clone(), self.rec.token);
+        async move {
+            let Some(lock) = lock.filter(|_| token != 0) else {
+                return Ok(());
+            };
+            match lock.report_phase(token, phase).await {
+                Ok(()) => Ok(()),
+                Err(LinkError::Stale(m)) => Err(Stop::Fenced(format!(
+                    "slot token {token} is stale ({m}): stopped before {phase}, service left as \
+                     it is"
+                ))),
+                Err(e) => Err(Stop::Unconfirmed(format!(
+                    "could not commit phase {phase} with token {token}: {e}"
+                ))),
+            }
         }
     }
 
@@ -464,16 +479,17 @@ impl Run {
         failpoint("after_drain");
 
         self.gate(Hook::BeforeSwap).await?;
-        let fenced = self.fence(Phase::Swapped).await;
-        fenced.map_err(|s| self.unconfirmed_aborts(s))?;
-        self.enter(Phase::Swapped, format!("swapping current to {to}"))?;
-        if let Err(e) = self.eng.ops.set_current(&to) {
-            return self.roll_back(format!("swap to {to} failed: {e}")).await;
+        // The restart's fence is sent right behind the swap's rather than after the swap: each
+        // still commits before its own step, and the second rides the first's round trip (often
+        // its very sync on the coordinators) instead of taking one of its own. The swap between
+        // them is a rename and a journal write, nothing a fence could not also precede.
+        let restart_fence = self.fence_of(Phase::Restarted);
+        let (swapped, restart_fenced) = tokio::join!(self.swap_in(&to), restart_fence);
+        match swapped? {
+            Swapped::Done => {}
+            Swapped::Failed(why) => return self.roll_back(why).await,
         }
-        self.set_current_view(Some(&to));
-        failpoint("after_swap");
-
-        if let Err(stop) = self.fence(Phase::Restarted).await {
+        if let Err(stop) = restart_fenced {
             if let Stop::Unconfirmed(m) = stop {
                 self.redrive = true;
                 return self.swap_back_and_abort(&from, m);
@@ -481,6 +497,19 @@ impl Run {
             return Err(stop);
         }
         self.restart_new(&from).await
+    }
+
+    /// Fences the swap, then points `current` at `to`.
+    async fn swap_in(&mut self, to: &str) -> Result<Swapped, Stop> {
+        let fenced = self.fence(Phase::Swapped).await;
+        fenced.map_err(|s| self.unconfirmed_aborts(s))?;
+        self.enter(Phase::Swapped, format!("swapping current to {to}"))?;
+        if let Err(e) = self.eng.ops.set_current(to) {
+            return Ok(Swapped::Failed(format!("swap to {to} failed: {e}")));
+        }
+        self.set_current_view(Some(to));
+        failpoint("after_swap");
+        Ok(Swapped::Done)
     }
 
     /// Nothing restarted yet: put `current` back on `from` and abort.

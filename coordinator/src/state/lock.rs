@@ -78,7 +78,7 @@ pub(super) fn tally<'a>(group: &Group, hosts: &'a BTreeMap<String, Host>) -> Tal
         unavailable: BTreeSet::new(),
         holders: Vec::new(),
     };
-    for host in group.members.iter().filter_map(|id| hosts.get(id)) {
+    for_each_member(group, hosts, |host| {
         if host.is_counted() {
             t.size += 1;
         }
@@ -88,8 +88,42 @@ pub(super) fn tally<'a>(group: &Group, hosts: &'a BTreeMap<String, Host>) -> Tal
         if host.slot.is_some() {
             t.holders.push(host.id.as_str());
         }
-    }
+    });
     t
+}
+
+/// Calls `f` with each known host of `group`, in id order.
+///
+/// Both the members and the hosts are sorted by id, so a group that is a good part of the fleet
+/// is read by walking the two side by side: about one id comparison per host, in memory order.
+/// A lookup per member costs about log2(hosts) comparisons each, scattered over the tree; that
+/// is the cheaper way only for a group much smaller than the fleet. A grant counts the groups of
+/// its host on every replica, and a 1,000-host group by lookups was the largest cost of applying
+/// a rollout's entries (`hd-bench rollout`, BENCHMARKS.md §5).
+pub(super) fn for_each_member<'a>(
+    group: &Group,
+    hosts: &'a BTreeMap<String, Host>,
+    mut f: impl FnMut(&'a Host),
+) {
+    let per_lookup = (usize::BITS - hosts.len().leading_zeros()) as usize;
+    if group.members.len().saturating_mul(per_lookup) < hosts.len() {
+        group
+            .members
+            .iter()
+            .filter_map(|id| hosts.get(id))
+            .for_each(f);
+        return;
+    }
+    let mut fleet = hosts.iter().peekable();
+    for id in &group.members {
+        while fleet
+            .next_if(|(known, _)| known.as_str() < id.as_str())
+            .is_some()
+        {}
+        if let Some((_, host)) = fleet.next_if(|(known, _)| *known == id) {
+            f(host);
+        }
+    }
 }
 
 /// The group as `status` shows it.

@@ -26,6 +26,7 @@ use super::{
 };
 use ::proptest::prelude::*;
 use hotdeploy_common::config::MaxUnavailable;
+use std::collections::BTreeMap;
 
 const GROUPS: [&str; 3] = ["a", "b", "c"];
 const HOSTS: usize = 6;
@@ -503,5 +504,48 @@ proptest! {
         ),
     ) {
         run_retries(seeds, steps)?;
+    }
+}
+
+/// A host of the walk test: only its id matters.
+fn bare_host(id: String) -> Host {
+    Host {
+        id,
+        groups: vec!["g".into()],
+        address: String::new(),
+        reachability: Reachability::Reachable,
+        health: Health::Healthy,
+        rotation: Rotation::InRotation,
+        release: String::new(),
+        phase: String::new(),
+        slot: None,
+        registered_at_ms: 0,
+        kind: Default::default(),
+    }
+}
+
+proptest! {
+    /// A group's hosts are the same, in the same order, whether read by a lookup per member or
+    /// by walking the members and the fleet side by side (`lock::for_each_member` picks by the
+    /// sizes): small groups in big fleets and the other way round, members the fleet does not
+    /// know, ids that prefix each other.
+    #[test]
+    fn a_groups_hosts_are_the_same_walked_or_looked_up(
+        fleet in proptest::collection::btree_set("[a-c]{1,3}", 0..60),
+        members in proptest::collection::btree_set("[a-c]{1,3}", 0..60),
+    ) {
+        let hosts: BTreeMap<String, Host> =
+            fleet.into_iter().map(|id| (id.clone(), bare_host(id))).collect();
+        let mut group = super::group::Group::new("g".into(), MaxUnavailable::parse("1").unwrap(), false);
+        group.members = members;
+        let looked_up: Vec<&str> = group
+            .members
+            .iter()
+            .filter_map(|id| hosts.get(id))
+            .map(|h| h.id.as_str())
+            .collect();
+        let mut walked = Vec::new();
+        super::lock::for_each_member(&group, &hosts, |h| walked.push(h.id.as_str()));
+        prop_assert_eq!(walked, looked_up);
     }
 }

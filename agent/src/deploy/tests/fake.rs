@@ -28,6 +28,11 @@ pub(crate) struct State {
     pub(crate) verifying_waits_for_verify: bool,
     /// Signalled when a verify begins.
     pub(crate) verify_began: Arc<tokio::sync::Notify>,
+    /// The `swapped` phase report answers only once the `restarted` one has been sent (a
+    /// restart fence that must be sent behind the swap's, or the swap's never commits).
+    pub(crate) swapped_waits_for_restarted: bool,
+    /// Signalled when the `restarted` phase report is sent.
+    pub(crate) restarted_sent: Arc<tokio::sync::Notify>,
     /// Verifies never end (a health check that hangs).
     pub(crate) hang_verify: bool,
     /// Undrains that fail, one per call.
@@ -64,6 +69,8 @@ impl Default for State {
             block_stage: None,
             verifying_waits_for_verify: false,
             verify_began: Arc::new(tokio::sync::Notify::new()),
+            swapped_waits_for_restarted: false,
+            restarted_sent: Arc::new(tokio::sync::Notify::new()),
             hang_verify: false,
             undrain_failures: 0,
             hang_release: false,
@@ -334,19 +341,26 @@ impl SlotLock for Fake {
     }
     fn report_phase(&self, token: u64, phase: Phase) -> BoxFuture<'_, Result<(), LinkError>> {
         self.log(format!("report {phase}"));
-        let (stale, unconfirmed, wait_for_verify) = {
+        let (stale, unconfirmed, wait_for) = {
             let mut s = self.0.lock().unwrap();
             let unconfirmed = s.unconfirmed.front() == Some(&phase);
             if unconfirmed {
                 s.unconfirmed.pop_front();
             }
-            let wait = (phase == Phase::Verifying && s.verifying_waits_for_verify)
-                .then(|| s.verify_began.clone());
+            let wait = match phase {
+                Phase::Verifying if s.verifying_waits_for_verify => Some(s.verify_began.clone()),
+                Phase::Swapped if s.swapped_waits_for_restarted => Some(s.restarted_sent.clone()),
+                _ => None,
+            };
+            if phase == Phase::Restarted {
+                // A permit is kept if nobody waits yet.
+                s.restarted_sent.notify_one();
+            }
             (s.stale_at == Some(phase), unconfirmed, wait)
         };
         async move {
-            if let Some(began) = wait_for_verify {
-                began.notified().await;
+            if let Some(signal) = wait_for {
+                signal.notified().await;
             }
             if stale {
                 Err(LinkError::Stale(format!("token {token} revoked")))
