@@ -269,22 +269,33 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
         },
     );
 
-    // A repeated (client_id, seq) gets the first answer back: acquire, release, then the same
-    // acquire again returns the first grant's token and grants nothing new.
+    // A repeated (client_id, seq) gets the first answer back and grants nothing new: the same
+    // acquire while its slot is held returns the first grant's token; once the slot is
+    // released, it is refused as stale, naming that token (a holder may act on a grant as on a
+    // fence, so a freed grant is never handed out again).
     check("a repeated write id", &|| {
         let write = client.next_write();
         let first = rt
             .block_on(client.acquire(&write, "h1", "deploy", Duration::ZERO, BUDGET))
             .unwrap_or_else(|e| panic!("acquire h1: {e:?}"));
-        let release_write = client.next_write();
-        rt.block_on(client.release(&release_write, "h1", first.token, BUDGET))
-            .unwrap_or_else(|e| panic!("release h1: {e:?}"));
         let again = rt
             .block_on(client.acquire(&write, "h1", "deploy", Duration::ZERO, BUDGET))
             .unwrap_or_else(|e| panic!("the repeated acquire of h1: {e:?}"));
         assert_eq!(
             again.token, first.token,
             "a repeated (client_id, seq) must get the first answer back, not a new grant"
+        );
+        let release_write = client.next_write();
+        rt.block_on(client.release(&release_write, "h1", first.token, BUDGET))
+            .unwrap_or_else(|e| panic!("release h1: {e:?}"));
+        let stale = rt
+            .block_on(client.acquire(&write, "h1", "deploy", Duration::ZERO, BUDGET))
+            .expect_err("a repeated acquire of a released slot");
+        assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+        assert!(
+            stale.message().contains("stale token")
+                && stale.message().contains(&first.token.to_string()),
+            "the refusal names the stale token: {stale:?}"
         );
         // The repeated release is answered as the first one was, not refused as stale.
         rt.block_on(client.release(&release_write, "h1", first.token, BUDGET))
