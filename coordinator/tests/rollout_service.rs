@@ -136,14 +136,14 @@ async fn rollout_info(c: &mut CoordinatorClient<Channel>, id: &str) -> RolloutIn
         .expect("rollout")
 }
 
-/// A `deploy` slot for `host` in rollout `rollout`, asked once without waiting.
-async fn deploy_slot(
-    c: &mut CoordinatorClient<Channel>,
+/// An `AcquireSlot` of a `deploy` slot for `host` in rollout `rollout`, without waiting.
+fn deploy_ask(
     write: Option<WriteId>,
     host: &str,
     rollout: &str,
-) -> Slot {
-    c.acquire_slot(AcquireSlotRequest {
+    fence_draining: bool,
+) -> AcquireSlotRequest {
+    AcquireSlotRequest {
         write,
         host: host.into(),
         purpose: "deploy".into(),
@@ -151,13 +151,52 @@ async fn deploy_slot(
         rollout: rollout.into(),
         wait_ms: 0,
         canary: false,
-        fence_draining: false,
+        fence_draining,
+    }
+}
+
+/// A `deploy` slot for `host` in rollout `rollout`, asked once without waiting.
+async fn deploy_slot(
+    c: &mut CoordinatorClient<Channel>,
+    write: Option<WriteId>,
+    host: &str,
+    rollout: &str,
+) -> Slot {
+    c.acquire_slot(deploy_ask(write, host, rollout, false))
+        .await
+        .expect("slot")
+        .into_inner()
+        .slot
+        .expect("slot")
+}
+
+/// Write `seq` of the client named after `host`.
+fn host_write(host: &str, seq: u64) -> Option<WriteId> {
+    Some(WriteId {
+        client_id: host.into(),
+        seq,
     })
-    .await
-    .expect("slot")
-    .into_inner()
-    .slot
-    .expect("slot")
+}
+
+/// `host`'s report `r` on its attempt 1 of rollout `r1`, as write `seq`, releasing
+/// `release_token` (0: none) with it.
+fn step_report(
+    host: &str,
+    r: StepReport,
+    seq: u64,
+    release_token: u64,
+    host_report: Option<HostReport>,
+) -> ReportStepRequest {
+    ReportStepRequest {
+        write: host_write(host, seq),
+        host: host.into(),
+        rollout: "r1".into(),
+        attempt: 1,
+        report: r as i32,
+        error: String::new(),
+        host_report,
+        release_token,
+    }
 }
 
 /// Group `web` (budget 1) with hosts `web-1`..`web-n` on v1.
@@ -799,18 +838,8 @@ async fn an_outcome_with_its_token_releases_the_slot_and_says_so() {
     })
     .await
     .expect("start");
-    let step = |host: &str, r: StepReport, seq: u64, token: u64| ReportStepRequest {
-        write: Some(WriteId {
-            client_id: host.into(),
-            seq,
-        }),
-        host: host.into(),
-        rollout: "r1".into(),
-        attempt: 1,
-        report: r as i32,
-        error: String::new(),
-        host_report: Some(healthy("v2")),
-        release_token: token,
+    let step = |host: &str, r: StepReport, seq: u64, token: u64| {
+        step_report(host, r, seq, token, Some(healthy("v2")))
     };
     for h in ["web-1", "web-2"] {
         c.report_step(step(h, StepReport::Staged, 1, 0))
@@ -880,21 +909,9 @@ async fn a_grant_asked_to_fence_the_drain_commits_draining_and_a_retry_after_a_f
     .await
     .expect("start");
     for h in ["web-1", "web-2", "web-3"] {
-        c.report_step(ReportStepRequest {
-            write: Some(WriteId {
-                client_id: h.into(),
-                seq: 1,
-            }),
-            host: h.into(),
-            rollout: "r1".into(),
-            attempt: 1,
-            report: StepReport::Staged as i32,
-            error: String::new(),
-            host_report: None,
-            release_token: 0,
-        })
-        .await
-        .expect("staged");
+        c.report_step(step_report(h, StepReport::Staged, 1, 0, None))
+            .await
+            .expect("staged");
     }
     let info = rollout_info(&mut c, "r1").await;
     let first = info
@@ -903,19 +920,7 @@ async fn a_grant_asked_to_fence_the_drain_commits_draining_and_a_retry_after_a_f
         .find(|s| s.phase == StepPhase::Waiting as i32)
         .map(|s| s.host.clone())
         .expect("one host admitted");
-    let ask = AcquireSlotRequest {
-        write: Some(WriteId {
-            client_id: first.clone(),
-            seq: 2,
-        }),
-        host: first.clone(),
-        purpose: "deploy".into(),
-        reason: "rollout".into(),
-        rollout: "r1".into(),
-        wait_ms: 0,
-        canary: false,
-        fence_draining: true,
-    };
+    let ask = deploy_ask(host_write(&first, 2), &first, "r1", true);
     let granted = c
         .acquire_slot(ask.clone())
         .await
@@ -969,19 +974,7 @@ async fn a_grant_asked_to_fence_the_drain_commits_draining_and_a_retry_after_a_f
         .map(|s| s.host.clone())
         .expect("a host admitted after the forced release");
     let plain = c
-        .acquire_slot(AcquireSlotRequest {
-            write: Some(WriteId {
-                client_id: next.clone(),
-                seq: 3,
-            }),
-            host: next.clone(),
-            purpose: "deploy".into(),
-            reason: "rollout".into(),
-            rollout: "r1".into(),
-            wait_ms: 0,
-            canary: false,
-            fence_draining: false,
-        })
+        .acquire_slot(deploy_ask(host_write(&next, 3), &next, "r1", false))
         .await
         .expect("slot")
         .into_inner();

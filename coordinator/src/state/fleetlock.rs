@@ -31,7 +31,7 @@
 
 use super::command::{Answer, Response};
 use super::error::StateError;
-use super::host::{Health, Host, HostKind, Reachability, Rotation};
+use super::host::{Health, Host, Reachability, Rotation};
 use super::lock::Slot;
 use super::machine::{Ctx, StateMachine};
 use hotdeploy_common::names::{check_group, check_host};
@@ -106,22 +106,8 @@ impl StateMachine {
             LockOnlyPlan::Create => {
                 let groups = vec![group.clone()];
                 self.index(&host, &groups);
-                self.hosts.insert(
-                    host.clone(),
-                    Host {
-                        id: host.clone(),
-                        groups,
-                        address: String::new(),
-                        reachability: Reachability::Reachable,
-                        health: Health::Healthy,
-                        rotation: Rotation::InRotation,
-                        release: String::new(),
-                        phase: String::new(),
-                        slot: None,
-                        registered_at_ms: ctx.at_ms,
-                        kind: HostKind::LockOnly,
-                    },
-                );
+                let known = Host::lock_only(host.clone(), group.clone(), ctx.at_ms);
+                self.hosts.insert(host.clone(), known);
                 let detail = format!("host {host}: lock-only host of group {group} (FleetLock)");
                 self.record(ctx, "register_lock_only", detail);
             }

@@ -115,6 +115,24 @@ pub struct Host {
 }
 
 impl Host {
+    /// A FleetLock client of `group` that no agent has registered: healthy, in rotation, known
+    /// since `at_ms`.
+    pub fn lock_only(id: String, group: String, at_ms: u64) -> Self {
+        Host {
+            id,
+            groups: vec![group],
+            address: String::new(),
+            reachability: Reachability::Reachable,
+            health: Health::Healthy,
+            rotation: Rotation::InRotation,
+            release: String::new(),
+            phase: String::new(),
+            slot: None,
+            registered_at_ms: at_ms,
+            kind: HostKind::LockOnly,
+        }
+    }
+
     /// Whether this host is a FleetLock client that no agent has registered.
     pub fn is_lock_only(&self) -> bool {
         self.kind == HostKind::LockOnly

@@ -902,10 +902,8 @@ impl StateMachine {
     /// applied without its phase.
     fn grant_with_phase(&mut self, ctx: &Ctx, slot: Slot, phase: String) -> Response {
         self.report_phase(ctx, &slot.host, slot.token, phase)?;
-        match self.slots.get(&slot.token) {
-            Some(now) => Ok(Answer::Slot(now.clone())),
-            None => Ok(Answer::Slot(slot)),
-        }
+        let now = self.slots.get(&slot.token).cloned();
+        Ok(Answer::Slot(now.unwrap_or(slot)))
     }
 
     /// A client's repeated write answered from its session. A grant is given again only while

@@ -507,23 +507,6 @@ proptest! {
     }
 }
 
-/// A host of the walk test: only its id matters.
-fn bare_host(id: String) -> Host {
-    Host {
-        id,
-        groups: vec!["g".into()],
-        address: String::new(),
-        reachability: Reachability::Reachable,
-        health: Health::Healthy,
-        rotation: Rotation::InRotation,
-        release: String::new(),
-        phase: String::new(),
-        slot: None,
-        registered_at_ms: 0,
-        kind: Default::default(),
-    }
-}
-
 proptest! {
     /// A group's hosts are the same, in the same order, whether read by a lookup per member or
     /// by walking the members and the fleet side by side (`lock::for_each_member` picks by the
@@ -535,7 +518,7 @@ proptest! {
         members in proptest::collection::btree_set("[a-c]{1,3}", 0..60),
     ) {
         let hosts: BTreeMap<String, Host> =
-            fleet.into_iter().map(|id| (id.clone(), bare_host(id))).collect();
+            fleet.into_iter().map(|id| (id.clone(), Host::lock_only(id, "g".into(), 0))).collect();
         let mut group = super::group::Group::new("g".into(), MaxUnavailable::parse("1").unwrap(), false);
         group.members = members;
         let looked_up: Vec<&str> = group

@@ -116,17 +116,7 @@ async fn happy_path_orders_effects() {
 /// drain follows it. The swap and the restart are fenced as before.
 #[tokio::test]
 async fn a_grant_that_fences_the_drain_takes_the_place_of_its_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Fake::with(Some("v1"), None, &[true]);
-    fake.set(|s| s.grant_fences_draining = true);
-    let eng = engine(&fake, dir.path(), true);
-    let (outcome, err) = eng
-        .deploy(params("v2", "aa"), Progress::none())
-        .unwrap()
-        .await
-        .unwrap();
-    assert_eq!(outcome, Outcome::Succeeded, "{err}");
-    let e = fake.effects();
+    let (_, e) = deploy_v2_over_v1(|s| s.grant_fences_draining = true, "the deploy hung").await;
     assert!(
         !e.iter().any(|x| x == "report draining"),
         "the grant fenced the drain: {e:?}"
@@ -140,20 +130,11 @@ async fn a_grant_that_fences_the_drain_takes_the_place_of_its_report() {
 /// never lets its grant fence the drain: it fences after the hook, right before the drain.
 #[tokio::test]
 async fn a_before_drain_hook_keeps_the_drain_fenced_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Fake::with(Some("v1"), None, &[true]);
-    fake.set(|s| {
+    let setup = |s: &mut fake::State| {
         s.grant_fences_draining = true;
         s.hooks = vec![Hook::BeforeDrain];
-    });
-    let eng = engine(&fake, dir.path(), true);
-    let (outcome, err) = eng
-        .deploy(params("v2", "aa"), Progress::none())
-        .unwrap()
-        .await
-        .unwrap();
-    assert_eq!(outcome, Outcome::Succeeded, "{err}");
-    let e = fake.effects();
+    };
+    let (_, e) = deploy_v2_over_v1(setup, "the deploy hung").await;
     assert!(e.iter().any(|x| x == "acquire deploy"), "not asked: {e:?}");
     assert!(pos(&e, "hook BeforeDrain") < pos(&e, "report draining"));
     assert!(pos(&e, "report draining") < pos(&e, "drain"));
@@ -264,19 +245,28 @@ where
         .unwrap()
 }
 
+/// Deploys v2 over v1 (whose verify passes), with a lock, on a fake that `setup` prepares; the
+/// deploy must succeed within 10 s (else the test fails, saying `why`). Answers the fake and its
+/// effects.
+async fn deploy_v2_over_v1(setup: impl FnOnce(&mut fake::State), why: &str) -> (Fake, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::with(Some("v1"), None, &[true]);
+    fake.set(setup);
+    let eng = engine(&fake, dir.path(), true);
+    let run = eng.deploy(params("v2", "aa"), Progress::none()).unwrap();
+    let (outcome, err) = within_10_s(run, why).await;
+    assert_eq!(outcome, Outcome::Succeeded, "{err}");
+    let e = fake.effects();
+    (fake, e)
+}
+
 /// The `verifying` phase report commits while the verify runs, not before it: a fence that
 /// answers only once a verify has begun still lets the deploy succeed (waiting for it first
 /// would wait forever).
 #[tokio::test]
 async fn the_verifying_fence_overlaps_the_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Fake::with(Some("v1"), None, &[true]);
-    fake.set(|s| s.verifying_waits_for_verify = true);
-    let eng = engine(&fake, dir.path(), true);
-    let run = eng.deploy(params("v2", "aa"), Progress::none()).unwrap();
-    let (outcome, err) = within_10_s(run, "the verify waited for the verifying fence").await;
-    assert_eq!(outcome, Outcome::Succeeded, "{err}");
-    let e = fake.effects();
+    let setup = |s: &mut fake::State| s.verifying_waits_for_verify = true;
+    let (fake, e) = deploy_v2_over_v1(setup, "the verify waited for the verifying fence").await;
     assert!(
         pos(&e, "report restarted") < pos(&e, "verify ok"),
         "the restart is fenced before the verify: {e:?}"
@@ -291,14 +281,8 @@ async fn the_verifying_fence_overlaps_the_verify() {
 /// answers before its step.
 #[tokio::test]
 async fn the_restart_fence_is_sent_while_the_swap_fence_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Fake::with(Some("v1"), None, &[true]);
-    fake.set(|s| s.swapped_waits_for_restarted = true);
-    let eng = engine(&fake, dir.path(), true);
-    let run = eng.deploy(params("v2", "aa"), Progress::none()).unwrap();
-    let (outcome, err) = within_10_s(run, "the swap's fence waited for the restart's").await;
-    assert_eq!(outcome, Outcome::Succeeded, "{err}");
-    let e = fake.effects();
+    let setup = |s: &mut fake::State| s.swapped_waits_for_restarted = true;
+    let (_, e) = deploy_v2_over_v1(setup, "the swap's fence waited for the restart's").await;
     assert!(
         pos(&e, "report swapped") < pos(&e, "report restarted"),
         "{e:?}"

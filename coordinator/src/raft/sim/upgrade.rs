@@ -72,29 +72,16 @@ fn expected(leader: u64, others: &[(u64, u32)]) -> BTreeMap<u64, Known> {
 fn a_new_kind_waits_for_the_old_member_and_commits_once_it_is_upgraded() {
     let mut sim = with_an_old_node(41);
     let (leader, others) = new_leader_hearing(&mut sim, 2, BASE_VERSION);
-    let before = sim.applied(leader);
 
     // The new kind is refused, naming the old member; nothing reaches the log.
-    let at = sim.now_ms();
-    let mut r = sim.propose(leader, &operator(at, start_rollout("r1", "web", "v2")));
-    let refused = sim.wait(&mut r, 10).unwrap_err();
-    assert_eq!(
-        refused,
-        NodeError::MemberTooOld {
-            member: 3,
-            this_node: false,
-            knows: BASE_VERSION,
-            needs: ROLLOUTS_VERSION,
-            kind: "StartRollout",
-        }
-    );
+    let kept_out = (BASE_VERSION, ROLLOUTS_VERSION, "StartRollout");
+    let command = start_rollout("r1", "web", "v2");
+    let refused = assert_the_gate_keeps_out(&mut sim, leader, command, kept_out);
     assert_eq!(
         refused.to_string(),
         "member 3 knows command format version 1; StartRollout needs 2: upgrade it first"
     );
     assert!(!refused.is_retryable());
-    sim.run(50);
-    assert_eq!(sim.applied(leader), before, "something reached the log");
     // The old node keeps running, applying the lock's commands as before.
     assert!(sim.is_up(3) && sim.fatal(3).is_none(), "{:?}", sim.fatal(3));
     assert_replicas_agree(&mut sim);
@@ -158,6 +145,39 @@ fn a_new_kind_waits_for_the_old_member_and_commits_once_it_is_upgraded() {
     );
 }
 
+/// Proposes `command` (an operator's) at `leader` while member 3 knows only `knows`: the gate
+/// refuses it, naming member 3, the version `needs` and the `kind`, as a version-gate error, and
+/// nothing reaches the log. Answers the refusal.
+fn assert_the_gate_keeps_out(
+    sim: &mut Sim,
+    leader: u64,
+    command: Command,
+    (knows, needs, kind): (u32, u32, &'static str),
+) -> NodeError {
+    let before = sim.applied(leader);
+    let at = sim.now_ms();
+    let mut r = sim.propose(leader, &operator(at, command));
+    let refused = sim.wait(&mut r, 10).unwrap_err();
+    assert_eq!(
+        refused,
+        NodeError::MemberTooOld {
+            member: 3,
+            this_node: false,
+            knows,
+            needs,
+            kind,
+        }
+    );
+    assert!(refused.is_version_gate());
+    sim.run(50);
+    assert_eq!(
+        sim.applied(leader),
+        before,
+        "the {kind} entry reached the log"
+    );
+    refused
+}
+
 /// An outcome that releases its slot in the same entry is version 5: while a member knows only
 /// 4, the gate keeps it out of the log, and the same outcome without the release (version 2)
 /// still goes in: what the service falls back to, so a mixed cluster loses no outcome.
@@ -176,25 +196,12 @@ fn an_outcome_with_its_release_waits_for_version_5_and_goes_alone_meanwhile() {
     };
     let before = sim.applied(leader);
     let at = sim.now_ms();
-    let mut r = sim.propose(leader, &operator(at, outcome(Some(7))));
-    let refused = sim.wait(&mut r, 10).unwrap_err();
-    assert_eq!(
-        refused,
-        NodeError::MemberTooOld {
-            member: 3,
-            this_node: false,
-            knows: FLEETLOCK_VERSION,
-            needs: STEP_RELEASE_VERSION,
-            kind: "ReportStep (release)",
-        }
+    let kept_out = (
+        FLEETLOCK_VERSION,
+        STEP_RELEASE_VERSION,
+        "ReportStep (release)",
     );
-    assert!(refused.is_version_gate());
-    sim.run(20);
-    assert_eq!(
-        sim.applied(leader),
-        before,
-        "the combined entry reached the log"
-    );
+    assert_the_gate_keeps_out(&mut sim, leader, outcome(Some(7)), kept_out);
 
     let mut r = sim.propose(leader, &operator(at, outcome(None)));
     let answer = sim
@@ -223,27 +230,9 @@ fn a_grant_with_its_phase_waits_for_version_6_and_goes_alone_meanwhile() {
         rollout: String::new(),
         phase: phase.map(str::to_owned),
     };
-    let before = sim.applied(leader);
     let at = sim.now_ms();
-    let mut r = sim.propose(leader, &operator(at, grant(Some("draining"))));
-    let refused = sim.wait(&mut r, 10).unwrap_err();
-    assert_eq!(
-        refused,
-        NodeError::MemberTooOld {
-            member: 3,
-            this_node: false,
-            knows: STEP_RELEASE_VERSION,
-            needs: GRANT_PHASE_VERSION,
-            kind: "Acquire (phase)",
-        }
-    );
-    assert!(refused.is_version_gate());
-    sim.run(20);
-    assert_eq!(
-        sim.applied(leader),
-        before,
-        "the grant with its phase reached the log"
-    );
+    let kept_out = (STEP_RELEASE_VERSION, GRANT_PHASE_VERSION, "Acquire (phase)");
+    assert_the_gate_keeps_out(&mut sim, leader, grant(Some("draining")), kept_out);
 
     let mut r = sim.propose(leader, &operator(at, grant(None)));
     let answer = sim
